@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything IronBridge's demo and tests need on a fresh Debian 12
+# machine that has only the Rust toolchain and python3. Idempotent: a second
+# run checks and returns quickly.
+#
+#   - Debian packages: victoria-metrics (an InfluxDB-v2-write-API store used by
+#     the demo and the tests)
+#   - .venv/: a Python virtual environment with torch (pinned to the libtorch
+#     version `tch` links against), asyncua and pymodbus (independent protocol
+#     peers for the tests), numpy
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# torch must match tch 0.26 exactly (libtorch 2.13.0); see FACTS in the docs.
+TORCH_VERSION=2.13.0
+PY_REQUIREMENTS=(
+  "torch==${TORCH_VERSION}"
+  "numpy==2.3.5"
+  "asyncua==2.1.0"
+  "pymodbus==3.11.4"
+)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+debian_packages=(victoria-metrics)
+missing=()
+for p in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  # The package ships a systemd unit; we never rely on it (tests and the demo
+  # start their own instance on a free loopback port).
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian package may start a system instance on :8428; the demo and tests
+# use their own ports, so it is harmless, but say so once.
+command -v victoria-metrics >/dev/null || { log "victoria-metrics not on PATH after install"; exit 1; }
+
+venv="$root/.venv"
+stamp="$venv/.ironbridge-requirements"
+want=$(printf '%s\n' "${PY_REQUIREMENTS[@]}")
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating Python venv in .venv"
+  python3 -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing Python packages (torch is a large download): ${PY_REQUIREMENTS[*]}"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
+  printf '%s' "$want" > "$stamp"
+fi
+log "ready"
