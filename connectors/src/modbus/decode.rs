@@ -1,0 +1,301 @@
+//! Registers and bits to typed values: pure functions, no I/O.
+//!
+//! Byte orders name the bytes of the value from most significant (`A`) down,
+//! as they appear in the registers read (register 0 first, each register
+//! written high byte first):
+//!
+//! | order  | 16-bit | 32-bit       | 64-bit                     | meaning                         |
+//! |--------|--------|--------------|----------------------------|---------------------------------|
+//! | `ABCD` | `AB`   | `[AB, CD]`   | `[AB, CD, EF, GH]`         | big-endian                      |
+//! | `DCBA` | `BA`   | `[DC, BA]`   | `[HG, FE, DC, BA]`         | fully little-endian             |
+//! | `BADC` | `BA`   | `[BA, DC]`   | `[BA, DC, FE, HG]`         | bytes swapped within each word  |
+//! | `CDAB` | `AB`   | `[CD, AB]`   | `[GH, EF, CD, AB]`         | words swapped, bytes big-endian |
+//!
+//! So two independent switches describe every order: whether the word order
+//! is reversed (`DCBA`, `CDAB`) and whether the bytes inside each word are
+//! swapped (`DCBA`, `BADC`).
+
+use crate::modbus::config::{ByteOrder, DataType};
+use crate::scan::TagValue;
+
+/// Why registers could not become a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeFailure {
+    /// The device returned fewer registers than the type needs.
+    WrongLength { expected: usize, got: usize },
+    /// `Bool` lives in coils and discrete inputs, not in registers.
+    NotARegisterType,
+}
+
+/// Decodes the registers of one value, before scale and offset.
+pub fn decode_registers(
+    words: &[u16],
+    data_type: DataType,
+    order: ByteOrder,
+) -> Result<TagValue, DecodeFailure> {
+    if data_type == DataType::Bool {
+        return Err(DecodeFailure::NotARegisterType);
+    }
+    let expected = usize::from(data_type.width());
+    if words.len() != expected {
+        return Err(DecodeFailure::WrongLength {
+            expected,
+            got: words.len(),
+        });
+    }
+    let raw = big_endian_bits(words, order);
+    Ok(match data_type {
+        DataType::U16 | DataType::U32 | DataType::U64 => TagValue::UInt(raw),
+        // Narrowing to the type's own width first makes its sign bit the sign.
+        DataType::I16 => TagValue::Int(i64::from(raw as u16 as i16)),
+        DataType::I32 => TagValue::Int(i64::from(raw as u32 as i32)),
+        DataType::I64 => TagValue::Int(raw as i64),
+        DataType::F32 => TagValue::Float(f64::from(f32::from_bits(raw as u32))),
+        DataType::F64 => TagValue::Float(f64::from_bits(raw)),
+        DataType::Bool => return Err(DecodeFailure::NotARegisterType),
+    })
+}
+
+/// A coil or discrete input as a value.
+pub fn decode_bit(bit: bool) -> TagValue {
+    TagValue::Bool(bit)
+}
+
+/// Applies `raw * scale + offset`. The identity (1.0, 0.0) keeps integers and
+/// booleans as they are, so 64-bit counters stay exact; anything else gives a
+/// float.
+pub fn apply_scaling(value: TagValue, scale: f64, offset: f64) -> TagValue {
+    if scale == 1.0 && offset == 0.0 {
+        return value;
+    }
+    TagValue::Float(value.as_f64() * scale + offset)
+}
+
+/// The value's bits, most significant byte first, as an integer.
+fn big_endian_bits(words: &[u16], order: ByteOrder) -> u64 {
+    let (reverse_words, swap_bytes) = match order {
+        ByteOrder::Abcd => (false, false),
+        ByteOrder::Dcba => (true, true),
+        ByteOrder::Badc => (false, true),
+        ByteOrder::Cdab => (true, false),
+    };
+    let fold = |acc: u64, &word: &u16| {
+        let word = if swap_bytes { word.swap_bytes() } else { word };
+        (acc << 16) | u64::from(word)
+    };
+    if reverse_words {
+        words.iter().rev().fold(0, fold)
+    } else {
+        words.iter().fold(0, fold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ByteOrder::*;
+    use DataType::*;
+
+    /// Registers for `bytes` (most significant first) in each order, built by
+    /// hand from the table in the module docs rather than by the decoder.
+    fn layouts(bytes: &[u8]) -> [(ByteOrder, Vec<u16>); 4] {
+        let words_be: Vec<u16> = bytes
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        let swapped: Vec<u16> = words_be.iter().map(|w| w.swap_bytes()).collect();
+        let rev = |v: &Vec<u16>| v.iter().rev().copied().collect::<Vec<_>>();
+        [
+            (Abcd, words_be.clone()),
+            (Dcba, rev(&swapped)),
+            (Badc, swapped.clone()),
+            (Cdab, rev(&words_be)),
+        ]
+    }
+
+    fn check_all_orders(bytes: &[u8], data_type: DataType, expected: TagValue) {
+        for (order, words) in layouts(bytes) {
+            assert_eq!(
+                decode_registers(&words, data_type, order),
+                Ok(expected),
+                "{data_type:?} {order:?} {words:04X?}"
+            );
+        }
+    }
+
+    #[test]
+    fn literal_words_for_32_bit_orders() {
+        // 123.456f32 = 0x42F6E979: A=42 B=F6 C=E9 D=79.
+        let f = TagValue::Float(f64::from(123.456f32));
+        assert_eq!(decode_registers(&[0x42F6, 0xE979], F32, Abcd), Ok(f));
+        assert_eq!(decode_registers(&[0x79E9, 0xF642], F32, Dcba), Ok(f));
+        assert_eq!(decode_registers(&[0xF642, 0x79E9], F32, Badc), Ok(f));
+        assert_eq!(decode_registers(&[0xE979, 0x42F6], F32, Cdab), Ok(f));
+        // -123456789 = 0xF8A432EB.
+        let i = TagValue::Int(-123_456_789);
+        assert_eq!(decode_registers(&[0xF8A4, 0x32EB], I32, Abcd), Ok(i));
+        assert_eq!(decode_registers(&[0xEB32, 0xA4F8], I32, Dcba), Ok(i));
+        assert_eq!(decode_registers(&[0xA4F8, 0xEB32], I32, Badc), Ok(i));
+        assert_eq!(decode_registers(&[0x32EB, 0xF8A4], I32, Cdab), Ok(i));
+    }
+
+    #[test]
+    fn literal_words_for_64_bit_orders() {
+        let u = TagValue::UInt(0x0102_0304_0506_0708);
+        assert_eq!(
+            decode_registers(&[0x0102, 0x0304, 0x0506, 0x0708], U64, Abcd),
+            Ok(u)
+        );
+        assert_eq!(
+            decode_registers(&[0x0807, 0x0605, 0x0403, 0x0201], U64, Dcba),
+            Ok(u)
+        );
+        assert_eq!(
+            decode_registers(&[0x0201, 0x0403, 0x0605, 0x0807], U64, Badc),
+            Ok(u)
+        );
+        assert_eq!(
+            decode_registers(&[0x0708, 0x0506, 0x0304, 0x0102], U64, Cdab),
+            Ok(u)
+        );
+        // -1234.5678f64 = 0xC093_4A45_6D5C_FAAD.
+        let f = TagValue::Float(-1234.5678);
+        assert_eq!((-1234.5678f64).to_bits(), 0xC093_4A45_6D5C_FAAD);
+        assert_eq!(
+            decode_registers(&[0xC093, 0x4A45, 0x6D5C, 0xFAAD], F64, Abcd),
+            Ok(f)
+        );
+        assert_eq!(
+            decode_registers(&[0xADFA, 0x5C6D, 0x454A, 0x93C0], F64, Dcba),
+            Ok(f)
+        );
+        assert_eq!(
+            decode_registers(&[0x93C0, 0x454A, 0x5C6D, 0xADFA], F64, Badc),
+            Ok(f)
+        );
+        assert_eq!(
+            decode_registers(&[0xFAAD, 0x6D5C, 0x4A45, 0xC093], F64, Cdab),
+            Ok(f)
+        );
+    }
+
+    #[test]
+    fn literal_words_for_16_bit_orders() {
+        for order in [Abcd, Cdab] {
+            assert_eq!(
+                decode_registers(&[0x1234], U16, order),
+                Ok(TagValue::UInt(0x1234))
+            );
+            assert_eq!(
+                decode_registers(&[0xFF85], I16, order),
+                Ok(TagValue::Int(-123))
+            );
+        }
+        for order in [Dcba, Badc] {
+            assert_eq!(
+                decode_registers(&[0x3412], U16, order),
+                Ok(TagValue::UInt(0x1234))
+            );
+            assert_eq!(
+                decode_registers(&[0x85FF], I16, order),
+                Ok(TagValue::Int(-123))
+            );
+        }
+    }
+
+    #[test]
+    fn every_type_in_every_order() {
+        check_all_orders(&54321u16.to_be_bytes(), U16, TagValue::UInt(54321));
+        check_all_orders(&(-32768i16).to_be_bytes(), I16, TagValue::Int(-32768));
+        check_all_orders(&(-2i16).to_be_bytes(), I16, TagValue::Int(-2));
+        check_all_orders(
+            &4_000_000_000u32.to_be_bytes(),
+            U32,
+            TagValue::UInt(4_000_000_000),
+        );
+        check_all_orders(
+            &i32::MIN.to_be_bytes(),
+            I32,
+            TagValue::Int(i64::from(i32::MIN)),
+        );
+        check_all_orders(&u64::MAX.to_be_bytes(), U64, TagValue::UInt(u64::MAX));
+        check_all_orders(
+            &(-9_876_543_210_123i64).to_be_bytes(),
+            I64,
+            TagValue::Int(-9_876_543_210_123),
+        );
+        check_all_orders(&i64::MIN.to_be_bytes(), I64, TagValue::Int(i64::MIN));
+        check_all_orders(&(-0.15625f32).to_be_bytes(), F32, TagValue::Float(-0.15625));
+        check_all_orders(
+            &1e-40f32.to_be_bytes(),
+            F32,
+            TagValue::Float(f64::from(1e-40f32)),
+        );
+        check_all_orders(
+            &std::f64::consts::PI.to_be_bytes(),
+            F64,
+            TagValue::Float(std::f64::consts::PI),
+        );
+        check_all_orders(&f64::MAX.to_be_bytes(), F64, TagValue::Float(f64::MAX));
+    }
+
+    #[test]
+    fn wrong_register_count_or_bool_is_refused() {
+        assert_eq!(
+            decode_registers(&[1], F32, Abcd),
+            Err(DecodeFailure::WrongLength {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            decode_registers(&[1, 2, 3], F64, Abcd),
+            Err(DecodeFailure::WrongLength {
+                expected: 4,
+                got: 3
+            })
+        );
+        assert_eq!(
+            decode_registers(&[1], Bool, Abcd),
+            Err(DecodeFailure::NotARegisterType)
+        );
+    }
+
+    #[test]
+    fn identity_scaling_keeps_the_type() {
+        for v in [
+            TagValue::UInt(u64::MAX),
+            TagValue::Int(i64::MIN),
+            TagValue::Bool(true),
+            TagValue::Float(2.5),
+        ] {
+            assert_eq!(apply_scaling(v, 1.0, 0.0), v);
+        }
+        assert_eq!(decode_bit(true), TagValue::Bool(true));
+        assert_eq!(decode_bit(false), TagValue::Bool(false));
+    }
+
+    #[test]
+    fn scale_or_offset_gives_a_float() {
+        assert_eq!(
+            apply_scaling(TagValue::UInt(1234), 0.1, 0.0),
+            TagValue::Float(1234.0 * 0.1)
+        );
+        assert_eq!(
+            apply_scaling(TagValue::Int(-40), 1.0, 273.15),
+            TagValue::Float(-40.0 + 273.15)
+        );
+        assert_eq!(
+            apply_scaling(TagValue::Int(-10), 2.0, 1.0),
+            TagValue::Float(-19.0)
+        );
+        assert_eq!(
+            apply_scaling(TagValue::Float(1.5), -2.0, 0.5),
+            TagValue::Float(-2.5)
+        );
+        assert_eq!(
+            apply_scaling(TagValue::Bool(true), 5.0, 0.0),
+            TagValue::Float(5.0)
+        );
+    }
+}

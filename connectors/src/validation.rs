@@ -1,0 +1,28 @@
+//! Configuration problems found before anything opens a socket.
+
+use std::fmt;
+
+/// One thing wrong with a configuration, at a key path such as
+/// `machines[0].tags[2].address`. The gateway maps the path to a line in the
+/// file it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path; array elements as `[index]`.
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}

@@ -1,0 +1,14 @@
+//! Harness for IronBridge's integration tests: real servers (victoria-metrics)
+//! started on free loopback ports with data under a temp dir, independent
+//! protocol peers (Python asyncua, pymodbus) run from the project's venv, and
+//! fault injection around them (stop, restart, proxy).
+//!
+//! Nothing here replaces a server with a mock.
+
+pub mod gateway_rig;
+pub mod modbus_peer;
+pub mod paths;
+pub mod ports;
+pub mod process;
+pub mod tcp_proxy;
+pub mod victoria;

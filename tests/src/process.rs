@@ -1,0 +1,51 @@
+//! Child processes that never outlive the test that started them.
+
+use std::process::{Child, Command, Stdio};
+
+/// Kills (and reaps) the child when dropped, so a failing test leaves no
+/// server behind.
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout/stderr inherited (shown by the test runner
+    /// only when the test fails).
+    pub fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+        })
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Stops the child now (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `Some(status)` if the child already exited.
+    pub fn try_exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => anyhow::bail!("{} was stopped", self.name),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
