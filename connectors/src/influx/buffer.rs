@@ -1,0 +1,295 @@
+//! The sink's bounded in-memory buffer of lines and its retry backoff, as
+//! plain data so their policies are testable without a server or a clock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Lines waiting to be written, oldest first, at most `capacity` of them.
+///
+/// The head of the buffer is the current batch: [`LineBuffer::start_batch`]
+/// marks the first lines as being written and returns their body;
+/// [`LineBuffer::finish_batch`] removes them once the server took (or
+/// rejected) them, or keeps them at the head for a retry. New lines are
+/// accepted while a batch is being written.
+///
+/// When full, the oldest line is dropped, also if it belongs to the batch
+/// being written: the write may still deliver it, so such a line is counted
+/// only when the outcome is known (delivered, rejected, or dropped if the
+/// write failed).
+#[derive(Debug)]
+pub struct LineBuffer {
+    lines: VecDeque<String>,
+    capacity: usize,
+    /// Head lines in the batch being written (0: no batch).
+    batch_lines: usize,
+    /// Lines of the batch being written that were evicted meanwhile.
+    batch_evicted: usize,
+}
+
+/// What became of a batch's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The server stored them.
+    Delivered,
+    /// The server refused them for good (malformed, unauthorized...).
+    Rejected,
+    /// The write failed and may succeed later: the lines stay at the head.
+    Failed,
+}
+
+/// Counts from [`LineBuffer::finish_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchSettled {
+    /// Lines that left the buffer with this outcome (delivered or rejected),
+    /// including any evicted while the write was under way.
+    pub settled: usize,
+    /// Lines evicted while the write was under way, now known to be lost.
+    pub dropped_overflow: usize,
+}
+
+impl LineBuffer {
+    /// `capacity` is at least 1 (a zero capacity is treated as 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            lines: VecDeque::new(),
+            capacity: capacity.max(1),
+            batch_lines: 0,
+            batch_evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn is_batch_in_flight(&self) -> bool {
+        self.batch_lines > 0 || self.batch_evicted > 0
+    }
+
+    /// Appends a line, evicting the oldest if full. Returns how many lines
+    /// are now known to be lost (0 or 1; an evicted line of the batch being
+    /// written is reported by [`LineBuffer::finish_batch`] instead).
+    pub fn push(&mut self, line: String) -> usize {
+        let mut dropped = 0;
+        if self.lines.len() >= self.capacity && self.lines.pop_front().is_some() {
+            if self.batch_lines > 0 {
+                self.batch_lines -= 1;
+                self.batch_evicted += 1;
+            } else {
+                dropped = 1;
+            }
+        }
+        self.lines.push_back(line);
+        dropped
+    }
+
+    /// Marks up to `max_lines` head lines as the batch being written and
+    /// returns their body (lines joined by `\n`), or `None` if the buffer is
+    /// empty or a batch is already being written.
+    pub fn start_batch(&mut self, max_lines: usize) -> Option<String> {
+        if self.is_batch_in_flight() || self.lines.is_empty() {
+            return None;
+        }
+        self.batch_lines = self.lines.len().min(max_lines.max(1));
+        let mut body = String::with_capacity(
+            self.lines
+                .iter()
+                .take(self.batch_lines)
+                .map(|l| l.len() + 1)
+                .sum(),
+        );
+        for (i, line) in self.lines.iter().take(self.batch_lines).enumerate() {
+            if i > 0 {
+                body.push('\n');
+            }
+            body.push_str(line);
+        }
+        Some(body)
+    }
+
+    /// Ends the batch being written (a no-op without one).
+    pub fn finish_batch(&mut self, outcome: BatchOutcome) -> BatchSettled {
+        let in_batch = self.batch_lines;
+        let evicted = self.batch_evicted;
+        self.batch_lines = 0;
+        self.batch_evicted = 0;
+        match outcome {
+            BatchOutcome::Delivered | BatchOutcome::Rejected => {
+                self.lines.drain(..in_batch);
+                BatchSettled {
+                    settled: in_batch + evicted,
+                    dropped_overflow: 0,
+                }
+            }
+            // The next batch is taken afresh from the head, which still
+            // starts with these lines.
+            BatchOutcome::Failed => BatchSettled {
+                settled: 0,
+                dropped_overflow: evicted,
+            },
+        }
+    }
+
+    /// Takes every line out (for reporting what could not be delivered).
+    pub fn clear(&mut self) -> usize {
+        let n = self.lines.len();
+        self.lines.clear();
+        self.batch_lines = 0;
+        self.batch_evicted = 0;
+        n
+    }
+}
+
+/// Delay before retry number `attempt` (0 for the first retry): `initial`
+/// doubled per attempt, capped at `max`, then scaled by `jitter` (clamped to
+/// 0.5..=1.0; callers pass a random number there) so that gateways that lost
+/// the same server do not retry in lockstep.
+pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.min(31));
+    let capped = initial.saturating_mul(factor).min(max);
+    capped.mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(capacity: usize, lines: &[&str]) -> LineBuffer {
+        let mut buffer = LineBuffer::new(capacity);
+        for line in lines {
+            assert_eq!(buffer.push(line.to_string()), 0);
+        }
+        buffer
+    }
+
+    #[test]
+    fn batches_take_head_lines_in_order() {
+        let mut buffer = filled(10, &["a", "b", "c"]);
+        assert_eq!(buffer.start_batch(2).as_deref(), Some("a\nb"));
+        assert_eq!(buffer.start_batch(2), None, "one batch at a time");
+        assert_eq!(
+            buffer.finish_batch(BatchOutcome::Delivered),
+            BatchSettled {
+                settled: 2,
+                dropped_overflow: 0
+            }
+        );
+        assert_eq!(buffer.len(), 1);
+        assert_eq!(buffer.start_batch(2).as_deref(), Some("c"));
+        buffer.finish_batch(BatchOutcome::Rejected);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.start_batch(2), None);
+    }
+
+    #[test]
+    fn failed_batch_stays_at_the_head_and_new_lines_queue_behind() {
+        let mut buffer = filled(10, &["a", "b"]);
+        assert_eq!(buffer.start_batch(5).as_deref(), Some("a\nb"));
+        assert_eq!(buffer.push("c".into()), 0);
+        assert_eq!(
+            buffer.finish_batch(BatchOutcome::Failed),
+            BatchSettled::default()
+        );
+        assert_eq!(buffer.len(), 3);
+        assert_eq!(buffer.start_batch(5).as_deref(), Some("a\nb\nc"));
+    }
+
+    #[test]
+    fn full_buffer_drops_oldest() {
+        let mut buffer = filled(3, &["a", "b", "c"]);
+        assert_eq!(buffer.push("d".into()), 1);
+        assert_eq!(buffer.push("e".into()), 1);
+        assert_eq!(buffer.len(), 3);
+        assert_eq!(buffer.start_batch(10).as_deref(), Some("c\nd\ne"));
+    }
+
+    #[test]
+    fn evicting_a_line_being_written_counts_it_once_the_outcome_is_known() {
+        // Delivered: the evicted line reached the server after all.
+        let mut buffer = filled(3, &["a", "b", "c"]);
+        assert_eq!(buffer.start_batch(2).as_deref(), Some("a\nb"));
+        assert_eq!(buffer.push("d".into()), 0);
+        assert_eq!(
+            buffer.finish_batch(BatchOutcome::Delivered),
+            BatchSettled {
+                settled: 2,
+                dropped_overflow: 0
+            }
+        );
+        assert_eq!(buffer.start_batch(10).as_deref(), Some("c\nd"));
+
+        // Failed: the evicted line is lost; the rest of the batch stays.
+        let mut buffer = filled(3, &["a", "b", "c"]);
+        buffer.start_batch(2);
+        assert_eq!(buffer.push("d".into()), 0);
+        assert_eq!(
+            buffer.finish_batch(BatchOutcome::Failed),
+            BatchSettled {
+                settled: 0,
+                dropped_overflow: 1
+            }
+        );
+        assert_eq!(buffer.start_batch(10).as_deref(), Some("b\nc\nd"));
+    }
+
+    #[test]
+    fn whole_batch_evicted_while_being_written() {
+        let mut buffer = filled(2, &["a", "b"]);
+        buffer.start_batch(2);
+        assert_eq!(buffer.push("c".into()), 0);
+        assert_eq!(buffer.push("d".into()), 0);
+        assert_eq!(
+            buffer.push("e".into()),
+            1,
+            "beyond the batch: dropped at once"
+        );
+        assert!(buffer.is_batch_in_flight());
+        assert_eq!(buffer.start_batch(2), None);
+        assert_eq!(
+            buffer.finish_batch(BatchOutcome::Rejected),
+            BatchSettled {
+                settled: 2,
+                dropped_overflow: 0
+            }
+        );
+        assert_eq!(buffer.start_batch(10).as_deref(), Some("d\ne"));
+    }
+
+    #[test]
+    fn clear_reports_what_was_left() {
+        let mut buffer = filled(5, &["a", "b"]);
+        buffer.start_batch(1);
+        assert_eq!(buffer.clear(), 2);
+        assert!(!buffer.is_batch_in_flight());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_jitters_down_to_half() {
+        let initial = Duration::from_millis(500);
+        let max = Duration::from_secs(60);
+        let delays: Vec<u64> = (0..10)
+            .map(|n| backoff_delay(n, initial, max, 1.0).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        assert_eq!(backoff_delay(u32::MAX, initial, max, 1.0), max);
+        assert_eq!(
+            backoff_delay(1, initial, max, 0.5),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            backoff_delay(1, initial, max, 0.0),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            backoff_delay(1, initial, max, 7.0),
+            Duration::from_millis(1000)
+        );
+    }
+}

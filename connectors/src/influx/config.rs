@@ -1,0 +1,324 @@
+//! Configuration of the InfluxDB sink.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::validation::Problem;
+
+/// Where and how the sink writes. The token itself never sits in the file:
+/// `token_env` names the environment variable that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSinkConfig {
+    /// Base URL of the server, e.g. `http://influxdb:8086`. Writes go to
+    /// `<url>/api/v2/write`.
+    pub url: String,
+    /// Organization (InfluxDB 2); servers without organizations ignore it.
+    #[serde(default)]
+    pub org: String,
+    pub bucket: String,
+    /// Name of the environment variable holding the API token. Absent or
+    /// empty (or an empty token) means requests carry no authentication.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// A batch is written once this many lines are buffered...
+    #[serde(default = "default_batch_max_lines")]
+    pub batch_max_lines: usize,
+    /// ...or once the oldest buffered line has waited this long.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Lines kept in memory while the server is unreachable; beyond this the
+    /// oldest are dropped (and counted).
+    #[serde(default = "default_buffer_max_lines")]
+    pub buffer_max_lines: usize,
+    /// Deadline of one write request, connecting included.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+}
+
+/// Capped exponential backoff between retries of a failed write.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial_ms: 500,
+            max_ms: 60_000,
+        }
+    }
+}
+
+fn default_batch_max_lines() -> usize {
+    5000
+}
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+fn default_buffer_max_lines() -> usize {
+    100_000
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+impl InfluxSinkConfig {
+    /// A configuration with every optional key at its default.
+    pub fn new(url: impl Into<String>, bucket: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            org: String::new(),
+            bucket: bucket.into(),
+            token_env: None,
+            batch_max_lines: default_batch_max_lines(),
+            flush_interval_ms: default_flush_interval_ms(),
+            buffer_max_lines: default_buffer_max_lines(),
+            request_timeout_ms: default_request_timeout_ms(),
+            backoff: BackoffConfig::default(),
+        }
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Every problem of this section; `path` is its key path in the file
+    /// (e.g. `sinks.influx`).
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let at = |key: &str| format!("{path}.{key}");
+
+        match url::Url::parse(&self.url) {
+            Err(e) => problems.push(Problem::new(at("url"), format!("not a URL: {e}"))),
+            Ok(url) => {
+                if !matches!(url.scheme(), "http" | "https") {
+                    problems.push(Problem::new(
+                        at("url"),
+                        format!("scheme must be http or https, not {:?}", url.scheme()),
+                    ));
+                }
+                if url.host_str().is_none_or(str::is_empty) {
+                    problems.push(Problem::new(at("url"), "has no host"));
+                }
+                // The client always posts to /api/v2/write at the root, so a
+                // path (e.g. behind a reverse proxy) would be silently ignored.
+                if !matches!(url.path(), "" | "/") {
+                    problems.push(Problem::new(
+                        at("url"),
+                        format!(
+                            "a path ({}) is not supported: writes always go to /api/v2/write",
+                            url.path()
+                        ),
+                    ));
+                }
+                if url.query().is_some() || url.fragment().is_some() {
+                    problems.push(Problem::new(at("url"), "must not have a query or fragment"));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    problems.push(Problem::new(
+                        at("url"),
+                        "must not carry credentials: use token_env",
+                    ));
+                }
+            }
+        }
+        if self.bucket.trim().is_empty() {
+            problems.push(Problem::new(at("bucket"), "must not be empty"));
+        }
+        if let Some(name) = self.token_env.as_deref() {
+            if name.contains('=') || name.contains('\0') {
+                problems.push(Problem::new(
+                    at("token_env"),
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
+        }
+        if self.batch_max_lines == 0 {
+            problems.push(Problem::new(
+                at("batch_max_lines"),
+                "must be greater than 0",
+            ));
+        }
+        if self.buffer_max_lines == 0 {
+            problems.push(Problem::new(
+                at("buffer_max_lines"),
+                "must be greater than 0",
+            ));
+        }
+        if self.batch_max_lines > self.buffer_max_lines && self.buffer_max_lines > 0 {
+            problems.push(Problem::new(
+                at("batch_max_lines"),
+                format!(
+                    "must not exceed buffer_max_lines ({})",
+                    self.buffer_max_lines
+                ),
+            ));
+        }
+        if self.flush_interval_ms == 0 {
+            problems.push(Problem::new(
+                at("flush_interval_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push(Problem::new(
+                at("request_timeout_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.backoff.initial_ms == 0 {
+            problems.push(Problem::new(
+                at("backoff.initial_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.backoff.max_ms < self.backoff.initial_ms {
+            problems.push(Problem::new(
+                at("backoff.max_ms"),
+                format!(
+                    "must be at least backoff.initial_ms ({})",
+                    self.backoff.initial_ms
+                ),
+            ));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let config: InfluxSinkConfig = toml::from_str(
+            r#"
+            url = "http://localhost:8086"
+            bucket = "plant"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config,
+            InfluxSinkConfig::new("http://localhost:8086", "plant")
+        );
+        assert_eq!(config.batch_max_lines, 5000);
+        assert_eq!(config.flush_interval_ms, 1000);
+        assert_eq!(config.buffer_max_lines, 100_000);
+        assert_eq!(config.request_timeout_ms, 10_000);
+        assert_eq!(
+            config.backoff,
+            BackoffConfig {
+                initial_ms: 500,
+                max_ms: 60_000
+            }
+        );
+        assert!(config.validate("influx").is_empty());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config: InfluxSinkConfig = toml::from_str(
+            r#"
+            url = "https://influx.example:8086"
+            org = "acme"
+            bucket = "plant"
+            token_env = "INFLUX_TOKEN"
+            batch_max_lines = 100
+            flush_interval_ms = 250
+            buffer_max_lines = 1000
+            request_timeout_ms = 2000
+            backoff = { initial_ms = 100, max_ms = 5000 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.token_env.as_deref(), Some("INFLUX_TOKEN"));
+        assert_eq!(
+            config.backoff,
+            BackoffConfig {
+                initial_ms: 100,
+                max_ms: 5000
+            }
+        );
+        assert!(config.validate("influx").is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let top = toml::from_str::<InfluxSinkConfig>(
+            "url = \"http://h\"\nbucket = \"b\"\ntoken = \"secret\"\n",
+        );
+        assert!(top.is_err());
+        let nested = toml::from_str::<InfluxSinkConfig>(
+            "url = \"http://h\"\nbucket = \"b\"\nbackoff = { initial = 1 }\n",
+        );
+        assert!(nested.is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut config = InfluxSinkConfig::new("ftp://h/some/path?x=1", " ");
+        config.batch_max_lines = 0;
+        config.buffer_max_lines = 0;
+        config.flush_interval_ms = 0;
+        config.request_timeout_ms = 0;
+        config.backoff = BackoffConfig {
+            initial_ms: 0,
+            max_ms: 0,
+        };
+        config.token_env = Some("A=B".into());
+        let problems = config.validate("sinks.influx");
+        assert_eq!(
+            paths(&problems),
+            [
+                "sinks.influx.url",
+                "sinks.influx.url",
+                "sinks.influx.url",
+                "sinks.influx.bucket",
+                "sinks.influx.token_env",
+                "sinks.influx.batch_max_lines",
+                "sinks.influx.buffer_max_lines",
+                "sinks.influx.flush_interval_ms",
+                "sinks.influx.request_timeout_ms",
+                "sinks.influx.backoff.initial_ms",
+            ],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn batch_larger_than_buffer_and_inverted_backoff_are_problems() {
+        let mut config = InfluxSinkConfig::new("http://h:8086/", "b");
+        config.batch_max_lines = 10;
+        config.buffer_max_lines = 5;
+        config.backoff = BackoffConfig {
+            initial_ms: 1000,
+            max_ms: 10,
+        };
+        let problems = config.validate("x");
+        assert_eq!(paths(&problems), ["x.batch_max_lines", "x.backoff.max_ms"]);
+    }
+
+    #[test]
+    fn unparsable_and_credentialed_urls_are_problems() {
+        let config = InfluxSinkConfig::new("not a url", "b");
+        assert_eq!(paths(&config.validate("x")), ["x.url"]);
+        let config = InfluxSinkConfig::new("http://user:pw@h:8086", "b");
+        assert_eq!(paths(&config.validate("x")), ["x.url"]);
+    }
+}

@@ -1,0 +1,421 @@
+//! Records as InfluxDB line protocol, per the contract in DESIGN.md:
+//!
+//! ```text
+//! process,machine=<machine> <tag>=<value>,... <acquisition time ns>
+//! prediction,machine=<machine>,model=<model>,version=<version> <output>=<value>,... <time of its inputs ns>
+//! ```
+//!
+//! Values:
+//! - floats in Rust's shortest round-trip form (`1.5`, `1e300`); an integral
+//!   float is written without a point (`1`), which InfluxDB reads as a float;
+//! - signed and unsigned integers up to `i64::MAX` with the `i` suffix;
+//!   unsigned integers above `i64::MAX` as floats (InfluxDB 1.x has no
+//!   unsigned type, and the `u` suffix is not understood everywhere), which
+//!   rounds them to 53 bits of mantissa;
+//! - booleans as `true` / `false`;
+//! - NaN and infinities are skipped: InfluxDB rejects the whole batch for them.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::ConnectorError;
+use crate::scan::{Prediction, Quality, Record, Scan, TagValue};
+
+pub const PROCESS_MEASUREMENT: &str = "process";
+pub const PREDICTION_MEASUREMENT: &str = "prediction";
+
+/// The line of one record; `Ok(None)` when it has no value to write (no good
+/// reading, or only NaN/infinite values).
+pub fn encode_record(record: &Record) -> Result<Option<String>, ConnectorError> {
+    match record {
+        Record::Scan(scan) => encode_scan(scan),
+        Record::Prediction(prediction) => encode_prediction(prediction),
+    }
+}
+
+/// `process,machine=<machine> <tag>=<value>,... <ns>`: only readings of
+/// quality Good that carry a value.
+pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
+    let fields = scan
+        .readings
+        .iter()
+        .filter_map(|r| match (r.quality, r.value) {
+            (Quality::Good, Some(value)) => Some((&*r.tag, value)),
+            _ => None,
+        });
+    encode_line(
+        PROCESS_MEASUREMENT,
+        &[("machine", &scan.machine)],
+        fields,
+        scan.acquired_at,
+    )
+}
+
+/// `prediction,machine=<m>,model=<model>,version=<v> <output>=<value>,... <ns>`
+/// stamped with the acquisition time of the inputs.
+pub fn encode_prediction(prediction: &Prediction) -> Result<Option<String>, ConnectorError> {
+    let fields = prediction
+        .outputs
+        .iter()
+        .map(|(name, value)| (&**name, TagValue::Float(*value)));
+    encode_line(
+        PREDICTION_MEASUREMENT,
+        &[
+            ("machine", &prediction.machine),
+            ("model", &prediction.model),
+            ("version", &prediction.version),
+        ],
+        fields,
+        prediction.inputs_acquired_at,
+    )
+}
+
+fn encode_line<'a>(
+    measurement: &str,
+    tags: &[(&str, &str)],
+    fields: impl Iterator<Item = (&'a str, TagValue)>,
+    time: SystemTime,
+) -> Result<Option<String>, ConnectorError> {
+    let mut line = String::with_capacity(128);
+    escape_measurement(measurement, &mut line);
+    for (key, value) in tags {
+        check_identifier("tag key", key)?;
+        check_identifier(key, value)?;
+        line.push(',');
+        escape_key(key, &mut line);
+        line.push('=');
+        escape_key(value, &mut line);
+    }
+    let mut field_count = 0;
+    for (key, value) in fields {
+        if !is_writable(value) {
+            continue;
+        }
+        check_identifier("field key", key)?;
+        line.push(if field_count == 0 { ' ' } else { ',' });
+        escape_key(key, &mut line);
+        line.push('=');
+        write_value(value, &mut line);
+        field_count += 1;
+    }
+    if field_count == 0 {
+        return Ok(None);
+    }
+    let _ = write!(line, " {}", timestamp_ns(time)?);
+    Ok(Some(line))
+}
+
+/// Line protocol can carry neither empty keys/values nor line breaks in them.
+fn check_identifier(what: &str, text: &str) -> Result<(), ConnectorError> {
+    if text.is_empty() {
+        return Err(ConnectorError::Unencodable(format!("empty {what}")));
+    }
+    if text.contains(['\n', '\r']) {
+        return Err(ConnectorError::Unencodable(format!(
+            "{what} {text:?} contains a line break"
+        )));
+    }
+    Ok(())
+}
+
+fn is_writable(value: TagValue) -> bool {
+    match value {
+        TagValue::Float(f) => f.is_finite(),
+        _ => true,
+    }
+}
+
+/// Nanoseconds since the Unix epoch (negative before it), the protocol's
+/// default precision.
+pub fn timestamp_ns(time: SystemTime) -> Result<i64, ConnectorError> {
+    let out_of_range =
+        || ConnectorError::Unencodable(format!("timestamp {time:?} is outside 1677..2262"));
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).map_err(|_| out_of_range()),
+        Err(before) => i64::try_from(before.duration().as_nanos())
+            .map(|ns| -ns)
+            .map_err(|_| out_of_range()),
+    }
+}
+
+/// Measurements escape commas and spaces.
+fn escape_measurement(text: &str, out: &mut String) {
+    escape(text, &[',', ' '], out);
+}
+
+/// Tag keys, tag values and field keys escape commas, equals signs and
+/// spaces.
+fn escape_key(text: &str, out: &mut String) {
+    escape(text, &[',', '=', ' '], out);
+}
+
+/// Besides the special characters, a backslash is doubled: the protocol reads
+/// two backslashes as one, and an undoubled trailing backslash would escape
+/// the separator that follows it (`a\` then ` ` reads as `a ` ...).
+fn escape(text: &str, special: &[char], out: &mut String) {
+    for c in text.chars() {
+        if c == '\\' || special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+fn write_value(value: TagValue, out: &mut String) {
+    match value {
+        TagValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        TagValue::Int(i) => {
+            let _ = write!(out, "{i}i");
+        }
+        TagValue::UInt(u) => match i64::try_from(u) {
+            Ok(i) => {
+                let _ = write!(out, "{i}i");
+            }
+            // Above i64::MAX: a float, rounded (see the module docs).
+            Err(_) => write_float(u as f64, out),
+        },
+        TagValue::Float(f) => write_float(f, out),
+    }
+}
+
+/// Shortest form that parses back to the same f64. Rust's `Display` never
+/// uses an exponent, which for very large or small magnitudes makes
+/// hundreds of digits; those use `LowerExp` (`1e300`, `1.5e-7`), which the
+/// protocol accepts too.
+fn write_float(f: f64, out: &mut String) {
+    let magnitude = f.abs();
+    if magnitude != 0.0 && !(1e-5..1e16).contains(&magnitude) {
+        let _ = write!(out, "{f:e}");
+    } else {
+        let _ = write!(out, "{f}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::scan::TagReading;
+
+    fn at(ns: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(ns)
+    }
+
+    fn reading(tag: &str, value: Option<TagValue>, quality: Quality) -> TagReading {
+        TagReading {
+            tag: tag.into(),
+            value,
+            quality,
+        }
+    }
+
+    fn good(tag: &str, value: TagValue) -> TagReading {
+        reading(tag, Some(value), Quality::Good)
+    }
+
+    fn scan(machine: &str, readings: Vec<TagReading>) -> Scan {
+        Scan {
+            machine: machine.into(),
+            acquired_at: at(1_700_000_000_123_456_789),
+            readings,
+        }
+    }
+
+    fn float_text(f: f64) -> String {
+        let mut out = String::new();
+        write_float(f, &mut out);
+        out
+    }
+
+    #[test]
+    fn scan_line_has_machine_tag_fields_and_acquisition_time() {
+        let line = encode_scan(&scan(
+            "press-7",
+            vec![
+                good("temp_c", TagValue::Float(21.5)),
+                good("count", TagValue::Int(-3)),
+                good("running", TagValue::Bool(true)),
+                good("total", TagValue::UInt(42)),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some(
+                "process,machine=press-7 temp_c=21.5,count=-3i,running=true,total=42i \
+                 1700000000123456789"
+            )
+        );
+    }
+
+    #[test]
+    fn only_good_readings_with_values_are_written() {
+        let line = encode_scan(&scan(
+            "m",
+            vec![
+                reading("bad", None, Quality::Bad),
+                reading("shaky", Some(TagValue::Int(1)), Quality::Uncertain),
+                reading("empty", None, Quality::Good),
+                good("ok", TagValue::Bool(false)),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("process,machine=m ok=false 1700000000123456789")
+        );
+    }
+
+    #[test]
+    fn scan_without_good_value_yields_no_line() {
+        let none = scan(
+            "m",
+            vec![
+                reading("bad", None, Quality::Bad),
+                reading("shaky", Some(TagValue::Int(1)), Quality::Uncertain),
+                good("nan", TagValue::Float(f64::NAN)),
+            ],
+        );
+        assert_eq!(encode_scan(&none).unwrap(), None);
+        assert_eq!(encode_scan(&scan("m", vec![])).unwrap(), None);
+    }
+
+    #[test]
+    fn non_finite_fields_are_skipped() {
+        let line = encode_scan(&scan(
+            "m",
+            vec![
+                good("a", TagValue::Float(f64::INFINITY)),
+                good("b", TagValue::Float(1.0)),
+                good("c", TagValue::Float(f64::NEG_INFINITY)),
+                good("d", TagValue::Float(f64::NAN)),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("process,machine=m b=1 1700000000123456789")
+        );
+    }
+
+    #[test]
+    fn prediction_line_is_stamped_with_input_time() {
+        let prediction = Prediction {
+            machine: "press-7".into(),
+            model: "wear".into(),
+            version: "1.2.0".into(),
+            inputs_acquired_at: at(1_000),
+            outputs: vec![("rul_h".into(), 123.25), ("p_fail".into(), f64::NAN)],
+        };
+        assert_eq!(
+            encode_record(&Record::Prediction(Arc::new(prediction)))
+                .unwrap()
+                .as_deref(),
+            Some("prediction,machine=press-7,model=wear,version=1.2.0 rul_h=123.25 1000")
+        );
+    }
+
+    #[test]
+    fn tags_and_field_keys_escape_comma_equals_space_and_backslash() {
+        let line = encode_scan(&scan(
+            "press 7,a=b\\",
+            vec![good("flow rate,l=min", TagValue::Int(1))],
+        ))
+        .unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some(r"process,machine=press\ 7\,a\=b\\ flow\ rate\,l\=min=1i 1700000000123456789")
+        );
+    }
+
+    #[test]
+    fn measurement_escapes_comma_and_space_only() {
+        let mut out = String::new();
+        escape_measurement("a b,c=d", &mut out);
+        assert_eq!(out, r"a\ b\,c=d");
+    }
+
+    #[test]
+    fn unicode_passes_unescaped() {
+        let line = encode_scan(&scan("Presse-Ü", vec![good("temp_°C", TagValue::Int(1))])).unwrap();
+        assert_eq!(
+            line.as_deref(),
+            Some("process,machine=Presse-Ü temp_°C=1i 1700000000123456789")
+        );
+    }
+
+    #[test]
+    fn line_breaks_and_empty_names_are_unencodable() {
+        for machine in ["", "a\nb", "a\rb"] {
+            let result = encode_scan(&scan(machine, vec![good("t", TagValue::Int(1))]));
+            assert!(
+                matches!(result, Err(ConnectorError::Unencodable(_))),
+                "{machine:?}"
+            );
+        }
+        let result = encode_scan(&scan("m", vec![good("", TagValue::Int(1))]));
+        assert!(matches!(result, Err(ConnectorError::Unencodable(_))));
+    }
+
+    #[test]
+    fn floats_round_trip() {
+        for f in [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            21.5,
+            1.0 / 3.0,
+            123_456_789.123,
+            9_999_999_999_999_998.0,
+            1e16,
+            1e300,
+            -1e300,
+            1e-5,
+            1.5e-7,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            5e-324,
+        ] {
+            let text = float_text(f);
+            let back: f64 = text.parse().unwrap();
+            assert_eq!(back.to_bits(), f.to_bits(), "{f:?} written as {text}");
+            assert!(!text.contains(['i', 'u']), "{text} must read as a float");
+        }
+        assert_eq!(float_text(1.0), "1");
+        assert_eq!(float_text(1e300), "1e300");
+        assert_eq!(float_text(1.5e-7), "1.5e-7");
+        assert_eq!(float_text(0.25), "0.25");
+    }
+
+    #[test]
+    fn integers_carry_the_i_suffix_and_huge_unsigned_become_floats() {
+        let write = |v| {
+            let mut out = String::new();
+            write_value(v, &mut out);
+            out
+        };
+        assert_eq!(write(TagValue::Int(i64::MIN)), "-9223372036854775808i");
+        assert_eq!(
+            write(TagValue::UInt(i64::MAX as u64)),
+            "9223372036854775807i"
+        );
+        assert_eq!(write(TagValue::UInt(u64::MAX)), "1.8446744073709552e19");
+        assert_eq!(write(TagValue::Bool(true)), "true");
+    }
+
+    #[test]
+    fn timestamps_before_the_epoch_are_negative_and_far_ones_fail() {
+        let before = UNIX_EPOCH - Duration::from_nanos(5);
+        assert_eq!(timestamp_ns(before).unwrap(), -5);
+        let far = UNIX_EPOCH + Duration::from_secs(300 * 365 * 24 * 3600);
+        assert!(matches!(
+            timestamp_ns(far),
+            Err(ConnectorError::Unencodable(_))
+        ));
+    }
+}

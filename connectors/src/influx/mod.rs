@@ -1,0 +1,13 @@
+//! InfluxDB sink: scans and predictions as line protocol (see DESIGN.md's
+//! contract), batched, buffered in memory through outages, written over the
+//! InfluxDB v2 write API.
+
+pub mod buffer;
+pub mod config;
+pub mod line_protocol;
+pub mod sink;
+pub mod writer;
+
+pub use config::{BackoffConfig, InfluxSinkConfig};
+pub use sink::{InfluxSink, InfluxSinkStats};
+pub use writer::{InfluxV2Writer, LineWriter, WriteError};

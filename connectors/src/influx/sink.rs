@@ -1,0 +1,357 @@
+//! The InfluxDB sink task: records in, batches of line protocol out, through
+//! outages.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::{backoff_delay, BatchOutcome, LineBuffer};
+use super::config::InfluxSinkConfig;
+use super::line_protocol::encode_record;
+use super::writer::{LineWriter, WriteError};
+use crate::scan::Record;
+
+/// How long the final flush on shutdown may take: long enough for a few
+/// batches to a reachable server, short enough not to hold up a restart.
+pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Warnings about lost lines repeat at most this often (with running totals),
+/// so a long outage does not flood the log.
+const LOSS_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counters of one sink, cheap to clone and read from anywhere (metrics,
+/// health, tests).
+#[derive(Debug, Clone, Default)]
+pub struct InfluxSinkStats(Arc<StatsCounters>);
+
+#[derive(Debug, Default)]
+struct StatsCounters {
+    lines_written: AtomicU64,
+    batches_written: AtomicU64,
+    write_failures: AtomicU64,
+    batches_rejected: AtomicU64,
+    lines_dropped_overflow: AtomicU64,
+    lines_dropped_rejected: AtomicU64,
+    records_unencodable: AtomicU64,
+    buffered_lines: AtomicU64,
+}
+
+impl InfluxSinkStats {
+    /// Lines the server accepted.
+    pub fn lines_written(&self) -> u64 {
+        self.0.lines_written.load(Ordering::Relaxed)
+    }
+    /// Batches the server accepted.
+    pub fn batches_written(&self) -> u64 {
+        self.0.batches_written.load(Ordering::Relaxed)
+    }
+    /// Write attempts that failed in a retryable way (unreachable, timeout,
+    /// 5xx, 429); the batch was kept.
+    pub fn write_failures(&self) -> u64 {
+        self.0.write_failures.load(Ordering::Relaxed)
+    }
+    /// Batches the server refused for good (4xx).
+    pub fn batches_rejected(&self) -> u64 {
+        self.0.batches_rejected.load(Ordering::Relaxed)
+    }
+    /// Oldest lines dropped because the buffer was full.
+    pub fn lines_dropped_overflow(&self) -> u64 {
+        self.0.lines_dropped_overflow.load(Ordering::Relaxed)
+    }
+    /// Lines in batches the server refused for good.
+    pub fn lines_dropped_rejected(&self) -> u64 {
+        self.0.lines_dropped_rejected.load(Ordering::Relaxed)
+    }
+    /// Records that line protocol cannot carry (e.g. a line break in a name).
+    pub fn records_unencodable(&self) -> u64 {
+        self.0.records_unencodable.load(Ordering::Relaxed)
+    }
+    /// Lines waiting in memory now (gauge).
+    pub fn buffered_lines(&self) -> u64 {
+        self.0.buffered_lines.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Writes scans and predictions to InfluxDB in batches.
+///
+/// Lines accumulate in a bounded in-memory buffer; a batch is written when
+/// `batch_max_lines` are buffered or the oldest has waited
+/// `flush_interval_ms`. A batch that failed in a retryable way stays at the
+/// head of the buffer and is retried with capped exponential backoff and
+/// jitter, while new records keep being accepted; when the buffer is full the
+/// oldest lines are dropped and counted. A rejected batch is logged with the
+/// server's answer, counted and dropped.
+pub struct InfluxSink;
+
+impl InfluxSink {
+    /// Starts the sink task. It ends when `cancel` fires or every sender of
+    /// `rx` is gone: it then takes what is already in `rx`, tries a final
+    /// flush for at most [`SHUTDOWN_FLUSH_DEADLINE`] and logs how many lines
+    /// could not be delivered.
+    pub fn spawn<W: LineWriter>(
+        config: InfluxSinkConfig,
+        writer: W,
+        rx: mpsc::Receiver<Record>,
+        cancel: CancellationToken,
+    ) -> (InfluxSinkStats, JoinHandle<()>) {
+        let stats = InfluxSinkStats::default();
+        let task = SinkTask {
+            buffer: LineBuffer::new(config.buffer_max_lines),
+            config,
+            writer: Arc::new(writer),
+            stats: stats.clone(),
+            flush_at: None,
+            retry_at: None,
+            failed_attempts: 0,
+            overflow_warned_at: None,
+            unencodable_warned_at: None,
+        };
+        let handle = tokio::spawn(task.run(rx, cancel));
+        (stats, handle)
+    }
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send>>;
+
+struct SinkTask<W> {
+    config: InfluxSinkConfig,
+    writer: Arc<W>,
+    buffer: LineBuffer,
+    stats: InfluxSinkStats,
+    /// When the buffered lines are due even if no full batch has gathered.
+    flush_at: Option<Instant>,
+    /// Set after a retryable failure: no write before then.
+    retry_at: Option<Instant>,
+    failed_attempts: u32,
+    overflow_warned_at: Option<Instant>,
+    unencodable_warned_at: Option<Instant>,
+}
+
+impl<W: LineWriter> SinkTask<W> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>, cancel: CancellationToken) {
+        let mut in_flight: Option<WriteFuture> = None;
+        loop {
+            let next_write = match in_flight {
+                Some(_) => None,
+                None => self.next_write_at(),
+            };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                result = await_if_some(in_flight.as_mut()) => {
+                    in_flight = None;
+                    self.settle(result);
+                }
+                record = rx.recv() => match record {
+                    Some(record) => self.accept(&record),
+                    None => break,
+                },
+                _ = sleep_until_if_some(next_write) => {
+                    in_flight = self.start_write();
+                }
+            }
+        }
+        while let Ok(record) = rx.try_recv() {
+            self.accept(&record);
+        }
+        self.final_flush(in_flight).await;
+    }
+
+    fn accept(&mut self, record: &Record) {
+        match encode_record(record) {
+            Ok(Some(line)) => {
+                let dropped = self.buffer.push(line);
+                if self.flush_at.is_none() {
+                    self.flush_at = Some(Instant::now() + self.config.flush_interval());
+                }
+                self.count_overflow(dropped);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                InfluxSinkStats::add(&self.stats.0.records_unencodable, 1);
+                if due(&mut self.unencodable_warned_at) {
+                    tracing::warn!(
+                        error = %e,
+                        total = self.stats.records_unencodable(),
+                        "InfluxDB sink skips a record it cannot encode"
+                    );
+                }
+            }
+        }
+        self.update_gauge();
+    }
+
+    fn next_write_at(&self) -> Option<Instant> {
+        if self.buffer.is_empty() {
+            None
+        } else if self.retry_at.is_some() {
+            self.retry_at
+        } else if self.buffer.len() >= self.config.batch_max_lines {
+            Some(Instant::now())
+        } else {
+            // Lines left over from a full batch have waited long enough.
+            Some(self.flush_at.unwrap_or_else(Instant::now))
+        }
+    }
+
+    fn start_write(&mut self) -> Option<WriteFuture> {
+        let body = self.buffer.start_batch(self.config.batch_max_lines)?;
+        self.retry_at = None;
+        self.flush_at = None;
+        let writer = Arc::clone(&self.writer);
+        Some(Box::pin(async move { writer.write(body).await }))
+    }
+
+    /// Books the outcome of the batch being written. Returns whether the
+    /// failure was retryable.
+    fn settle(&mut self, result: Result<(), WriteError>) -> bool {
+        let counters = &self.stats.0;
+        let retryable = match result {
+            Ok(()) => {
+                let settled = self.buffer.finish_batch(BatchOutcome::Delivered);
+                InfluxSinkStats::add(&counters.lines_written, settled.settled);
+                InfluxSinkStats::add(&counters.batches_written, 1);
+                if self.failed_attempts > 0 {
+                    tracing::info!(
+                        failed_attempts = self.failed_attempts,
+                        buffered = self.buffer.len(),
+                        "InfluxDB write succeeded again"
+                    );
+                }
+                self.failed_attempts = 0;
+                false
+            }
+            Err(WriteError::Rejected(reason)) => {
+                let settled = self.buffer.finish_batch(BatchOutcome::Rejected);
+                InfluxSinkStats::add(&counters.lines_dropped_rejected, settled.settled);
+                InfluxSinkStats::add(&counters.batches_rejected, 1);
+                tracing::error!(
+                    lines = settled.settled,
+                    total_rejected = self.stats.lines_dropped_rejected(),
+                    server_answer = %reason,
+                    "InfluxDB rejected a batch; its lines are dropped"
+                );
+                self.failed_attempts = 0;
+                false
+            }
+            Err(WriteError::Retryable(reason)) => {
+                let settled = self.buffer.finish_batch(BatchOutcome::Failed);
+                InfluxSinkStats::add(&counters.write_failures, 1);
+                self.count_overflow(settled.dropped_overflow);
+                let delay = backoff_delay(
+                    self.failed_attempts,
+                    Duration::from_millis(self.config.backoff.initial_ms),
+                    Duration::from_millis(self.config.backoff.max_ms),
+                    rand::rng().random_range(0.5..=1.0),
+                );
+                self.failed_attempts = self.failed_attempts.saturating_add(1);
+                self.retry_at = Some(Instant::now() + delay);
+                tracing::warn!(
+                    error = %reason,
+                    attempt = self.failed_attempts,
+                    retry_in = ?delay,
+                    buffered = self.buffer.len(),
+                    "InfluxDB write failed; the batch is kept and retried"
+                );
+                true
+            }
+        };
+        if !self.buffer.is_empty() && self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now());
+        }
+        self.update_gauge();
+        retryable
+    }
+
+    fn count_overflow(&mut self, dropped: usize) {
+        if dropped == 0 {
+            return;
+        }
+        InfluxSinkStats::add(&self.stats.0.lines_dropped_overflow, dropped);
+        if due(&mut self.overflow_warned_at) {
+            tracing::warn!(
+                total_dropped = self.stats.lines_dropped_overflow(),
+                buffer_max_lines = self.config.buffer_max_lines,
+                "InfluxDB sink buffer is full; dropping the oldest lines"
+            );
+        }
+    }
+
+    fn update_gauge(&self) {
+        self.stats
+            .0
+            .buffered_lines
+            .store(self.buffer.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Waits for the write under way, then writes what is left until the
+    /// buffer is empty, a retryable failure, or the deadline.
+    async fn final_flush(&mut self, in_flight: Option<WriteFuture>) {
+        let flushed = tokio::time::timeout(SHUTDOWN_FLUSH_DEADLINE, async {
+            if let Some(write) = in_flight {
+                self.settle(write.await);
+            }
+            while let Some(body) = self.buffer.start_batch(self.config.batch_max_lines) {
+                let result = self.writer.write(body).await;
+                if self.settle(result) {
+                    break;
+                }
+            }
+        })
+        .await;
+        // A write cut off by the deadline counts as failed.
+        let settled = self.buffer.finish_batch(BatchOutcome::Failed);
+        let lost = self.buffer.clear() + settled.dropped_overflow;
+        self.update_gauge();
+        if lost > 0 {
+            tracing::warn!(
+                lines = lost,
+                deadline_reached = flushed.is_err(),
+                "InfluxDB sink stopped with lines that could not be delivered"
+            );
+        } else {
+            tracing::info!(
+                lines_written = self.stats.lines_written(),
+                "InfluxDB sink stopped with everything delivered"
+            );
+        }
+    }
+}
+
+/// True (and restarts the interval) if the last warning is old enough.
+fn due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    match *last {
+        Some(at) if now.duration_since(at) < LOSS_WARNING_INTERVAL => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
+    }
+}
+
+async fn await_if_some(write: Option<&mut WriteFuture>) -> Result<(), WriteError> {
+    match write {
+        Some(write) => write.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_if_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,112 @@
+//! A TCP proxy in front of a real server, for fault injection: it passes
+//! traffic through, or makes the server look unreachable without stopping
+//! it.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards bytes both ways.
+    PassThrough,
+    /// Closes every connection at once, as a crashed or restarting server
+    /// would.
+    Refuse,
+    /// Accepts connections and never answers (a dead route, a firewall
+    /// dropping packets): clients run into their timeouts.
+    Blackhole,
+}
+
+/// Leaving [`ProxyMode::PassThrough`] also cuts the connections already
+/// forwarded, so a client's pooled keep-alive connection cannot slip past a
+/// fault.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    mode: watch::Sender<ProxyMode>,
+    accept_task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Listens on a free loopback port and forwards to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (mode, _) = watch::channel(ProxyMode::PassThrough);
+        let modes = mode.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(serve(client, upstream, modes.subscribe()));
+            }
+        });
+        Ok(Self {
+            addr,
+            mode,
+            accept_task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+    }
+
+    pub fn mode(&self) -> ProxyMode {
+        *self.mode.borrow()
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        // Dropping the sender ends every connection task (see `serve`).
+    }
+}
+
+async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<ProxyMode>) {
+    let current = *mode.borrow_and_update();
+    match current {
+        ProxyMode::Refuse => {}
+        ProxyMode::Blackhole => {
+            // Read and discard until the client gives up or the mode changes;
+            // the connection then closes without an answer.
+            let mut sink = [0u8; 4096];
+            loop {
+                tokio::select! {
+                    read = client.read(&mut sink) => match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    },
+                    _ = mode.changed() => break,
+                }
+            }
+        }
+        ProxyMode::PassThrough => {
+            let Ok(mut server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                _ = wait_until_not_passing(&mut mode) => {}
+            }
+        }
+    }
+}
+
+async fn wait_until_not_passing(mode: &mut watch::Receiver<ProxyMode>) {
+    // An error means the proxy is gone: stop forwarding too.
+    let _ = mode.wait_for(|m| *m != ProxyMode::PassThrough).await;
+}

@@ -1,0 +1,478 @@
+//! The InfluxDB sink against a real VictoriaMetrics (InfluxDB v2 write API),
+//! with faults injected around it: stopped and restarted, cut off by a
+//! proxy, answering 4xx.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use ironbridge_connectors::influx::{
+    InfluxSink, InfluxSinkConfig, InfluxSinkStats, InfluxV2Writer,
+};
+use ironbridge_connectors::{Prediction, Quality, Record, Scan, TagReading, TagValue};
+use ironbridge_tests::tcp_proxy::{ProxyMode, TcpProxy};
+use ironbridge_tests::victoria::{ExportedSeries, VictoriaMetrics};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous: conditions are awaited, never timed.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// 2020-09-13T12:26:40.123456789Z: old, so the data can only carry the
+/// acquisition time, never the time it was sent.
+const T0_NS: u64 = 1_600_000_000_123_456_789;
+const T0_MS: i64 = 1_600_000_000_123;
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ironbridge_connectors=debug")
+        .with_test_writer()
+        .try_init();
+}
+
+fn at(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+fn good(tag: &str, value: TagValue) -> TagReading {
+    TagReading {
+        tag: tag.into(),
+        value: Some(value),
+        quality: Quality::Good,
+    }
+}
+
+fn scan(machine: &str, acquired_at_ns: u64, readings: Vec<TagReading>) -> Record {
+    Record::Scan(Arc::new(Scan {
+        machine: machine.into(),
+        acquired_at: at(acquired_at_ns),
+        readings,
+    }))
+}
+
+/// Scan number `i` of machine `m`: one reading `seq = i`, one second apart.
+fn numbered_scan(i: u64) -> Record {
+    scan(
+        "m",
+        T0_NS + i * 1_000_000_000,
+        vec![good("seq", TagValue::Int(i as i64))],
+    )
+}
+
+fn numbered_sample(i: u64) -> (i64, f64) {
+    (T0_MS + i as i64 * 1000, i as f64)
+}
+
+/// Short intervals so the tests move quickly; behaviour does not depend on
+/// them.
+fn config(url: &str) -> InfluxSinkConfig {
+    let mut config = InfluxSinkConfig::new(url, "plant");
+    config.org = "acme".into();
+    config.flush_interval_ms = 50;
+    config.batch_max_lines = 100;
+    config.buffer_max_lines = 1000;
+    config.request_timeout_ms = 5_000;
+    config.backoff.initial_ms = 50;
+    config.backoff.max_ms = 400;
+    config
+}
+
+struct RunningSink {
+    tx: mpsc::Sender<Record>,
+    stats: InfluxSinkStats,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningSink {
+    fn start(config: InfluxSinkConfig) -> Result<Self> {
+        assert!(
+            config.validate("influx").is_empty(),
+            "{:?}",
+            config.validate("influx")
+        );
+        let writer = InfluxV2Writer::new(&config)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let (stats, task) = InfluxSink::spawn(config, writer, rx, cancel.clone());
+        Ok(Self {
+            tx,
+            stats,
+            cancel,
+            task,
+        })
+    }
+
+    async fn send(&self, records: impl IntoIterator<Item = Record>) -> Result<()> {
+        for record in records {
+            self.tx.send(record).await?;
+        }
+        Ok(())
+    }
+
+    async fn stop(self) -> Result<InfluxSinkStats> {
+        self.cancel.cancel();
+        self.task.await?;
+        Ok(self.stats)
+    }
+}
+
+/// Polls `condition` until it holds; fails with `what` after [`DEADLINE`].
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!("gave up waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Polls the server until the export of `selector` has `samples` samples.
+async fn wait_for_export(
+    vm: &VictoriaMetrics,
+    selector: &str,
+    samples: usize,
+) -> Result<Vec<ExportedSeries>> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let series = vm.export(selector).await?;
+        let found: usize = series.iter().map(|s| s.values.len()).sum();
+        if found == samples {
+            return Ok(series);
+        }
+        if found > samples || tokio::time::Instant::now() >= deadline {
+            bail!("expected {samples} samples of {selector}, found {found}: {series:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Metric name, labels other than the name, samples.
+type SeriesView<'a> = (String, Vec<(&'a str, &'a str)>, Vec<(i64, f64)>);
+
+fn only_series(series: &[ExportedSeries]) -> Result<&ExportedSeries> {
+    match series {
+        [one] => Ok(one),
+        _ => bail!("expected one series, got {series:#?}"),
+    }
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T> {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(value) => Ok(value),
+        Err(_) => bail!("gave up waiting for: {what}"),
+    }
+}
+
+#[tokio::test]
+async fn scans_and_predictions_arrive_with_acquisition_times_exact_values_and_escaping(
+) -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let sink = RunningSink::start(config(&vm.url()))?;
+
+    // Space, comma, equals sign and a trailing backslash: all must survive.
+    let machine = "press 7,line=2\\";
+    let readings = vec![
+        good("temp_c", TagValue::Float(21.5)),
+        good("count", TagValue::Int(-3)),
+        // Above i64::MAX, so written as a float; 1e19 is exact in both f64
+        // and VictoriaMetrics' decimal storage.
+        good("total", TagValue::UInt(10_000_000_000_000_000_000)),
+        good("running", TagValue::Bool(true)),
+        good("flow rate,l=min", TagValue::Float(0.125)),
+        good("tiny", TagValue::Float(1.5e-7)),
+        TagReading {
+            tag: "unreadable".into(),
+            value: None,
+            quality: Quality::Bad,
+        },
+        TagReading {
+            tag: "shaky".into(),
+            value: Some(TagValue::Int(7)),
+            quality: Quality::Uncertain,
+        },
+        good("broken", TagValue::Float(f64::NAN)),
+    ];
+    let prediction = Prediction {
+        machine: machine.into(),
+        model: "wear model".into(),
+        version: "1.2.0".into(),
+        inputs_acquired_at: at(T0_NS),
+        outputs: vec![("rul_h".into(), 123.25), ("p_fail".into(), 0.0625)],
+    };
+    sink.send([
+        scan(machine, T0_NS, readings),
+        scan(
+            machine,
+            T0_NS + 1_000_000_000,
+            vec![good("temp_c", TagValue::Float(-22.75))],
+        ),
+        // No good value: no line at all.
+        scan(
+            "mill-2",
+            T0_NS,
+            vec![TagReading {
+                tag: "temp_c".into(),
+                value: None,
+                quality: Quality::Bad,
+            }],
+        ),
+        Record::Prediction(Arc::new(prediction)),
+    ])
+    .await?;
+
+    wait_for("3 lines written", || sink.stats.lines_written() == 3).await?;
+    let series = wait_for_export(&vm, r#"{__name__=~"(process|prediction)_.*"}"#, 9).await?;
+    let found: Vec<SeriesView> = series
+        .iter()
+        .map(|s| {
+            let labels = s
+                .metric
+                .iter()
+                .filter(|(k, _)| *k != "__name__")
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            (s.name().to_string(), labels, s.samples())
+        })
+        .collect();
+    let process = |name: &str, samples: Vec<(i64, f64)>| {
+        (name.to_string(), vec![("machine", machine)], samples)
+    };
+    let predicted = |name: &str, value: f64| {
+        (
+            name.to_string(),
+            vec![
+                ("machine", machine),
+                ("model", "wear model"),
+                ("version", "1.2.0"),
+            ],
+            vec![(T0_MS, value)],
+        )
+    };
+    let mut expected = vec![
+        process("process_count", vec![(T0_MS, -3.0)]),
+        process("process_flow rate,l=min", vec![(T0_MS, 0.125)]),
+        process("process_running", vec![(T0_MS, 1.0)]),
+        process(
+            "process_temp_c",
+            vec![(T0_MS, 21.5), (T0_MS + 1000, -22.75)],
+        ),
+        process("process_tiny", vec![(T0_MS, 1.5e-7)]),
+        process("process_total", vec![(T0_MS, 1e19)]),
+        predicted("prediction_p_fail", 0.0625),
+        predicted("prediction_rul_h", 123.25),
+    ];
+    let mut found = found;
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(found, expected);
+
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_written(), 3);
+    assert_eq!(stats.lines_dropped_overflow(), 0);
+    assert_eq!(stats.lines_dropped_rejected(), 0);
+    assert_eq!(stats.buffered_lines(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_down_buffers_and_restart_delivers_everything() -> Result<()> {
+    init_logs();
+    let mut vm = VictoriaMetrics::start().await?;
+    let sink = RunningSink::start(config(&vm.url()))?;
+
+    sink.send((0..5).map(numbered_scan)).await?;
+    wait_for("first 5 lines written", || sink.stats.lines_written() == 5).await?;
+
+    vm.stop().await?;
+    sink.send((5..25).map(numbered_scan)).await?;
+    wait_for("20 lines buffered after failed writes", || {
+        sink.stats.buffered_lines() == 20 && sink.stats.write_failures() >= 2
+    })
+    .await?;
+    assert_eq!(sink.stats.lines_written(), 5);
+
+    vm.restart().await?;
+    wait_for("all 25 lines written", || sink.stats.lines_written() == 25).await?;
+    assert_eq!(sink.stats.buffered_lines(), 0);
+
+    let series = wait_for_export(&vm, r#"process_seq{machine="m"}"#, 25).await?;
+    let expected: Vec<(i64, f64)> = (0..25).map(numbered_sample).collect();
+    assert_eq!(only_series(&series)?.samples(), expected);
+
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_dropped_overflow(), 0);
+    assert_eq!(stats.lines_dropped_rejected(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn full_buffer_while_unreachable_drops_oldest_and_delivers_newest() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let proxy = TcpProxy::start(vm.addr()).await?;
+    proxy.set_mode(ProxyMode::Refuse);
+    let mut config = config(&proxy.url());
+    config.buffer_max_lines = 10;
+    config.batch_max_lines = 4;
+    let sink = RunningSink::start(config)?;
+
+    sink.send((0..25).map(numbered_scan)).await?;
+    // Lines evicted from a batch being written are counted once that write
+    // has failed, hence waiting for the count rather than reading it.
+    wait_for("15 oldest lines dropped, 10 buffered", || {
+        sink.stats.lines_dropped_overflow() == 15 && sink.stats.buffered_lines() == 10
+    })
+    .await?;
+    assert!(sink.stats.write_failures() >= 1);
+    assert_eq!(sink.stats.lines_written(), 0);
+
+    proxy.set_mode(ProxyMode::PassThrough);
+    wait_for("10 newest lines written", || {
+        sink.stats.lines_written() == 10
+    })
+    .await?;
+
+    let series = wait_for_export(&vm, r#"process_seq{machine="m"}"#, 10).await?;
+    let expected: Vec<(i64, f64)> = (15..25).map(numbered_sample).collect();
+    assert_eq!(only_series(&series)?.samples(), expected);
+
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_dropped_overflow(), 15);
+    assert_eq!(stats.lines_dropped_rejected(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn blackholed_server_times_out_and_everything_arrives_after() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let proxy = TcpProxy::start(vm.addr()).await?;
+    let mut config = config(&proxy.url());
+    // Each attempt into the blackhole ends at this deadline.
+    config.request_timeout_ms = 300;
+    let sink = RunningSink::start(config)?;
+
+    sink.send((0..3).map(numbered_scan)).await?;
+    wait_for("first 3 lines written", || sink.stats.lines_written() == 3).await?;
+
+    // Also cuts the pooled keep-alive connection the writer used so far.
+    proxy.set_mode(ProxyMode::Blackhole);
+    sink.send((3..10).map(numbered_scan)).await?;
+    wait_for("7 lines buffered after timed-out writes", || {
+        sink.stats.buffered_lines() == 7 && sink.stats.write_failures() >= 2
+    })
+    .await?;
+
+    proxy.set_mode(ProxyMode::PassThrough);
+    wait_for("all 10 lines written", || sink.stats.lines_written() == 10).await?;
+    let series = wait_for_export(&vm, r#"process_seq{machine="m"}"#, 10).await?;
+    let expected: Vec<(i64, f64)> = (0..10).map(numbered_sample).collect();
+    assert_eq!(only_series(&series)?.samples(), expected);
+
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_dropped_overflow(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejected_batch_is_counted_and_the_sink_carries_on() -> Result<()> {
+    init_logs();
+    // VictoriaMetrics answers 400 to a body ending in a line longer than
+    // -influx.maxLineSize; every other line here is far shorter.
+    let vm = VictoriaMetrics::start_with_args(&["-influx.maxLineSize=300"]).await?;
+    let sink = RunningSink::start(config(&vm.url()))?;
+
+    let wide: Vec<TagReading> = (0..60)
+        .map(|i| good(&format!("wide_{i}"), TagValue::Int(i)))
+        .collect();
+    sink.send([scan("m", T0_NS, wide)]).await?;
+    wait_for("the oversized line rejected", || {
+        sink.stats.lines_dropped_rejected() == 1
+    })
+    .await?;
+    assert_eq!(sink.stats.batches_rejected(), 1);
+    assert_eq!(
+        sink.stats.buffered_lines(),
+        0,
+        "a rejected batch is not retried"
+    );
+
+    sink.send((0..3).map(numbered_scan)).await?;
+    wait_for("the next 3 lines written", || {
+        sink.stats.lines_written() == 3
+    })
+    .await?;
+    let series = wait_for_export(&vm, r#"process_seq{machine="m"}"#, 3).await?;
+    let expected: Vec<(i64, f64)> = (0..3).map(numbered_sample).collect();
+    assert_eq!(only_series(&series)?.samples(), expected);
+    assert!(vm
+        .export(r#"{__name__=~"process_wide_.*"}"#)
+        .await?
+        .is_empty());
+
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_dropped_rejected(), 1);
+    assert_eq!(stats.write_failures(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_rejected_not_retried() -> Result<()> {
+    init_logs();
+    // With basic auth required, VictoriaMetrics answers the client's
+    // `Authorization: Token ...` with 401.
+    let vm =
+        VictoriaMetrics::start_with_args(&["-httpAuth.username=plant", "-httpAuth.password=pw"])
+            .await?;
+    let mut config = config(&vm.url());
+    // Any non-empty token is wrong here. PATH is always set, and reading it
+    // avoids setting a variable while other tests' threads read the
+    // environment.
+    config.token_env = Some("PATH".into());
+    let sink = RunningSink::start(config)?;
+
+    sink.send((0..3).map(numbered_scan)).await?;
+    wait_for("3 lines rejected", || {
+        sink.stats.lines_dropped_rejected() == 3
+    })
+    .await?;
+    sink.send((3..5).map(numbered_scan)).await?;
+    wait_for("5 lines rejected", || {
+        sink.stats.lines_dropped_rejected() == 5
+    })
+    .await?;
+
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_written(), 0);
+    assert_eq!(stats.write_failures(), 0);
+    assert_eq!(stats.buffered_lines(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_drains_the_channel_and_flushes() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let mut config = config(&vm.url());
+    // Nothing would be written for an hour but for the shutdown flush.
+    config.flush_interval_ms = 3_600_000;
+    config.batch_max_lines = 1000;
+    let sink = RunningSink::start(config)?;
+
+    sink.send((0..50).map(numbered_scan)).await?;
+    let stats = within("sink stop", sink.stop()).await??;
+    assert_eq!(stats.lines_written(), 50);
+    assert_eq!(stats.batches_written(), 1);
+    assert_eq!(stats.buffered_lines(), 0);
+
+    let series = wait_for_export(&vm, r#"process_seq{machine="m"}"#, 50).await?;
+    let expected: Vec<(i64, f64)> = (0..50).map(numbered_sample).collect();
+    assert_eq!(only_series(&series)?.samples(), expected);
+    Ok(())
+}
