@@ -1,0 +1,218 @@
+//! Raw libtorch forward vs. the full inference-service path, batch 1 and 64.
+//!
+//! cargo bench -p ironbridge-models --bench inference -- [model-version-dir]
+//!
+//! The directory defaults to the tiny test fixture. Each case is warmed up,
+//! then timed over several rounds; the table shows the median round.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ironbridge_models::{
+    DeviceChoice, InferenceHandle, InferenceOptions, InferenceService, TorchModel, VerifiedModel,
+};
+
+const WARM_UP: usize = 200;
+const ITERATIONS: usize = 2000;
+const ROUNDS: usize = 5;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // cargo passes `--bench` to harness-less benches; the only positional
+    // argument is the model folder.
+    let dir = std::env::args()
+        .skip(1)
+        .find(|arg| !arg.starts_with("--"))
+        .map(|arg| resolve(Path::new(&arg)))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/1.0.0"));
+    let verified = VerifiedModel::from_version_dir(&dir)?;
+    let manifest = verified.manifest();
+    println!(
+        "model {} {} ({} inputs -> {} outputs) from {}",
+        manifest.name,
+        manifest.version,
+        manifest.inputs.len(),
+        manifest.outputs.len(),
+        dir.display()
+    );
+    tch::set_num_threads(1);
+    println!(
+        "libtorch intra-op threads: {}; {ITERATIONS} iterations x {ROUNDS} rounds, median round",
+        tch::get_num_threads()
+    );
+
+    let n_inputs = manifest.inputs.len();
+    // Mid-range values: a valid row for any manifest.
+    let row: Vec<f32> = manifest
+        .inputs
+        .iter()
+        .map(|input| ((input.min + input.max) / 2.0) as f32)
+        .collect();
+
+    let raw_model = TorchModel::load(&verified, DeviceChoice::Cpu)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+
+    let mut table = Vec::new();
+    for batch in [1usize, 64] {
+        let rows: Vec<f32> = row.iter().copied().cycle().take(batch * n_inputs).collect();
+        let input = raw_model.input_tensor(&rows, batch)?;
+        let module = raw_model.module();
+        let raw = measure(ITERATIONS, || {
+            tch::no_grad(|| module.forward_ts(&[&input])).map(drop)
+        })?;
+        table.push(Line::new("raw forward_ts", batch, raw, raw));
+
+        // max_wait 0 for batch 1: the service adds no deliberate wait, so
+        // this is its pure overhead. Batch 64 fills max_batch and never waits.
+        let options = InferenceOptions {
+            max_batch: 64,
+            max_wait: if batch == 1 {
+                Duration::ZERO
+            } else {
+                InferenceOptions::default().max_wait
+            },
+            ..InferenceOptions::default()
+        };
+        let label = if batch == 1 {
+            "service, max_wait 0"
+        } else {
+            "service, max_wait 5ms"
+        };
+        let (service, batches_per_call) =
+            measure_service(&verified, options, &runtime, &row, batch, ITERATIONS)?;
+        table.push(Line::new(label, batch, service, raw).batches(batches_per_call));
+
+        if batch == 1 {
+            // The default 5 ms max_wait is pure latency for a lone request.
+            let (service, batches_per_call) = measure_service(
+                &verified,
+                InferenceOptions::default(),
+                &runtime,
+                &row,
+                batch,
+                ITERATIONS / 10,
+            )?;
+            table.push(
+                Line::new("service, max_wait 5ms", batch, service, raw).batches(batches_per_call),
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "{:<24} {:>5} {:>12} {:>11} {:>13} {:>13}",
+        "path", "batch", "µs/call", "µs/row", "service/raw", "forwards/call"
+    );
+    for line in &table {
+        println!(
+            "{:<24} {:>5} {:>12.1} {:>11.2} {:>13} {:>13}",
+            line.path,
+            line.batch,
+            line.per_call_us,
+            line.per_call_us / line.batch as f64,
+            if line.path.starts_with("raw") {
+                "-".to_owned()
+            } else {
+                format!("{:.2}x", line.per_call_us / line.raw_us)
+            },
+            line.batches_per_call
+                .map_or("-".to_owned(), |b| format!("{b:.2}")),
+        );
+    }
+    Ok(())
+}
+
+struct Line {
+    path: &'static str,
+    batch: usize,
+    per_call_us: f64,
+    raw_us: f64,
+    batches_per_call: Option<f64>,
+}
+
+impl Line {
+    fn new(path: &'static str, batch: usize, per_call: Duration, raw: Duration) -> Self {
+        Self {
+            path,
+            batch,
+            per_call_us: per_call.as_secs_f64() * 1e6,
+            raw_us: raw.as_secs_f64() * 1e6,
+            batches_per_call: None,
+        }
+    }
+
+    fn batches(mut self, per_call: f64) -> Self {
+        self.batches_per_call = Some(per_call);
+        self
+    }
+}
+
+/// Median over rounds of the mean time per call.
+fn measure<E>(iterations: usize, mut call: impl FnMut() -> Result<(), E>) -> Result<Duration, E> {
+    for _ in 0..WARM_UP.min(iterations) {
+        call()?;
+    }
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..iterations {
+            call()?;
+        }
+        rounds.push(start.elapsed() / iterations as u32);
+    }
+    rounds.sort();
+    Ok(rounds[ROUNDS / 2])
+}
+
+/// Times submit-and-await of `batch` rows through a fresh service; also
+/// returns how many forwards ran per call.
+fn measure_service(
+    verified: &VerifiedModel,
+    options: InferenceOptions,
+    runtime: &tokio::runtime::Runtime,
+    row: &[f32],
+    batch: usize,
+    iterations: usize,
+) -> Result<(Duration, f64), Box<dyn std::error::Error>> {
+    let handle = InferenceService::spawn(TorchModel::load(verified, DeviceChoice::Cpu)?, options)?;
+    let per_call = measure(iterations, || {
+        runtime.block_on(submit_and_await(&handle, row, batch))
+    })?;
+    let stats = handle.stats().snapshot();
+    Ok((
+        per_call,
+        stats.batches as f64 / (stats.inferences as f64 / batch as f64),
+    ))
+}
+
+async fn submit_and_await(
+    handle: &InferenceHandle,
+    row: &[f32],
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // All rows are queued before any answer is awaited, as concurrent
+    // callers would do.
+    let mut pending = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        pending.push(handle.submit(row.to_vec())?);
+    }
+    for prediction in pending {
+        prediction.await?;
+    }
+    Ok(())
+}
+
+/// Relative paths are tried from the current directory (cargo runs benches
+/// in the package folder), then from the workspace root.
+fn resolve(path: &Path) -> PathBuf {
+    if path.is_absolute() || path.exists() {
+        return path.to_path_buf();
+    }
+    let from_workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    if from_workspace.exists() {
+        from_workspace
+    } else {
+        path.to_path_buf()
+    }
+}

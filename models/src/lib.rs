@@ -1,0 +1,35 @@
+//! IronBridge models: manifests, the on-disk registry of model versions, the
+//! libtorch backend and the batched inference service.
+//!
+//! The path of a model from disk to a prediction:
+//!
+//! 1. [`ModelRegistry::open`] lists the versions in a model folder
+//!    (`<model-dir>/<version>/{manifest.toml, model.pt}`, format in
+//!    `docs/manifest-format.md`).
+//! 2. [`ModelRegistry::load`] validates the manifest, reads the TorchScript
+//!    file and checks its sha256 over the exact bytes, giving a
+//!    [`VerifiedModel`]. libtorch can crash on crafted files, so nothing
+//!    reaches it before this check.
+//! 3. [`TorchModel::load`] hands those verified bytes to libtorch (CPU, or a
+//!    CUDA device when configured and present), in eval mode.
+//! 4. [`InferenceService::spawn`] runs the model on its own thread, batching
+//!    rows submitted through an [`InferenceHandle`]; [`prepare_inputs`] keeps
+//!    missing, bad-quality, non-finite and out-of-range values away from it.
+
+mod error;
+mod manifest;
+mod registry;
+mod service;
+mod torch_backend;
+
+pub use error::ModelError;
+pub use manifest::{
+    AcceptanceMetric, InputSpec, ModelManifest, OutputSpec, Provenance, MANIFEST_FILE,
+};
+pub use registry::{ModelRegistry, ModelVersion, VerifiedModel};
+pub use service::{
+    prepare_inputs, InferenceHandle, InferenceMonitor, InferenceOptions, InferenceService,
+    InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus, PendingPrediction,
+    SkipReason, SubmitError,
+};
+pub use torch_backend::{DeviceChoice, TorchModel};

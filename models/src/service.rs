@@ -1,0 +1,825 @@
+//! Batched inference: one worker thread per model gathers queued rows into
+//! batches and runs one forward per batch.
+//!
+//! Callers submit single rows through a cloneable [`InferenceHandle`]; the
+//! queue is bounded and full means the newest request is rejected and
+//! counted. Dropping every handle stops the worker.
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ModelError;
+use crate::manifest::ModelManifest;
+use crate::registry::ModelVersion;
+use crate::torch_backend::TorchModel;
+
+/// How a service batches, queues and limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferenceOptions {
+    /// Most rows run in one forward.
+    pub max_batch: usize,
+    /// Longest a request waits for others to join its batch, counted from
+    /// the first request of the batch. At low request rates this is added
+    /// latency; zero runs whatever is queued at once.
+    pub max_wait: Duration,
+    /// Requests that may wait in the queue; beyond it the newest is rejected.
+    pub queue_capacity: usize,
+    /// Requests accepted per second (bursts up to the same number); `None`
+    /// accepts all.
+    pub rate_limit_per_s: Option<NonZeroU32>,
+    /// libtorch intra-op threads. libtorch's pool is process-wide, so with
+    /// several services the last one started decides.
+    pub intra_op_threads: usize,
+}
+
+impl Default for InferenceOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 64,
+            max_wait: Duration::from_millis(5),
+            queue_capacity: 1024,
+            rate_limit_per_s: None,
+            intra_op_threads: 1,
+        }
+    }
+}
+
+/// Why [`InferenceHandle::submit`] did not queue a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full; the row was dropped and counted.
+    QueueFull,
+    /// Over the configured rate; the row was dropped and counted.
+    RateLimited,
+    /// The row does not have one value per model input.
+    RowLength { expected: usize, actual: usize },
+    /// The worker is gone (it panicked); nothing will be answered.
+    Stopped,
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::QueueFull => f.write_str("inference queue full; request dropped"),
+            SubmitError::RateLimited => {
+                f.write_str("inference rate limit reached; request dropped")
+            }
+            SubmitError::RowLength { expected, actual } => {
+                write!(f, "row has {actual} values but the model takes {expected}")
+            }
+            SubmitError::Stopped => f.write_str("inference service stopped"),
+        }
+    }
+}
+
+// A rejection is an outcome callers count and move past, not a failure of
+// the crate, so it stays apart from `ModelError`.
+impl std::error::Error for SubmitError {}
+
+/// Lifecycle of a model as shown on the OPC UA `State` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelState {
+    Loading,
+    Serving,
+    Failed,
+    /// The service shut down because every handle was dropped.
+    Stopped,
+}
+
+impl ModelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Loading => "Loading",
+            ModelState::Serving => "Serving",
+            ModelState::Failed => "Failed",
+            ModelState::Stopped => "Stopped",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => ModelState::Loading,
+            1 => ModelState::Serving,
+            2 => ModelState::Failed,
+            _ => ModelState::Stopped,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            ModelState::Loading => 0,
+            ModelState::Serving => 1,
+            ModelState::Failed => 2,
+            ModelState::Stopped => 3,
+        }
+    }
+}
+
+impl fmt::Display for ModelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the OPC UA nodes `Models/<model>/...` show. Version fields are
+/// `None` while no version is loaded (a gateway builds this itself for
+/// `Loading` and `Failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelStatus {
+    pub name: String,
+    pub active_version: Option<String>,
+    pub sha256: Option<String>,
+    pub loaded_at: Option<SystemTime>,
+    pub state: ModelState,
+    /// Why the state is `Failed`, for the plant engineer.
+    pub detail: Option<String>,
+    pub inference_count: u64,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// Counters of one service; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct InferenceStats {
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    inferences: AtomicU64,
+    batches: AtomicU64,
+    rejected_queue_full: AtomicU64,
+    rejected_rate_limited: AtomicU64,
+    skipped_missing: AtomicU64,
+    skipped_bad_quality: AtomicU64,
+    skipped_not_finite: AtomicU64,
+    skipped_out_of_range: AtomicU64,
+    skipped_input_count: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InferenceStatsSnapshot {
+    /// Calls to `submit`, accepted or not.
+    pub requests: u64,
+    /// Rows run through the model successfully.
+    pub inferences: u64,
+    /// Forward calls that succeeded.
+    pub batches: u64,
+    pub rejected_queue_full: u64,
+    pub rejected_rate_limited: u64,
+    /// Rows not fed to the model by [`prepare_inputs`], by first reason.
+    pub skipped_missing: u64,
+    pub skipped_bad_quality: u64,
+    pub skipped_not_finite: u64,
+    pub skipped_out_of_range: u64,
+    /// Rows with a different number of values than the model has inputs.
+    pub skipped_input_count: u64,
+    /// Requests answered with an error (failed forward, bad row length,
+    /// stopped service).
+    pub failures: u64,
+}
+
+impl InferenceStats {
+    pub fn snapshot(&self) -> InferenceStatsSnapshot {
+        let c = &*self.counters;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        InferenceStatsSnapshot {
+            requests: get(&c.requests),
+            inferences: get(&c.inferences),
+            batches: get(&c.batches),
+            rejected_queue_full: get(&c.rejected_queue_full),
+            rejected_rate_limited: get(&c.rejected_rate_limited),
+            skipped_missing: get(&c.skipped_missing),
+            skipped_bad_quality: get(&c.skipped_bad_quality),
+            skipped_not_finite: get(&c.skipped_not_finite),
+            skipped_out_of_range: get(&c.skipped_out_of_range),
+            skipped_input_count: get(&c.skipped_input_count),
+            failures: get(&c.failures),
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One input value as the feature assembler found it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InputValue {
+    Missing,
+    BadQuality,
+    Value(f64),
+}
+
+/// Why a row was not fed to the model; names the first offending input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SkipReason {
+    Missing {
+        input: String,
+    },
+    BadQuality {
+        input: String,
+    },
+    NotFinite {
+        input: String,
+        value: f64,
+    },
+    OutOfRange {
+        input: String,
+        unit: String,
+        value: f64,
+        min: f64,
+        max: f64,
+    },
+    InputCount {
+        expected: usize,
+        actual: usize,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::Missing { input } => write!(f, "input {input} is missing"),
+            SkipReason::BadQuality { input } => write!(f, "input {input} has bad quality"),
+            SkipReason::NotFinite { input, value } => {
+                write!(f, "input {input} is {value}, not a finite number")
+            }
+            SkipReason::OutOfRange {
+                input,
+                unit,
+                value,
+                min,
+                max,
+            } => write!(
+                f,
+                "input {input} = {value} {unit} is outside its valid range [{min}, {max}] {unit}"
+            ),
+            SkipReason::InputCount { expected, actual } => {
+                write!(f, "{actual} input values given, the model takes {expected}")
+            }
+        }
+    }
+}
+
+/// Turns one row of input values into model input, or says (and counts) why
+/// the row must not reach the model: a value that is missing, of bad
+/// quality, not finite or outside the manifest's range would make the
+/// prediction meaningless. Only the first problem in input order is counted.
+pub fn prepare_inputs(
+    manifest: &ModelManifest,
+    values: &[InputValue],
+    stats: &InferenceStats,
+) -> Result<Vec<f32>, SkipReason> {
+    let c = &*stats.counters;
+    if values.len() != manifest.inputs.len() {
+        InferenceStats::add(&c.skipped_input_count, 1);
+        return Err(SkipReason::InputCount {
+            expected: manifest.inputs.len(),
+            actual: values.len(),
+        });
+    }
+    let mut row = Vec::with_capacity(values.len());
+    for (spec, value) in manifest.inputs.iter().zip(values) {
+        let input = || spec.name.clone();
+        let value = match *value {
+            InputValue::Missing => {
+                InferenceStats::add(&c.skipped_missing, 1);
+                return Err(SkipReason::Missing { input: input() });
+            }
+            InputValue::BadQuality => {
+                InferenceStats::add(&c.skipped_bad_quality, 1);
+                return Err(SkipReason::BadQuality { input: input() });
+            }
+            InputValue::Value(value) => value,
+        };
+        if !value.is_finite() {
+            InferenceStats::add(&c.skipped_not_finite, 1);
+            return Err(SkipReason::NotFinite {
+                input: input(),
+                value,
+            });
+        }
+        if value < spec.min || value > spec.max {
+            InferenceStats::add(&c.skipped_out_of_range, 1);
+            return Err(SkipReason::OutOfRange {
+                input: input(),
+                unit: spec.unit.clone(),
+                value,
+                min: spec.min,
+                max: spec.max,
+            });
+        }
+        // The model takes float32; the range check above ran on the exact value.
+        row.push(value as f32);
+    }
+    Ok(row)
+}
+
+/// Starts batched inference services.
+pub struct InferenceService;
+
+impl InferenceService {
+    /// Starts the worker thread for `model` and returns the first handle.
+    /// The worker stops when the last handle is dropped.
+    pub fn spawn(
+        model: TorchModel,
+        options: InferenceOptions,
+    ) -> Result<InferenceHandle, ModelError> {
+        spawn_with_start_gate(model, options, None)
+    }
+}
+
+/// `start_gate`, when given, holds the worker before its first receive until
+/// a message arrives or the sender is dropped; tests use it to fill the queue
+/// deterministically.
+fn spawn_with_start_gate(
+    model: TorchModel,
+    options: InferenceOptions,
+    start_gate: Option<std::sync::mpsc::Receiver<()>>,
+) -> Result<InferenceHandle, ModelError> {
+    let name = model.version().name.clone();
+    options_problem(&options).map_or(Ok(()), |problem| {
+        Err(ModelError::InvalidOptions {
+            model: name.clone(),
+            problem,
+        })
+    })?;
+    // The worker waits for batch-mates with a timeout; a tokio timer on a
+    // private runtime does that without spinning or a second channel type.
+    let clock = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|source| ModelError::Spawn {
+            model: name.clone(),
+            source,
+        })?;
+    let (queue, requests) = mpsc::channel(options.queue_capacity);
+    let shared = Arc::new(Shared {
+        version: model.version().clone(),
+        inputs: model.manifest().input_names(),
+        outputs: model.manifest().output_names(),
+        stats: InferenceStats::default(),
+        limiter: options
+            .rate_limit_per_s
+            .map(|per_s| RateLimiter::direct(Quota::per_second(per_s))),
+        state: AtomicU8::new(ModelState::Loading.to_u8()),
+    });
+    let worker = Worker {
+        model,
+        requests,
+        shared: Arc::clone(&shared),
+        options,
+        clock,
+    };
+    std::thread::Builder::new()
+        .name(format!("infer-{name}"))
+        .spawn(move || worker.run(start_gate))
+        .map_err(|source| ModelError::Spawn {
+            model: name.clone(),
+            source,
+        })?;
+    Ok(InferenceHandle { queue, shared })
+}
+
+fn options_problem(options: &InferenceOptions) -> Option<String> {
+    if options.max_batch == 0 {
+        Some("max_batch must be at least 1".to_owned())
+    } else if options.queue_capacity == 0 {
+        Some("queue_capacity must be at least 1".to_owned())
+    } else if options.queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
+        Some(format!(
+            "queue_capacity must be at most {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        ))
+    } else if options.intra_op_threads == 0 || i32::try_from(options.intra_op_threads).is_err() {
+        Some("intra_op_threads must be between 1 and 2^31-1".to_owned())
+    } else {
+        None
+    }
+}
+
+/// State shared by the worker, its handles and monitors.
+struct Shared {
+    version: ModelVersion,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    stats: InferenceStats,
+    limiter: Option<DefaultDirectRateLimiter>,
+    state: AtomicU8,
+}
+
+impl Shared {
+    fn state(&self) -> ModelState {
+        ModelState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn set_state(&self, state: ModelState) {
+        self.state.store(state.to_u8(), Ordering::Release);
+    }
+
+    fn status(&self) -> ModelStatus {
+        let state = self.state();
+        ModelStatus {
+            name: self.version.name.clone(),
+            active_version: Some(self.version.version.clone()),
+            sha256: Some(self.version.sha256.clone()),
+            loaded_at: Some(self.version.loaded_at),
+            state,
+            detail: (state == ModelState::Failed)
+                .then(|| "the inference thread panicked; see the log".to_owned()),
+            inference_count: self.stats.snapshot().inferences,
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+        }
+    }
+}
+
+/// Submits rows to one model's service. Clones share the queue; the worker
+/// stops once all clones are dropped.
+#[derive(Clone)]
+pub struct InferenceHandle {
+    queue: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for InferenceHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InferenceHandle")
+            .field("model", &self.shared.version.name)
+            .field("version", &self.shared.version.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InferenceHandle {
+    /// Queues one row (one value per model input, in manifest order).
+    /// Never waits: a full queue or the rate limit rejects this request.
+    pub fn submit(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
+        let c = &*self.shared.stats.counters;
+        InferenceStats::add(&c.requests, 1);
+        if row.len() != self.shared.inputs.len() {
+            InferenceStats::add(&c.failures, 1);
+            return Err(SubmitError::RowLength {
+                expected: self.shared.inputs.len(),
+                actual: row.len(),
+            });
+        }
+        if let Some(limiter) = &self.shared.limiter {
+            if limiter.check().is_err() {
+                InferenceStats::add(&c.rejected_rate_limited, 1);
+                return Err(SubmitError::RateLimited);
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.queue.try_send(Request { row, reply }) {
+            Ok(()) => Ok(PendingPrediction {
+                answer,
+                shared: Arc::clone(&self.shared),
+            }),
+            Err(TrySendError::Full(_)) => {
+                InferenceStats::add(&c.rejected_queue_full, 1);
+                Err(SubmitError::QueueFull)
+            }
+            Err(TrySendError::Closed(_)) => {
+                InferenceStats::add(&c.failures, 1);
+                Err(SubmitError::Stopped)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &InferenceStats {
+        &self.shared.stats
+    }
+
+    pub fn version(&self) -> &ModelVersion {
+        &self.shared.version
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        self.shared.status()
+    }
+
+    /// A view of status and stats that does not keep the worker running.
+    pub fn monitor(&self) -> InferenceMonitor {
+        InferenceMonitor {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// Read-only view of a service (for the OPC UA server and metrics); holding
+/// one does not keep the worker alive.
+#[derive(Clone)]
+pub struct InferenceMonitor {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for InferenceMonitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InferenceMonitor")
+            .field("model", &self.shared.version.name)
+            .field("state", &self.shared.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InferenceMonitor {
+    pub fn status(&self) -> ModelStatus {
+        self.shared.status()
+    }
+
+    pub fn stats(&self) -> &InferenceStats {
+        &self.shared.stats
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.shared.state()
+    }
+}
+
+/// The answer to one submitted row: await it (or call [`Self::wait`]).
+pub struct PendingPrediction {
+    answer: oneshot::Receiver<Result<Vec<f32>, ModelError>>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for PendingPrediction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingPrediction")
+            .field("model", &self.shared.version.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingPrediction {
+    /// The output row (one value per model output, in manifest order).
+    pub async fn wait(self) -> Result<Vec<f32>, ModelError> {
+        self.await
+    }
+
+    /// For callers outside an async context; must not be called inside one.
+    pub fn blocking_wait(self) -> Result<Vec<f32>, ModelError> {
+        let model = self.shared.version.name.clone();
+        self.answer
+            .blocking_recv()
+            .unwrap_or(Err(ModelError::ServiceStopped { model }))
+    }
+}
+
+impl Future for PendingPrediction {
+    type Output = Result<Vec<f32>, ModelError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.answer).poll(cx) {
+            Poll::Ready(Ok(answer)) => Poll::Ready(answer),
+            // The worker dropped the reply without answering: it died.
+            Poll::Ready(Err(_)) => Poll::Ready(Err(ModelError::ServiceStopped {
+                model: self.shared.version.name.clone(),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+struct Request {
+    row: Vec<f32>,
+    reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+}
+
+struct Worker {
+    model: TorchModel,
+    requests: mpsc::Receiver<Request>,
+    shared: Arc<Shared>,
+    options: InferenceOptions,
+    clock: tokio::runtime::Runtime,
+}
+
+/// Marks the service Stopped when the worker returns, Failed if it panics.
+struct StateOnExit(Arc<Shared>);
+
+impl Drop for StateOnExit {
+    fn drop(&mut self) {
+        let state = if std::thread::panicking() {
+            ModelState::Failed
+        } else {
+            ModelState::Stopped
+        };
+        self.0.set_state(state);
+    }
+}
+
+impl Worker {
+    fn run(mut self, start_gate: Option<std::sync::mpsc::Receiver<()>>) {
+        let _state_on_exit = StateOnExit(Arc::clone(&self.shared));
+        // Options were validated to fit an i32.
+        tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
+        if let Some(gate) = start_gate {
+            // Either a message or a dropped sender opens the gate.
+            let _ = gate.recv();
+        }
+        self.shared.set_state(ModelState::Serving);
+        tracing::info!(
+            model = %self.shared.version.name,
+            version = %self.shared.version.version,
+            "inference service started"
+        );
+
+        let mut batch = Vec::with_capacity(self.options.max_batch);
+        let mut rows = Vec::with_capacity(self.options.max_batch * self.model.n_inputs());
+        // `None` from blocking_recv: every handle is gone, so shut down.
+        while let Some(first) = self.requests.blocking_recv() {
+            batch.push(first);
+            self.gather(&mut batch);
+            self.run_batch(&mut batch, &mut rows);
+        }
+        tracing::info!(model = %self.shared.version.name, "inference service stopped");
+    }
+
+    /// Adds queued requests to `batch` until it is full or `max_wait` has
+    /// passed since its first request arrived.
+    fn gather(&mut self, batch: &mut Vec<Request>) {
+        // A max_wait too large for Instant means no deadline.
+        let deadline = Instant::now().checked_add(self.options.max_wait);
+        while batch.len() < self.options.max_batch {
+            match self.requests.try_recv() {
+                Ok(request) => {
+                    batch.push(request);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
+            }
+            let next = match deadline {
+                Some(deadline) if Instant::now() >= deadline => return,
+                Some(deadline) => self.clock.block_on(async {
+                    tokio::time::timeout_at(deadline.into(), self.requests.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }),
+                None => self.clock.block_on(self.requests.recv()),
+            };
+            match next {
+                Some(request) => batch.push(request),
+                None => return,
+            }
+        }
+    }
+
+    fn run_batch(&self, batch: &mut Vec<Request>, rows: &mut Vec<f32>) {
+        // Callers that stopped waiting need no answer.
+        batch.retain(|request| !request.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        rows.clear();
+        for request in batch.iter() {
+            rows.extend_from_slice(&request.row);
+        }
+        let c = &*self.shared.stats.counters;
+        let n_rows = batch.len();
+        // forward runs under tch::no_grad (grad mode is per thread).
+        match self.model.forward(rows, n_rows) {
+            Ok(values) => {
+                InferenceStats::add(&c.batches, 1);
+                InferenceStats::add(&c.inferences, n_rows as u64);
+                let n_outputs = self.model.n_outputs();
+                for (request, output) in batch.drain(..).zip(values.chunks_exact(n_outputs)) {
+                    // A caller that gave up meanwhile is no concern.
+                    let _ = request.reply.send(Ok(output.to_vec()));
+                }
+            }
+            Err(error) => {
+                InferenceStats::add(&c.failures, n_rows as u64);
+                tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(copy_of(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// Every request of a failed batch gets the same error; `ModelError` holds
+/// non-cloneable sources in other variants, so copy the ones forward returns.
+fn copy_of(error: &ModelError) -> ModelError {
+    match error {
+        ModelError::InputShape {
+            model,
+            n_rows,
+            n_inputs,
+            expected,
+            actual,
+        } => ModelError::InputShape {
+            model: model.clone(),
+            n_rows: *n_rows,
+            n_inputs: *n_inputs,
+            expected: *expected,
+            actual: *actual,
+        },
+        ModelError::OutputShape {
+            model,
+            expected,
+            actual,
+        } => ModelError::OutputShape {
+            model: model.clone(),
+            expected: *expected,
+            actual: actual.clone(),
+        },
+        ModelError::Inference { model, message } => ModelError::Inference {
+            model: model.clone(),
+            message: message.clone(),
+        },
+        other => ModelError::Inference {
+            model: String::new(),
+            message: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ModelRegistry;
+    use crate::torch_backend::DeviceChoice;
+
+    fn tiny_model() -> TorchModel {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+        let verified = ModelRegistry::open(dir).unwrap().load("1.0.0").unwrap();
+        TorchModel::load(&verified, DeviceChoice::Cpu).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_rejects_the_newest_request_and_counts_it() {
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let options = InferenceOptions {
+            queue_capacity: 2,
+            max_wait: Duration::ZERO,
+            ..InferenceOptions::default()
+        };
+        let handle = spawn_with_start_gate(tiny_model(), options, Some(gate)).unwrap();
+
+        // The worker is held at its gate, so nothing leaves the queue.
+        let first = handle.submit(vec![1.0, 2.0, 3.0]).unwrap();
+        let second = handle.submit(vec![0.0, 0.0, 0.0]).unwrap();
+        assert_eq!(
+            handle.submit(vec![5.0, 5.0, 5.0]).unwrap_err(),
+            SubmitError::QueueFull
+        );
+        assert_eq!(handle.stats().snapshot().rejected_queue_full, 1);
+
+        open_gate.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), vec![14.5, -1.0]);
+        assert_eq!(second.await.unwrap(), vec![0.5, -1.0]);
+
+        let stats = handle.stats().snapshot();
+        assert_eq!(stats.requests, 3);
+        assert_eq!(stats.inferences, 2);
+        assert_eq!(stats.rejected_queue_full, 1);
+    }
+
+    #[tokio::test]
+    async fn requests_queued_before_the_worker_starts_run_as_one_batch() {
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let options = InferenceOptions {
+            max_batch: 8,
+            max_wait: Duration::ZERO,
+            ..InferenceOptions::default()
+        };
+        let handle = spawn_with_start_gate(tiny_model(), options, Some(gate)).unwrap();
+        let pending: Vec<_> = (0..8)
+            .map(|i| handle.submit(vec![i as f32, 0.0, 0.0]).unwrap())
+            .collect();
+        drop(open_gate);
+        for (i, prediction) in pending.into_iter().enumerate() {
+            let x = i as f32;
+            assert_eq!(prediction.await.unwrap(), vec![x + 0.5, -x - 1.0]);
+        }
+        let stats = handle.stats().snapshot();
+        assert_eq!((stats.batches, stats.inferences), (1, 8));
+    }
+
+    #[test]
+    fn invalid_options_are_refused_before_starting() {
+        let options = InferenceOptions {
+            max_batch: 0,
+            ..InferenceOptions::default()
+        };
+        let err = InferenceService::spawn(tiny_model(), options).unwrap_err();
+        assert!(err.to_string().contains("max_batch"), "{err}");
+    }
+}
