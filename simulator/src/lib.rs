@@ -1,0 +1,41 @@
+//! Simulated retrofitted machines for IronBridge.
+//!
+//! One machine so far: a centrifugal pump whose bearing wears out
+//! ([`process`]), exposed as a read-only Modbus TCP device ([`server`]) with a
+//! register map of mixed types and byte orders ([`registers`]), and recordable
+//! faster than real time as training data ([`record`]).
+//!
+//! Start it in-process (e.g. from a test):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ironbridge_simulator::{SimOptions, Simulator};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let address = listener.local_addr()?;
+//! let sim = Simulator::new(SimOptions { seed: 7, unit_id: 1, ..SimOptions::default() })?;
+//! let cancel = CancellationToken::new();
+//! let task = tokio::spawn({
+//!     let (sim, cancel) = (sim.clone(), cancel.clone());
+//!     async move { sim.serve(listener, cancel).await }
+//! });
+//! // ... poll `address` with a Modbus client; `sim.snapshot()` is the truth ...
+//! cancel.cancel();
+//! task.await??;
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod process;
+pub mod record;
+pub mod registers;
+pub mod server;
+
+pub use error::SimError;
+pub use process::{Process, ProcessConfig, ProcessState};
+pub use record::{record, RecordOptions, RecordSummary, CSV_HEADER};
+pub use registers::{
+    ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
+};
+pub use server::{serve, SimOptions, Simulator, Snapshot};
