@@ -1,0 +1,425 @@
+//! The gateway's configuration: one TOML file, typed with serde, unknown keys
+//! rejected, validated as a whole before any I/O. Every problem is reported at
+//! once with its key path and line (`ironbridge validate`).
+//!
+//! Each component owns its section's type and checks (`ModbusMachineConfig`,
+//! `InfluxSinkConfig`, `OpcUaServerConfig`, [`ModelConfig`]); this module
+//! reads the file, hands each section to its owner, adds the checks that span
+//! sections (a model's machines exist and carry its inputs) and puts a line
+//! number on every problem.
+
+mod model;
+mod source_map;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ironbridge_connectors::influx::InfluxSinkConfig;
+use ironbridge_connectors::modbus::ModbusMachineConfig;
+use ironbridge_connectors::Problem;
+use ironbridge_models::ModelRegistry;
+use serde::de::DeserializeOwned;
+
+pub use model::{DeviceSetting, ModelConfig};
+pub use source_map::SourceMap;
+
+use crate::opcua_server::OpcUaServerConfig;
+
+/// A whole, validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The file it was read from; relative paths inside are taken from its folder.
+    pub file: PathBuf,
+    pub opcua: OpcUaServerConfig,
+    /// Absent: process values and predictions go to OPC UA only.
+    pub influx: Option<InfluxSinkConfig>,
+    pub machines: Vec<MachineConfig>,
+    pub models: Vec<ModelConfig>,
+}
+
+/// One machine and the protocol it is read with.
+#[derive(Debug, Clone)]
+pub enum MachineConfig {
+    ModbusTcp(ModbusMachineConfig),
+}
+
+/// Protocols a `[[machines]]` entry may name.
+const PROTOCOLS: &[&str] = &["modbus-tcp"];
+const SECTIONS: &[&str] = &["opcua", "influx", "machines", "models"];
+
+impl MachineConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            MachineConfig::ModbusTcp(c) => &c.name,
+        }
+    }
+
+    pub fn tag_names(&self) -> Vec<&str> {
+        match self {
+            MachineConfig::ModbusTcp(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
+        }
+    }
+}
+
+/// A problem with the line it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedProblem {
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with a configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<LocatedProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{} has {n} problem{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            let place = match p.line {
+                Some(line) => format!("{}:{line}", self.file.display()),
+                None => self.file.display().to_string(),
+            };
+            if p.path.is_empty() {
+                writeln!(f, "  {place}: {}", p.message)?;
+            } else {
+                writeln!(f, "  {place}: {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl GatewayConfig {
+    /// Reads and validates `file`. Model manifests are read and their hashes
+    /// checked (no model is loaded into libtorch, no socket is opened).
+    pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
+            file: file.to_path_buf(),
+            problems: vec![LocatedProblem {
+                line: None,
+                path: String::new(),
+                message: format!("cannot read the configuration file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, file)
+    }
+
+    /// Validates configuration `text` said to come from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigErrors> {
+        let fail = |problems| ConfigErrors {
+            file: file.to_path_buf(),
+            problems,
+        };
+        let source = match SourceMap::parse(text) {
+            Ok(s) => s,
+            Err(e) => {
+                let line = e.span().map(|s| SourceMap::line_of(text, s.start));
+                return Err(fail(vec![LocatedProblem {
+                    line,
+                    path: String::new(),
+                    message: format!("not valid TOML: {}", e.message()),
+                }]));
+            }
+        };
+        let root: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                let line = e.span().map(|s| SourceMap::line_of(text, s.start));
+                return Err(fail(vec![LocatedProblem {
+                    line,
+                    path: String::new(),
+                    message: format!("not valid TOML: {}", e.message()),
+                }]));
+            }
+        };
+
+        let mut reader = SectionReader::default();
+        let config = reader.read(root, file);
+        reader.check_across(&config);
+
+        if reader.problems.is_empty() {
+            let mut config = config;
+            config.opcua.pki_dir = resolve(file, &config.opcua.pki_dir);
+            Ok(config)
+        } else {
+            let mut problems: Vec<LocatedProblem> = reader
+                .problems
+                .into_iter()
+                .map(|p| LocatedProblem {
+                    line: source.line(&p.path),
+                    path: p.path,
+                    message: p.message,
+                })
+                .collect();
+            // In file order, as an editor would walk them.
+            problems.sort_by_key(|p| p.line.unwrap_or(0));
+            Err(fail(problems))
+        }
+    }
+
+    /// A model's folder, with relative paths taken from the config's folder.
+    pub fn model_dir(&self, model: &ModelConfig) -> PathBuf {
+        resolve(&self.file, &model.path)
+    }
+}
+
+/// `path` relative to the folder of the configuration `file`.
+pub fn resolve(file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
+/// Collects problems while reading sections, so one bad section never hides
+/// the problems of another.
+#[derive(Default)]
+struct SectionReader {
+    problems: Vec<Problem>,
+    /// Names of machines whose section failed to read, so that models naming
+    /// them are not reported twice.
+    unreadable_machines: HashSet<String>,
+    /// Every `[[machines]]` name as written, readable or not, by index.
+    machine_names: Vec<(usize, String)>,
+}
+
+impl SectionReader {
+    fn read(&mut self, mut root: toml::Table, file: &Path) -> GatewayConfig {
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                self.problems.push(Problem::new(
+                    key.clone(),
+                    format!("unknown section; expected one of: {}", SECTIONS.join(", ")),
+                ));
+            }
+        }
+        let opcua = match root.remove("opcua") {
+            Some(v) => self.section::<OpcUaServerConfig>(v, "opcua"),
+            None => Some(OpcUaServerConfig::default()),
+        };
+        let influx = root
+            .remove("influx")
+            .and_then(|v| self.section::<InfluxSinkConfig>(v, "influx"));
+        let machines = match root.remove("machines") {
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.machine(v, i))
+                .collect(),
+            Some(_) => {
+                self.problems.push(Problem::new(
+                    "machines",
+                    "must be an array of tables ([[machines]])",
+                ));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let models = match root.remove("models") {
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.section::<ModelConfig>(v, &format!("models[{i}]")))
+                .collect(),
+            Some(_) => {
+                self.problems.push(Problem::new(
+                    "models",
+                    "must be an array of tables ([[models]])",
+                ));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let config = GatewayConfig {
+            file: file.to_path_buf(),
+            // A section that failed to read is already a problem; the default
+            // only keeps the remaining checks going.
+            opcua: opcua.unwrap_or_default(),
+            influx,
+            machines,
+            models,
+        };
+        self.problems.extend(config.opcua.validate("opcua"));
+        if let Some(influx) = &config.influx {
+            self.problems.extend(influx.validate("influx"));
+        }
+        for (i, m) in config.machines.iter().enumerate() {
+            match m {
+                MachineConfig::ModbusTcp(c) => {
+                    self.problems.extend(c.validate(&format!("machines[{i}]")))
+                }
+            }
+        }
+        for (i, m) in config.models.iter().enumerate() {
+            self.problems.extend(m.validate(&format!("models[{i}]")));
+        }
+        config
+    }
+
+    /// Deserializes one section, recording a problem with the exact key path
+    /// on failure.
+    fn section<T: DeserializeOwned>(&mut self, value: toml::Value, path: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner.is_empty() || inner == "." {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                self.problems
+                    .push(Problem::new(full, e.inner().message().to_string()));
+                None
+            }
+        }
+    }
+
+    fn machine(&mut self, value: toml::Value, index: usize) -> Option<MachineConfig> {
+        let path = &format!("machines[{index}]");
+        let toml::Value::Table(mut table) = value else {
+            self.problems
+                .push(Problem::new(path, "must be a table ([[machines]])"));
+            return None;
+        };
+        let name = table
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        if let Some(name) = &name {
+            self.machine_names.push((index, name.clone()));
+        }
+        let protocol = table.remove("protocol");
+        let machine = match protocol.as_ref().map(|p| p.as_str()) {
+            Some(Some("modbus-tcp")) => self
+                .section::<ModbusMachineConfig>(toml::Value::Table(table), path)
+                .map(MachineConfig::ModbusTcp),
+            Some(Some(other)) => {
+                self.problems.push(Problem::new(
+                    format!("{path}.protocol"),
+                    format!(
+                        "unknown protocol {other:?}; supported: {}",
+                        PROTOCOLS.join(", ")
+                    ),
+                ));
+                None
+            }
+            Some(None) => {
+                self.problems
+                    .push(Problem::new(format!("{path}.protocol"), "must be a string"));
+                None
+            }
+            None => {
+                self.problems.push(Problem::new(
+                    format!("{path}.protocol"),
+                    format!("missing; supported: {}", PROTOCOLS.join(", ")),
+                ));
+                None
+            }
+        };
+        if machine.is_none() {
+            if let Some(name) = name {
+                self.unreadable_machines.insert(name);
+            }
+        }
+        machine
+    }
+
+    /// Checks that span sections: unique machine names, models that name
+    /// existing machines carrying their inputs, model files that verify.
+    fn check_across(&mut self, config: &GatewayConfig) {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, name) in &self.machine_names {
+            if let Some(first) = seen.insert(name, *i) {
+                self.problems.push(Problem::new(
+                    format!("machines[{i}].name"),
+                    format!("machine name {name:?} is already used by machines[{first}]"),
+                ));
+            }
+        }
+        let mut model_names = HashSet::new();
+        for (i, model) in config.models.iter().enumerate() {
+            let path = format!("models[{i}]");
+            if !model_names.insert(model.name.as_str()) {
+                self.problems.push(Problem::new(
+                    format!("{path}.name"),
+                    format!("model name {:?} is used twice", model.name),
+                ));
+            }
+            let dir = config.model_dir(model);
+            let manifest = match ModelRegistry::open(&dir).and_then(|r| r.load(&model.version)) {
+                Ok(verified) => Some(verified.manifest().clone()),
+                Err(e) => {
+                    self.problems.push(Problem::new(
+                        format!("{path}.version"),
+                        format!("model {} version {}: {e}", model.name, model.version),
+                    ));
+                    None
+                }
+            };
+            if let Some(manifest) = &manifest {
+                if manifest.name != model.name {
+                    self.problems.push(Problem::new(
+                        format!("{path}.name"),
+                        format!(
+                            "the manifest in {} names the model {:?}, not {:?}",
+                            dir.display(),
+                            manifest.name,
+                            model.name
+                        ),
+                    ));
+                }
+                for input in model.input_tags.keys() {
+                    if !manifest.inputs.iter().any(|i| &i.name == input) {
+                        self.problems.push(Problem::new(
+                            format!("{path}.input_tags.{input}"),
+                            format!("the model has no input {input:?}"),
+                        ));
+                    }
+                }
+            }
+            for (j, machine_name) in model.machines.iter().enumerate() {
+                let machine = config.machines.iter().find(|m| m.name() == machine_name);
+                match (machine, &manifest) {
+                    (None, _) if self.unreadable_machines.contains(machine_name) => {}
+                    (None, _) => self.problems.push(Problem::new(
+                        format!("{path}.machines[{j}]"),
+                        format!("no machine is named {machine_name:?}"),
+                    )),
+                    (Some(machine), Some(manifest)) => {
+                        let tags = machine.tag_names();
+                        for input in &manifest.inputs {
+                            let tag = model.tag_for_input(&input.name);
+                            if !tags.contains(&tag) {
+                                self.problems.push(Problem::new(
+                                    format!("{path}.machines[{j}]"),
+                                    format!(
+                                        "machine {machine_name:?} has no tag {tag:?} for model input {:?} \
+                                         (map it with models.input_tags)",
+                                        input.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `[[models]]`: which model version to serve, for which machines, and how
+//! its inference service batches and limits work.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ironbridge_connectors::Problem;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Must equal the manifest's `name`.
+    pub name: String,
+    /// Folder holding one sub-folder per version (relative paths are taken
+    /// from the configuration file's folder).
+    pub path: PathBuf,
+    /// The version to serve (a sub-folder of `path`).
+    pub version: String,
+    /// Machines whose scans feed this model.
+    pub machines: Vec<String>,
+    /// Manifest input name → machine tag name, where they differ. Inputs not
+    /// listed read the tag of the same name.
+    #[serde(default)]
+    pub input_tags: BTreeMap<String, String>,
+    /// "cpu" (default), "cuda" or "cuda:N".
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// libtorch intra-op threads; 1 is fastest for small models and leaves
+    /// the other core to I/O.
+    #[serde(default = "default_threads")]
+    pub intra_op_threads: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Requests waiting for the model; when full, new requests are rejected
+    /// and counted (policy: drop newest).
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Upper bound on requests per second (none by default).
+    #[serde(default)]
+    pub rate_limit_per_s: Option<u32>,
+}
+
+fn default_device() -> String {
+    "cpu".to_string()
+}
+fn default_threads() -> usize {
+    1
+}
+fn default_max_batch() -> usize {
+    64
+}
+fn default_max_wait_ms() -> u64 {
+    5
+}
+fn default_queue_capacity() -> usize {
+    1024
+}
+
+/// The device a model runs on, parsed from `device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSetting {
+    Cpu,
+    Cuda(usize),
+}
+
+impl ModelConfig {
+    pub fn device_setting(&self) -> Option<DeviceSetting> {
+        match self.device.as_str() {
+            "cpu" => Some(DeviceSetting::Cpu),
+            "cuda" => Some(DeviceSetting::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSetting::Cuda),
+        }
+    }
+
+    /// The manifest input name → tag name mapping for `inputs`.
+    pub fn tag_for_input<'a>(&'a self, input: &'a str) -> &'a str {
+        self.input_tags
+            .get(input)
+            .map(String::as_str)
+            .unwrap_or(input)
+    }
+
+    /// Checks that need nothing but this section.
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems.push(Problem::new(
+                format!("{path}.name"),
+                format!(
+                    "model name {:?} must be non-empty and use only letters, digits, '_' and '-'",
+                    self.name
+                ),
+            ));
+        }
+        if self.version.is_empty() {
+            problems.push(Problem::new(format!("{path}.version"), "must not be empty"));
+        }
+        if self.machines.is_empty() {
+            problems.push(Problem::new(
+                format!("{path}.machines"),
+                "lists no machine: a model needs at least one machine to feed it",
+            ));
+        }
+        if self.device_setting().is_none() {
+            problems.push(Problem::new(
+                format!("{path}.device"),
+                format!(
+                    "unknown device {:?}: use \"cpu\", \"cuda\" or \"cuda:N\"",
+                    self.device
+                ),
+            ));
+        }
+        for (key, value, min) in [
+            ("intra_op_threads", self.intra_op_threads, 1),
+            ("max_batch", self.max_batch, 1),
+            ("queue_capacity", self.queue_capacity, 1),
+        ] {
+            if value < min {
+                problems.push(Problem::new(
+                    format!("{path}.{key}"),
+                    format!("must be at least {min}"),
+                ));
+            }
+        }
+        if self.rate_limit_per_s == Some(0) {
+            problems.push(Problem::new(
+                format!("{path}.rate_limit_per_s"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        problems
+    }
+}

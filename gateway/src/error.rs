@@ -1,0 +1,51 @@
+//! The one error type of the gateway library.
+
+use ironbridge_connectors::Problem;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    #[error("model {model}: {source}")]
+    Model {
+        model: String,
+        // Boxed: ModelError is large and this path is cold.
+        #[source]
+        source: Box<ironbridge_models::ModelError>,
+    },
+    #[error("machine {machine}: {source}")]
+    Machine {
+        machine: String,
+        #[source]
+        source: ironbridge_connectors::ConnectorError,
+    },
+    #[error("invalid OPC UA server configuration: {}", join_problems(.0))]
+    OpcUaConfig(Vec<Problem>),
+    #[error("invalid OPC UA address space layout: {0}")]
+    OpcUaLayout(String),
+    #[error(
+        "OPC UA user {username:?}: environment variable {env:?} (its password) is not set or empty"
+    )]
+    MissingPassword { username: String, env: String },
+    #[error("OPC UA server certificate in {pki_dir}: {message}")]
+    Certificate { pki_dir: String, message: String },
+    #[error("OPC UA server cannot be built: {0}")]
+    OpcUaBuild(String),
+    #[error("OPC UA server cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OPC UA server stopped with an error: {0}")]
+    OpcUaRun(String),
+}
+
+fn join_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,17 @@
+//! The IronBridge gateway: configuration, wiring, supervision and the OPC UA
+//! server. `main.rs` only parses the command line and calls into this library.
+//!
+//! Data moves one way (see `runtime`): sources → fan-out → feature assembly →
+//! inference → sinks (InfluxDB, OPC UA).
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod features;
+pub mod opcua_server;
+pub mod runtime;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::GatewayError;
+pub use runtime::Gateway;

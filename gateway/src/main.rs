@@ -1,0 +1,64 @@
+//! `ironbridge`: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ironbridge::cli::{Cli, Command};
+use ironbridge::config::GatewayConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Exit status for a configuration that does not validate.
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ironbridge::telemetry::init_logging();
+    match cli.command {
+        Command::Validate { config } => match GatewayConfig::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} machine(s), {} model(s))",
+                    config.display(),
+                    c.machines.len(),
+                    c.models.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprint!("{errors}");
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let config = match GatewayConfig::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return ExitCode::from(EXIT_INVALID_CONFIG);
+                }
+            };
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ironbridge: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let cancel = CancellationToken::new();
+        let gateway = ironbridge::Gateway::start(config, cancel.clone()).await?;
+        ironbridge::shutdown::wait_for_signal().await?;
+        tracing::info!("shutting down");
+        cancel.cancel();
+        gateway.stopped().await;
+        Ok(())
+    })
+}

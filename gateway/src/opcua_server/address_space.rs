@@ -1,0 +1,414 @@
+//! The IronBridge address space (the contract in DESIGN.md, "OPC UA server"):
+//!
+//! ```text
+//! Objects/IronBridge/
+//!   Machines/<machine>/Tags/<tag>
+//!   Machines/<machine>/Predictions/<model>/<output> | ModelVersion
+//!   Models/<model>/ActiveVersion | Sha256 | LoadedAt | State | InferenceCount | Inputs | Outputs
+//! ```
+//!
+//! Browse names live in [`NAMESPACE_URI`]; NodeIds are strings equal to the
+//! browse path below `IronBridge` (`s=Machines/press-7/Tags/temp_c`). Folders
+//! organize their children, objects own their variables by HasComponent, so
+//! a hierarchical browse from Objects reaches every variable.
+//!
+//! Tag variables declare DataType BaseDataType until their first value: the
+//! type of a tag is only known from the values the connector decodes. The
+//! publisher then narrows the DataType to Double, Int64, UInt64 or Boolean
+//! (what an HMI needs to map the tag), so a client browsing a running gateway
+//! sees the concrete type. Every variable is read-only (CurrentRead).
+
+use std::collections::{HashMap, HashSet};
+
+use opcua::server::address_space::{
+    AccessLevel, AddressSpace, NodeType, ObjectBuilder, VariableBuilder,
+};
+use opcua::types::{
+    DataTypeId, DataValue, NodeId, ObjectId, ObjectTypeId, QualifiedName, StatusCode,
+    VariableTypeId, Variant,
+};
+
+pub const NAMESPACE_URI: &str = "urn:ironbridge:gateway";
+
+/// Browse name (and NodeId) of the root object under Objects.
+pub const ROOT_NAME: &str = "IronBridge";
+
+/// Name of the variable beside a model's outputs that holds the version
+/// which computed them.
+pub const MODEL_VERSION_NAME: &str = "ModelVersion";
+
+/// What the server exposes: the machines with their tags, the models with
+/// their inputs/outputs and the machines each model runs for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressSpaceLayout {
+    pub machines: Vec<MachineLayout>,
+    pub models: Vec<ModelLayout>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineLayout {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelLayout {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    /// Machines whose scans this model predicts for (each gets a
+    /// `Predictions/<model>` object).
+    pub machines: Vec<String>,
+}
+
+impl AddressSpaceLayout {
+    /// Checks that every name can be a browse-path segment (NodeIds are the
+    /// paths, so a `/` would make two nodes indistinguishable) and that no
+    /// two nodes share a path. Lists every problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let mut machine_names = HashSet::new();
+        for machine in &self.machines {
+            check_segment(&mut problems, "machine", &machine.name);
+            if !machine_names.insert(machine.name.as_str()) {
+                problems.push(format!("machine {:?} is listed twice", machine.name));
+            }
+            check_unique_segments(
+                &mut problems,
+                &format!("machine {:?} tag", machine.name),
+                &machine.tags,
+            );
+        }
+        let mut model_names = HashSet::new();
+        for model in &self.models {
+            check_segment(&mut problems, "model", &model.name);
+            if !model_names.insert(model.name.as_str()) {
+                problems.push(format!("model {:?} is listed twice", model.name));
+            }
+            let what = format!("model {:?}", model.name);
+            check_unique_segments(&mut problems, &format!("{what} input"), &model.inputs);
+            check_unique_segments(&mut problems, &format!("{what} output"), &model.outputs);
+            if model.outputs.iter().any(|o| o == MODEL_VERSION_NAME) {
+                problems.push(format!(
+                    "{what} output {MODEL_VERSION_NAME:?} collides with the node of the same name"
+                ));
+            }
+            let mut seen = HashSet::new();
+            for machine in &model.machines {
+                if !machine_names.contains(machine.as_str()) {
+                    problems.push(format!("{what} runs for unknown machine {machine:?}"));
+                } else if !seen.insert(machine.as_str()) {
+                    problems.push(format!("{what} lists machine {machine:?} twice"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+fn check_segment(problems: &mut Vec<String>, what: &str, name: &str) {
+    if name.is_empty() {
+        problems.push(format!("{what} name is empty"));
+    } else if name.contains('/') || name.chars().any(char::is_control) {
+        problems.push(format!(
+            "{what} name {name:?} contains '/' or a control character"
+        ));
+    }
+}
+
+fn check_unique_segments(problems: &mut Vec<String>, what: &str, names: &[String]) {
+    let mut seen = HashSet::new();
+    for name in names {
+        check_segment(problems, what, name);
+        if !seen.insert(name.as_str()) {
+            problems.push(format!("{what} {name:?} is listed twice"));
+        }
+    }
+}
+
+/// The variables of one model's predictions for one machine.
+#[derive(Debug, Clone)]
+pub(crate) struct PredictionNodes {
+    pub(crate) outputs: HashMap<String, NodeId>,
+    pub(crate) model_version: NodeId,
+}
+
+/// The status variables of one model.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelNodes {
+    pub(crate) active_version: NodeId,
+    pub(crate) sha256: NodeId,
+    pub(crate) loaded_at: NodeId,
+    pub(crate) state: NodeId,
+    pub(crate) inference_count: NodeId,
+    pub(crate) inputs: NodeId,
+    pub(crate) outputs: NodeId,
+}
+
+/// Where each published value goes, so publishing never formats a path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeIndex {
+    /// machine → tag → variable
+    pub(crate) tags: HashMap<String, HashMap<String, NodeId>>,
+    /// machine → model → variables
+    pub(crate) predictions: HashMap<String, HashMap<String, PredictionNodes>>,
+    /// model → variables
+    pub(crate) models: HashMap<String, ModelNodes>,
+}
+
+/// Adds the layout's nodes to `space` (namespace index `ns`). The layout must
+/// have passed [`AddressSpaceLayout::validate`].
+pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayout) -> NodeIndex {
+    let mut index = NodeIndex::default();
+    let root = add_folder(
+        space,
+        ns,
+        ROOT_NAME.to_string(),
+        ROOT_NAME,
+        &ObjectId::ObjectsFolder.into(),
+    );
+    let machines = add_folder(space, ns, "Machines".to_string(), "Machines", &root);
+    let models = add_folder(space, ns, "Models".to_string(), "Models", &root);
+
+    for machine in &layout.machines {
+        let machine_path = format!("Machines/{}", machine.name);
+        let machine_node = add_object(space, ns, machine_path.clone(), &machine.name, &machines);
+        let tags_node = add_folder(
+            space,
+            ns,
+            format!("{machine_path}/Tags"),
+            "Tags",
+            &machine_node,
+        );
+        let tag_nodes = machine
+            .tags
+            .iter()
+            .map(|tag| {
+                let id = add_variable(
+                    space,
+                    ns,
+                    format!("{machine_path}/Tags/{tag}"),
+                    tag,
+                    &tags_node,
+                    DataTypeId::BaseDataType,
+                    None,
+                );
+                (tag.clone(), id)
+            })
+            .collect();
+        index.tags.insert(machine.name.clone(), tag_nodes);
+        add_folder(
+            space,
+            ns,
+            format!("{machine_path}/Predictions"),
+            "Predictions",
+            &machine_node,
+        );
+    }
+
+    for model in &layout.models {
+        for machine in &model.machines {
+            let predictions_path = format!("Machines/{machine}/Predictions");
+            let parent = NodeId::new(ns, predictions_path.clone());
+            let model_path = format!("{predictions_path}/{}", model.name);
+            let model_node = add_object(space, ns, model_path.clone(), &model.name, &parent);
+            let outputs = model
+                .outputs
+                .iter()
+                .map(|output| {
+                    let id = add_variable(
+                        space,
+                        ns,
+                        format!("{model_path}/{output}"),
+                        output,
+                        &model_node,
+                        DataTypeId::Double,
+                        None,
+                    );
+                    (output.clone(), id)
+                })
+                .collect();
+            let model_version = add_variable(
+                space,
+                ns,
+                format!("{model_path}/{MODEL_VERSION_NAME}"),
+                MODEL_VERSION_NAME,
+                &model_node,
+                DataTypeId::String,
+                None,
+            );
+            index
+                .predictions
+                .entry(machine.clone())
+                .or_default()
+                .insert(
+                    model.name.clone(),
+                    PredictionNodes {
+                        outputs,
+                        model_version,
+                    },
+                );
+        }
+
+        let model_path = format!("Models/{}", model.name);
+        let model_node = add_object(space, ns, model_path.clone(), &model.name, &models);
+        let mut var = |name: &str, data_type: DataTypeId, initial: Option<Variant>| {
+            add_variable(
+                space,
+                ns,
+                format!("{model_path}/{name}"),
+                name,
+                &model_node,
+                data_type,
+                initial,
+            )
+        };
+        let nodes = ModelNodes {
+            active_version: var("ActiveVersion", DataTypeId::String, None),
+            sha256: var("Sha256", DataTypeId::String, None),
+            loaded_at: var("LoadedAt", DataTypeId::DateTime, None),
+            state: var("State", DataTypeId::String, None),
+            inference_count: var("InferenceCount", DataTypeId::UInt64, None),
+            // Known from the layout already, so readable before the model loads.
+            inputs: var(
+                "Inputs",
+                DataTypeId::String,
+                Some(string_array(&model.inputs)),
+            ),
+            outputs: var(
+                "Outputs",
+                DataTypeId::String,
+                Some(string_array(&model.outputs)),
+            ),
+        };
+        index.models.insert(model.name.clone(), nodes);
+    }
+    index
+}
+
+pub(crate) fn string_array(items: &[String]) -> Variant {
+    Variant::from(items.to_vec())
+}
+
+fn add_folder(
+    space: &mut AddressSpace,
+    ns: u16,
+    path: String,
+    name: &str,
+    parent: &NodeId,
+) -> NodeId {
+    let id = NodeId::new(ns, path);
+    ObjectBuilder::new(&id, QualifiedName::new(ns, name), name)
+        .is_folder()
+        .organized_by(parent.clone())
+        .insert(space);
+    id
+}
+
+fn add_object(
+    space: &mut AddressSpace,
+    ns: u16,
+    path: String,
+    name: &str,
+    parent: &NodeId,
+) -> NodeId {
+    let id = NodeId::new(ns, path);
+    ObjectBuilder::new(&id, QualifiedName::new(ns, name), name)
+        .has_type_definition(ObjectTypeId::BaseObjectType)
+        .organized_by(parent.clone())
+        .insert(space);
+    id
+}
+
+/// A read-only variable owned by `parent`. Without an initial value it reads
+/// as BadWaitingForInitialData until the first publish.
+fn add_variable(
+    space: &mut AddressSpace,
+    ns: u16,
+    path: String,
+    name: &str,
+    parent: &NodeId,
+    data_type: DataTypeId,
+    initial: Option<Variant>,
+) -> NodeId {
+    let id = NodeId::new(ns, path);
+    let is_array = matches!(&initial, Some(Variant::Array(_)));
+    let mut builder = VariableBuilder::new(&id, QualifiedName::new(ns, name), name)
+        .data_type(data_type)
+        .access_level(AccessLevel::CURRENT_READ)
+        .user_access_level(AccessLevel::CURRENT_READ)
+        .has_type_definition(VariableTypeId::BaseDataVariableType)
+        .component_of(parent.clone());
+    builder = if is_array {
+        builder.value_rank(1)
+    } else {
+        builder.value_rank(-1)
+    };
+    builder.insert(space);
+    let initial_value = match initial {
+        Some(value) => DataValue::new_now(value),
+        // An explicit empty value: async-opcua 0.19 reports a DataValue
+        // without a value as Good, dropping its status.
+        None => DataValue {
+            value: Some(Variant::Empty),
+            status: Some(StatusCode::BadWaitingForInitialData),
+            ..DataValue::null()
+        },
+    };
+    if let Some(NodeType::Variable(variable)) = space.find_mut(&id) {
+        variable.set_data_value(initial_value);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> AddressSpaceLayout {
+        AddressSpaceLayout {
+            machines: vec![MachineLayout {
+                name: "press-7".into(),
+                tags: vec!["temp_c".into(), "pressure_bar".into()],
+            }],
+            models: vec![ModelLayout {
+                name: "wear".into(),
+                inputs: vec!["temp_c".into(), "pressure_bar".into()],
+                outputs: vec!["wear_pct".into()],
+                machines: vec!["press-7".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn opcua_layout_accepts_a_plain_layout() {
+        assert_eq!(layout().validate(), Ok(()));
+    }
+
+    #[test]
+    fn opcua_layout_lists_every_problem() {
+        let mut bad = layout();
+        bad.machines[0].tags.push("a/b".into());
+        bad.machines[0].tags.push("temp_c".into());
+        bad.machines.push(MachineLayout {
+            name: String::new(),
+            tags: vec![],
+        });
+        bad.models[0].outputs.push(MODEL_VERSION_NAME.into());
+        bad.models[0].machines.push("press-9".into());
+        let err = bad.validate().expect_err("must fail");
+        for expected in [
+            "\"a/b\" contains '/'",
+            "tag \"temp_c\" is listed twice",
+            "machine name is empty",
+            "collides",
+            "unknown machine \"press-9\"",
+        ] {
+            assert!(err.contains(expected), "{expected:?} missing in {err}");
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Configuration of the OPC UA server (the `[opcua]` table).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ironbridge_connectors::Problem;
+use serde::Deserialize;
+
+/// Security policies offered on the secure endpoints. Only current ones: the
+/// deprecated Basic128Rsa15 and Basic256 (SHA-1) are refused on purpose.
+pub const SUPPORTED_SECURITY_POLICIES: [&str; 3] = [
+    "Basic256Sha256",
+    "Aes128Sha256RsaOaep",
+    "Aes256Sha256RsaPss",
+];
+
+const DEPRECATED_SECURITY_POLICIES: [&str; 2] = ["Basic128Rsa15", "Basic256"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpcUaServerConfig {
+    /// Address to listen on. "0.0.0.0" (all interfaces) for plant use.
+    pub host: String,
+    pub port: u16,
+    /// Holds `own/cert.der` + `private/private.pem` (created on first start),
+    /// `trusted/` (client certificates an admin accepted) and `rejected/`
+    /// (unknown client certificates, waiting for an admin).
+    pub pki_dir: PathBuf,
+    pub application_name: String,
+    /// One SignAndEncrypt endpoint per policy, see [`SUPPORTED_SECURITY_POLICIES`].
+    pub security_policies: Vec<String>,
+    /// Accept (and store in `trusted/`) any client certificate. Off by default:
+    /// unknown certificates are refused and land in `rejected/`.
+    pub trust_client_certs: bool,
+    /// Offer the anonymous user identity on the secure endpoints.
+    pub allow_anonymous: bool,
+    /// Username/password users of the secure endpoints.
+    pub users: Vec<OpcUaUserConfig>,
+    /// Add a SecurityPolicy None, anonymous endpoint. Only for a loopback
+    /// `host` (local tools, tests); every node is read-only anyway.
+    pub insecure_loopback_endpoint: bool,
+}
+
+/// A username/password user. The password never sits in the file: it is read
+/// from the environment variable `password_env` at start.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcUaUserConfig {
+    pub username: String,
+    pub password_env: String,
+}
+
+impl Default for OpcUaServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_string(),
+            port: 4840,
+            pki_dir: PathBuf::from("pki"),
+            application_name: "IronBridge".to_string(),
+            security_policies: SUPPORTED_SECURITY_POLICIES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            trust_client_certs: false,
+            allow_anonymous: false,
+            users: Vec::new(),
+            insecure_loopback_endpoint: false,
+        }
+    }
+}
+
+impl OpcUaServerConfig {
+    /// Every problem of this table; `path` is its key path (e.g. `opcua`).
+    ///
+    /// Reads the users' password environment variables (no other I/O), so
+    /// `ironbridge validate` run in the service's environment catches a
+    /// missing secret before start.
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let at = |key: &str| format!("{path}.{key}");
+
+        if self.host.trim().is_empty() {
+            problems.push(Problem::new(at("host"), "must not be empty"));
+        }
+        if self.port == 0 {
+            problems.push(Problem::new(
+                at("port"),
+                "must not be 0: clients need a fixed port to find the server",
+            ));
+        }
+        if self.pki_dir.as_os_str().is_empty() {
+            problems.push(Problem::new(at("pki_dir"), "must not be empty"));
+        }
+        if self.application_name.trim().is_empty() {
+            problems.push(Problem::new(at("application_name"), "must not be empty"));
+        }
+
+        let mut seen_policies = HashSet::new();
+        for (i, policy) in self.security_policies.iter().enumerate() {
+            let key = at(&format!("security_policies[{i}]"));
+            if !seen_policies.insert(policy.as_str()) {
+                problems.push(Problem::new(key, format!("{policy:?} is listed twice")));
+            } else if policy == "None" {
+                problems.push(Problem::new(
+                    key,
+                    "\"None\" is not a secure policy; use insecure_loopback_endpoint \
+                     for a local unsecured endpoint",
+                ));
+            } else if DEPRECATED_SECURITY_POLICIES.contains(&policy.as_str()) {
+                problems.push(Problem::new(
+                    key,
+                    format!(
+                        "{policy:?} is deprecated (SHA-1) and not offered; use one of {}",
+                        SUPPORTED_SECURITY_POLICIES.join(", ")
+                    ),
+                ));
+            } else if !SUPPORTED_SECURITY_POLICIES.contains(&policy.as_str()) {
+                problems.push(Problem::new(
+                    key,
+                    format!(
+                        "unknown security policy {policy:?}; expected one of {}",
+                        SUPPORTED_SECURITY_POLICIES.join(", ")
+                    ),
+                ));
+            }
+        }
+        let has_secure_endpoint = !self.security_policies.is_empty();
+        if !has_secure_endpoint && !self.insecure_loopback_endpoint {
+            problems.push(Problem::new(
+                at("security_policies"),
+                "is empty, so the server would offer no endpoint",
+            ));
+        }
+        if !has_secure_endpoint && (self.allow_anonymous || !self.users.is_empty()) {
+            problems.push(Problem::new(
+                at("security_policies"),
+                "is empty, but users/allow_anonymous only apply to the secure endpoints",
+            ));
+        }
+
+        let mut seen_users = HashSet::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = |field: &str| at(&format!("users[{i}].{field}"));
+            if user.username.trim().is_empty() {
+                problems.push(Problem::new(key("username"), "must not be empty"));
+            } else if !seen_users.insert(user.username.as_str()) {
+                problems.push(Problem::new(
+                    key("username"),
+                    format!("user {:?} is listed twice", user.username),
+                ));
+            }
+            if user.password_env.trim().is_empty() {
+                problems.push(Problem::new(
+                    key("password_env"),
+                    "must name the environment variable holding the password",
+                ));
+            } else if password_from_env(&user.password_env).is_none() {
+                problems.push(Problem::new(
+                    key("password_env"),
+                    format!(
+                        "environment variable {:?} is not set or empty",
+                        user.password_env
+                    ),
+                ));
+            }
+        }
+
+        if self.insecure_loopback_endpoint && !is_loopback_host(&self.host) {
+            problems.push(Problem::new(
+                at("insecure_loopback_endpoint"),
+                format!(
+                    "is only allowed when host is a loopback address (127.0.0.1, ::1, \
+                     localhost), not {:?}",
+                    self.host
+                ),
+            ));
+        }
+
+        if self.users.is_empty() && !self.allow_anonymous && !self.insecure_loopback_endpoint {
+            problems.push(Problem::new(
+                at("users"),
+                "no way to log in: add a user, set allow_anonymous, or (loopback only) \
+                 insecure_loopback_endpoint",
+            ));
+        }
+        problems
+    }
+}
+
+/// The password in environment variable `name`, if set and not empty.
+pub(crate) fn password_from_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|p| !p.is_empty())
+}
+
+/// `true` for addresses that only this machine can reach.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    unbracketed
+        .parse::<IpAddr>()
+        .map(|ip| ip.is_loopback())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    fn parse(toml_text: &str) -> Result<OpcUaServerConfig, toml::de::Error> {
+        toml::from_str(toml_text)
+    }
+
+    #[test]
+    fn opcua_defaults_are_secure_and_need_a_login() {
+        let config = parse("").expect("empty table parses");
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.port, 4840);
+        assert_eq!(config.pki_dir, PathBuf::from("pki"));
+        assert_eq!(config.security_policies, SUPPORTED_SECURITY_POLICIES);
+        assert!(!config.trust_client_certs);
+        assert!(!config.allow_anonymous);
+        assert!(!config.insecure_loopback_endpoint);
+        // Secure by default means: nobody can log in until someone is allowed.
+        assert_eq!(paths(&config.validate("opcua")), ["opcua.users"]);
+    }
+
+    #[test]
+    fn opcua_unknown_keys_are_rejected() {
+        let err = parse("prot = 4841").expect_err("typo must be refused");
+        assert!(err.to_string().contains("prot"), "{err}");
+        let err = parse("users = [{ username = \"a\", password = \"x\" }]")
+            .expect_err("a password in the file must be refused");
+        assert!(err.to_string().contains("password"), "{err}");
+    }
+
+    #[test]
+    fn opcua_reports_every_problem_with_its_path() {
+        std::env::set_var("IRONBRIDGE_TEST_OPCUA_PW_SET", "secret");
+        std::env::remove_var("IRONBRIDGE_TEST_OPCUA_PW_UNSET");
+        let config = parse(
+            r#"
+            host = "0.0.0.0"
+            port = 0
+            security_policies = ["Basic256Sha256", "Basic128Rsa15", "Rot13", "None", "Basic256Sha256"]
+            insecure_loopback_endpoint = true
+            users = [
+                { username = "op", password_env = "IRONBRIDGE_TEST_OPCUA_PW_SET" },
+                { username = "eng", password_env = "IRONBRIDGE_TEST_OPCUA_PW_UNSET" },
+                { username = "op", password_env = "" },
+            ]
+            "#,
+        )
+        .expect("parses");
+        let problems = config.validate("opcua");
+        assert_eq!(
+            paths(&problems),
+            [
+                "opcua.port",
+                "opcua.security_policies[1]",
+                "opcua.security_policies[2]",
+                "opcua.security_policies[3]",
+                "opcua.security_policies[4]",
+                "opcua.users[1].password_env",
+                "opcua.users[2].username",
+                "opcua.users[2].password_env",
+                "opcua.insecure_loopback_endpoint",
+            ],
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn opcua_insecure_endpoint_is_fine_on_loopback() {
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost", "127.0.0.2"] {
+            let config = OpcUaServerConfig {
+                host: host.to_string(),
+                insecure_loopback_endpoint: true,
+                ..Default::default()
+            };
+            assert_eq!(config.validate("opcua"), [], "host {host}");
+        }
+        for host in ["0.0.0.0", "::", "192.168.1.10", "gateway.plant"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn opcua_no_endpoint_at_all_is_a_problem() {
+        let config = OpcUaServerConfig {
+            security_policies: Vec::new(),
+            allow_anonymous: true,
+            ..Default::default()
+        };
+        let problems = config.validate("opcua");
+        assert_eq!(
+            paths(&problems),
+            ["opcua.security_policies", "opcua.security_policies"],
+            "{problems:#?}"
+        );
+    }
+}

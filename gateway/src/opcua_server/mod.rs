@@ -1,0 +1,20 @@
+//! The OPC UA server: live tag values, predictions and model state as OPC UA
+//! nodes for the plant's HMIs and SCADA (contract: DESIGN.md, "OPC UA server").
+//!
+//! - [`config`]: the `[opcua]` table and its validation;
+//! - [`address_space`]: the node layout (`Objects/IronBridge/...`);
+//! - [`server`]: [`start`] and the [`OpcUaPublisher`] that pushes values.
+//!
+//! Secure by default: one SignAndEncrypt endpoint per configured policy,
+//! username/password users (passwords from the environment), unknown client
+//! certificates rejected into `pki/rejected/`. Anonymous access and the
+//! SecurityPolicy None endpoint (loopback only) exist only when configured.
+//! Every node is read-only.
+
+pub mod address_space;
+pub mod config;
+pub mod server;
+
+pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPACE_URI};
+pub use config::{OpcUaServerConfig, OpcUaUserConfig, SUPPORTED_SECURITY_POLICIES};
+pub use server::{start, ModelStatusView, OpcUaPublisher};

@@ -1,0 +1,538 @@
+//! Starting the server (endpoints, certificates, users) and the publisher
+//! that pushes scans, predictions and model status into its nodes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ironbridge_connectors::{Prediction, Quality, Scan, TagValue};
+use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
+use opcua::server::diagnostics::NamespaceMetadata;
+use opcua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
+use opcua::server::{
+    ServerBuilder, ServerEndpoint, ServerUserToken, SubscriptionCache, ANONYMOUS_USER_TOKEN_ID,
+};
+use opcua::types::{
+    ApplicationDescription, ApplicationType, AttributeId, DataTypeId, DataValue, DateTime,
+    LocalizedText, MessageSecurityMode, NodeId, StatusCode, UAString, Variant,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::address_space::{self, AddressSpaceLayout, NodeIndex, NAMESPACE_URI};
+use super::config::{password_from_env, OpcUaServerConfig};
+use crate::GatewayError;
+
+/// Path of every endpoint; clients connect to `opc.tcp://host:port/`.
+const ENDPOINT_PATH: &str = "/";
+const PRODUCT_URI: &str = "urn:ironbridge";
+/// The self-signed server certificate made on first start. OPC UA tools
+/// expect to re-trust a server now and then; 5 years keeps that rare without
+/// pretending the key is forever. Renew by deleting `own/` and `private/`.
+const SERVER_CERT_DAYS: u32 = 5 * 365;
+
+/// A model's state as shown under `Models/<model>`. The gateway fills it
+/// from the model registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelStatusView {
+    pub name: String,
+    pub active_version: String,
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+    pub state: String,
+    pub inference_count: u64,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// Pushes values into the server's nodes; subscribed clients are notified.
+/// Cheap to clone; every method is synchronous and only takes a short lock,
+/// so it can be called from the gateway's fan-out task.
+#[derive(Clone)]
+pub struct OpcUaPublisher {
+    inner: Arc<PublisherInner>,
+}
+
+struct PublisherInner {
+    node_manager: Arc<SimpleNodeManager>,
+    subscriptions: Arc<SubscriptionCache>,
+    index: NodeIndex,
+    /// The DataType last declared per tag variable (they start as
+    /// BaseDataType; see `address_space`).
+    declared_tag_types: Mutex<HashMap<NodeId, DataTypeId>>,
+    /// Values that had no node (a machine, tag, model or output the layout
+    /// does not know): counted, not fatal.
+    unknown_values: AtomicU64,
+}
+
+impl std::fmt::Debug for OpcUaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpcUaPublisher")
+            .field("unknown_values", &self.unknown_values())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the server: validates `config` and `layout`, makes the server
+/// certificate on first start, binds `host:port` and serves until `cancel`
+/// fires. The returned task ends when the server has stopped (an error
+/// while serving is logged there).
+pub async fn start(
+    config: &OpcUaServerConfig,
+    layout: &AddressSpaceLayout,
+    cancel: CancellationToken,
+) -> Result<(OpcUaPublisher, JoinHandle<()>), GatewayError> {
+    let problems = config.validate("opcua");
+    if !problems.is_empty() {
+        return Err(GatewayError::OpcUaConfig(problems));
+    }
+    layout.validate().map_err(GatewayError::OpcUaLayout)?;
+
+    let hostname = opcua::crypto::hostname().unwrap_or_else(|_| "localhost".to_string());
+    // Clients use the host in the endpoint URLs the server hands out, so a
+    // wildcard bind address must be replaced by a name they can reach.
+    let advertised_host = if is_wildcard(&config.host) {
+        hostname.clone()
+    } else {
+        config.host.clone()
+    };
+    let application_uri = format!("urn:ironbridge:gateway:{hostname}");
+    ensure_server_certificate(config, &application_uri, &advertised_host)?;
+
+    let mut builder = ServerBuilder::new()
+        .application_name(config.application_name.clone())
+        .application_uri(application_uri)
+        .product_uri(PRODUCT_URI)
+        .pki_dir(config.pki_dir.clone())
+        .create_sample_keypair(false)
+        .trust_client_certs(config.trust_client_certs)
+        .check_cert_time(true)
+        .host(advertised_host.clone())
+        .port(config.port)
+        .discovery_urls(vec![format!(
+            "opc.tcp://{advertised_host}:{}{ENDPOINT_PATH}",
+            config.port
+        )])
+        .token(cancel.child_token())
+        .with_node_manager(simple_node_manager(
+            NamespaceMetadata {
+                namespace_uri: NAMESPACE_URI.to_string(),
+                ..Default::default()
+            },
+            "ironbridge",
+        ));
+
+    let mut secure_token_ids = Vec::new();
+    for (i, user) in config.users.iter().enumerate() {
+        let password =
+            password_from_env(&user.password_env).ok_or_else(|| GatewayError::MissingPassword {
+                username: user.username.clone(),
+                env: user.password_env.clone(),
+            })?;
+        let token_id = format!("user{i}");
+        builder = builder.add_user_token(
+            token_id.clone(),
+            ServerUserToken::user_pass(user.username.clone(), password),
+        );
+        secure_token_ids.push(token_id);
+    }
+    if config.allow_anonymous {
+        secure_token_ids.push(ANONYMOUS_USER_TOKEN_ID.to_string());
+    }
+    for policy_name in &config.security_policies {
+        let policy = secure_policy(policy_name).ok_or_else(|| {
+            // validate() refused unknown names already; kept for safety.
+            GatewayError::OpcUaBuild(format!("unknown security policy {policy_name:?}"))
+        })?;
+        builder = builder.add_endpoint(
+            format!("{policy_name}_sign_encrypt"),
+            ServerEndpoint::new(
+                ENDPOINT_PATH,
+                policy,
+                MessageSecurityMode::SignAndEncrypt,
+                &secure_token_ids,
+            ),
+        );
+    }
+    if config.insecure_loopback_endpoint {
+        // Anonymous only: a password over SecurityPolicy None would travel
+        // in clear text.
+        builder = builder.add_endpoint(
+            "none",
+            ServerEndpoint::new_none(ENDPOINT_PATH, &[ANONYMOUS_USER_TOKEN_ID.to_string()]),
+        );
+    }
+
+    let (server, handle) = builder.build().map_err(GatewayError::OpcUaBuild)?;
+    let node_manager = handle
+        .node_managers()
+        .get_of_type::<SimpleNodeManager>()
+        .ok_or_else(|| GatewayError::OpcUaBuild("the IronBridge node manager is missing".into()))?;
+    let ns = handle
+        .get_namespace_index(NAMESPACE_URI)
+        .ok_or_else(|| GatewayError::OpcUaBuild(format!("namespace {NAMESPACE_URI} missing")))?;
+    let index = {
+        let mut space = node_manager.address_space().write();
+        address_space::build(&mut space, ns, layout)
+    };
+
+    // Bound here (not inside the library) so a busy port fails `start`.
+    let bind_addr = format!("{}:{}", bind_host(&config.host), config.port);
+    let listener = TcpListener::bind(&bind_addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: bind_addr.clone(),
+            source,
+        })?;
+    tracing::info!(
+        addr = %bind_addr,
+        policies = ?config.security_policies,
+        insecure_loopback_endpoint = config.insecure_loopback_endpoint,
+        "OPC UA server listening"
+    );
+    let task = tokio::spawn(async move {
+        match server.run_with(listener).await {
+            Ok(()) => tracing::info!("OPC UA server stopped"),
+            Err(message) => {
+                tracing::error!(error = %GatewayError::OpcUaRun(message), "OPC UA server failed")
+            }
+        }
+    });
+
+    let publisher = OpcUaPublisher {
+        inner: Arc::new(PublisherInner {
+            node_manager,
+            subscriptions: handle.subscriptions().clone(),
+            index,
+            declared_tag_types: Mutex::new(HashMap::new()),
+            unknown_values: AtomicU64::new(0),
+        }),
+    };
+    Ok((publisher, task))
+}
+
+impl OpcUaPublisher {
+    /// Sets every tag of the scan: value, SourceTimestamp = acquisition time,
+    /// StatusCode from the quality.
+    pub fn publish_scan(&self, scan: &Scan) {
+        let inner = &self.inner;
+        let Some(tags) = inner.index.tags.get(&*scan.machine) else {
+            inner.count_unknown(scan.readings.len());
+            return;
+        };
+        let source_timestamp = Some(ua_date_time(scan.acquired_at));
+        let server_timestamp = Some(DateTime::now());
+        let mut updates = Vec::with_capacity(scan.readings.len());
+        let mut type_changes = Vec::new();
+        for reading in &scan.readings {
+            let Some(node) = tags.get(&*reading.tag) else {
+                inner.count_unknown(1);
+                continue;
+            };
+            if let Some(value) = reading.value {
+                type_changes.extend(inner.declare_tag_type(node, data_type_of(value)));
+            }
+            updates.push((
+                node,
+                DataValue {
+                    // Never `None`: async-opcua 0.19 reads a value-less
+                    // DataValue as Good, dropping its status.
+                    value: Some(reading.value.map_or(Variant::Empty, variant_of)),
+                    status: Some(status_of(reading.quality, reading.value.is_some())),
+                    source_timestamp,
+                    server_timestamp,
+                    ..DataValue::null()
+                },
+            ));
+        }
+        if !type_changes.is_empty() {
+            let changes = type_changes.iter().map(|&(node, data_type)| {
+                (
+                    node,
+                    AttributeId::DataType,
+                    Variant::from(NodeId::from(data_type)),
+                )
+            });
+            if let Err(status) = inner
+                .node_manager
+                .set_attributes(&inner.subscriptions, changes)
+            {
+                tracing::warn!(%status, machine = %scan.machine, "cannot set tag data types");
+            }
+        }
+        inner.set_values(updates);
+    }
+
+    /// Sets the outputs of one prediction (SourceTimestamp = acquisition
+    /// time of its inputs) and the version that made them.
+    pub fn publish_prediction(&self, prediction: &Prediction) {
+        let inner = &self.inner;
+        let Some(nodes) = inner
+            .index
+            .predictions
+            .get(&*prediction.machine)
+            .and_then(|models| models.get(&*prediction.model))
+        else {
+            inner.count_unknown(prediction.outputs.len());
+            return;
+        };
+        let source_timestamp = Some(ua_date_time(prediction.inputs_acquired_at));
+        let server_timestamp = Some(DateTime::now());
+        let good = |value: Variant| DataValue {
+            value: Some(value),
+            status: Some(StatusCode::Good),
+            source_timestamp,
+            server_timestamp,
+            ..DataValue::null()
+        };
+        let mut updates = Vec::with_capacity(prediction.outputs.len() + 1);
+        for (output, value) in &prediction.outputs {
+            match nodes.outputs.get(&**output) {
+                Some(node) => updates.push((node, good(Variant::from(*value)))),
+                None => inner.count_unknown(1),
+            }
+        }
+        updates.push((
+            &nodes.model_version,
+            good(Variant::from(prediction.version.to_string())),
+        ));
+        inner.set_values(updates);
+    }
+
+    /// Sets the `Models/<model>` variables.
+    pub fn publish_model_status(&self, status: &ModelStatusView) {
+        let inner = &self.inner;
+        let Some(nodes) = inner.index.models.get(&status.name) else {
+            inner.count_unknown(1);
+            return;
+        };
+        let now = DateTime::now();
+        let good = |value: Variant| DataValue {
+            value: Some(value),
+            status: Some(StatusCode::Good),
+            source_timestamp: Some(now),
+            server_timestamp: Some(now),
+            ..DataValue::null()
+        };
+        inner.set_values(vec![
+            (
+                &nodes.active_version,
+                good(Variant::from(status.active_version.clone())),
+            ),
+            (&nodes.sha256, good(Variant::from(status.sha256.clone()))),
+            (
+                &nodes.loaded_at,
+                good(Variant::from(ua_date_time(status.loaded_at))),
+            ),
+            (&nodes.state, good(Variant::from(status.state.clone()))),
+            (
+                &nodes.inference_count,
+                good(Variant::from(status.inference_count)),
+            ),
+            (
+                &nodes.inputs,
+                good(address_space::string_array(&status.inputs)),
+            ),
+            (
+                &nodes.outputs,
+                good(address_space::string_array(&status.outputs)),
+            ),
+        ]);
+    }
+
+    /// Values dropped because the layout has no node for them (for metrics).
+    pub fn unknown_values(&self) -> u64 {
+        self.inner.unknown_values.load(Ordering::Relaxed)
+    }
+}
+
+impl PublisherInner {
+    fn count_unknown(&self, n: usize) {
+        self.unknown_values.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `Some` when the tag's declared DataType must change to `data_type`.
+    fn declare_tag_type<'n>(
+        &self,
+        node: &'n NodeId,
+        data_type: DataTypeId,
+    ) -> Option<(&'n NodeId, DataTypeId)> {
+        let mut declared = match self.declared_tag_types.lock() {
+            Ok(guard) => guard,
+            // The map only caches what was declared; a panic elsewhere
+            // cannot leave it inconsistent.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if declared.get(node) == Some(&data_type) {
+            return None;
+        }
+        declared.insert(node.clone(), data_type);
+        Some((node, data_type))
+    }
+
+    fn set_values(&self, updates: Vec<(&NodeId, DataValue)>) {
+        let values = updates.into_iter().map(|(node, value)| (node, None, value));
+        if let Err(status) = self.node_manager.set_values(&self.subscriptions, values) {
+            // Only nodes built from the layout are set, so this is a bug.
+            tracing::error!(%status, "cannot set OPC UA values");
+        }
+    }
+}
+
+fn secure_policy(name: &str) -> Option<SecurityPolicy> {
+    match name {
+        "Basic256Sha256" => Some(SecurityPolicy::Basic256Sha256),
+        "Aes128Sha256RsaOaep" => Some(SecurityPolicy::Aes128Sha256RsaOaep),
+        "Aes256Sha256RsaPss" => Some(SecurityPolicy::Aes256Sha256RsaPss),
+        _ => None,
+    }
+}
+
+fn is_wildcard(host: &str) -> bool {
+    matches!(host.trim(), "0.0.0.0" | "::" | "[::]")
+}
+
+/// `host` in the form `TcpListener::bind` takes with a port appended.
+fn bind_host(host: &str) -> String {
+    let host = host.trim();
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Creates the server's self-signed certificate and key in `pki_dir` unless
+/// both exist, and the `trusted/` and `rejected/` folders.
+fn ensure_server_certificate(
+    config: &OpcUaServerConfig,
+    application_uri: &str,
+    advertised_host: &str,
+) -> Result<(), GatewayError> {
+    let pki_dir = &config.pki_dir;
+    let fail = |message: String| GatewayError::Certificate {
+        pki_dir: pki_dir.display().to_string(),
+        message,
+    };
+    let store = CertificateStore::new(pki_dir);
+    store.ensure_pki_path().map_err(fail)?;
+    let cert_path = store.own_certificate_path();
+    let key_path = store.own_private_key_path();
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            store.read_own_cert().map_err(fail)?;
+            store.read_own_pkey().map_err(fail)?;
+            return Ok(());
+        }
+        (false, false) => {}
+        // Never overwrite half a key pair: clients may trust the certificate.
+        _ => {
+            return Err(fail(format!(
+                "only one of {} and {} exists; restore the other or delete both to make a new pair",
+                cert_path.display(),
+                key_path.display()
+            )))
+        }
+    }
+    let description = ApplicationDescription {
+        application_uri: UAString::from(application_uri),
+        product_uri: UAString::from(PRODUCT_URI),
+        application_name: LocalizedText::new("", &config.application_name),
+        application_type: ApplicationType::Server,
+        gateway_server_uri: UAString::null(),
+        discovery_profile_uri: UAString::null(),
+        discovery_urls: None,
+    };
+    let mut x509 = X509Data::from((description, Some(vec![advertised_host.to_string()])));
+    x509.certificate_duration_days = SERVER_CERT_DAYS;
+    store
+        .create_and_store_application_instance_cert(&x509, false)
+        .map_err(fail)?;
+    restrict_to_owner(&key_path).map_err(|e| fail(format!("{}: {e}", key_path.display())))?;
+    tracing::info!(cert = %cert_path.display(), "created the OPC UA server certificate");
+    Ok(())
+}
+
+/// The library writes the private key with the process umask (often
+/// world-readable).
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// OPC UA DateTime (100 ns ticks since 1601) from a SystemTime.
+pub(crate) fn ua_date_time(t: SystemTime) -> DateTime {
+    const TICKS_1601_TO_1970: i64 = 116_444_736_000_000_000;
+    let ticks_since_1970 = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos() / 100).unwrap_or(i64::MAX / 2),
+        Err(before) => -i64::try_from(before.duration().as_nanos() / 100).unwrap_or(0),
+    };
+    DateTime::from(TICKS_1601_TO_1970.saturating_add(ticks_since_1970).max(0))
+}
+
+fn variant_of(value: TagValue) -> Variant {
+    match value {
+        TagValue::Bool(b) => Variant::from(b),
+        TagValue::Int(i) => Variant::from(i),
+        TagValue::UInt(u) => Variant::from(u),
+        TagValue::Float(f) => Variant::from(f),
+    }
+}
+
+fn data_type_of(value: TagValue) -> DataTypeId {
+    match value {
+        TagValue::Bool(_) => DataTypeId::Boolean,
+        TagValue::Int(_) => DataTypeId::Int64,
+        TagValue::UInt(_) => DataTypeId::UInt64,
+        TagValue::Float(_) => DataTypeId::Double,
+    }
+}
+
+/// OPC UA status of a tag reading.
+pub(crate) fn status_of(quality: Quality, has_value: bool) -> StatusCode {
+    match (quality, has_value) {
+        (Quality::Good, true) => StatusCode::Good,
+        // Read, but the device flagged it (e.g. a Modbus exception).
+        (Quality::Uncertain, _) => StatusCode::Uncertain,
+        // Unreachable: no value, and no old value passed off as current.
+        (Quality::Bad, _) | (Quality::Good, false) => StatusCode::BadNoCommunication,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn opcua_quality_maps_to_status_codes() {
+        assert_eq!(status_of(Quality::Good, true), StatusCode::Good);
+        assert!(status_of(Quality::Uncertain, true).is_uncertain());
+        assert!(status_of(Quality::Bad, false).is_bad());
+        assert!(status_of(Quality::Good, false).is_bad());
+    }
+
+    #[test]
+    fn opcua_date_time_keeps_the_instant() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let ua = ua_date_time(t);
+        assert_eq!(ua.as_chrono().timestamp_micros(), 1_700_000_000_123_456);
+        assert_eq!(ua_date_time(UNIX_EPOCH).as_chrono().timestamp(), 0);
+    }
+
+    #[test]
+    fn opcua_bind_host_brackets_ipv6() {
+        assert_eq!(bind_host("::1"), "[::1]");
+        assert_eq!(bind_host("[::1]"), "[::1]");
+        assert_eq!(bind_host("0.0.0.0"), "0.0.0.0");
+    }
+}

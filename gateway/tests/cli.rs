@@ -1,0 +1,180 @@
+//! The `ironbridge` binary as a user runs it: `validate` and `--version`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn ironbridge() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ironbridge"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("gateway/ has a parent")
+        .to_path_buf()
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The line (1-based) of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in config"))
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = ironbridge().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("ironbridge 0."), "{text}");
+    let commit = text
+        .split("(commit ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or("");
+    assert!(
+        commit.len() >= 7 && commit.chars().take(7).all(|c| c.is_ascii_hexdigit()),
+        "no commit in {text:?}"
+    );
+}
+
+#[test]
+fn the_example_configuration_validates() {
+    let example = repo_root().join("config/example.toml");
+    let out = ironbridge()
+        .args(["validate", "--config"])
+        .arg(&example)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn validate_lists_every_problem_with_key_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_dir = repo_root().join("models/tests/fixtures/tampered");
+    let text = format!(
+        r#"
+[opcua]
+port = 4840
+surprise = true
+
+[[machines]]
+name = "press-7"
+protocol = "modbus-tcp"
+address = "127.0.0.1:502"
+poll_interval_ms = 0
+  [[machines.tags]]
+  name = "temp_c"
+  register = "holding"
+  address = 65535
+  type = "f32"
+
+[[machines]]
+name = "press-7"
+protocol = "modbus-tcp"
+address = "127.0.0.1:503"
+  [[machines.tags]]
+  name = "speed"
+  register = "holding"
+  address = 0
+  type = "f32"
+  byte_order = "XYZW"
+
+[[machines]]
+name = "lathe-2"
+protocol = "profibus"
+
+[[models]]
+name = "tiny"
+path = "{model}"
+version = "1.0.0"
+machines = ["press-7", "mill-9"]
+"#,
+        model = model_dir.display()
+    );
+    let config = write_config(dir.path(), &text);
+    let out = ironbridge()
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "a broken config must fail validation"
+    );
+    let report = String::from_utf8_lossy(&out.stderr).to_string();
+    let file = config.display().to_string();
+    let expect = |needle: &str, path: &str| {
+        let line = line_of(&text, needle);
+        let want = format!("{file}:{line}: {path}");
+        assert!(
+            report.contains(&want),
+            "expected a problem at {want:?} in:\n{report}"
+        );
+    };
+    expect("surprise", "opcua.surprise");
+    expect("poll_interval_ms = 0", "machines[0].poll_interval_ms");
+    expect("address = 65535", "machines[0].tags[0].address");
+    expect("byte_order = \"XYZW\"", "machines[1].tags[0].byte_order");
+    expect("protocol = \"profibus\"", "machines[2].protocol");
+    expect("version = \"1.0.0\"", "models[0].version");
+    expect("\"mill-9\"", "models[0].machines[1]");
+    // The second "press-7" is a duplicate name.
+    let second = text
+        .match_indices("name = \"press-7\"")
+        .nth(1)
+        .map(|(i, _)| i)
+        .expect("two");
+    let line = text[..second].lines().count() + 1;
+    assert!(
+        report.contains(&format!("{file}:{line}: machines[1].name")),
+        "duplicate machine name not reported at line {line}:\n{report}"
+    );
+    assert!(
+        report.contains("sha256"),
+        "hash mismatch not explained:\n{report}"
+    );
+}
+
+#[test]
+fn validate_reports_a_toml_syntax_error_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "[opcua]\nport = 4840\n[[machines]\nname = \"x\"\n";
+    let config = write_config(dir.path(), text);
+    let out = ironbridge()
+        .args(["validate", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        report.contains(&format!("{}:3:", config.display())),
+        "{report}"
+    );
+}
+
+#[test]
+fn run_refuses_a_broken_configuration_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "[nonsense]\nx = 1\n");
+    let out = ironbridge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
+}

@@ -1,0 +1,260 @@
+"""Independent OPC UA client (python asyncua) for IronBridge's server tests.
+
+Connects to the gateway's OPC UA server, does what the arguments ask and
+prints one JSON object on stdout:
+
+  {"connected": true,
+   "namespace_index": 2,
+   "tree": [{"path": "Machines/press-7/Tags/temp_c", "node_id": "Machines/...",
+             "id_type": "String", "namespace_uri": "urn:ironbridge:gateway",
+             "node_class": "Variable"}, ...],
+   "reads": {"<path>": {"value": ..., "status": "Good", "is_good": true,
+                        "source_timestamp_us": 1700000000123456}},
+   "subscription": [{"value": 1.5, "source_timestamp_us": ...}, ...],
+   "write": {"<path>": "BadNotWritable"}}
+
+or {"connected": false, "error": "..."} when the connection or session is
+refused (the tests expect that for insecure or untrusted clients).
+
+Security: --policy None (default) or Basic256Sha256 / Aes128Sha256RsaOaep /
+Aes256Sha256RsaPss with SignAndEncrypt and a client certificate generated in
+--client-pki (self-signed, application URI --app-uri). --server-cert pins the
+server's certificate (else it is fetched from the endpoints). --user and
+--password-env select username/password login, else anonymous.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+from asyncua.ua import status_codes
+
+NAMESPACE_URI = "urn:ironbridge:gateway"
+
+
+def micros(ts):
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    delta = ts - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def jsonable(value):
+    if isinstance(value, datetime):
+        return {"datetime_us": micros(value)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)
+
+
+def status_name(status):
+    if status is None:
+        return "Good"
+    return status_codes.get_name_and_doc(status.value)[0]
+
+
+async def browse_tree(client, root, prefix, out, ns_array):
+    for child in await root.get_children():
+        name = await child.read_browse_name()
+        node_class = await child.read_node_class()
+        path = f"{prefix}/{name.Name}" if prefix else name.Name
+        nid = child.nodeid
+        out.append(
+            {
+                "path": path,
+                "browse_namespace_uri": ns_array[name.NamespaceIndex],
+                "node_id": nid.Identifier if isinstance(nid.Identifier, str) else str(nid.Identifier),
+                "id_type": nid.NodeIdType.name,
+                "namespace_uri": ns_array[nid.NamespaceIndex],
+                "node_class": node_class.name,
+            }
+        )
+        if node_class == ua.NodeClass.Object:
+            await browse_tree(client, child, path, out, ns_array)
+
+
+async def run(args):
+    client = Client(url=args.url, timeout=10)
+    client.application_uri = args.app_uri
+    if args.policy != "None":
+        pki = Path(args.client_pki)
+        cert, key = await client.setup_self_signed_certificate(pki / "client_key.pem", pki / "client_cert.der")
+        policy = getattr(security_policies, f"SecurityPolicy{args.policy}")
+        await client.set_security(
+            policy,
+            str(cert),
+            str(key),
+            server_certificate=args.server_cert,
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+    if args.user:
+        client.set_user(args.user)
+        client.set_password(os.environ.get(args.password_env, ""))
+
+    result = {"connected": False}
+    if args.force_none_session:
+        return await force_none_session(client, args, result)
+    try:
+        await client.connect()
+    except Exception as e:  # noqa: BLE001 - any refusal is an answer here
+        result["error"] = f"{type(e).__name__}: {e}"
+        return result
+    result["connected"] = True
+    try:
+        ns_array = await client.get_namespace_array()
+        ns = ns_array.index(NAMESPACE_URI)
+        result["namespace_index"] = ns
+
+        def node(path):
+            return client.get_node(ua.NodeId(path, ns, ua.NodeIdType.String))
+
+        if args.browse:
+            objects = client.nodes.objects
+            root = await objects.get_child([ua.QualifiedName("IronBridge", ns)])
+            tree = []
+            await browse_tree(client, root, "", tree, ns_array)
+            result["root_node_id"] = root.nodeid.Identifier
+            result["tree"] = tree
+
+        reads = {}
+        for path in args.read:
+            dv = await node(path).read_data_value(raise_on_bad_status=False)
+            dt = await node(path).read_data_type()
+            reads[path] = {
+                "value": jsonable(dv.Value.Value if dv.Value is not None else None),
+                "status": status_name(dv.StatusCode),
+                "is_good": dv.StatusCode is None or dv.StatusCode.is_good(),
+                "is_bad": dv.StatusCode is not None and dv.StatusCode.is_bad(),
+                "source_timestamp_us": micros(dv.SourceTimestamp),
+                "data_type": dt.Identifier if isinstance(dt.Identifier, int) else str(dt.Identifier),
+            }
+        result["reads"] = reads
+
+        writes = {}
+        for path in args.write:
+            try:
+                await node(path).write_value(ua.DataValue(ua.Variant(123.0, ua.VariantType.Double)))
+                writes[path] = "Good"
+            except ua.UaStatusCodeError as e:
+                writes[path] = status_codes.get_name_and_doc(e.code)[0]
+        result["write"] = writes
+
+        if args.subscribe:
+            result["subscription"] = await collect_changes(client, node(args.subscribe), args.count)
+    finally:
+        await client.disconnect()
+    return result
+
+
+async def force_none_session(client, args, result):
+    """Tries a session over SecurityPolicy None even though the server lists
+    no such endpoint: asyncua alone would give up on the endpoint list, but
+    the server itself must refuse (at CreateSession, ActivateSession or the
+    first read)."""
+    stage = "open_secure_channel"
+    try:
+        await client.connect_socket()
+        await client.send_hello()
+        await client.open_secure_channel()
+        stage = "create_session"
+        desc = ua.ApplicationDescription()
+        desc.ApplicationUri = client.application_uri
+        desc.ApplicationName = ua.LocalizedText("forced-none")
+        desc.ApplicationType = ua.ApplicationType.Client
+        params = ua.CreateSessionParameters()
+        params.ClientNonce = os.urandom(32)
+        params.ClientCertificate = None
+        params.ClientDescription = desc
+        params.EndpointUrl = args.url
+        params.SessionName = "forced-none"
+        params.RequestedSessionTimeout = 60000
+        params.MaxResponseMessageSize = 0
+        await client.uaclient.create_session(params)
+        stage = "activate_session"
+        aparams = ua.ActivateSessionParameters()
+        aparams.LocaleIds = ["en"]
+        aparams.UserIdentityToken = ua.AnonymousIdentityToken()
+        aparams.UserIdentityToken.PolicyId = "anonymous"
+        await client.uaclient.activate_session(aparams)
+        stage = "read"
+        dv = await client.get_node(ua.NodeId(ua.ObjectIds.Server_NamespaceArray)).read_data_value()
+        result["connected"] = True
+        result["namespaces"] = dv.Value.Value
+    except Exception as e:  # noqa: BLE001 - any refusal is an answer here
+        result["refused_at"] = stage
+        result["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        try:
+            client.disconnect_socket()
+        except Exception:  # noqa: BLE001
+            pass
+    return result
+
+
+class Collector:
+    def __init__(self):
+        self.changes = asyncio.Queue()
+
+    def datachange_notification(self, node, val, data):
+        dv = data.monitored_item.Value
+        self.changes.put_nowait(
+            {
+                "value": jsonable(val),
+                "status": status_name(dv.StatusCode),
+                "source_timestamp_us": micros(dv.SourceTimestamp),
+            }
+        )
+
+
+async def collect_changes(client, node, count):
+    """Gathers notifications until `count` distinct values arrived after the
+    first one (the current value a new monitored item always reports)."""
+    collector = Collector()
+    sub = await client.create_subscription(100, collector)
+    await sub.subscribe_data_change(node)
+    seen = []
+    first = await asyncio.wait_for(collector.changes.get(), 30)
+    seen.append(first)
+    distinct = set()
+    while len(distinct) < count:
+        change = await asyncio.wait_for(collector.changes.get(), 30)
+        seen.append(change)
+        if change["value"] != first["value"]:
+            distinct.add(json.dumps(change["value"]))
+    await sub.delete()
+    return seen
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--policy", default="None")
+    p.add_argument("--client-pki")
+    p.add_argument("--server-cert")
+    p.add_argument("--app-uri", default="urn:ironbridge:test-client")
+    p.add_argument("--user")
+    p.add_argument("--password-env", default="IRONBRIDGE_TEST_OPCUA_PASSWORD")
+    p.add_argument("--force-none-session", action="store_true")
+    p.add_argument("--browse", action="store_true")
+    p.add_argument("--read", action="append", default=[])
+    p.add_argument("--write", action="append", default=[])
+    p.add_argument("--subscribe")
+    p.add_argument("--count", type=int, default=3)
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
