@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The IronBridge demo, from a fresh clone: installs what it needs
+# (scripts/setup.sh, idempotent), builds, then starts on this machine
+#   - victoria-metrics (InfluxDB v2 write API) on 127.0.0.1:8428,
+#   - the simulated pump (Modbus TCP) on 127.0.0.1:5020,
+#   - the gateway with config/example.toml and the example model,
+# and prints where to look. Ctrl-C stops everything.
+#
+# IRONBRIDGE_DEMO_SECONDS=N stops the demo by itself after N seconds.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+VM_PORT=8428
+SIM_PORT=5020
+OPCUA_PORT=4840
+data="$root/demo-data"
+
+log() { printf '[demo] %s\n' "$*" >&2; }
+
+for port in $VM_PORT $SIM_PORT $OPCUA_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port on 127.0.0.1 is already in use; stop what uses it (maybe an earlier demo) and retry"
+    exit 1
+  fi
+done
+
+bash scripts/setup.sh
+source scripts/env.sh
+log "building (release; the first build takes a few minutes)"
+cargo build --release --locked -p ironbridge -p ironbridge-simulator
+
+mkdir -p "$data/victoria-metrics"
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  log "stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "nothing listens on port $1; see $data/*.log"
+  exit 1
+}
+
+victoria-metrics -httpListenAddr="127.0.0.1:$VM_PORT" \
+  -storageDataPath="$data/victoria-metrics" -retentionPeriod=100y \
+  >"$data/victoria-metrics.log" 2>&1 &
+pids+=($!)
+wait_port $VM_PORT
+
+# time-scale 3600: one real second is one hour of pump life, so the bearing's
+# wear (and the model's prediction of it) visibly moves during a demo.
+target/release/ironbridge-sim serve --bind "127.0.0.1:$SIM_PORT" --seed 7 \
+  --time-scale 3600 >"$data/simulator.log" 2>&1 &
+pids+=($!)
+wait_port $SIM_PORT
+
+target/release/ironbridge run --config config/example.toml 2>&1 | tee "$data/gateway.log" >&2 &
+pids+=($!)
+wait_port $OPCUA_PORT
+
+cat <<EOT
+
+IronBridge demo is running.
+  OPC UA endpoint : opc.tcp://127.0.0.1:$OPCUA_PORT/  (demo: also an anonymous, no-security endpoint on loopback)
+  Watch it        : .venv/bin/python scripts/opcua_watch.py opc.tcp://127.0.0.1:$OPCUA_PORT/
+  Store (InfluxDB v2 write API, victoria-metrics): http://127.0.0.1:$VM_PORT/
+  Predictions     : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query=prediction_bearing_wear'
+  Process values  : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query={__name__=~"process_.*"}'
+  Logs            : $data/*.log
+Press Ctrl-C to stop.
+EOT
+
+if [ -n "${IRONBRIDGE_DEMO_SECONDS:-}" ]; then
+  sleep "$IRONBRIDGE_DEMO_SECONDS"
+else
+  wait
+fi

@@ -1,0 +1,282 @@
+//! Simulator → gateway → real victoria-metrics, with the example model.
+//!
+//! What a plant engineer would check: process values and predictions arrive,
+//! stamped with acquisition times, labelled with the model version, and each
+//! stored prediction is what torch itself computes from the stored inputs of
+//! the same timestamp with the same model file.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ironbridge_models::ModelRegistry;
+use ironbridge_tests::gateway_rig::{GatewayRig, MACHINE, MODEL, MODEL_VERSION};
+use ironbridge_tests::paths::{repo_root, venv_python};
+
+/// Predictions compared with torch's, absolute (outputs are in [0, 1]).
+const TOLERANCE: f64 = 1e-5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<()> {
+    let started = std::time::SystemTime::now();
+    let mut rig = GatewayRig::start(200, 500).await?;
+    let prediction_selector = "{__name__=~\"prediction_.*\"}";
+    rig.wait_for_samples(prediction_selector, 20, Duration::from_secs(60))
+        .await?;
+    rig.stop().await;
+
+    let manifest = ModelRegistry::open(repo_root().join("models/examples").join(MODEL))?
+        .load(MODEL_VERSION)?
+        .manifest()
+        .clone();
+
+    // Process values by tag, then by timestamp (ms).
+    let mut process: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+    for series in rig.vm.export("{__name__=~\"process_.*\"}").await? {
+        assert_eq!(series.label("machine"), Some(MACHINE));
+        let tag = series
+            .name()
+            .strip_prefix("process_")
+            .context("process series name")?
+            .to_string();
+        process.entry(tag).or_default().extend(series.samples());
+    }
+    for input in &manifest.inputs {
+        assert!(
+            process.contains_key(&input.name),
+            "no process values stored for model input {}",
+            input.name
+        );
+    }
+
+    let predictions = rig.vm.export(prediction_selector).await?;
+    assert_eq!(predictions.len(), manifest.outputs.len());
+    let mut rows = Vec::new();
+    let mut stored = Vec::new();
+    for series in &predictions {
+        assert_eq!(series.label("machine"), Some(MACHINE));
+        assert_eq!(series.label("model"), Some(MODEL));
+        assert_eq!(series.label("version"), Some(MODEL_VERSION));
+        assert_eq!(
+            series.name(),
+            format!("prediction_{}", manifest.outputs[0].name)
+        );
+        for (ts, value) in series.samples() {
+            // The prediction carries the acquisition time of its inputs:
+            // every input has a stored value at exactly that timestamp.
+            let row: Vec<f64> = manifest
+                .inputs
+                .iter()
+                .map(|i| {
+                    process[&i.name].get(&ts).copied().with_context(|| {
+                        format!(
+                            "prediction at {ts} has no {} input stored at the same time",
+                            i.name
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            rows.push(row);
+            stored.push((ts, value));
+        }
+    }
+    assert!(rows.len() >= 20, "only {} predictions", rows.len());
+
+    // Acquisition times, not send times: scans are ~200 ms apart while
+    // batches are flushed every 500 ms, so there are more distinct stamps
+    // than batches could have given, all after the test started.
+    let start_ms = started.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let distinct: std::collections::BTreeSet<i64> = stored.iter().map(|(ts, _)| *ts).collect();
+    assert_eq!(
+        distinct.len(),
+        stored.len(),
+        "two predictions share a timestamp"
+    );
+    assert!(distinct.iter().all(|&ts| ts >= start_ms));
+
+    let reference = torch_reference(&rows)?;
+    let mut worst: f64 = 0.0;
+    for ((ts, value), want) in stored.iter().zip(&reference) {
+        let diff = (value - want[0]).abs();
+        worst = worst.max(diff);
+        assert!(
+            diff <= TOLERANCE,
+            "prediction at {ts}: stored {value}, torch {}, diff {diff}",
+            want[0]
+        );
+    }
+    // The predictions are not all the same number (a model fed constants, or
+    // a stuck pipeline, would pass the comparison trivially).
+    let first = stored[0].1;
+    assert!(
+        stored.iter().any(|(_, v)| (v - first).abs() > 1e-6),
+        "predictions never change"
+    );
+    eprintln!(
+        "{} predictions match torch; worst difference {worst:e}",
+        stored.len()
+    );
+    Ok(())
+}
+
+/// Python torch's outputs for `rows`, from the same model file.
+fn torch_reference(rows: &[Vec<f64>]) -> Result<Vec<Vec<f64>>> {
+    let model = repo_root()
+        .join("models/examples")
+        .join(MODEL)
+        .join(MODEL_VERSION)
+        .join("model.pt");
+    let request = serde_json::json!({ "model": model, "rows": rows });
+    let mut child = Command::new(venv_python()?)
+        .arg(repo_root().join("tests/peers/torch_predict.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    serde_json::to_writer(child.stdin.take().context("stdin")?, &request)?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "torch_predict.py failed");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let outputs: Vec<Vec<f64>> = serde_json::from_value(reply["outputs"].clone())?;
+    anyhow::ensure!(outputs.len() == rows.len());
+    Ok(outputs)
+}
+
+/// An independent OPC UA client (Python asyncua) against the whole gateway:
+/// the contract's paths exist, the model nodes name the served version and
+/// the sha256 of the file on disk, and a subscription to a prediction
+/// receives new values stamped with acquisition times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
+    use sha2::{Digest, Sha256};
+
+    let mut rig = GatewayRig::start(200, 1000).await?;
+    rig.wait_for_samples("{__name__=~\"prediction_.*\"}", 3, Duration::from_secs(60))
+        .await?;
+    let version_dir = repo_root()
+        .join("models/examples")
+        .join(MODEL)
+        .join(MODEL_VERSION);
+    let manifest = ModelRegistry::open(version_dir.parent().context("model dir")?)?
+        .load(MODEL_VERSION)?
+        .manifest()
+        .clone();
+    let file_sha = hex::encode(Sha256::digest(std::fs::read(
+        version_dir.join(&manifest.file),
+    )?));
+    let output = &manifest.outputs[0].name;
+    let prediction = format!("Machines/{MACHINE}/Predictions/{MODEL}/{output}");
+    let model_nodes = format!("Models/{MODEL}");
+
+    let mut args: Vec<String> = vec!["--url".into(), rig.opcua_url(), "--browse".into()];
+    for read in [
+        format!("{model_nodes}/ActiveVersion"),
+        format!("{model_nodes}/Sha256"),
+        format!("{model_nodes}/State"),
+        format!("{model_nodes}/InferenceCount"),
+        format!("{model_nodes}/Inputs"),
+        format!("Machines/{MACHINE}/Predictions/{MODEL}/ModelVersion"),
+        format!("Machines/{MACHINE}/Tags/speed_rpm"),
+    ] {
+        args.push("--read".into());
+        args.push(read);
+    }
+    args.extend([
+        "--subscribe".into(),
+        prediction.clone(),
+        "--count".into(),
+        "3".into(),
+    ]);
+    let out = tokio::process::Command::new(venv_python()?)
+        .arg(repo_root().join("tests/peers/opcua_client.py"))
+        .args(&args)
+        .output()
+        .await?;
+    rig.stop().await;
+    anyhow::ensure!(
+        out.status.success(),
+        "opcua_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(answer["connected"], true, "{answer}");
+
+    let paths: Vec<&str> = answer["tree"]
+        .as_array()
+        .context("tree")?
+        .iter()
+        .filter_map(|n| n["path"].as_str())
+        .collect();
+    let config = ironbridge::config::GatewayConfig::load(&rig.config_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut expected: Vec<String> = config.machines[0]
+        .tag_names()
+        .iter()
+        .map(|t| format!("Machines/{MACHINE}/Tags/{t}"))
+        .collect();
+    expected.push(prediction.clone());
+    expected.push(format!(
+        "Machines/{MACHINE}/Predictions/{MODEL}/ModelVersion"
+    ));
+    for node in [
+        "ActiveVersion",
+        "Sha256",
+        "LoadedAt",
+        "State",
+        "InferenceCount",
+        "Inputs",
+        "Outputs",
+    ] {
+        expected.push(format!("{model_nodes}/{node}"));
+    }
+    for path in &expected {
+        assert!(
+            paths.contains(&path.as_str()),
+            "{path} not browsable: {paths:?}"
+        );
+    }
+    for node in answer["tree"].as_array().context("tree")? {
+        assert_eq!(node["namespace_uri"], "urn:ironbridge:gateway");
+        assert_eq!(node["node_id"], node["path"], "string NodeId = browse path");
+    }
+
+    let read = |path: String| answer["reads"][&path].clone();
+    assert_eq!(
+        read(format!("{model_nodes}/ActiveVersion"))["value"],
+        MODEL_VERSION
+    );
+    assert_eq!(
+        read(format!("{model_nodes}/Sha256"))["value"],
+        manifest.sha256.as_str()
+    );
+    assert_eq!(manifest.sha256, file_sha, "manifest hash is the file's");
+    assert_eq!(read(format!("{model_nodes}/State"))["value"], "Serving");
+    assert!(read(format!("{model_nodes}/InferenceCount"))["value"].as_u64() > Some(0));
+    assert_eq!(
+        read(format!(
+            "Machines/{MACHINE}/Predictions/{MODEL}/ModelVersion"
+        ))["value"],
+        MODEL_VERSION
+    );
+    let speed = read(format!("Machines/{MACHINE}/Tags/speed_rpm"));
+    assert_eq!(speed["is_good"], true, "{speed}");
+
+    let updates = answer["subscription"].as_array().context("subscription")?;
+    assert!(updates.len() >= 3, "{updates:?}");
+    let stamps: std::collections::BTreeSet<i64> = updates
+        .iter()
+        .filter_map(|u| u["source_timestamp_us"].as_i64())
+        .collect();
+    assert!(
+        stamps.len() >= 3,
+        "prediction updates need distinct acquisition times: {updates:?}"
+    );
+    for u in updates {
+        let v = u["value"].as_f64().context("prediction value")?;
+        assert!(
+            (0.0..=1.0).contains(&v),
+            "wear prediction {v} outside [0, 1]"
+        );
+    }
+    Ok(())
+}
