@@ -14,28 +14,17 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-        .map(|s| !s.is_empty())
-        .unwrap_or(false);
-    let commit = if dirty && commit != "unknown" {
-        format!("{commit}-dirty")
-    } else {
-        commit
-    };
     println!("cargo:rustc-env=IRONBRIDGE_GIT_COMMIT={commit}");
-    // Rebuild when HEAD moves: HEAD itself only names a branch, so also watch
-    // the branch's ref (and packed-refs, where git may keep it), and the index
-    // for the dirty flag.
+    // Rebuild when HEAD moves. HEAD itself usually only names a branch, so
+    // also watch the branch refs (a folder: the ref may not exist yet before
+    // the first commit) and packed-refs, where git may keep them.
     if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
         let git_dir = Path::new(&git_dir);
-        let mut watched = vec![
+        let watched = [
             git_dir.join("HEAD"),
-            git_dir.join("index"),
+            git_dir.join("refs/heads"),
             git_dir.join("packed-refs"),
         ];
-        if let Some(branch_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            watched.push(git_dir.join(branch_ref));
-        }
         // A path that does not exist would make cargo rerun this every build.
         for path in watched.iter().filter(|p| p.exists()) {
             println!("cargo:rerun-if-changed={}", path.display());
