@@ -2,10 +2,28 @@
 # The whole test suite, from a fresh clone: installs what it needs
 # (scripts/setup.sh, idempotent), then runs every Rust test. Integration tests
 # start their own victoria-metrics, pymodbus and asyncua peers on free
-# loopback ports.
+# loopback ports. Extra arguments go to `cargo test`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
-cargo test --workspace --locked "$@"
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# --no-fail-fast: one failing crate must not hide the results of the others.
+set +e
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One total over every test binary (cargo prints one line per binary, the
+# last of which is usually a doc-test run with nothing in it).
+awk '/^test result:/ {
+       for (i = 1; i <= NF; i++) {
+         if ($(i+1) ~ /^passed/) p += $i
+         if ($(i+1) ~ /^failed/) f += $i
+         if ($(i+1) ~ /^ignored/) s += $i
+       }
+     }
+     END { printf "Total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
