@@ -35,8 +35,12 @@ pids=()
 cleanup() {
   trap - EXIT INT TERM
   log "stopping"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Reverse start order, each to its end: the gateway flushes its last
+  # batch to victoria-metrics before that stops.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT INT TERM
 
@@ -51,7 +55,7 @@ wait_port() {
 
 victoria-metrics -httpListenAddr="127.0.0.1:$VM_PORT" \
   -storageDataPath="$data/victoria-metrics" -retentionPeriod=100y \
-  >"$data/victoria-metrics.log" 2>&1 &
+  -search.latencyOffset=1s >"$data/victoria-metrics.log" 2>&1 &
 pids+=($!)
 wait_port $VM_PORT
 
@@ -62,9 +66,17 @@ target/release/ironbridge-sim serve --bind "127.0.0.1:$SIM_PORT" --seed 7 \
 pids+=($!)
 wait_port $SIM_PORT
 
-target/release/ironbridge run --config config/example.toml 2>&1 | tee "$data/gateway.log" >&2 &
-pids+=($!)
-wait_port $OPCUA_PORT
+target/release/ironbridge run --config config/example.toml >"$data/gateway.log" 2>&1 &
+gateway=$!
+pids+=($gateway)
+# The gateway says when everything is up (a bare TCP probe of the OPC UA
+# port would only make it log a failed handshake).
+for _ in $(seq 1 300); do
+  grep -q "gateway running" "$data/gateway.log" 2>/dev/null && break
+  kill -0 "$gateway" 2>/dev/null || { log "the gateway stopped:"; cat "$data/gateway.log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q "gateway running" "$data/gateway.log" || { log "the gateway did not start; see $data/gateway.log"; exit 1; }
 
 cat <<EOT
 
@@ -74,7 +86,7 @@ IronBridge demo is running.
   Store (InfluxDB v2 write API, victoria-metrics): http://127.0.0.1:$VM_PORT/
   Predictions     : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query=prediction_bearing_wear'
   Process values  : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query={__name__=~"process_.*"}'
-  Logs            : $data/*.log
+  Logs            : $data/*.log (the gateway's: tail -f $data/gateway.log)
 Press Ctrl-C to stop.
 EOT
 

@@ -24,7 +24,7 @@ use ironbridge_connectors::modbus::{ModbusSourceStats, ModbusTcpSource};
 use ironbridge_connectors::{Prediction, Record, Scan};
 use ironbridge_models::{
     prepare_inputs, DeviceChoice, InferenceHandle, InferenceOptions, InferenceService,
-    ModelManifest, ModelRegistry, SubmitError, TorchModel,
+    ModelManifest, ModelRegistry, TorchModel,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -338,7 +338,6 @@ impl FanOut {
                 if n.is_power_of_two() {
                     tracing::warn!(model = %model.manifest.name, total = n, "inference request refused: {e}");
                 }
-                let _: &SubmitError = &e;
                 return;
             }
         };
