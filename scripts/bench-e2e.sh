@@ -7,6 +7,6 @@ cd "$root"
 bash scripts/setup.sh
 source scripts/env.sh
 cargo build --release --locked -p ironbridge -p ironbridge-simulator
-for machines in 1 20 100; do
+for machines in 1 100 1000; do
   python3 scripts/bench_e2e.py --machines "$machines" --poll-ms 100 --seconds "${SECONDS_PER_RUN:-30}"
 done

@@ -32,6 +32,9 @@ pub struct ModelConfig {
     pub intra_op_threads: usize,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// How long a request may wait for others to join its batch. 0 (the
+    /// default) runs whatever is queued at once; batches still form under
+    /// load. A larger value trades latency for fewer, fuller batches.
     #[serde(default = "default_max_wait_ms")]
     pub max_wait_ms: u64,
     /// Requests waiting for the model; when full, new requests are rejected
@@ -53,7 +56,7 @@ fn default_max_batch() -> usize {
     64
 }
 fn default_max_wait_ms() -> u64 {
-    5
+    0
 }
 fn default_queue_capacity() -> usize {
     1024
