@@ -1,8 +1,7 @@
-//! The sink's bounded in-memory buffer of lines and its retry backoff, as
-//! plain data so their policies are testable without a server or a clock.
+//! The sink's bounded in-memory buffer of lines, as plain data so its
+//! policies are testable without a server or a clock.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 /// Lines waiting to be written, oldest first, at most `capacity` of them.
 ///
@@ -144,16 +143,6 @@ impl LineBuffer {
     }
 }
 
-/// Delay before retry number `attempt` (0 for the first retry): `initial`
-/// doubled per attempt, capped at `max`, then scaled by `jitter` (clamped to
-/// 0.5..=1.0; callers pass a random number there) so that gateways that lost
-/// the same server do not retry in lockstep.
-pub fn backoff_delay(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(31));
-    let capped = initial.saturating_mul(factor).min(max);
-    capped.mul_f64(jitter.clamp(0.5, 1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,31 +254,5 @@ mod tests {
         buffer.start_batch(1);
         assert_eq!(buffer.clear(), 2);
         assert!(!buffer.is_batch_in_flight());
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_and_jitters_down_to_half() {
-        let initial = Duration::from_millis(500);
-        let max = Duration::from_secs(60);
-        let delays: Vec<u64> = (0..10)
-            .map(|n| backoff_delay(n, initial, max, 1.0).as_millis() as u64)
-            .collect();
-        assert_eq!(
-            delays,
-            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
-        );
-        assert_eq!(backoff_delay(u32::MAX, initial, max, 1.0), max);
-        assert_eq!(
-            backoff_delay(1, initial, max, 0.5),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            backoff_delay(1, initial, max, 0.0),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            backoff_delay(1, initial, max, 7.0),
-            Duration::from_millis(1000)
-        );
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::backoff::BackoffConfig;
 use crate::validation::Problem;
 
 /// Where and how the sink writes. The token itself never sits in the file:
@@ -35,27 +36,17 @@ pub struct InfluxSinkConfig {
     /// Deadline of one write request, connecting included.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    #[serde(default)]
+    /// Retry delay after a failed write (default 500 ms doubling up to 60 s).
+    #[serde(default = "default_backoff")]
     pub backoff: BackoffConfig,
 }
 
-/// Capped exponential backoff between retries of a failed write.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackoffConfig {
-    pub initial_ms: u64,
-    pub max_ms: u64,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self {
-            initial_ms: 500,
-            max_ms: 60_000,
-        }
+fn default_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial_ms: 500,
+        max_ms: 60_000,
     }
 }
-
 fn default_batch_max_lines() -> usize {
     5000
 }
@@ -81,7 +72,7 @@ impl InfluxSinkConfig {
             flush_interval_ms: default_flush_interval_ms(),
             buffer_max_lines: default_buffer_max_lines(),
             request_timeout_ms: default_request_timeout_ms(),
-            backoff: BackoffConfig::default(),
+            backoff: default_backoff(),
         }
     }
 
@@ -177,21 +168,7 @@ impl InfluxSinkConfig {
                 "must be greater than 0",
             ));
         }
-        if self.backoff.initial_ms == 0 {
-            problems.push(Problem::new(
-                at("backoff.initial_ms"),
-                "must be greater than 0",
-            ));
-        }
-        if self.backoff.max_ms < self.backoff.initial_ms {
-            problems.push(Problem::new(
-                at("backoff.max_ms"),
-                format!(
-                    "must be at least backoff.initial_ms ({})",
-                    self.backoff.initial_ms
-                ),
-            ));
-        }
+        problems.extend(self.backoff.validate(&at("backoff")));
         problems
     }
 }

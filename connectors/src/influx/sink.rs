@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::buffer::{backoff_delay, BatchOutcome, LineBuffer};
+use super::buffer::{BatchOutcome, LineBuffer};
 use super::config::InfluxSinkConfig;
 use super::line_protocol::encode_record;
 use super::writer::{LineWriter, WriteError};
+use crate::backoff::Backoff;
 use crate::scan::Record;
 
 /// How long the final flush on shutdown may take: long enough for a few
@@ -109,12 +109,12 @@ impl InfluxSink {
         let stats = InfluxSinkStats::default();
         let task = SinkTask {
             buffer: LineBuffer::new(config.buffer_max_lines),
+            backoff: Backoff::new(config.backoff),
             config,
             writer: Arc::new(writer),
             stats: stats.clone(),
             flush_at: None,
             retry_at: None,
-            failed_attempts: 0,
             overflow_warned_at: None,
             unencodable_warned_at: None,
         };
@@ -134,7 +134,9 @@ struct SinkTask<W> {
     flush_at: Option<Instant>,
     /// Set after a retryable failure: no write before then.
     retry_at: Option<Instant>,
-    failed_attempts: u32,
+    /// Retry delays; its failure count is the number of failed attempts
+    /// since the last write that reached the server.
+    backoff: Backoff,
     overflow_warned_at: Option<Instant>,
     unencodable_warned_at: Option<Instant>,
 }
@@ -223,14 +225,14 @@ impl<W: LineWriter> SinkTask<W> {
                 let settled = self.buffer.finish_batch(BatchOutcome::Delivered);
                 InfluxSinkStats::add(&counters.lines_written, settled.settled);
                 InfluxSinkStats::add(&counters.batches_written, 1);
-                if self.failed_attempts > 0 {
+                if self.backoff.failures() > 0 {
                     tracing::info!(
-                        failed_attempts = self.failed_attempts,
+                        failed_attempts = self.backoff.failures(),
                         buffered = self.buffer.len(),
                         "InfluxDB write succeeded again"
                     );
                 }
-                self.failed_attempts = 0;
+                self.backoff.reset();
                 false
             }
             Err(WriteError::Rejected(reason)) => {
@@ -243,24 +245,18 @@ impl<W: LineWriter> SinkTask<W> {
                     server_answer = %reason,
                     "InfluxDB rejected a batch; its lines are dropped"
                 );
-                self.failed_attempts = 0;
+                self.backoff.reset();
                 false
             }
             Err(WriteError::Retryable(reason)) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Failed);
                 InfluxSinkStats::add(&counters.write_failures, 1);
                 self.count_overflow(settled.dropped_overflow);
-                let delay = backoff_delay(
-                    self.failed_attempts,
-                    Duration::from_millis(self.config.backoff.initial_ms),
-                    Duration::from_millis(self.config.backoff.max_ms),
-                    rand::rng().random_range(0.5..=1.0),
-                );
-                self.failed_attempts = self.failed_attempts.saturating_add(1);
+                let delay = self.backoff.next_delay();
                 self.retry_at = Some(Instant::now() + delay);
                 tracing::warn!(
                     error = %reason,
-                    attempt = self.failed_attempts,
+                    attempt = self.backoff.failures(),
                     retry_in = ?delay,
                     buffered = self.buffer.len(),
                     "InfluxDB write failed; the batch is kept and retried"

@@ -4,6 +4,8 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+pub use crate::backoff::BackoffConfig;
+
 use crate::validation::Problem;
 
 /// Largest register count one Modbus read may ask for (function codes 3 and 4).
@@ -25,32 +27,14 @@ pub struct ModbusMachineConfig {
     /// Deadline for each request and for each connect.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    #[serde(default)]
+    /// Reconnect delay (default 250 ms doubling up to 30 s).
+    #[serde(default = "default_backoff")]
     pub backoff: BackoffConfig,
     /// Upper bound of registers in one read; some devices accept fewer than
     /// the protocol's 125.
     #[serde(default = "default_max_registers_per_read")]
     pub max_registers_per_read: u16,
     pub tags: Vec<ModbusTagConfig>,
-}
-
-/// Delay between reconnect attempts: doubles from `initial_ms` up to `max_ms`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackoffConfig {
-    #[serde(default = "default_backoff_initial_ms")]
-    pub initial_ms: u64,
-    #[serde(default = "default_backoff_max_ms")]
-    pub max_ms: u64,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        Self {
-            initial_ms: default_backoff_initial_ms(),
-            max_ms: default_backoff_max_ms(),
-        }
-    }
 }
 
 /// One value read from a machine.
@@ -147,11 +131,11 @@ fn default_poll_interval_ms() -> u64 {
 fn default_request_timeout_ms() -> u64 {
     1000
 }
-fn default_backoff_initial_ms() -> u64 {
-    250
-}
-fn default_backoff_max_ms() -> u64 {
-    30_000
+fn default_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial_ms: 250,
+        max_ms: 30_000,
+    }
 }
 fn default_max_registers_per_read() -> u16 {
     MAX_REGISTERS_PER_READ
@@ -183,22 +167,7 @@ impl ModbusMachineConfig {
                 "must be greater than 0",
             ));
         }
-        // A zero initial delay would never grow and turn reconnects into a busy loop.
-        if self.backoff.initial_ms == 0 {
-            problems.push(Problem::new(
-                format!("{path}.backoff.initial_ms"),
-                "must be greater than 0",
-            ));
-        }
-        if self.backoff.initial_ms > self.backoff.max_ms {
-            problems.push(Problem::new(
-                format!("{path}.backoff.initial_ms"),
-                format!(
-                    "{} is greater than backoff.max_ms ({})",
-                    self.backoff.initial_ms, self.backoff.max_ms
-                ),
-            ));
-        }
+        problems.extend(self.backoff.validate(&format!("{path}.backoff")));
         if !(1..=MAX_REGISTERS_PER_READ).contains(&self.max_registers_per_read) {
             problems.push(Problem::new(
                 format!("{path}.max_registers_per_read"),
@@ -446,7 +415,7 @@ mod tests {
                 "machines[1].name",
                 "machines[1].poll_interval_ms",
                 "machines[1].request_timeout_ms",
-                "machines[1].backoff.initial_ms",
+                "machines[1].backoff.max_ms",
                 "machines[1].max_registers_per_read",
             ]
         );

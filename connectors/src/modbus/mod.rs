@@ -3,16 +3,14 @@
 //! - [`config`]: the machine and its tags, with validation that lists every problem;
 //! - [`decode`]: registers and bits to typed values (byte orders, scale, offset);
 //! - [`plan`]: which reads a poll makes (neighbouring tags share one request);
-//! - [`backoff`]: delays between reconnect attempts;
 //! - [`source`]: the poller itself (timeouts, reconnects, counters).
 
-pub mod backoff;
 pub mod config;
 pub mod decode;
 pub mod plan;
 pub mod source;
 
-pub use backoff::Backoff;
+pub use crate::backoff::Backoff;
 pub use config::{
     BackoffConfig, ByteOrder, DataType, ModbusMachineConfig, ModbusTagConfig, RegisterKind,
 };

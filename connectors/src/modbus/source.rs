@@ -11,8 +11,8 @@ use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::error::ConnectorError;
-use crate::modbus::backoff::Backoff;
 use crate::modbus::config::{ModbusMachineConfig, RegisterKind};
 use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
 use crate::modbus::plan::{BlockRead, ReadPlan};

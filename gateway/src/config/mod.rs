@@ -124,28 +124,18 @@ impl GatewayConfig {
             file: file.to_path_buf(),
             problems,
         };
-        let source = match SourceMap::parse(text) {
-            Ok(s) => s,
-            Err(e) => {
-                let line = e.span().map(|s| SourceMap::line_of(text, s.start));
-                return Err(fail(vec![LocatedProblem {
-                    line,
-                    path: String::new(),
-                    message: format!("not valid TOML: {}", e.message()),
-                }]));
-            }
+        let syntax_error = |span: Option<std::ops::Range<usize>>, message: &str| {
+            fail(vec![LocatedProblem {
+                line: span.map(|s| SourceMap::line_of(text, s.start)),
+                path: String::new(),
+                message: format!("not valid TOML: {message}"),
+            }])
         };
-        let root: toml::Table = match toml::from_str(text) {
-            Ok(t) => t,
-            Err(e) => {
-                let line = e.span().map(|s| SourceMap::line_of(text, s.start));
-                return Err(fail(vec![LocatedProblem {
-                    line,
-                    path: String::new(),
-                    message: format!("not valid TOML: {}", e.message()),
-                }]));
-            }
-        };
+        // Two parses of the same text: toml_edit keeps the spans that give
+        // each problem its line, toml gives the values serde reads.
+        let source = SourceMap::parse(text).map_err(|e| syntax_error(e.span(), e.message()))?;
+        let root: toml::Table =
+            toml::from_str(text).map_err(|e| syntax_error(e.span(), e.message()))?;
 
         let mut reader = SectionReader::default();
         let config = reader.read(root, file);

@@ -1,10 +1,43 @@
-//! Delays between reconnect attempts.
+//! Capped exponential backoff with jitter, for everything that retries a
+//! peer: Modbus reconnects and InfluxDB writes.
 
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::modbus::config::BackoffConfig;
+use serde::Deserialize;
+
+use crate::Problem;
+
+/// Delay between retries: doubles from `initial_ms` up to `max_ms`. Each
+/// component has its own default; a table that is given must name both keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl BackoffConfig {
+    /// Problems of this table at key path `path` (e.g. `machines[0].backoff`).
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        // A zero initial delay would never grow: retries would busy-loop.
+        if self.initial_ms == 0 {
+            problems.push(Problem::new(
+                format!("{path}.initial_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.max_ms < self.initial_ms {
+            problems.push(Problem::new(
+                format!("{path}.max_ms"),
+                format!("must be at least initial_ms ({})", self.initial_ms),
+            ));
+        }
+        problems
+    }
+}
 
 /// Capped exponential backoff with equal jitter: the n-th delay in a row lies
 /// in `[c/2, c]` with `c = min(max, initial * 2^n)`. The jitter keeps many
