@@ -15,7 +15,7 @@ stream high byte first or low byte first:
     BADC: big-endian stream,    low byte first
     CDAB: little-endian stream, low byte first
 
-Usage: modbus_server.py PORT LAYOUT_JSON
+Usage: modbus_server.py PORT LAYOUT_JSON   (PORT 0: any free port, written to the layout)
 """
 
 import asyncio
@@ -144,13 +144,18 @@ async def main():
     port = int(sys.argv[1])
     layout_path = sys.argv[2]
     context, layout = build()
+    server = ModbusTcpServer(context, address=("127.0.0.1", port))
+    # Listen first, then write the layout with the port actually bound: the
+    # test waits for the file, so it never mistakes another process on a
+    # guessed port for this server (PORT 0 lets the kernel choose).
+    await server.serve_forever(background=True)
+    layout["port"] = server.transport.sockets[0].getsockname()[1]
     tmp = layout_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(layout, f, indent=1)
     os.replace(tmp, layout_path)
-    server = ModbusTcpServer(context, address=("127.0.0.1", port))
-    print(f"modbus_server: serving {len(layout['tags'])} tags on 127.0.0.1:{port}", flush=True)
-    await server.serve_forever()
+    print(f"modbus_server: serving {len(layout['tags'])} tags on 127.0.0.1:{layout['port']}", flush=True)
+    await server.serving
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ use ironbridge_connectors::TagValue;
 use serde::Deserialize;
 
 use crate::paths::{peer_script, venv_python};
-use crate::ports::{free_port, wait_for_listener};
 use crate::process::ChildGuard;
 
 /// How long a peer may take to start listening (Python imports are slow on a
@@ -21,6 +20,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// What the peer serves, as it wrote it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PeerLayout {
+    /// The port the peer bound (it writes the layout only once it listens).
+    pub port: u16,
     /// Holding registers exist at `0..holding_size`; reads beyond answer
     /// with an exception (illegal data address).
     pub holding_size: u16,
@@ -72,23 +73,21 @@ pub struct ModbusPeer {
 }
 
 impl ModbusPeer {
-    /// Starts a peer on a free port and waits until it accepts connections.
+    /// Starts a peer on a port the kernel chooses and waits until it listens.
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut peer = Self {
-            port: free_port()?,
+            port: 0,
             layout_path: dir.path().join("layout.json"),
             _dir: dir,
             child: None,
             layout: PeerLayout {
+                port: 0,
                 holding_size: 0,
                 tags: Vec::new(),
             },
         };
         peer.restart().await?;
-        let text = std::fs::read_to_string(&peer.layout_path)?;
-        peer.layout = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", peer.layout_path.display()))?;
         Ok(peer)
     }
 
@@ -109,7 +108,10 @@ impl ModbusPeer {
         }
     }
 
-    /// Starts the server (again) on the same port and waits until it listens.
+    /// Starts the server (again, on the same port) and waits until it
+    /// listens: the peer writes its layout file only after binding, so the
+    /// file's appearance is the readiness signal, not a connect to a port
+    /// some other process might hold.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         let _ = std::fs::remove_file(&self.layout_path);
@@ -119,12 +121,20 @@ impl ModbusPeer {
             .arg(self.port.to_string())
             .arg(&self.layout_path);
         let mut child = ChildGuard::spawn("pymodbus server", &mut cmd)?;
-        if let Err(e) = wait_for_listener(self.socket_addr(), START_DEADLINE).await {
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        while !self.layout_path.exists() {
             if let Some(status) = child.try_exited()? {
                 anyhow::bail!("pymodbus server exited with {status}");
             }
-            return Err(e);
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("pymodbus server not listening after {START_DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let text = std::fs::read_to_string(&self.layout_path)?;
+        self.layout = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.layout_path.display()))?;
+        self.port = self.layout.port;
         self.child = Some(child);
         Ok(())
     }
