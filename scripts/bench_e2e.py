@@ -137,7 +137,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=int, default=5)
+    ap.add_argument("--max-wait-ms", type=int, default=0, help="the gateway default is 0")
     args = ap.parse_args()
 
     target = os.path.join(ROOT, "target", "release")

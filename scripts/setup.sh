@@ -4,7 +4,7 @@
 # run checks and returns quickly.
 #
 #   - Debian packages: victoria-metrics (an InfluxDB-v2-write-API store used by
-#     the demo and the tests)
+#     the demo and the tests), and python3-venv where python3 lacks ensurepip
 #   - .venv/: a Python virtual environment with torch (pinned to the libtorch
 #     version `tch` links against), asyncua and pymodbus (independent protocol
 #     peers for the tests), numpy
@@ -28,6 +28,10 @@ as_root() {
 }
 
 debian_packages=(victoria-metrics)
+# Debian's own python3 makes venvs only with python3-venv (ensurepip).
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  debian_packages+=(python3-venv)
+fi
 missing=()
 for p in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
