@@ -48,7 +48,8 @@ impl Default for InferenceOptions {
             max_batch: 64,
             // Zero: no latency floor at low rates, and under load batches
             // still form from what queues while the previous one runs
-            // (BENCHMARKS.md: less CPU than 5 ms at 1000 scans/s).
+            // (BENCHMARKS.md: a 5 ms window saved at most a few per cent of
+            // CPU, at saturation).
             max_wait: Duration::ZERO,
             queue_capacity: 1024,
             rate_limit_per_s: None,
