@@ -67,7 +67,6 @@ pub struct FanOutStats {
 struct ServedModel {
     config: ModelConfig,
     manifest: ModelManifest,
-    sha256: String,
     loaded_at: SystemTime,
     handle: InferenceHandle,
     features: FeatureMap,
@@ -79,7 +78,7 @@ impl ServedModel {
         ModelStatusView {
             name: self.manifest.name.clone(),
             active_version: self.manifest.version.clone(),
-            sha256: self.sha256.clone(),
+            sha256: self.manifest.sha256.clone(),
             loaded_at: self.loaded_at,
             state: "Serving".to_string(),
             inference_count: self.handle.stats().snapshot().inferences,
@@ -261,7 +260,6 @@ fn load_models(config: &GatewayConfig) -> Result<Vec<ServedModel>, GatewayError>
                     .iter()
                     .map(|o| Arc::from(o.name.as_str()))
                     .collect(),
-                sha256: manifest.sha256.clone(),
                 loaded_at: SystemTime::now(),
                 manifest,
                 handle,
@@ -423,6 +421,7 @@ async fn log_stats(
                     predictions = stats.predictions.load(Ordering::Relaxed),
                     sink_channel_full = stats.sink_channel_full.load(Ordering::Relaxed),
                     inference_rejected = stats.inference_rejected.load(Ordering::Relaxed),
+                    inference_failed = stats.inference_failed.load(Ordering::Relaxed),
                     "gateway counters"
                 );
                 for (machine, s) in &sources {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use common::{expected_tiny, tiny_model, ScratchDir};
 use ironbridge_models::{
-    prepare_inputs, DeviceChoice, InferenceOptions, InferenceService, InferenceStats, InputValue,
-    ModelError, ModelRegistry, ModelState, SkipReason, SubmitError, TorchModel,
+    prepare_inputs, InferenceOptions, InferenceService, InferenceStats, InputValue, ModelError,
+    ModelState, SkipReason, SubmitError,
 };
 
 /// Long enough that a batch never closes by time in these tests.
@@ -106,17 +106,7 @@ async fn rows_of_the_wrong_length_are_refused_at_submit() {
 #[tokio::test]
 async fn a_failing_batch_answers_every_request_with_the_error() {
     let scratch = ScratchDir::new("service-outputs");
-    scratch.tiny_copy("1.0.0", |manifest| {
-        manifest.replace(
-            "name = \"margin\"",
-            "name = \"margin\"\n\n[[outputs]]\nname = \"extra\"",
-        )
-    });
-    let verified = ModelRegistry::open(scratch.path())
-        .unwrap()
-        .load("1.0.0")
-        .unwrap();
-    let model = TorchModel::load(&verified, DeviceChoice::Cpu).unwrap();
+    let model = common::tiny_with_an_extra_output(&scratch);
     let options = InferenceOptions {
         max_batch: 2,
         max_wait: GENEROUS,

@@ -42,17 +42,7 @@ fn rows_of_the_wrong_length_are_refused() {
 #[test]
 fn an_output_shape_other_than_the_manifest_promises_is_an_error() {
     let scratch = ScratchDir::new("outputs");
-    scratch.tiny_copy("1.0.0", |manifest| {
-        manifest.replace(
-            "name = \"margin\"",
-            "name = \"margin\"\n\n[[outputs]]\nname = \"extra\"",
-        )
-    });
-    let verified = ModelRegistry::open(scratch.path())
-        .unwrap()
-        .load("1.0.0")
-        .unwrap();
-    let model = TorchModel::load(&verified, DeviceChoice::Cpu).unwrap();
+    let model = common::tiny_with_an_extra_output(&scratch);
     let err = model.forward(&[1.0, 2.0, 3.0], 1).unwrap_err();
     match &err {
         ModelError::OutputShape {

@@ -58,6 +58,22 @@ impl ScratchDir {
     }
 }
 
+/// The tiny fixture with a manifest that promises one output more than the
+/// model computes: every forward of it fails its output-shape check.
+pub fn tiny_with_an_extra_output(scratch: &ScratchDir) -> TorchModel {
+    scratch.tiny_copy("1.0.0", |manifest| {
+        manifest.replace(
+            "name = \"margin\"",
+            "name = \"margin\"\n\n[[outputs]]\nname = \"extra\"",
+        )
+    });
+    let verified = ModelRegistry::open(scratch.path())
+        .unwrap()
+        .load("1.0.0")
+        .unwrap();
+    TorchModel::load(&verified, DeviceChoice::Cpu).unwrap()
+}
+
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
