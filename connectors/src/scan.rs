@@ -14,26 +14,42 @@ pub enum Quality {
     Bad,
 }
 
+/// The status a source itself gave a reading, kept beside [`Quality`] so
+/// that sinks can pass it on exactly (an OPC UA client of the gateway sees
+/// the machine's own `Uncertain_SensorNotAccurate`, not a generic code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceStatus {
+    /// An OPC UA StatusCode, as its 32 bits.
+    OpcUa(u32),
+    /// A Modbus exception code (e.g. 2, illegal data address).
+    ModbusException(u8),
+}
+
 /// A typed value after decoding, scaling and offset.
 ///
 /// A tag with a non-identity scale or offset always becomes `Float`; otherwise
-/// integers keep their signedness so that 64-bit counters stay exact.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// integers keep their signedness so that 64-bit counters stay exact. `Text`
+/// comes from OPC UA string variables (a program name, an alarm text): it is
+/// stored and served, never fed to a model.
+#[derive(Debug, Clone, PartialEq)]
 pub enum TagValue {
     Bool(bool),
     Int(i64),
     UInt(u64),
     Float(f64),
+    Text(Arc<str>),
 }
 
 impl TagValue {
-    /// The value as a float, for model inputs (booleans are 0.0 / 1.0).
-    pub fn as_f64(&self) -> f64 {
+    /// The value as a float, for model inputs (booleans are 0.0 / 1.0);
+    /// `None` for text.
+    pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            TagValue::Bool(b) => f64::from(u8::from(b)),
-            TagValue::Int(i) => i as f64,
-            TagValue::UInt(u) => u as f64,
-            TagValue::Float(f) => f,
+            TagValue::Bool(b) => Some(f64::from(u8::from(b))),
+            TagValue::Int(i) => Some(i as f64),
+            TagValue::UInt(u) => Some(u as f64),
+            TagValue::Float(f) => Some(f),
+            TagValue::Text(_) => None,
         }
     }
 }
@@ -46,15 +62,44 @@ pub struct TagReading {
     /// forward as if it were fresh.
     pub value: Option<TagValue>,
     pub quality: Quality,
+    /// The source's own status for this reading, where it has one.
+    pub status: Option<SourceStatus>,
 }
 
-/// One poll (or notification batch) of one machine.
+impl TagReading {
+    /// A Good reading with a value.
+    pub fn good(tag: Arc<str>, value: TagValue) -> Self {
+        Self {
+            tag,
+            value: Some(value),
+            quality: Quality::Good,
+            status: None,
+        }
+    }
+
+    /// A Bad reading without a value.
+    pub fn bad(tag: Arc<str>, status: Option<SourceStatus>) -> Self {
+        Self {
+            tag,
+            value: None,
+            quality: Quality::Bad,
+            status,
+        }
+    }
+}
+
+/// One poll (or notification batch) of one machine: the readings that share
+/// one acquisition time. A poll carries every tag; an OPC UA notification
+/// only the tags that changed (a partial scan), and one notification whose
+/// values carry different SourceTimestamps becomes one scan per timestamp,
+/// in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scan {
     pub machine: Arc<str>,
     /// When the values were acquired (for a poll: when the request for the
-    /// first register block was sent). Sinks stamp data with this, never with
-    /// the time they send it.
+    /// first register block was sent; for OPC UA: the values'
+    /// SourceTimestamp). Sinks stamp data with this, never with the time they
+    /// send it.
     pub acquired_at: SystemTime,
     pub readings: Vec<TagReading>,
 }

@@ -26,3 +26,19 @@ impl fmt::Display for Problem {
         write!(f, "{}: {}", self.path, self.message)
     }
 }
+
+/// Names end up in InfluxDB keys and OPC UA node ids, so keep them plain.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Some(format!(
+            "`{name}` contains `{bad}`; use only A-Z, a-z, 0-9, `_`, `.` and `-`"
+        ));
+    }
+    None
+}

@@ -164,11 +164,13 @@ async fn feed(publisher: OpcUaPublisher, published: Published, cancel: Cancellat
                     tag: GOOD_TAG.into(),
                     value: Some(TagValue::Float(60.0 + k as f64 * 0.5)),
                     quality: Quality::Good,
+                    status: None,
                 },
                 TagReading {
                     tag: BAD_TAG.into(),
                     value: None,
                     quality: Quality::Bad,
+                    status: None,
                 },
             ],
         });

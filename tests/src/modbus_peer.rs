@@ -53,10 +53,10 @@ pub enum ExpectedValue {
 impl ExpectedValue {
     /// Exact equality, same variant (a float never equals an integer).
     pub fn matches(&self, value: &TagValue) -> bool {
-        match (*self, *value) {
-            (ExpectedValue::Bool(e), TagValue::Bool(v)) => e == v,
-            (ExpectedValue::Int(e), TagValue::Int(v)) => e == v,
-            (ExpectedValue::Uint(e), TagValue::UInt(v)) => e == v,
+        match (*self, value) {
+            (ExpectedValue::Bool(e), TagValue::Bool(v)) => e == *v,
+            (ExpectedValue::Int(e), TagValue::Int(v)) => e == *v,
+            (ExpectedValue::Uint(e), TagValue::UInt(v)) => e == *v,
             (ExpectedValue::Float { bits, .. }, TagValue::Float(v)) => bits == v.to_bits(),
             _ => false,
         }

@@ -41,6 +41,7 @@ fn good(tag: &str, value: TagValue) -> TagReading {
         tag: tag.into(),
         value: Some(value),
         quality: Quality::Good,
+        status: None,
     }
 }
 
@@ -190,11 +191,13 @@ async fn scans_and_predictions_arrive_with_acquisition_times_exact_values_and_es
             tag: "unreadable".into(),
             value: None,
             quality: Quality::Bad,
+            status: None,
         },
         TagReading {
             tag: "shaky".into(),
             value: Some(TagValue::Int(7)),
             quality: Quality::Uncertain,
+            status: None,
         },
         good("broken", TagValue::Float(f64::NAN)),
     ];
@@ -220,6 +223,7 @@ async fn scans_and_predictions_arrive_with_acquisition_times_exact_values_and_es
                 tag: "temp_c".into(),
                 value: None,
                 quality: Quality::Bad,
+                status: None,
             }],
         ),
         Record::Prediction(Arc::new(prediction)),

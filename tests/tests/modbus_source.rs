@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use ironbridge_connectors::modbus::{
-    BackoffConfig, ModbusMachineConfig, ModbusSourceStats, ModbusTagConfig, ModbusTcpSource,
-    RegisterKind,
+    BackoffConfig, ModbusMachineConfig, ModbusTagConfig, ModbusTcpSource, RegisterKind,
 };
-use ironbridge_connectors::{Quality, Scan};
+use ironbridge_connectors::{Quality, Scan, SourceStats};
 use ironbridge_tests::modbus_peer::{ModbusPeer, PeerLayout};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -97,7 +96,7 @@ fn spawn(
     config: ModbusMachineConfig,
     out: mpsc::Sender<Scan>,
     cancel: &CancellationToken,
-) -> anyhow::Result<(ModbusSourceStats, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(SourceStats, tokio::task::JoinHandle<()>)> {
     let source = ModbusTcpSource::new(config)?;
     let stats = source.stats();
     Ok((stats, tokio::spawn(source.run(out, cancel.clone()))))
@@ -125,9 +124,9 @@ async fn reads_every_type_in_every_byte_order_exactly() -> anyhow::Result<()> {
     }
     cancel.cancel();
     tokio::time::timeout(DEADLINE, task).await??;
-    assert!(stats.polls_ok() >= 3);
-    assert_eq!(stats.polls_failed(), 0);
-    assert_eq!(stats.exceptions(), 0);
+    assert!(stats.scans() >= 3);
+    assert_eq!(stats.link_failures(), 0);
+    assert_eq!(stats.device_errors(), 0);
     Ok(())
 }
 
@@ -158,8 +157,8 @@ async fn a_device_exception_marks_only_its_tags_bad_and_keeps_the_link() -> anyh
     }
     cancel.cancel();
     tokio::time::timeout(DEADLINE, task).await??;
-    assert!(stats.exceptions() >= 3);
-    assert_eq!(stats.polls_failed(), 0);
+    assert!(stats.device_errors() >= 3);
+    assert_eq!(stats.link_failures(), 0);
     assert_eq!(stats.reconnects(), 0);
     Ok(())
 }
@@ -254,8 +253,8 @@ async fn a_machine_that_goes_away_turns_bad_and_recovers_without_disturbing_anot
     tokio::time::timeout(DEADLINE, task_a).await??;
     tokio::time::timeout(DEADLINE, task_b).await??;
     assert!(stats_a.reconnects() >= 1);
-    assert!(stats_a.polls_failed() >= 1);
+    assert!(stats_a.link_failures() >= 1);
     assert_eq!(stats_b.reconnects(), 0);
-    assert_eq!(stats_b.polls_failed(), 0);
+    assert_eq!(stats_b.link_failures(), 0);
     Ok(())
 }

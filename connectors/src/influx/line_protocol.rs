@@ -13,6 +13,7 @@
 //!   unsigned type, and the `u` suffix is not understood everywhere), which
 //!   rounds them to 53 bits of mantissa;
 //! - booleans as `true` / `false`;
+//! - text as a double-quoted string field (`"` and `\` escaped);
 //! - NaN and infinities are skipped: InfluxDB rejects the whole batch for them.
 
 use std::fmt::Write as _;
@@ -39,8 +40,8 @@ pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
     let fields = scan
         .readings
         .iter()
-        .filter_map(|r| match (r.quality, r.value) {
-            (Quality::Good, Some(value)) => Some((&*r.tag, value)),
+        .filter_map(|r| match (r.quality, &r.value) {
+            (Quality::Good, Some(value)) => Some((&*r.tag, value.clone())),
             _ => None,
         });
     encode_line(
@@ -88,14 +89,14 @@ fn encode_line<'a>(
     }
     let mut field_count = 0;
     for (key, value) in fields {
-        if !is_writable(value) {
+        if !is_writable(&value) {
             continue;
         }
         check_identifier("field key", key)?;
         line.push(if field_count == 0 { ' ' } else { ',' });
         escape_key(key, &mut line);
         line.push('=');
-        write_value(value, &mut line);
+        write_value(&value, &mut line);
         field_count += 1;
     }
     if field_count == 0 {
@@ -118,9 +119,11 @@ fn check_identifier(what: &str, text: &str) -> Result<(), ConnectorError> {
     Ok(())
 }
 
-fn is_writable(value: TagValue) -> bool {
+fn is_writable(value: &TagValue) -> bool {
     match value {
         TagValue::Float(f) => f.is_finite(),
+        // InfluxDB refuses string fields over 64 KiB (the whole batch).
+        TagValue::Text(t) => t.len() <= MAX_STRING_FIELD_BYTES,
         _ => true,
     }
 }
@@ -161,8 +164,11 @@ fn escape(text: &str, special: &[char], out: &mut String) {
     }
 }
 
-fn write_value(value: TagValue, out: &mut String) {
-    match value {
+/// InfluxDB's limit on one string field.
+const MAX_STRING_FIELD_BYTES: usize = 64 * 1024;
+
+fn write_value(value: &TagValue, out: &mut String) {
+    match *value {
         TagValue::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         TagValue::Int(i) => {
             let _ = write!(out, "{i}i");
@@ -175,6 +181,11 @@ fn write_value(value: TagValue, out: &mut String) {
             Err(_) => write_float(u as f64, out),
         },
         TagValue::Float(f) => write_float(f, out),
+        TagValue::Text(ref text) => {
+            out.push('"');
+            escape(text, &['"'], out);
+            out.push('"');
+        }
     }
 }
 
@@ -208,6 +219,7 @@ mod tests {
             tag: tag.into(),
             value,
             quality,
+            status: None,
         }
     }
 
@@ -238,14 +250,14 @@ mod tests {
                 good("count", TagValue::Int(-3)),
                 good("running", TagValue::Bool(true)),
                 good("total", TagValue::UInt(42)),
+                good("program", TagValue::Text(r#"say "hi" \o/"#.into())),
             ],
         ))
         .unwrap();
         assert_eq!(
             line.as_deref(),
             Some(
-                "process,machine=press-7 temp_c=21.5,count=-3i,running=true,total=42i \
-                 1700000000123456789"
+                r#"process,machine=press-7 temp_c=21.5,count=-3i,running=true,total=42i,program="say \"hi\" \\o/" 1700000000123456789"#
             )
         );
     }
@@ -394,9 +406,9 @@ mod tests {
 
     #[test]
     fn integers_carry_the_i_suffix_and_huge_unsigned_become_floats() {
-        let write = |v| {
+        let write = |v: TagValue| {
             let mut out = String::new();
-            write_value(v, &mut out);
+            write_value(&v, &mut out);
             out
         };
         assert_eq!(write(TagValue::Int(i64::MIN)), "-9223372036854775808i");

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 pub use crate::backoff::BackoffConfig;
 
-use crate::validation::Problem;
+use crate::validation::{name_problem, Problem};
 
 /// Largest register count one Modbus read may ask for (function codes 3 and 4).
 pub const MAX_REGISTERS_PER_READ: u16 = 125;
@@ -260,22 +260,6 @@ impl ModbusTagConfig {
         }
         problems
     }
-}
-
-/// Names end up in InfluxDB keys and OPC UA node ids, so keep them plain.
-fn name_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("must not be empty".to_string());
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Some(format!(
-            "`{name}` contains `{bad}`; use only A-Z, a-z, 0-9, `_`, `.` and `-`"
-        ));
-    }
-    None
 }
 
 fn address_problem(address: &str) -> Option<String> {

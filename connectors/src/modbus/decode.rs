@@ -68,7 +68,11 @@ pub fn apply_scaling(value: TagValue, scale: f64, offset: f64) -> TagValue {
     if scale == 1.0 && offset == 0.0 {
         return value;
     }
-    TagValue::Float(value.as_f64() * scale + offset)
+    match value.as_f64() {
+        Some(raw) => TagValue::Float(raw * scale + offset),
+        // Registers never decode to text.
+        None => value,
+    }
 }
 
 /// The value's bits, most significant byte first, as an integer.
@@ -117,7 +121,7 @@ mod tests {
         for (order, words) in layouts(bytes) {
             assert_eq!(
                 decode_registers(&words, data_type, order),
-                Ok(expected),
+                Ok(expected.clone()),
                 "{data_type:?} {order:?} {words:04X?}"
             );
         }
@@ -127,16 +131,40 @@ mod tests {
     fn literal_words_for_32_bit_orders() {
         // 123.456f32 = 0x42F6E979: A=42 B=F6 C=E9 D=79.
         let f = TagValue::Float(f64::from(123.456f32));
-        assert_eq!(decode_registers(&[0x42F6, 0xE979], F32, Abcd), Ok(f));
-        assert_eq!(decode_registers(&[0x79E9, 0xF642], F32, Dcba), Ok(f));
-        assert_eq!(decode_registers(&[0xF642, 0x79E9], F32, Badc), Ok(f));
-        assert_eq!(decode_registers(&[0xE979, 0x42F6], F32, Cdab), Ok(f));
+        assert_eq!(
+            decode_registers(&[0x42F6, 0xE979], F32, Abcd),
+            Ok(f.clone())
+        );
+        assert_eq!(
+            decode_registers(&[0x79E9, 0xF642], F32, Dcba),
+            Ok(f.clone())
+        );
+        assert_eq!(
+            decode_registers(&[0xF642, 0x79E9], F32, Badc),
+            Ok(f.clone())
+        );
+        assert_eq!(
+            decode_registers(&[0xE979, 0x42F6], F32, Cdab),
+            Ok(f.clone())
+        );
         // -123456789 = 0xF8A432EB.
         let i = TagValue::Int(-123_456_789);
-        assert_eq!(decode_registers(&[0xF8A4, 0x32EB], I32, Abcd), Ok(i));
-        assert_eq!(decode_registers(&[0xEB32, 0xA4F8], I32, Dcba), Ok(i));
-        assert_eq!(decode_registers(&[0xA4F8, 0xEB32], I32, Badc), Ok(i));
-        assert_eq!(decode_registers(&[0x32EB, 0xF8A4], I32, Cdab), Ok(i));
+        assert_eq!(
+            decode_registers(&[0xF8A4, 0x32EB], I32, Abcd),
+            Ok(i.clone())
+        );
+        assert_eq!(
+            decode_registers(&[0xEB32, 0xA4F8], I32, Dcba),
+            Ok(i.clone())
+        );
+        assert_eq!(
+            decode_registers(&[0xA4F8, 0xEB32], I32, Badc),
+            Ok(i.clone())
+        );
+        assert_eq!(
+            decode_registers(&[0x32EB, 0xF8A4], I32, Cdab),
+            Ok(i.clone())
+        );
     }
 
     #[test]
@@ -144,38 +172,38 @@ mod tests {
         let u = TagValue::UInt(0x0102_0304_0506_0708);
         assert_eq!(
             decode_registers(&[0x0102, 0x0304, 0x0506, 0x0708], U64, Abcd),
-            Ok(u)
+            Ok(u.clone())
         );
         assert_eq!(
             decode_registers(&[0x0807, 0x0605, 0x0403, 0x0201], U64, Dcba),
-            Ok(u)
+            Ok(u.clone())
         );
         assert_eq!(
             decode_registers(&[0x0201, 0x0403, 0x0605, 0x0807], U64, Badc),
-            Ok(u)
+            Ok(u.clone())
         );
         assert_eq!(
             decode_registers(&[0x0708, 0x0506, 0x0304, 0x0102], U64, Cdab),
-            Ok(u)
+            Ok(u.clone())
         );
         // -1234.5678f64 = 0xC093_4A45_6D5C_FAAD.
         let f = TagValue::Float(-1234.5678);
         assert_eq!((-1234.5678f64).to_bits(), 0xC093_4A45_6D5C_FAAD);
         assert_eq!(
             decode_registers(&[0xC093, 0x4A45, 0x6D5C, 0xFAAD], F64, Abcd),
-            Ok(f)
+            Ok(f.clone())
         );
         assert_eq!(
             decode_registers(&[0xADFA, 0x5C6D, 0x454A, 0x93C0], F64, Dcba),
-            Ok(f)
+            Ok(f.clone())
         );
         assert_eq!(
             decode_registers(&[0x93C0, 0x454A, 0x5C6D, 0xADFA], F64, Badc),
-            Ok(f)
+            Ok(f.clone())
         );
         assert_eq!(
             decode_registers(&[0xFAAD, 0x6D5C, 0x4A45, 0xC093], F64, Cdab),
-            Ok(f)
+            Ok(f.clone())
         );
     }
 
@@ -269,7 +297,7 @@ mod tests {
             TagValue::Bool(true),
             TagValue::Float(2.5),
         ] {
-            assert_eq!(apply_scaling(v, 1.0, 0.0), v);
+            assert_eq!(apply_scaling(v.clone(), 1.0, 0.0), v);
         }
         assert_eq!(decode_bit(true), TagValue::Bool(true));
         assert_eq!(decode_bit(false), TagValue::Bool(false));

@@ -16,4 +16,4 @@ pub use config::{
 };
 pub use decode::{apply_scaling, decode_bit, decode_registers, DecodeFailure};
 pub use plan::{BlockRead, PlannedTag, ReadPlan};
-pub use source::{ModbusSourceStats, ModbusTcpSource};
+pub use source::ModbusTcpSource;

@@ -1,9 +1,10 @@
 //! Polls one Modbus TCP machine and turns each poll into a [`Scan`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_modbus::client::{tcp, Context, Reader};
@@ -16,41 +17,8 @@ use crate::error::ConnectorError;
 use crate::modbus::config::{ModbusMachineConfig, RegisterKind};
 use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
 use crate::modbus::plan::{BlockRead, ReadPlan};
-use crate::scan::{Quality, Scan, TagReading, TagValue};
-
-/// Counters of one source, readable while it runs.
-#[derive(Debug, Clone, Default)]
-pub struct ModbusSourceStats(Arc<Counters>);
-
-#[derive(Debug, Default)]
-struct Counters {
-    polls_ok: AtomicU64,
-    polls_failed: AtomicU64,
-    reconnects: AtomicU64,
-    exceptions: AtomicU64,
-}
-
-impl ModbusSourceStats {
-    /// Polls in which every request got an answer (exceptions included).
-    pub fn polls_ok(&self) -> u64 {
-        self.0.polls_ok.load(Ordering::Relaxed)
-    }
-    /// Polls cut short by a broken link or a request timeout.
-    pub fn polls_failed(&self) -> u64 {
-        self.0.polls_failed.load(Ordering::Relaxed)
-    }
-    /// Links re-established after one was lost (the first connect is not counted).
-    pub fn reconnects(&self) -> u64 {
-        self.0.reconnects.load(Ordering::Relaxed)
-    }
-    /// Reads the device answered with a Modbus exception.
-    pub fn exceptions(&self) -> u64 {
-        self.0.exceptions.load(Ordering::Relaxed)
-    }
-    fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
+use crate::scan::{Quality, Scan, SourceStatus, TagReading, TagValue};
+use crate::source::{Source, SourceStats};
 
 /// One machine's poller. Each machine gets its own source and task, so a dead
 /// machine never delays another.
@@ -60,7 +28,7 @@ pub struct ModbusTcpSource {
     machine: Arc<str>,
     tag_names: Vec<Arc<str>>,
     plan: ReadPlan,
-    stats: ModbusSourceStats,
+    stats: SourceStats,
 }
 
 /// The registers or bits of one read.
@@ -93,12 +61,12 @@ impl ModbusTcpSource {
                 .map(|t| Arc::from(t.name.as_str()))
                 .collect(),
             plan,
-            stats: ModbusSourceStats::default(),
+            stats: SourceStats::default(),
             config,
         })
     }
 
-    pub fn stats(&self) -> ModbusSourceStats {
+    pub fn stats(&self) -> SourceStats {
         self.stats.clone()
     }
 
@@ -125,7 +93,7 @@ impl ModbusTcpSource {
             let failure = match connected {
                 Ok(ctx) => {
                     if ever_connected {
-                        ModbusSourceStats::count(&self.stats.0.reconnects);
+                        self.stats.count_reconnect();
                         info!(
                             machine = %self.machine,
                             address = %self.config.address,
@@ -146,6 +114,7 @@ impl ModbusTcpSource {
                 Err(e) => e,
             };
 
+            self.stats.count_link_failure();
             let delay = backoff.next_delay();
             warn!(
                 machine = %self.machine,
@@ -157,6 +126,7 @@ impl ModbusTcpSource {
             );
             if !outage_reported {
                 outage_reported = true;
+                self.stats.count_outage();
                 if !self.send(self.unreachable_scan(), &out, &cancel).await {
                     return;
                 }
@@ -228,15 +198,12 @@ impl ModbusTcpSource {
             };
             match polled {
                 Ok(scan) => {
-                    ModbusSourceStats::count(&self.stats.0.polls_ok);
+                    self.stats.count_scan();
                     if !self.send(scan, out, cancel).await {
                         return LinkEnd::Stop;
                     }
                 }
-                Err(e) => {
-                    ModbusSourceStats::count(&self.stats.0.polls_failed);
-                    return LinkEnd::Lost(e);
-                }
+                Err(e) => return LinkEnd::Lost(e),
             }
         }
     }
@@ -250,6 +217,7 @@ impl ModbusTcpSource {
         let timeout = self.request_timeout();
         let acquired_at = SystemTime::now();
         let mut values: Vec<Option<TagValue>> = vec![None; self.tag_names.len()];
+        let mut statuses: Vec<Option<SourceStatus>> = vec![None; self.tag_names.len()];
         for (read, was_failing) in self.plan.reads.iter().zip(failing.iter_mut()) {
             let answer = match tokio::time::timeout(timeout, read_block(ctx, read)).await {
                 Err(_) => {
@@ -287,7 +255,11 @@ impl ModbusTcpSource {
                     self.decode_block(read, &block, &mut values);
                 }
                 Err(code) => {
-                    ModbusSourceStats::count(&self.stats.0.exceptions);
+                    self.stats.count_device_errors(1);
+                    for planned in &read.tags {
+                        statuses[planned.tag_index] =
+                            Some(SourceStatus::ModbusException(u8::from(code)));
+                    }
                     let error = ConnectorError::DeviceException {
                         machine: self.config.name.clone(),
                         function: function_name(read.kind),
@@ -313,7 +285,8 @@ impl ModbusTcpSource {
             .tag_names
             .iter()
             .zip(values)
-            .map(|(tag, value)| TagReading {
+            .zip(statuses)
+            .map(|((tag, value), status)| TagReading {
                 tag: tag.clone(),
                 quality: if value.is_some() {
                     Quality::Good
@@ -321,6 +294,7 @@ impl ModbusTcpSource {
                     Quality::Bad
                 },
                 value,
+                status,
             })
             .collect();
         Ok(Scan {
@@ -371,11 +345,7 @@ impl ModbusTcpSource {
             readings: self
                 .tag_names
                 .iter()
-                .map(|tag| TagReading {
-                    tag: tag.clone(),
-                    value: None,
-                    quality: Quality::Bad,
-                })
+                .map(|tag| TagReading::bad(tag.clone(), None))
                 .collect(),
         }
     }
@@ -391,6 +361,28 @@ impl ModbusTcpSource {
                 sent.is_ok()
             }
         }
+    }
+}
+
+impl Source for ModbusTcpSource {
+    fn machine(&self) -> &str {
+        &self.machine
+    }
+
+    fn tag_names(&self) -> Vec<Arc<str>> {
+        self.tag_names.clone()
+    }
+
+    fn stats(&self) -> SourceStats {
+        self.stats.clone()
+    }
+
+    fn run(
+        self: Box<Self>,
+        out: mpsc::Sender<Scan>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        (*self).run(out, cancel).boxed()
     }
 }
 
@@ -513,7 +505,8 @@ mod tests {
             .unwrap();
         // Failed attempts do not repeat the unreachable scan.
         assert!(rx.recv().await.is_none());
-        assert_eq!(stats.polls_ok(), 0);
+        assert_eq!(stats.scans(), 0);
+        assert_eq!(stats.outages(), 1);
         assert_eq!(stats.reconnects(), 0);
     }
 
@@ -559,7 +552,7 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "never reconnected");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(stats.polls_failed() >= 1);
+        assert!(stats.link_failures() >= 1);
 
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(30), task)

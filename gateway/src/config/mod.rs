@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use ironbridge_connectors::influx::InfluxSinkConfig;
 use ironbridge_connectors::modbus::ModbusMachineConfig;
-use ironbridge_connectors::Problem;
+use ironbridge_connectors::opcua::OpcUaMachineConfig;
+use ironbridge_connectors::{Problem, SourceConfig};
 use ironbridge_models::ModelRegistry;
 use serde::de::DeserializeOwned;
 
@@ -38,29 +39,13 @@ pub struct GatewayConfig {
     pub models: Vec<ModelConfig>,
 }
 
-/// One machine and the protocol it is read with.
-#[derive(Debug, Clone)]
-pub enum MachineConfig {
-    ModbusTcp(ModbusMachineConfig),
-}
+/// One machine and the protocol it is read with (the connectors' type: the
+/// gateway never looks inside it beyond name and tags).
+pub use ironbridge_connectors::SourceConfig as MachineConfig;
 
 /// Protocols a `[[machines]]` entry may name.
-const PROTOCOLS: &[&str] = &["modbus-tcp"];
+const PROTOCOLS: &[&str] = SourceConfig::PROTOCOLS;
 const SECTIONS: &[&str] = &["opcua", "influx", "machines", "models"];
-
-impl MachineConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            MachineConfig::ModbusTcp(c) => &c.name,
-        }
-    }
-
-    pub fn tag_names(&self) -> Vec<&str> {
-        match self {
-            MachineConfig::ModbusTcp(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
-        }
-    }
-}
 
 /// A problem with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +129,22 @@ impl GatewayConfig {
         if reader.problems.is_empty() {
             let mut config = config;
             config.opcua.pki_dir = resolve(file, &config.opcua.pki_dir);
+            for machine in &mut config.machines {
+                if let MachineConfig::OpcUa(c) = machine {
+                    // One client certificate for every OPC UA machine, kept
+                    // apart from the server's own.
+                    c.pki_dir = Some(match &c.pki_dir {
+                        Some(dir) => resolve(file, dir),
+                        None => config.opcua.pki_dir.join("client"),
+                    });
+                    for path in [&mut c.certificate, &mut c.private_key]
+                        .into_iter()
+                        .flatten()
+                    {
+                        *path = resolve(file, path);
+                    }
+                }
+            }
             Ok(config)
         } else {
             let mut problems: Vec<LocatedProblem> = reader
@@ -249,11 +250,7 @@ impl SectionReader {
             self.problems.extend(influx.validate("influx"));
         }
         for (i, m) in config.machines.iter().enumerate() {
-            match m {
-                MachineConfig::ModbusTcp(c) => {
-                    self.problems.extend(c.validate(&format!("machines[{i}]")))
-                }
-            }
+            self.problems.extend(m.validate(&format!("machines[{i}]")));
         }
         for (i, m) in config.models.iter().enumerate() {
             self.problems.extend(m.validate(&format!("models[{i}]")));
@@ -299,6 +296,9 @@ impl SectionReader {
             Some(Some("modbus-tcp")) => self
                 .section::<ModbusMachineConfig>(toml::Value::Table(table), path)
                 .map(MachineConfig::ModbusTcp),
+            Some(Some("opcua")) => self
+                .section::<OpcUaMachineConfig>(toml::Value::Table(table), path)
+                .map(MachineConfig::OpcUa),
             Some(Some(other)) => {
                 self.problems.push(Problem::new(
                     format!("{path}.protocol"),

@@ -44,6 +44,12 @@ pub struct ModelConfig {
     /// Upper bound on requests per second (none by default).
     #[serde(default)]
     pub rate_limit_per_s: Option<u32>,
+    /// An input whose latest value was acquired longer than this before the
+    /// scan that triggers a prediction counts as missing. None by default:
+    /// an OPC UA subscription sends a value only when it changes, so an old
+    /// value can be the current one.
+    #[serde(default)]
+    pub max_input_age_ms: Option<u64>,
 }
 
 fn default_device() -> String {
@@ -135,6 +141,12 @@ impl ModelConfig {
                     format!("must be at least {min}"),
                 ));
             }
+        }
+        if self.max_input_age_ms == Some(0) {
+            problems.push(Problem::new(
+                format!("{path}.max_input_age_ms"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
         }
         if self.rate_limit_per_s == Some(0) {
             problems.push(Problem::new(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ironbridge_connectors::{Prediction, Quality, Scan, TagValue};
+use ironbridge_connectors::{Prediction, Quality, Scan, SourceStatus, TagValue};
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
@@ -232,7 +232,7 @@ impl OpcUaPublisher {
                 inner.count_unknown(1);
                 continue;
             };
-            if let Some(value) = reading.value {
+            if let Some(value) = &reading.value {
                 type_changes.extend(inner.declare_tag_type(node, data_type_of(value)));
             }
             updates.push((
@@ -240,8 +240,12 @@ impl OpcUaPublisher {
                 DataValue {
                     // Never `None`: async-opcua 0.19 reads a value-less
                     // DataValue as Good, dropping its status.
-                    value: Some(reading.value.map_or(Variant::Empty, variant_of)),
-                    status: Some(status_of(reading.quality, reading.value.is_some())),
+                    value: Some(reading.value.as_ref().map_or(Variant::Empty, variant_of)),
+                    status: Some(status_of(
+                        reading.quality,
+                        reading.value.is_some(),
+                        reading.status,
+                    )),
                     source_timestamp,
                     server_timestamp,
                     ..DataValue::null()
@@ -479,26 +483,46 @@ pub(crate) fn ua_date_time(t: SystemTime) -> DateTime {
     DateTime::from(TICKS_1601_TO_1970.saturating_add(ticks_since_1970).max(0))
 }
 
-fn variant_of(value: TagValue) -> Variant {
+fn variant_of(value: &TagValue) -> Variant {
     match value {
-        TagValue::Bool(b) => Variant::from(b),
-        TagValue::Int(i) => Variant::from(i),
-        TagValue::UInt(u) => Variant::from(u),
-        TagValue::Float(f) => Variant::from(f),
+        TagValue::Bool(b) => Variant::from(*b),
+        TagValue::Int(i) => Variant::from(*i),
+        TagValue::UInt(u) => Variant::from(*u),
+        TagValue::Float(f) => Variant::from(*f),
+        TagValue::Text(t) => Variant::from(t.to_string()),
     }
 }
 
-fn data_type_of(value: TagValue) -> DataTypeId {
+fn data_type_of(value: &TagValue) -> DataTypeId {
     match value {
         TagValue::Bool(_) => DataTypeId::Boolean,
         TagValue::Int(_) => DataTypeId::Int64,
         TagValue::UInt(_) => DataTypeId::UInt64,
         TagValue::Float(_) => DataTypeId::Double,
+        TagValue::Text(_) => DataTypeId::String,
     }
 }
 
-/// OPC UA status of a tag reading.
-pub(crate) fn status_of(quality: Quality, has_value: bool) -> StatusCode {
+/// OPC UA status of a tag reading: the machine's own OPC UA status where it
+/// gave one (so an HMI sees `Uncertain_SensorNotAccurate`, not a generic
+/// code), else one derived from the quality.
+pub(crate) fn status_of(
+    quality: Quality,
+    has_value: bool,
+    source_status: Option<SourceStatus>,
+) -> StatusCode {
+    if let Some(SourceStatus::OpcUa(bits)) = source_status {
+        let status = StatusCode::from(bits);
+        // Only where it agrees with the quality the gateway decided on.
+        let agrees = match quality {
+            Quality::Good => status.is_good() && has_value,
+            Quality::Uncertain => status.is_uncertain(),
+            Quality::Bad => status.is_bad(),
+        };
+        if agrees {
+            return status;
+        }
+    }
     match (quality, has_value) {
         (Quality::Good, true) => StatusCode::Good,
         // Read, but the device flagged it (e.g. a Modbus exception).
@@ -515,10 +539,26 @@ mod tests {
 
     #[test]
     fn opcua_quality_maps_to_status_codes() {
-        assert_eq!(status_of(Quality::Good, true), StatusCode::Good);
-        assert!(status_of(Quality::Uncertain, true).is_uncertain());
-        assert!(status_of(Quality::Bad, false).is_bad());
-        assert!(status_of(Quality::Good, false).is_bad());
+        assert_eq!(status_of(Quality::Good, true, None), StatusCode::Good);
+        assert!(status_of(Quality::Uncertain, true, None).is_uncertain());
+        assert!(status_of(Quality::Bad, false, None).is_bad());
+        assert!(status_of(Quality::Good, false, None).is_bad());
+        // The machine's own status passes through.
+        let own = |s: StatusCode| Some(SourceStatus::OpcUa(s.bits()));
+        assert_eq!(
+            status_of(
+                Quality::Uncertain,
+                true,
+                own(StatusCode::UncertainSensorNotAccurate)
+            ),
+            StatusCode::UncertainSensorNotAccurate
+        );
+        assert_eq!(
+            status_of(Quality::Bad, false, own(StatusCode::BadNodeIdUnknown)),
+            StatusCode::BadNodeIdUnknown
+        );
+        // A Modbus exception has no OPC UA code of its own.
+        assert!(status_of(Quality::Bad, false, Some(SourceStatus::ModbusException(2))).is_bad());
     }
 
     #[test]

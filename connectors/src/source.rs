@@ -1,0 +1,152 @@
+//! The one shape every source kind has, so the gateway wires machines without
+//! knowing their protocol.
+//!
+//! A source kind is a folder below `connectors/` (`modbus/`, `opcua/`) with
+//! its configuration, its planning/decoding where it applies, and a type that
+//! implements [`Source`]. [`SourceConfig`] turns a validated machine
+//! configuration into a boxed source; nothing else in the gateway names a
+//! protocol.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ConnectorError;
+use crate::modbus::{ModbusMachineConfig, ModbusTcpSource};
+use crate::opcua::{OpcUaMachineConfig, OpcUaSource};
+use crate::scan::Scan;
+use crate::validation::Problem;
+
+/// A machine reader. `run` produces [`Scan`]s until `cancel` fires or the
+/// receiver is gone; it retries a lost link by itself (with backoff) and
+/// reports an unreachable machine as one scan with every tag Bad per outage.
+pub trait Source: Send + 'static {
+    /// The machine's name (the `machine` tag and the OPC UA folder).
+    fn machine(&self) -> &str;
+    /// Every tag this source can deliver, in configuration order.
+    fn tag_names(&self) -> Vec<Arc<str>>;
+    /// Counters, readable while the source runs.
+    fn stats(&self) -> SourceStats;
+    /// Runs the source. Sending awaits a free slot in `out` (policy: block).
+    fn run(
+        self: Box<Self>,
+        out: mpsc::Sender<Scan>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// Counters every source keeps, whatever its protocol. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SourceStats(Arc<SourceCounters>);
+
+#[derive(Debug, Default)]
+struct SourceCounters {
+    scans: AtomicU64,
+    link_failures: AtomicU64,
+    reconnects: AtomicU64,
+    outages: AtomicU64,
+    device_errors: AtomicU64,
+}
+
+impl SourceStats {
+    /// Scans delivered with data from the machine (a poll whose requests all
+    /// got an answer, or one notification batch).
+    pub fn scans(&self) -> u64 {
+        self.0.scans.load(Ordering::Relaxed)
+    }
+    /// Connection attempts or open links that failed (broken link, timeout,
+    /// closed session).
+    pub fn link_failures(&self) -> u64 {
+        self.0.link_failures.load(Ordering::Relaxed)
+    }
+    /// Links re-established after one was lost (the first connect is not
+    /// counted).
+    pub fn reconnects(&self) -> u64 {
+        self.0.reconnects.load(Ordering::Relaxed)
+    }
+    /// Periods of unreachability: counted once when a link is lost (or the
+    /// first connect fails), not once per retry.
+    pub fn outages(&self) -> u64 {
+        self.0.outages.load(Ordering::Relaxed)
+    }
+    /// Answers the device gave that carry no usable value: Modbus exception
+    /// codes, OPC UA bad status codes of single values.
+    pub fn device_errors(&self) -> u64 {
+        self.0.device_errors.load(Ordering::Relaxed)
+    }
+
+    pub fn count_scan(&self) {
+        self.0.scans.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_link_failure(&self) {
+        self.0.link_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_reconnect(&self) {
+        self.0.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_outage(&self) {
+        self.0.outages.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn count_device_errors(&self, n: u64) {
+        self.0.device_errors.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A machine's configuration, by protocol (the `protocol` key of a
+/// `[[machines]]` table).
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// `protocol = "modbus-tcp"`
+    ModbusTcp(ModbusMachineConfig),
+    /// `protocol = "opcua"`
+    OpcUa(OpcUaMachineConfig),
+}
+
+impl SourceConfig {
+    /// The `protocol` values a machine may name.
+    pub const PROTOCOLS: &'static [&'static str] = &["modbus-tcp", "opcua"];
+
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::ModbusTcp(c) => &c.name,
+            SourceConfig::OpcUa(c) => &c.name,
+        }
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            SourceConfig::ModbusTcp(_) => "modbus-tcp",
+            SourceConfig::OpcUa(_) => "opcua",
+        }
+    }
+
+    /// Tag names in configuration order.
+    pub fn tag_names(&self) -> Vec<&str> {
+        match self {
+            SourceConfig::ModbusTcp(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
+            SourceConfig::OpcUa(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
+        }
+    }
+
+    /// Every problem of this machine at key paths below `path`. Reads no
+    /// file and opens no socket (an OPC UA password is looked up in the
+    /// environment, so that a missing secret is caught before start).
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        match self {
+            SourceConfig::ModbusTcp(c) => c.validate(path),
+            SourceConfig::OpcUa(c) => c.validate(path),
+        }
+    }
+
+    /// The source for this machine; checks the configuration again and
+    /// plans its reads, but opens no socket.
+    pub fn build(self) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(match self {
+            SourceConfig::ModbusTcp(c) => Box::new(ModbusTcpSource::new(c)?),
+            SourceConfig::OpcUa(c) => Box::new(OpcUaSource::new(c)?),
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Building the components of a configuration, each on its own and before
+//! anything runs: models verified and loaded, sources planned, the InfluxDB
+//! writer made. A component that cannot be built fails the start here, with
+//! its name, before any machine is read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ironbridge_connectors::influx::InfluxV2Writer;
+use ironbridge_connectors::Source;
+use ironbridge_models::{
+    DeviceChoice, InferenceHandle, InferenceOptions, InferenceService, ModelManifest,
+    ModelRegistry, TorchModel,
+};
+
+use crate::config::{DeviceSetting, GatewayConfig, ModelConfig};
+use crate::features::FeatureMap;
+use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
+use crate::GatewayError;
+
+/// One served model: its verified manifest, its inference service and how
+/// its inputs are assembled.
+pub(crate) struct ServedModel {
+    pub(crate) config: ModelConfig,
+    pub(crate) manifest: ModelManifest,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) handle: InferenceHandle,
+    pub(crate) features: FeatureMap,
+    pub(crate) name: Arc<str>,
+    pub(crate) version: Arc<str>,
+    pub(crate) output_names: Vec<Arc<str>>,
+}
+
+impl ServedModel {
+    pub(crate) fn status(&self) -> ModelStatusView {
+        ModelStatusView {
+            name: self.manifest.name.clone(),
+            active_version: self.manifest.version.clone(),
+            sha256: self.manifest.sha256.clone(),
+            loaded_at: self.loaded_at,
+            state: self.handle.status().state.as_str().to_string(),
+            inference_count: self.handle.stats().snapshot().inferences,
+            inputs: self.manifest.input_names(),
+            outputs: self.manifest.output_names(),
+        }
+    }
+}
+
+/// Everything a configuration asks for, built and not yet running.
+pub(crate) struct Components {
+    pub(crate) models: Vec<ServedModel>,
+    pub(crate) sources: Vec<Box<dyn Source>>,
+    pub(crate) influx: Option<InfluxV2Writer>,
+    pub(crate) layout: AddressSpaceLayout,
+}
+
+impl Components {
+    pub(crate) fn build(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let models = config
+            .models
+            .iter()
+            .map(|m| load_model(config, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sources = config
+            .machines
+            .iter()
+            .map(|machine| {
+                machine
+                    .clone()
+                    .build()
+                    .map_err(|source| GatewayError::Machine {
+                        machine: machine.name().to_string(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let influx = config
+            .influx
+            .as_ref()
+            .map(|influx| {
+                InfluxV2Writer::new(influx).map_err(|e| GatewayError::Machine {
+                    machine: "influx".into(),
+                    source: e,
+                })
+            })
+            .transpose()?;
+        let layout = layout(&sources, &models);
+        Ok(Self {
+            models,
+            sources,
+            influx,
+            layout,
+        })
+    }
+}
+
+fn load_model(config: &GatewayConfig, model: &ModelConfig) -> Result<ServedModel, GatewayError> {
+    let err = |source| GatewayError::Model {
+        model: model.name.clone(),
+        source: Box::new(source),
+    };
+    let verified = ModelRegistry::open(config.model_dir(model))
+        .and_then(|r| r.load(&model.version))
+        .map_err(err)?;
+    let manifest = verified.manifest().clone();
+    let device = match model.device_setting() {
+        Some(DeviceSetting::Cuda(i)) => DeviceChoice::Cuda(i),
+        _ => DeviceChoice::Cpu,
+    };
+    let torch = TorchModel::load(&verified, device).map_err(err)?;
+    let options = InferenceOptions {
+        max_batch: model.max_batch,
+        max_wait: Duration::from_millis(model.max_wait_ms),
+        queue_capacity: model.queue_capacity,
+        rate_limit_per_s: model.rate_limit_per_s.and_then(std::num::NonZeroU32::new),
+        intra_op_threads: model.intra_op_threads,
+    };
+    let handle = InferenceService::spawn(torch, options).map_err(err)?;
+    let features = FeatureMap::new(
+        manifest
+            .inputs
+            .iter()
+            .map(|i| model.tag_for_input(&i.name).to_string())
+            .collect(),
+        model.max_input_age_ms.map(Duration::from_millis),
+    );
+    tracing::info!(
+        model = %manifest.name,
+        version = %manifest.version,
+        sha256 = %manifest.sha256,
+        "model verified and loaded"
+    );
+    Ok(ServedModel {
+        config: model.clone(),
+        name: Arc::from(manifest.name.as_str()),
+        version: Arc::from(manifest.version.as_str()),
+        output_names: manifest
+            .outputs
+            .iter()
+            .map(|o| Arc::from(o.name.as_str()))
+            .collect(),
+        loaded_at: SystemTime::now(),
+        manifest,
+        handle,
+        features,
+    })
+}
+
+fn layout(sources: &[Box<dyn Source>], models: &[ServedModel]) -> AddressSpaceLayout {
+    AddressSpaceLayout {
+        machines: sources
+            .iter()
+            .map(|s| MachineLayout {
+                name: s.machine().to_string(),
+                tags: s.tag_names().iter().map(|t| t.to_string()).collect(),
+            })
+            .collect(),
+        models: models
+            .iter()
+            .map(|m| ModelLayout {
+                name: m.manifest.name.clone(),
+                inputs: m.manifest.input_names(),
+                outputs: m.manifest.output_names(),
+                machines: m.config.machines.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Which models each machine feeds, by index into the served models: built
+/// once, so routing a scan is one map lookup.
+pub(crate) fn routes(models: &[ServedModel]) -> HashMap<Arc<str>, Vec<usize>> {
+    let mut routes: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+    for (i, model) in models.iter().enumerate() {
+        for machine in &model.config.machines {
+            routes
+                .entry(Arc::from(machine.as_str()))
+                .or_default()
+                .push(i);
+        }
+    }
+    routes
+}

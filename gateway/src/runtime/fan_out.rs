@@ -1,0 +1,86 @@
+//! The fan-out: hands each scan to every consumer without waiting on any of
+//! them, keeps each machine's last values, and asks the models it feeds for
+//! a prediction.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ironbridge_connectors::{Record, Scan};
+use ironbridge_models::prepare_inputs;
+use tokio::sync::mpsc;
+
+use super::build::ServedModel;
+use super::predictions::PredictionRequest;
+use super::{send_to_sink, FanOutStats};
+use crate::features::MachineState;
+use crate::opcua_server::OpcUaPublisher;
+
+pub(crate) struct FanOut {
+    pub(crate) publisher: OpcUaPublisher,
+    pub(crate) sink: Option<mpsc::Sender<Record>>,
+    pub(crate) models: Arc<Vec<ServedModel>>,
+    /// machine → indexes of the models it feeds.
+    pub(crate) routes: HashMap<Arc<str>, Vec<usize>>,
+    /// One per model, same index: where submitted requests wait for answers.
+    pub(crate) collectors: Vec<mpsc::Sender<PredictionRequest>>,
+    pub(crate) stats: Arc<FanOutStats>,
+}
+
+impl FanOut {
+    pub(crate) async fn run(self, mut scans: mpsc::Receiver<Scan>) {
+        let mut states: HashMap<Arc<str>, MachineState> = HashMap::new();
+        while let Some(scan) = scans.recv().await {
+            self.stats.scans.fetch_add(1, Ordering::Relaxed);
+            let scan = Arc::new(scan);
+            self.publisher.publish_scan(&scan);
+            send_to_sink(&self.sink, Record::Scan(scan.clone()), &self.stats);
+            let Some(model_indexes) = self.routes.get(&scan.machine) else {
+                continue;
+            };
+            let state = states.entry(scan.machine.clone()).or_default();
+            state.apply(&scan);
+            for &i in model_indexes {
+                self.request_prediction(i, state, &scan).await;
+            }
+        }
+        // Dropping `self.sink` and the collectors here lets them drain and stop.
+    }
+
+    async fn request_prediction(&self, index: usize, state: &MachineState, scan: &Arc<Scan>) {
+        let model = &self.models[index];
+        if !model.features.touches(scan) {
+            return;
+        }
+        let values = model.features.assemble(state, scan.acquired_at);
+        let row = match prepare_inputs(&model.manifest, &values, model.handle.stats()) {
+            Ok(row) => row,
+            Err(reason) => {
+                tracing::debug!(machine = %scan.machine, model = %model.name, %reason, "prediction skipped");
+                return;
+            }
+        };
+        let pending = match model.handle.submit(row) {
+            Ok(p) => p,
+            Err(e) => {
+                let n = self
+                    .stats
+                    .inference_rejected
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(model = %model.name, total = n, "inference request refused: {e}");
+                }
+                return;
+            }
+        };
+        let request = PredictionRequest {
+            machine: scan.machine.clone(),
+            inputs_acquired_at: scan.acquired_at,
+            pending,
+        };
+        // Policy: block. The collector does no I/O and the inference queue
+        // bounds what is in flight, so this waits only while a batch runs.
+        let _ = self.collectors[index].send(request).await;
+    }
+}

@@ -1,0 +1,214 @@
+//! Wiring and supervision: builds every component of a validated
+//! configuration (`build`), then only wires them together and starts them.
+//!
+//! ```text
+//!  Source (any protocol) ─┐ scans (bounded, block)
+//!  Source (any protocol) ─┴────▶ fan-out ─▶ OPC UA publisher (latest value wins: coalesce)
+//!                                  │  ├───▶ InfluxSink channel (bounded: drop newest, counted)
+//!                                  │  └───▶ last-value cache ─▶ feature assembly ─▶ InferenceService
+//!                                  │          (bounded queue: reject newest, counted; governor rate limit)
+//!                                  └──────▶ prediction collector per model (bounded, block)
+//!                                                └─▶ prediction ─▶ OPC UA + InfluxSink
+//! ```
+//!
+//! - [`build`]: models, sources and the sink writer, each built (and
+//!   failing) on its own before anything runs;
+//! - [`fan_out`]: the scan hand-off, the per-machine last-value cache and
+//!   the prediction requests;
+//! - [`predictions`]: one collector per model turns answers into predictions;
+//! - [`status`]: model state to OPC UA, counters to the log.
+//!
+//! Shutdown: one `CancellationToken` stops the sources; their dropped senders
+//! end the fan-out, whose dropped senders let the collectors and then the
+//! InfluxDB sink drain and flush before they exit.
+
+mod build;
+mod fan_out;
+mod predictions;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironbridge_connectors::influx::{InfluxSink, InfluxSinkStats};
+use ironbridge_connectors::{Record, Scan, SourceStats};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::opcua_server;
+use crate::GatewayError;
+use build::Components;
+use fan_out::FanOut;
+use predictions::PredictionCollector;
+
+/// Scans waiting for the fan-out. Sources block when it is full; the fan-out
+/// does no I/O, so it only fills if the process is starved.
+const SCAN_CHANNEL: usize = 1024;
+/// Records waiting for the InfluxDB sink task (which has its own, larger,
+/// buffer for outages). Full: the newest record is dropped and counted.
+const SINK_CHANNEL: usize = 4096;
+/// How long shutdown waits for the sink's final flush.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Counters of the gateway's own hand-offs.
+#[derive(Debug, Default)]
+pub struct FanOutStats {
+    pub scans: AtomicU64,
+    pub predictions: AtomicU64,
+    /// Records dropped because the InfluxDB sink's channel was full.
+    pub sink_channel_full: AtomicU64,
+    /// Prediction requests the inference queue refused (queue full or rate).
+    pub inference_rejected: AtomicU64,
+    /// Inference requests that failed inside the model.
+    pub inference_failed: AtomicU64,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    tasks: JoinSet<()>,
+    /// Stop after the fan-out (they drain what it handed them).
+    collectors: JoinSet<()>,
+    sink_task: Option<tokio::task::JoinHandle<()>>,
+    opcua_task: tokio::task::JoinHandle<()>,
+    pub stats: Arc<FanOutStats>,
+    pub source_stats: HashMap<String, SourceStats>,
+    pub sink_stats: Option<InfluxSinkStats>,
+    /// Where the OPC UA server listens.
+    pub opcua_endpoint: String,
+}
+
+impl Gateway {
+    /// Builds every component (models verified and loaded, sources planned),
+    /// starts the OPC UA server, the InfluxDB sink and one task per source.
+    /// Fails before reading any machine if a component cannot be built or
+    /// the OPC UA server cannot start.
+    pub async fn start(
+        config: GatewayConfig,
+        cancel: CancellationToken,
+    ) -> Result<Self, GatewayError> {
+        let Components {
+            models,
+            sources,
+            influx,
+            layout,
+        } = Components::build(&config)?;
+
+        let (publisher, opcua_task) =
+            opcua_server::start(&config.opcua, &layout, cancel.child_token()).await?;
+        let opcua_endpoint = format!("opc.tcp://{}:{}/", config.opcua.host, config.opcua.port);
+        for m in &models {
+            publisher.publish_model_status(&m.status());
+        }
+
+        let (sink_tx, sink_task, sink_stats) = match (&config.influx, influx) {
+            (Some(influx_config), Some(writer)) => {
+                let (tx, rx) = mpsc::channel(SINK_CHANNEL);
+                // The sink is not cancelled with the rest: it stops when the
+                // fan-out and the collectors drop their senders, after draining.
+                let (stats, task) =
+                    InfluxSink::spawn(influx_config.clone(), writer, rx, CancellationToken::new());
+                (Some(tx), Some(task), Some(stats))
+            }
+            _ => (None, None, None),
+        };
+
+        let stats = Arc::new(FanOutStats::default());
+        let mut collectors = JoinSet::new();
+        let mut collector_txs = Vec::with_capacity(models.len());
+        for model in &models {
+            // Room for every request the inference queue can hold plus the
+            // batch being run: the fan-out rarely waits here.
+            let (tx, rx) = mpsc::channel(model.config.queue_capacity + model.config.max_batch);
+            collector_txs.push(tx);
+            let collector = PredictionCollector {
+                model: model.name.clone(),
+                version: model.version.clone(),
+                outputs: model.output_names.clone(),
+                publisher: publisher.clone(),
+                sink: sink_tx.clone(),
+                stats: stats.clone(),
+            };
+            collectors.spawn(collector.run(rx));
+        }
+
+        let mut tasks = JoinSet::new();
+        let (scan_tx, scan_rx) = mpsc::channel::<Scan>(SCAN_CHANNEL);
+        let mut source_stats = HashMap::new();
+        for source in sources {
+            source_stats.insert(source.machine().to_string(), source.stats());
+            tasks.spawn(source.run(scan_tx.clone(), cancel.child_token()));
+        }
+        drop(scan_tx);
+
+        let models = Arc::new(models);
+        let fan_out = FanOut {
+            publisher: publisher.clone(),
+            sink: sink_tx,
+            routes: build::routes(&models),
+            models: models.clone(),
+            collectors: collector_txs,
+            stats: stats.clone(),
+        };
+        tasks.spawn(fan_out.run(scan_rx));
+        tasks.spawn(status::publish_model_status(
+            publisher,
+            models,
+            cancel.child_token(),
+        ));
+        tasks.spawn(status::log_stats(
+            stats.clone(),
+            source_stats.clone(),
+            sink_stats.clone(),
+            cancel.child_token(),
+        ));
+
+        tracing::info!(
+            machines = config.machines.len(),
+            models = config.models.len(),
+            opcua = %opcua_endpoint,
+            influx = config.influx.as_ref().map(|i| i.url.as_str()).unwrap_or("(none)"),
+            "gateway running"
+        );
+        Ok(Self {
+            tasks,
+            collectors,
+            sink_task,
+            opcua_task,
+            stats,
+            source_stats,
+            sink_stats,
+            opcua_endpoint,
+        })
+    }
+
+    /// Waits until every task has stopped after the token was cancelled.
+    pub async fn stopped(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        while self.collectors.join_next().await.is_some() {}
+        if let Some(sink) = self.sink_task.take() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, sink).await.is_err() {
+                tracing::warn!(
+                    "InfluxDB sink did not finish its final flush in {SHUTDOWN_GRACE:?}"
+                );
+            }
+        }
+        let _ = self.opcua_task.await;
+    }
+}
+
+/// Policy when the sink's channel is full: drop the newest record and count
+/// it (the sink has its own bounded buffer for outages; a full channel means
+/// the sink task itself is stalled).
+fn send_to_sink(sink: &Option<mpsc::Sender<Record>>, record: Record, stats: &FanOutStats) {
+    let Some(sink) = sink else { return };
+    if let Err(mpsc::error::TrySendError::Full(_)) = sink.try_send(record) {
+        let n = stats.sink_channel_full.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(total = n, "InfluxDB sink channel full: record dropped");
+        }
+    }
+}
