@@ -10,6 +10,7 @@
 pub mod config;
 pub mod decode;
 pub mod node;
+pub mod session;
 pub mod source;
 
 pub use config::{
@@ -17,4 +18,5 @@ pub use config::{
     SecurityPolicyName,
 };
 pub use node::NodeAddress;
+pub use session::{open_session, Identity, LiveSession, SessionOptions};
 pub use source::OpcUaSource;

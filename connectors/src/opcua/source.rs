@@ -16,41 +16,28 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use opcua::client::transport::TcpConnector;
-use opcua::client::{
-    Client, ClientBuilder, IdentityToken, MonitoredItemMap, OnSubscriptionNotificationCore,
-    Session, SessionEventLoop,
-};
+use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore, Session};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DeadbandType,
-    EndpointDescription, ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest,
-    MonitoringMode, MonitoringParameters, NodeId, NotificationMessage, ReadValueId,
-    StatusChangeNotification, StatusCode, TimestampsToReturn, UserTokenPolicy, UserTokenType,
+    ExtensionObject, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
+    NotificationMessage, ReadValueId, StatusChangeNotification, StatusCode, TimestampsToReturn,
 };
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::error::ConnectorError;
-use crate::opcua::config::{
-    Deadband, OpcUaMachineConfig, ReadMode, SecurityModeName, SecurityPolicyName,
-};
+use crate::opcua::config::{Deadband, OpcUaMachineConfig, ReadMode};
 use crate::opcua::decode::{acquired_at, reading, scans_by_time, Unreadable};
 use crate::opcua::node::NodeAddress;
+use crate::opcua::session::{open_session, LiveSession, SessionOptions};
 use crate::scan::{Scan, TagReading};
 use crate::source::{Source, SourceStats};
 
 /// Publish responses waiting for the source task. Full (the gateway is not
 /// taking scans): the newest notification is dropped and counted.
 const NOTIFICATION_QUEUE: usize = 256;
-/// The session's keep-alive: a Read of the server's state this often; after
-/// this many failures in a row the session counts as lost.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
-const MAX_FAILED_KEEP_ALIVES: u64 = 3;
-/// How long a closing session may take to say goodbye.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Subscription lifetime and keep-alive counts (in publishing intervals).
 const LIFETIME_COUNT: u32 = 60;
 const KEEP_ALIVE_COUNT: u32 = 10;
@@ -80,47 +67,6 @@ enum SessionEnd {
     Lost(ConnectorError),
     /// Cancelled, or nobody receives scans any more.
     Stop,
-}
-
-/// A connected session and the task that drives its event loop. Dropping it
-/// stops that task, so no session outlives its use.
-struct LiveSession {
-    session: Arc<Session>,
-    event_loop: JoinHandle<()>,
-    /// Set to the final status when the event loop ends (connection lost).
-    ended: watch::Receiver<Option<StatusCode>>,
-}
-
-impl LiveSession {
-    fn start(session: Arc<Session>, event_loop: SessionEventLoop<TcpConnector>) -> Self {
-        let (tx, ended) = watch::channel(None);
-        let event_loop = tokio::spawn(async move {
-            let status = event_loop.run().await;
-            let _ = tx.send(Some(status));
-        });
-        Self {
-            session,
-            event_loop,
-            ended,
-        }
-    }
-
-    /// Resolves when the session's event loop has ended, with its status.
-    async fn lost(&self) -> StatusCode {
-        let mut ended = self.ended.clone();
-        let status = match ended.wait_for(Option::is_some).await {
-            Ok(status) => *status,
-            // The task is gone without a word (aborted): closed all the same.
-            Err(_) => None,
-        };
-        status.unwrap_or(StatusCode::BadConnectionClosed)
-    }
-}
-
-impl Drop for LiveSession {
-    fn drop(&mut self) {
-        self.event_loop.abort();
-    }
 }
 
 /// The tags that resolved on this connect, by index into the config.
@@ -185,8 +131,10 @@ impl OpcUaSource {
         let mut reported: HashSet<usize> = HashSet::new();
         loop {
             let attempt = async {
-                let mut client = self.client()?;
-                self.connect(&mut client).await
+                let options = SessionOptions::for_machine(&self.config)?;
+                open_session(&options)
+                    .await
+                    .map_err(|reason| self.link_error(reason))
             };
             let connected = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -209,7 +157,7 @@ impl OpcUaSource {
                     outage_reported = false;
                     backoff.reset();
                     let end = self.serve(&live, &out, &cancel, &mut reported).await;
-                    close(live).await;
+                    live.close().await;
                     match end {
                         SessionEnd::Stop => return,
                         SessionEnd::Lost(e) => e,
@@ -246,106 +194,6 @@ impl OpcUaSource {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
-        }
-    }
-
-    /// A client for one connection attempt: the library's own retries off.
-    fn client(&self) -> Result<Client, ConnectorError> {
-        let pki_dir = self
-            .config
-            .pki_dir
-            .clone()
-            .unwrap_or_else(|| "pki/client".into());
-        let hostname = opcua::crypto::hostname().unwrap_or_else(|_| "localhost".to_string());
-        ClientBuilder::new()
-            .application_name("IronBridge gateway")
-            .application_uri(format!("urn:ironbridge:gateway:client:{hostname}"))
-            .product_uri("urn:ironbridge")
-            .pki_dir(pki_dir)
-            // The gateway's client certificate, made on first use.
-            .create_sample_keypair(true)
-            .trust_server_certs(self.config.trust_server_certs)
-            .verify_server_certs(true)
-            .session_retry_limit(0)
-            .request_timeout(self.request_timeout())
-            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .max_failed_keep_alive_count(MAX_FAILED_KEEP_ALIVES)
-            .session_name(format!("ironbridge {}", self.machine))
-            .client()
-            .map_err(|errors| self.link_error(format!("OPC UA client: {}", errors.join("; "))))
-    }
-
-    fn identity(&self) -> Result<(IdentityToken, UserTokenType), ConnectorError> {
-        let c = &self.config;
-        if let (Some(user), Some(env)) = (&c.username, &c.password_env) {
-            let password = std::env::var(env)
-                .ok()
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| {
-                    ConnectorError::Config(format!(
-                        "{}: environment variable {env:?} (the password) is not set",
-                        c.name
-                    ))
-                })?;
-            return Ok((
-                IdentityToken::new_user_name(user.clone(), password),
-                UserTokenType::UserName,
-            ));
-        }
-        if let (Some(cert), Some(key)) = (&c.certificate, &c.private_key) {
-            let token = IdentityToken::new_x509_path(cert, key).map_err(|e| {
-                ConnectorError::Config(format!(
-                    "{}: X.509 identity {} / {}: {e}",
-                    c.name,
-                    cert.display(),
-                    key.display()
-                ))
-            })?;
-            return Ok((token, UserTokenType::Certificate));
-        }
-        Ok((IdentityToken::Anonymous, UserTokenType::Anonymous))
-    }
-
-    /// Opens a session on the configured endpoint, under the request timeout.
-    async fn connect(&self, client: &mut Client) -> Result<LiveSession, ConnectorError> {
-        let (identity, token_type) = self.identity()?;
-        let policy = security_policy_uri(self.config.security_policy);
-        let mode = match self.config.security_mode {
-            SecurityModeName::None => MessageSecurityMode::None,
-            SecurityModeName::Sign => MessageSecurityMode::Sign,
-            SecurityModeName::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
-        };
-        let token_policy = UserTokenPolicy {
-            token_type,
-            ..UserTokenPolicy::anonymous()
-        };
-        let endpoint: EndpointDescription =
-            (self.config.endpoint.as_str(), policy, mode, token_policy).into();
-        let timeout = self.request_timeout();
-        let open = async {
-            let (session, event_loop) = client
-                .connect_to_matching_endpoint(endpoint, identity)
-                .await
-                .map_err(|e| self.link_error(format!("cannot open a session: {e}")))?;
-            // Outages end the session; `run` reconnects (see the module docs).
-            session.disable_reconnects();
-            let live = LiveSession::start(session, event_loop);
-            tokio::select! {
-                connected = live.session.wait_for_connection() => {
-                    if connected {
-                        Ok(live)
-                    } else {
-                        Err(self.link_error("the session could not be activated"))
-                    }
-                }
-                ended = live.lost() => Err(self.link_error(format!(
-                    "the session ended while connecting: {ended}"
-                ))),
-            }
-        };
-        match tokio::time::timeout(timeout * 2, open).await {
-            Ok(result) => result,
-            Err(_) => Err(self.link_error(format!("no session within {:?}", timeout * 2))),
         }
     }
 
@@ -597,6 +445,8 @@ impl OpcUaSource {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ended = std::pin::pin!(live.lost());
         let timeout = self.request_timeout();
+        let mut last_sample: Vec<Option<(SystemTime, crate::scan::Quality)>> =
+            vec![None; self.nodes.len()];
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return SessionEnd::Stop,
@@ -619,25 +469,44 @@ impl OpcUaSource {
             };
             let received = SystemTime::now();
             let mut bad = 0;
-            let readings = resolved.nodes.iter().zip(&values).map(|((i, _), value)| {
+            let mut readings = Vec::with_capacity(values.len());
+            for ((i, _), value) in resolved.nodes.iter().zip(&values) {
                 let (r, why) = reading(&self.tag_names[*i], value);
+                let time = acquired_at(value, received);
+                // A Read returns the last sample again until the value
+                // changes: same SourceTimestamp, same sample. Only new ones
+                // go on, as with a subscription.
+                if last_sample[*i] == Some((time, r.quality)) {
+                    continue;
+                }
+                last_sample[*i] = Some((time, r.quality));
                 if r.value.is_none() {
                     bad += 1;
-                }
-                if let Some(Unreadable::Type(t)) = why {
                     if reported.insert(*i) {
-                        warn!(
-                            machine = %self.machine,
-                            tag = %self.tag_names[*i],
-                            node = %self.nodes[*i],
-                            data_type = %t,
-                            "value is neither a number, a boolean nor a string; the tag is Bad"
-                        );
+                        let status = value.status.unwrap_or(StatusCode::Good);
+                        match &why {
+                            Some(Unreadable::Type(t)) => warn!(
+                                machine = %self.machine,
+                                tag = %self.tag_names[*i],
+                                node = %self.nodes[*i],
+                                data_type = %t,
+                                "value is neither a number, a boolean nor a string; the tag is Bad"
+                            ),
+                            None => warn!(
+                                machine = %self.machine,
+                                tag = %self.tag_names[*i],
+                                node = %self.nodes[*i],
+                                %status,
+                                "the server gives no usable value for this node; the tag is Bad"
+                            ),
+                        }
                     }
+                } else {
+                    reported.remove(i);
                 }
-                (acquired_at(value, received), r)
-            });
-            let scans = scans_by_time(&self.machine, readings.collect::<Vec<_>>());
+                readings.push((time, r));
+            }
+            let scans = scans_by_time(&self.machine, readings);
             self.stats.count_device_errors(bad);
             for scan in scans {
                 self.stats.count_scan();
@@ -672,24 +541,6 @@ impl OpcUaSource {
 fn handle_of(index: usize) -> u32 {
     // Client handle 0 means "assign one" to async-opcua.
     u32::try_from(index).unwrap_or(u32::MAX - 1) + 1
-}
-
-fn security_policy_uri(policy: SecurityPolicyName) -> &'static str {
-    use opcua::crypto::SecurityPolicy;
-    match policy {
-        SecurityPolicyName::None => SecurityPolicy::None.to_uri(),
-        SecurityPolicyName::Basic256Sha256 => SecurityPolicy::Basic256Sha256.to_uri(),
-        SecurityPolicyName::Aes128Sha256RsaOaep => SecurityPolicy::Aes128Sha256RsaOaep.to_uri(),
-        SecurityPolicyName::Aes256Sha256RsaPss => SecurityPolicy::Aes256Sha256RsaPss.to_uri(),
-    }
-}
-
-/// Closes a session politely (bounded), then stops its event loop.
-async fn close(live: LiveSession) {
-    if !live.event_loop.is_finished() {
-        let _ = tokio::time::timeout(DISCONNECT_GRACE, live.session.disconnect()).await;
-    }
-    drop(live);
 }
 
 /// `false` when the source should stop (cancelled or receiver gone).

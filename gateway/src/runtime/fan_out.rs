@@ -29,7 +29,7 @@ pub(crate) struct FanOut {
 
 impl FanOut {
     pub(crate) async fn run(self, mut scans: mpsc::Receiver<Scan>) {
-        let mut states: HashMap<Arc<str>, MachineState> = HashMap::new();
+        let mut machines: HashMap<Arc<str>, MachineEntry> = HashMap::new();
         while let Some(scan) = scans.recv().await {
             self.stats.scans.fetch_add(1, Ordering::Relaxed);
             let scan = Arc::new(scan);
@@ -38,26 +38,46 @@ impl FanOut {
             let Some(model_indexes) = self.routes.get(&scan.machine) else {
                 continue;
             };
-            let state = states.entry(scan.machine.clone()).or_default();
-            state.apply(&scan);
-            for &i in model_indexes {
-                self.request_prediction(i, state, &scan).await;
+            let entry = machines
+                .entry(scan.machine.clone())
+                .or_insert_with(|| MachineEntry {
+                    state: MachineState::default(),
+                    predicted_at: vec![None; model_indexes.len()],
+                });
+            entry.state.apply(&scan);
+            for (k, &i) in model_indexes.iter().enumerate() {
+                // Predictions are stamped with their inputs' time, so each
+                // (machine, model) gets at most one per acquisition time and
+                // never one older than the last: a late or repeated sample
+                // must not rewrite a stored prediction with newer inputs.
+                if entry.predicted_at[k].is_some_and(|t| scan.acquired_at <= t) {
+                    continue;
+                }
+                if self.request_prediction(i, &entry.state, &scan).await {
+                    entry.predicted_at[k] = Some(scan.acquired_at);
+                }
             }
         }
         // Dropping `self.sink` and the collectors here lets them drain and stop.
     }
 
-    async fn request_prediction(&self, index: usize, state: &MachineState, scan: &Arc<Scan>) {
+    /// `true` when a request went to the model.
+    async fn request_prediction(
+        &self,
+        index: usize,
+        state: &MachineState,
+        scan: &Arc<Scan>,
+    ) -> bool {
         let model = &self.models[index];
         if !model.features.touches(scan) {
-            return;
+            return false;
         }
         let values = model.features.assemble(state, scan.acquired_at);
         let row = match prepare_inputs(&model.manifest, &values, model.handle.stats()) {
             Ok(row) => row,
             Err(reason) => {
                 tracing::debug!(machine = %scan.machine, model = %model.name, %reason, "prediction skipped");
-                return;
+                return false;
             }
         };
         let pending = match model.handle.submit(row) {
@@ -71,7 +91,7 @@ impl FanOut {
                 if n.is_power_of_two() {
                     tracing::warn!(model = %model.name, total = n, "inference request refused: {e}");
                 }
-                return;
+                return false;
             }
         };
         let request = PredictionRequest {
@@ -82,5 +102,13 @@ impl FanOut {
         // Policy: block. The collector does no I/O and the inference queue
         // bounds what is in flight, so this waits only while a batch runs.
         let _ = self.collectors[index].send(request).await;
+        true
     }
+}
+
+/// What the fan-out keeps per machine.
+struct MachineEntry {
+    state: MachineState,
+    /// Acquisition time of the last prediction requested, per model route.
+    predicted_at: Vec<Option<std::time::SystemTime>>,
 }
