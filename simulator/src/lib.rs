@@ -31,6 +31,7 @@ pub mod process;
 pub mod record;
 pub mod registers;
 pub mod server;
+pub mod spindle;
 
 pub use error::SimError;
 pub use process::{Process, ProcessConfig, ProcessState};
