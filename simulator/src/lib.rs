@@ -27,6 +27,8 @@
 //! ```
 
 pub mod error;
+pub mod faults;
+pub mod opcua_machine;
 pub mod process;
 pub mod record;
 pub mod registers;
@@ -39,4 +41,10 @@ pub use record::{record, RecordOptions, RecordSummary, CSV_HEADER};
 pub use registers::{
     ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
 };
+pub use faults::{Fault, FaultSchedule, LinkStatus, Protocol, Window, SCHEDULE_HELP};
+pub use opcua_machine::{
+    serve_opcua, EngineeringUnit, OpcUaMachine, OpcUaOptions, OpcUaStatus, OpcUaUser,
+    SpindleSnapshot, SpindleVariable, ValueKind, NAMESPACE_URI, PADDING_NAMESPACE_URI,
+};
 pub use server::{serve, SimOptions, Simulator, Snapshot};
+pub use spindle::{FaultState, Spindle, SpindleConfig, SpindleState};
