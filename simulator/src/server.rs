@@ -400,6 +400,11 @@ impl Service for PumpService {
     type Future = Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
 
     fn call(&self, request: Self::Request) -> Self::Future {
+        if !self.shared.link.borrow().up {
+            // A drop began and this connection is being closed: a request
+            // that slipped in first must not be answered.
+            return Box::pin(std::future::pending());
+        }
         let t_s = self.clock.now_s();
         match self.shared.options.faults.reply_delay(t_s, request.slave) {
             None => Box::pin(std::future::ready(self.respond(t_s, &request))),

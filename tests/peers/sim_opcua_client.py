@@ -23,8 +23,10 @@ Any refusal prints {"connected": false, "error": "..."}.
 
 The namespace is looked up by URI (--namespace-uri), never assumed at an
 index; NodeIds are strings in that namespace. Variables are found by browsing
-below Objects/Spindle; --read NODE reads only the given NodeIds instead (a
-deleted node then reports its bad status).
+below Objects/Spindle and read --samples times (--interval s apart), or with
+--until-changed NODE until that node's value differs from the first sample
+(at most --max-samples); --read NODE also reads NodeIds browsing did not find
+(a deleted node then reports its bad status).
 
 Security: --policy Basic256Sha256 (default) / Aes128Sha256RsaOaep /
 Aes256Sha256RsaPss with SignAndEncrypt and a self-signed client certificate
@@ -157,17 +159,14 @@ async def run(args):
         ns = ns_array.index(args.namespace_uri)
         result["namespace_index"] = ns
 
-        if args.read:
-            ids = list(args.read)
-        else:
-            root = await client.nodes.objects.get_child([ua.QualifiedName(ROOT, ns)])
-            variables = {}
-            await browse(root, ROOT, ns, variables)
-            result["variables"] = variables
-            ids = sorted(variables)
+        root = await client.nodes.objects.get_child([ua.QualifiedName(ROOT, ns)])
+        variables = {}
+        await browse(root, ROOT, ns, variables)
+        result["variables"] = variables
+        ids = sorted(set(variables) | set(args.read))
 
         samples = []
-        for i in range(args.samples):
+        for i in range(args.max_samples):
             if i:
                 await asyncio.sleep(args.interval)
             sample = {}
@@ -181,6 +180,12 @@ async def run(args):
                     "source_timestamp_us": micros(dv.SourceTimestamp),
                 }
             samples.append(sample)
+            if args.until_changed is None and len(samples) >= args.samples:
+                break
+            if args.until_changed is not None and len(samples) > 1:
+                first = samples[0].get(args.until_changed, {}).get("value")
+                if sample.get(args.until_changed, {}).get("value") != first:
+                    break
         result["samples"] = samples
     finally:
         await client.disconnect()
@@ -199,6 +204,8 @@ def main():
     p.add_argument("--endpoints", action="store_true")
     p.add_argument("--read", action="append", default=[])
     p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--until-changed", help="sample until this NodeId's value differs from the first sample")
+    p.add_argument("--max-samples", type=int, default=100)
     p.add_argument("--interval", type=float, default=0.3)
     args = p.parse_args()
     result = asyncio.run(run(args))
