@@ -161,10 +161,7 @@ impl Window {
             _ => Ok(()),
         };
         if !(self.at_s.is_finite() && self.at_s >= 0.0) {
-            return Err(format!(
-                "{what}: at_s must be 0 or more, got {}",
-                self.at_s
-            ));
+            return Err(format!("{what}: at_s must be 0 or more, got {}", self.at_s));
         }
         positive("for_s", self.for_s)?;
         positive("every_s", self.every_s)?;
@@ -372,8 +369,8 @@ impl FaultSchedule {
                 unit_id: only_unit,
                 window,
             } => {
-                let touches = u32::from(address) <= u32::from(*last)
-                    && u32::from(*first) <= read_last;
+                let touches =
+                    u32::from(address) <= u32::from(*last) && u32::from(*first) <= read_last;
                 let applies = only_table.is_none_or(|t| t == table)
                     && only_unit.is_none_or(|u| u == unit_id)
                     && touches
@@ -428,9 +425,13 @@ impl FaultSchedule {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Event {
     /// The link goes down for `for_s` seconds.
-    Drop { for_s: f64 },
+    Drop {
+        for_s: f64,
+    },
     /// The server restarts after `down_s` seconds.
-    Restart { down_s: f64 },
+    Restart {
+        down_s: f64,
+    },
     DeleteNode(String),
 }
 
@@ -666,9 +667,7 @@ impl RawFault {
                 let first = raw.first.unwrap_or(0);
                 let last = raw.last.unwrap_or(u16::MAX);
                 if first > last {
-                    return Err(format!(
-                        "exception: first ({first}) is after last ({last})"
-                    ));
+                    return Err(format!("exception: first ({first}) is after last ({last})"));
                 }
                 Fault::Exception {
                     code: raw.code,
@@ -860,8 +859,14 @@ mod tests {
             cli("exception:code=6,percent=50,at_s=1"),
         ]);
         assert_eq!(schedule.reply_delay(0.0, 1), None);
-        assert_eq!(schedule.reply_delay(0.0, 2), Some(Duration::from_millis(100)));
-        assert_eq!(schedule.reply_delay(5.5, 2), Some(Duration::from_millis(300)));
+        assert_eq!(
+            schedule.reply_delay(0.0, 2),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            schedule.reply_delay(5.5, 2),
+            Some(Duration::from_millis(300))
+        );
 
         let at = |t: f64, table: Table, address: u16, count: u16| -> Vec<(u8, f64)> {
             schedule

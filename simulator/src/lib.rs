@@ -36,15 +36,15 @@ pub mod server;
 pub mod spindle;
 
 pub use error::SimError;
-pub use process::{Process, ProcessConfig, ProcessState};
-pub use record::{record, RecordOptions, RecordSummary, CSV_HEADER};
-pub use registers::{
-    ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
-};
 pub use faults::{Fault, FaultSchedule, LinkStatus, Protocol, Window, SCHEDULE_HELP};
 pub use opcua_machine::{
     serve_opcua, EngineeringUnit, OpcUaMachine, OpcUaOptions, OpcUaStatus, OpcUaUser,
     SpindleSnapshot, SpindleVariable, ValueKind, NAMESPACE_URI, PADDING_NAMESPACE_URI,
+};
+pub use process::{Process, ProcessConfig, ProcessState};
+pub use record::{record, RecordOptions, RecordSummary, CSV_HEADER};
+pub use registers::{
+    ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
 };
 pub use server::{serve, SimOptions, Simulator, Snapshot};
 pub use spindle::{FaultState, Spindle, SpindleConfig, SpindleState};

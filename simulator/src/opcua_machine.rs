@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
+use opcua::server::address_space::{AccessLevel, AddressSpace, ObjectBuilder, VariableBuilder};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
 use opcua::server::{
@@ -37,10 +38,9 @@ use opcua::server::{
 };
 use opcua::types::{
     ApplicationDescription, ApplicationType, DataTypeId, DataValue, DateTime, EUInformation,
-    LocalizedText, MessageSecurityMode, NodeId, ObjectId, ObjectTypeId, QualifiedName,
-    StatusCode, UAString, VariableTypeId, Variant,
+    LocalizedText, MessageSecurityMode, NodeId, ObjectId, ObjectTypeId, QualifiedName, StatusCode,
+    UAString, VariableTypeId, Variant,
 };
-use opcua::server::address_space::{AccessLevel, AddressSpace, ObjectBuilder, VariableBuilder};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -637,7 +637,9 @@ impl OpcUaMachine {
             }
             Event::Restart { down_s } => {
                 tracing::info!(at_s, down_s, "restart fault");
-                self.shared.status.send_modify(|status| status.restarts += 1);
+                self.shared
+                    .status
+                    .send_modify(|status| status.restarts += 1);
                 *restart = true;
                 extend(at_s + down_s);
             }
@@ -779,10 +781,12 @@ impl OpcUaMachine {
             .step(self.shared.options.step_seconds())
             .clone();
         stepper.step += 1;
-        self.shared.snapshots.send_replace(Arc::new(SpindleSnapshot {
-            step: stepper.step,
-            state,
-        }));
+        self.shared
+            .snapshots
+            .send_replace(Arc::new(SpindleSnapshot {
+                step: stepper.step,
+                state,
+            }));
     }
 
     fn lock_stepper(&self) -> MutexGuard<'_, Stepper> {
@@ -893,11 +897,15 @@ fn build_address_space(space: &mut AddressSpace, ns: u16, deleted: &BTreeSet<Str
         .organized_by(ObjectId::ObjectsFolder)
         .insert(space);
     let label_id = format!("{ROOT_NAME}.Label");
-    ObjectBuilder::new(&NodeId::new(ns, label_id.as_str()), QualifiedName::new(ns, "Label"), "Label")
-        .description("Ground truth of the simulation, for judging models; no real machine has these")
-        .has_type_definition(ObjectTypeId::BaseObjectType)
-        .component_of(root.clone())
-        .insert(space);
+    ObjectBuilder::new(
+        &NodeId::new(ns, label_id.as_str()),
+        QualifiedName::new(ns, "Label"),
+        "Label",
+    )
+    .description("Ground truth of the simulation, for judging models; no real machine has these")
+    .has_type_definition(ObjectTypeId::BaseObjectType)
+    .component_of(root.clone())
+    .insert(space);
 
     for variable in SpindleVariable::ALL {
         if deleted.contains(variable.node_id()) {
@@ -1005,7 +1013,9 @@ fn ensure_server_certificate(
         discovery_profile_uri: UAString::null(),
         discovery_urls: None,
     };
-    let host = advertised_host.trim_start_matches('[').trim_end_matches(']');
+    let host = advertised_host
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let mut x509 = X509Data::from((description, Some(vec![host.to_string()])));
     x509.certificate_duration_days = SERVER_CERT_DAYS;
     store
@@ -1050,7 +1060,10 @@ mod tests {
                 format!("{}.{}", variable.parent(), variable.browse_name()),
                 variable.node_id()
             );
-            assert_eq!(SpindleVariable::by_node_id(variable.node_id()), Some(variable));
+            assert_eq!(
+                SpindleVariable::by_node_id(variable.node_id()),
+                Some(variable)
+            );
         }
     }
 
@@ -1079,10 +1092,9 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"))]);
         assert!(matches!(options.validate(), Err(SimError::Faults(_))));
-        options.faults = FaultSchedule::new(vec![crate::faults::Fault::parse_cli(
-            "exception:code=2",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))]);
+        options.faults =
+            FaultSchedule::new(vec![crate::faults::Fault::parse_cli("exception:code=2")
+                .unwrap_or_else(|e| panic!("{e}"))]);
         assert!(matches!(options.validate(), Err(SimError::Faults(_))));
     }
 

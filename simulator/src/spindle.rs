@@ -281,10 +281,7 @@ impl Spindle {
         };
         // Bearing drag grows with the damage and shows as extra load.
         let load = if running {
-            self.cutting_load_pct
-                + 3.0
-                + 15.0 * degradation * relative_speed
-                + 1.5 * self.normal()
+            self.cutting_load_pct + 3.0 + 15.0 * degradation * relative_speed + 1.5 * self.normal()
         } else {
             0.0
         };

@@ -101,8 +101,7 @@ pub fn server_pki(dir: &Path) -> PathBuf {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     let template = TEMPLATE.get_or_init(|| {
         let template = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sim-opcua-server-pki");
-        if template.join("own/cert.der").exists() && template.join("private/private.pem").exists()
-        {
+        if template.join("own/cert.der").exists() && template.join("private/private.pem").exists() {
             return template;
         }
         // Own thread and runtime: the caller may be inside a test's runtime.
@@ -126,8 +125,11 @@ pub fn server_pki(dir: &Path) -> PathBuf {
     let pki = dir.join("pki");
     for (folder, file) in [("own", "cert.der"), ("private", "private.pem")] {
         std::fs::create_dir_all(pki.join(folder)).expect("pki folder");
-        std::fs::copy(template.join(folder).join(file), pki.join(folder).join(file))
-            .expect("copy the server key pair");
+        std::fs::copy(
+            template.join(folder).join(file),
+            pki.join(folder).join(file),
+        )
+        .expect("copy the server key pair");
     }
     pki
 }
