@@ -1,9 +1,12 @@
 //! Simulated retrofitted machines for IronBridge.
 //!
-//! One machine so far: a centrifugal pump whose bearing wears out
-//! ([`process`]), exposed as a read-only Modbus TCP device ([`server`]) with a
-//! register map of mixed types and byte orders ([`registers`]), and recordable
-//! faster than real time as training data ([`record`]).
+//! - A centrifugal pump whose bearing wears out ([`process`]), exposed as a
+//!   read-only Modbus TCP device ([`server`]) with a register map of mixed
+//!   types and byte orders ([`registers`]), and recordable faster than real
+//!   time as training data ([`record`](mod@record)).
+//! - A machine-tool spindle whose bearings degrade ([`spindle`]), exposed
+//!   as an OPC UA server with a ground-truth label ([`opcua_machine`]).
+//! - Network faults for both on a schedule ([`faults`]).
 //!
 //! Start it in-process (e.g. from a test):
 //!
