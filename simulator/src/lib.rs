@@ -1,9 +1,12 @@
 //! Simulated retrofitted machines for IronBridge.
 //!
-//! One machine so far: a centrifugal pump whose bearing wears out
-//! ([`process`]), exposed as a read-only Modbus TCP device ([`server`]) with a
-//! register map of mixed types and byte orders ([`registers`]), and recordable
-//! faster than real time as training data ([`record`]).
+//! - A centrifugal pump whose bearing wears out ([`process`]), exposed as a
+//!   read-only Modbus TCP device ([`server`]) with a register map of mixed
+//!   types and byte orders ([`registers`]), and recordable faster than real
+//!   time as training data ([`record`](mod@record)).
+//! - A machine-tool spindle whose bearings degrade ([`spindle`]), exposed
+//!   as an OPC UA server with a ground-truth label ([`opcua_machine`]).
+//! - Network faults for both on a schedule ([`faults`]).
 //!
 //! Start it in-process (e.g. from a test):
 //!
@@ -27,15 +30,24 @@
 //! ```
 
 pub mod error;
+pub mod faults;
+pub mod opcua_machine;
 pub mod process;
 pub mod record;
 pub mod registers;
 pub mod server;
+pub mod spindle;
 
 pub use error::SimError;
+pub use faults::{Fault, FaultSchedule, LinkStatus, Protocol, Window, SCHEDULE_HELP};
+pub use opcua_machine::{
+    serve_opcua, EngineeringUnit, OpcUaMachine, OpcUaOptions, OpcUaStatus, OpcUaUser,
+    SpindleSnapshot, SpindleVariable, ValueKind, NAMESPACE_URI, PADDING_NAMESPACE_URI,
+};
 pub use process::{Process, ProcessConfig, ProcessState};
 pub use record::{record, RecordOptions, RecordSummary, CSV_HEADER};
 pub use registers::{
     ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
 };
 pub use server::{serve, SimOptions, Simulator, Snapshot};
+pub use spindle::{FaultState, Spindle, SpindleConfig, SpindleState};

@@ -1,5 +1,6 @@
-//! `ironbridge-sim`: run the simulated pump as a Modbus TCP server, or record
-//! its process as CSV training data.
+//! `ironbridge-sim`: run the simulated pump as a Modbus TCP server or the
+//! simulated spindle as an OPC UA server (both optionally with network
+//! faults), or record the pump's process as CSV training data.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -8,7 +9,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ironbridge_simulator::{record, ProcessConfig, RecordOptions, SimOptions, Simulator};
+use ironbridge_simulator::{
+    record, Fault, FaultSchedule, OpcUaMachine, OpcUaOptions, OpcUaUser, ProcessConfig,
+    RecordOptions, SimOptions, Simulator, SpindleConfig, NAMESPACE_URI, SCHEDULE_HELP,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -21,6 +25,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the pump over Modbus TCP until Ctrl-C or SIGTERM.
+    ///
+    /// Prints `listening on HOST:PORT` on stdout once bound.
+    #[command(after_help = SCHEDULE_HELP)]
     Serve {
         #[arg(long, default_value = "127.0.0.1:5020")]
         bind: SocketAddr,
@@ -37,6 +44,53 @@ enum Command {
         /// Bearing wear at start, in [0, 1].
         #[arg(long, default_value_t = 0.05)]
         initial_wear: f64,
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// Serve the spindle over OPC UA until Ctrl-C or SIGTERM.
+    ///
+    /// SignAndEncrypt endpoints (Basic256Sha256, Aes128Sha256RsaOaep,
+    /// Aes256Sha256RsaPss) with one username/password login; variables in
+    /// namespace urn:ironbridge:sim:spindle (never index 2), string NodeIds
+    /// such as Spindle.Speed. Prints `listening on opc.tcp://HOST:PORT/ ...`
+    /// on stdout once the server accepts connections.
+    #[command(after_help = SCHEDULE_HELP)]
+    ServeOpcua {
+        /// Address to listen on; port 0 picks a free port (the ready line
+        /// says which).
+        #[arg(long, default_value = "127.0.0.1:4841")]
+        bind: SocketAddr,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Simulated seconds per real second (e.g. 3600: one hour per second).
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Real milliseconds between process steps.
+        #[arg(long, default_value_t = 100)]
+        step_ms: u64,
+        /// Bearing degradation at start, in [0, 1].
+        #[arg(long, default_value_t = 0.05)]
+        initial_degradation: f64,
+        /// Folder of the server certificate (made on first start) and of
+        /// trusted/rejected client certificates.
+        #[arg(long)]
+        pki_dir: PathBuf,
+        /// Username of the login.
+        #[arg(long, default_value = "operator")]
+        user: String,
+        /// Environment variable holding the login's password (never a
+        /// flag: command lines are visible to every local user).
+        #[arg(long, default_value = "IRONBRIDGE_SIM_OPCUA_PASSWORD")]
+        password_env: String,
+        /// Also serve an anonymous endpoint without security.
+        #[arg(long)]
+        insecure_endpoint: bool,
+        /// Trust every client certificate (else unknown ones are rejected
+        /// into PKI_DIR/rejected until moved to trusted/).
+        #[arg(long)]
+        trust_client_certs: bool,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Run the process faster than real time and write a CSV recording.
     Record {
@@ -51,6 +105,31 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Fault injection options shared by both machines.
+#[derive(clap::Args)]
+struct FaultArgs {
+    /// One fault, `KIND:key=value,...` (repeatable), e.g.
+    /// `drop:at_s=10,for_s=2,every_s=30`; see below.
+    #[arg(long = "fault", value_name = "SPEC")]
+    specs: Vec<String>,
+    /// A TOML fault schedule (`[[fault]]` tables); see below.
+    #[arg(long = "faults", value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl FaultArgs {
+    fn schedule(&self) -> anyhow::Result<FaultSchedule> {
+        let mut schedule = match &self.file {
+            Some(path) => FaultSchedule::from_file(path)?,
+            None => FaultSchedule::default(),
+        };
+        for spec in &self.specs {
+            schedule.push(Fault::parse_cli(spec)?);
+        }
+        Ok(schedule)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             time_scale,
             step_ms,
             initial_wear,
+            faults,
         } => {
             let options = SimOptions {
                 seed,
@@ -79,10 +159,55 @@ fn main() -> anyhow::Result<()> {
                     initial_wear,
                     ..ProcessConfig::default()
                 },
+                faults: faults.schedule()?,
             };
             tokio::runtime::Runtime::new()
                 .context("starting the async runtime")?
                 .block_on(run_server(bind, options))
+        }
+        Command::ServeOpcua {
+            bind,
+            seed,
+            time_scale,
+            step_ms,
+            initial_degradation,
+            pki_dir,
+            user,
+            password_env,
+            insecure_endpoint,
+            trust_client_certs,
+            faults,
+        } => {
+            let password = std::env::var(&password_env)
+                .ok()
+                .filter(|p| !p.is_empty())
+                .with_context(|| {
+                    format!("set the password of OPC UA user {user:?} in ${password_env}")
+                })?;
+            let options = OpcUaOptions {
+                seed,
+                time_scale,
+                step_ms,
+                start_paused: false,
+                spindle: SpindleConfig {
+                    initial_degradation,
+                    ..SpindleConfig::default()
+                },
+                pki_dir,
+                users: vec![OpcUaUser {
+                    username: user,
+                    password,
+                }],
+                insecure_endpoint,
+                trust_client_certs,
+                faults: faults.schedule()?,
+            };
+            if insecure_endpoint && !bind.ip().is_loopback() {
+                tracing::warn!(%bind, "the endpoint without security is reachable from the network");
+            }
+            tokio::runtime::Runtime::new()
+                .context("starting the async runtime")?
+                .block_on(run_opcua_server(bind, options))
         }
         Command::Record {
             seed,
@@ -118,7 +243,47 @@ async fn run_server(bind: SocketAddr, options: SimOptions) -> anyhow::Result<()>
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("binding {bind}"))?;
-    tracing::info!(address = %listener.local_addr()?, unit_id = simulator.options().unit_id, "serving the simulated pump");
+    let address = listener.local_addr()?;
+    tracing::info!(%address, unit_id = simulator.options().unit_id, "serving the simulated pump");
+    // The ready line scripts and tests wait for (the port, when bound to 0).
+    println!("listening on {address}");
+    simulator.serve(listener, cancel_on_signal()).await?;
+    Ok(())
+}
+
+async fn run_opcua_server(bind: SocketAddr, options: OpcUaOptions) -> anyhow::Result<()> {
+    let machine = OpcUaMachine::new(options)?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding {bind}"))?;
+    let mut status = machine.status();
+    let mut serving = tokio::spawn({
+        let machine = machine.clone();
+        let cancel = cancel_on_signal();
+        async move { machine.serve(listener, cancel).await }
+    });
+    // Ready once the server runs (certificate made, address space built),
+    // not merely once the port is bound.
+    tokio::select! {
+        ready = status.wait_for(|s| s.up) => {
+            let ready = ready.context("the OPC UA machine stopped")?.clone();
+            println!(
+                "listening on {} (namespace {NAMESPACE_URI} at index {})",
+                ready.endpoint_url.as_deref().unwrap_or("?"),
+                ready.namespace_index.map_or_else(|| "?".to_string(), |i| i.to_string()),
+            );
+        }
+        ended = &mut serving => {
+            ended.context("the OPC UA machine panicked")??;
+            return Ok(());
+        }
+    }
+    serving.await.context("the OPC UA machine panicked")??;
+    Ok(())
+}
+
+/// A token cancelled by Ctrl-C or SIGTERM.
+fn cancel_on_signal() -> CancellationToken {
     let cancel = CancellationToken::new();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -128,8 +293,7 @@ async fn run_server(bind: SocketAddr, options: SimOptions) -> anyhow::Result<()>
             cancel.cancel();
         }
     });
-    simulator.serve(listener, cancel).await?;
-    Ok(())
+    cancel
 }
 
 async fn shutdown_signal() {

@@ -6,11 +6,19 @@
 //! never mixes two steps. Tests can [`Simulator::pause`] the stepping (or
 //! step by hand with [`Simulator::advance`]) and compare what a client reads
 //! with [`Simulator::snapshot`].
+//!
+//! Faults from [`SimOptions::faults`] act on the link and the replies: a drop
+//! closes the listener and every connection, slow faults delay replies, and
+//! exception faults answer matching reads with an exception (see
+//! [`crate::faults`]).
 
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
@@ -19,6 +27,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::SimError;
+use crate::faults::{rebind, Event, FaultClock, FaultSchedule, LinkStatus, Protocol};
 use crate::process::{Process, ProcessConfig, ProcessState};
 use crate::registers::{RegisterImage, Table};
 
@@ -42,6 +51,8 @@ pub struct SimOptions {
     /// Start with stepping paused (see [`Simulator::resume`]).
     pub start_paused: bool,
     pub process: ProcessConfig,
+    /// Network faults to show (drop, slow, exception); empty by default.
+    pub faults: FaultSchedule,
 }
 
 impl Default for SimOptions {
@@ -53,6 +64,7 @@ impl Default for SimOptions {
             step_ms: 100,
             start_paused: false,
             process: ProcessConfig::default(),
+            faults: FaultSchedule::default(),
         }
     }
 }
@@ -82,7 +94,7 @@ impl SimOptions {
                 reason: format!("must be in [0, 1], got {}", self.process.initial_wear),
             });
         }
-        Ok(())
+        self.faults.check_protocol(Protocol::ModbusTcp)
     }
 }
 
@@ -117,6 +129,10 @@ struct Shared {
     // returns no further step is published.
     stepper: Mutex<Stepper>,
     snapshots: watch::Sender<Arc<Snapshot>>,
+    link: watch::Sender<LinkStatus>,
+    /// Decides which requests a partial (`percent` < 100) exception fault
+    /// hits; seeded, so a run is repeatable request by request.
+    exception_draws: Mutex<StdRng>,
 }
 
 /// A simulated pump: process, stepping and Modbus service. Cheap to clone
@@ -138,9 +154,13 @@ impl Simulator {
         };
         Ok(Self {
             shared: Arc::new(Shared {
-                options,
                 stepper: Mutex::new(stepper),
                 snapshots: watch::Sender::new(first),
+                link: watch::Sender::new(LinkStatus::default()),
+                exception_draws: Mutex::new(StdRng::seed_from_u64(
+                    options.seed ^ EXCEPTION_SEED_SALT,
+                )),
+                options,
             }),
         })
     }
@@ -157,6 +177,11 @@ impl Simulator {
     /// Notified on every published step.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.shared.snapshots.subscribe()
+    }
+
+    /// Whether the link is up (not in a drop fault) and how many drops began.
+    pub fn link_status(&self) -> watch::Receiver<LinkStatus> {
+        self.shared.link.subscribe()
     }
 
     /// Stops the timed stepping; the registers keep the current snapshot.
@@ -180,26 +205,74 @@ impl Simulator {
     }
 
     /// Serves Modbus TCP on `listener` and steps the process until `cancel`
-    /// fires; open connections are closed on return.
+    /// fires; open connections are closed on return. A drop fault closes
+    /// `listener` and binds its address again when the drop ends.
     pub async fn serve(
         &self,
         listener: TcpListener,
         cancel: CancellationToken,
     ) -> Result<(), SimError> {
-        let service = PumpService {
-            shared: Arc::clone(&self.shared),
-        };
-        let new_service = move |_peer| Ok(Some(service.clone()));
-        let on_connected = |stream, peer| {
-            let new_service = new_service.clone();
-            async move { accept_tcp_connection(stream, peer, new_service) }
-        };
-        let on_process_error = |err| tracing::debug!(%err, "Modbus connection ended with an error");
-        let server = Server::new(listener);
-        tokio::select! {
+        let clock = FaultClock::start();
+        let result = tokio::select! {
             () = cancel.cancelled() => Ok(()),
             () = self.run_stepping() => Ok(()),
-            result = server.serve(&on_connected, on_process_error) => result.map_err(SimError::Serve),
+            result = self.run_link(listener, clock) => result,
+        };
+        self.shared.link.send_modify(|link| link.up = false);
+        result
+    }
+
+    /// Serves connections while the link is up and sits out drop faults.
+    async fn run_link(&self, listener: TcpListener, clock: FaultClock) -> Result<(), SimError> {
+        let addr = listener.local_addr().map_err(SimError::Serve)?;
+        let mut timeline = self.shared.options.faults.timeline();
+        let mut next_listener = Some(listener);
+        loop {
+            let listener = match next_listener.take() {
+                Some(listener) => listener,
+                None => rebind(addr).await?,
+            };
+            let service = PumpService {
+                shared: Arc::clone(&self.shared),
+                clock,
+            };
+            let new_service = move |_peer| Ok(Some(service.clone()));
+            let on_connected = |stream, peer| {
+                let new_service = new_service.clone();
+                async move { accept_tcp_connection(stream, peer, new_service) }
+            };
+            let on_process_error =
+                |err| tracing::debug!(%err, "Modbus connection ended with an error");
+            let server = Server::new(listener);
+            self.shared.link.send_modify(|link| link.up = true);
+            tokio::select! {
+                result = server.serve(&on_connected, on_process_error) => {
+                    return result.map_err(SimError::Serve);
+                }
+                () = clock.sleep_until_s(timeline.next_at()) => {}
+            }
+            // The serve future is gone, and with it every connection task;
+            // dropping the server closes the listener, so connects are refused.
+            drop(server);
+
+            let mut down_until = clock.now_s();
+            loop {
+                while let Some((at, event)) = timeline.pop_due(down_until.max(clock.now_s())) {
+                    if let Event::Drop { for_s } = event {
+                        down_until = down_until.max(at + for_s);
+                        self.shared.link.send_modify(|link| {
+                            link.up = false;
+                            link.drops += 1;
+                        });
+                    }
+                }
+                if clock.now_s() >= down_until {
+                    break;
+                }
+                tracing::info!(%addr, until_s = down_until, "Modbus link down (drop fault)");
+                clock.sleep_until_s(Some(down_until)).await;
+            }
+            tracing::info!(%addr, "Modbus link up again");
         }
     }
 
@@ -250,9 +323,14 @@ pub async fn serve(
     Simulator::new(options)?.serve(listener, cancel).await
 }
 
+/// Salt for the exception-fault generator, so its draws are not the
+/// process's own random sequence.
+const EXCEPTION_SEED_SALT: u64 = 0x5EED_FA17_0000_0006;
+
 #[derive(Clone)]
 struct PumpService {
     shared: Arc<Shared>,
+    clock: FaultClock,
 }
 
 impl PumpService {
@@ -276,18 +354,69 @@ impl PumpService {
             _ => Err(ExceptionCode::IllegalFunction),
         }
     }
+
+    /// The exception an exception fault puts in place of the answer, if any.
+    fn injected_exception(&self, t_s: f64, unit_id: u8, request: &Request<'_>) -> Option<u8> {
+        let (table, address, count) = match *request {
+            Request::ReadHoldingRegisters(address, count) => (Table::Holding, address, count),
+            Request::ReadInputRegisters(address, count) => (Table::Input, address, count),
+            Request::ReadCoils(address, count) => (Table::Coil, address, count),
+            Request::ReadDiscreteInputs(address, count) => (Table::DiscreteInput, address, count),
+            _ => return None,
+        };
+        let faults = &self.shared.options.faults;
+        for (code, percent) in faults.exceptions_for(t_s, unit_id, table, address, count) {
+            let hit = percent >= 100.0 || {
+                let mut draws = self
+                    .shared
+                    .exception_draws
+                    .lock()
+                    // The generator only picks requests; any state will do.
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                draws.random_bool(percent / 100.0)
+            };
+            if hit {
+                return Some(code);
+            }
+        }
+        None
+    }
+
+    fn respond(&self, t_s: f64, request: &SlaveRequest<'_>) -> Result<Response, ExceptionCode> {
+        if request.slave != self.shared.options.unit_id {
+            return Err(ExceptionCode::GatewayTargetDevice);
+        }
+        if let Some(code) = self.injected_exception(t_s, request.slave, &request.request) {
+            return Err(ExceptionCode::new(code));
+        }
+        self.answer(&request.request)
+    }
 }
 
 impl Service for PumpService {
     type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
-    type Future = Ready<Result<Response, ExceptionCode>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
 
     fn call(&self, request: Self::Request) -> Self::Future {
-        if request.slave != self.shared.options.unit_id {
-            return ready(Err(ExceptionCode::GatewayTargetDevice));
+        if !self.shared.link.borrow().up {
+            // A drop began and this connection is being closed: a request
+            // that slipped in first must not be answered.
+            return Box::pin(std::future::pending());
         }
-        ready(self.answer(&request.request))
+        let t_s = self.clock.now_s();
+        match self.shared.options.faults.reply_delay(t_s, request.slave) {
+            None => Box::pin(std::future::ready(self.respond(t_s, &request))),
+            Some(delay) => {
+                let service = self.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    // Answered from the state at reply time, as a slow
+                    // device would.
+                    service.respond(t_s, &request)
+                })
+            }
+        }
     }
 }
