@@ -1,4 +1,5 @@
-//! The command line: `ironbridge run|validate --config FILE`, `--version`.
+//! The command line: `ironbridge run|validate --config FILE`,
+//! `ironbridge discover URL`, `--version`.
 
 use std::path::PathBuf;
 
@@ -35,5 +36,34 @@ pub enum Command {
     Validate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Browse an OPC UA server and print a ready-to-paste [[machines]] block
+    /// with every readable variable.
+    Discover {
+        /// The server's endpoint, e.g. opc.tcp://10.0.0.5:4840/
+        endpoint: String,
+        /// Security policy: Basic256Sha256, Aes128Sha256RsaOaep,
+        /// Aes256Sha256RsaPss, or None (with --mode None).
+        #[arg(long, default_value = "Basic256Sha256")]
+        security: String,
+        /// Message security mode: SignAndEncrypt, Sign or None.
+        #[arg(long, default_value = "SignAndEncrypt")]
+        mode: String,
+        /// Log in with this user; the password comes from --password-env.
+        #[arg(long)]
+        username: Option<String>,
+        /// Environment variable holding the password.
+        #[arg(long, default_value = "IRONBRIDGE_PASSWORD")]
+        password_env: String,
+        /// Trust the server's certificate without an operator moving it
+        /// from the PKI folder's rejected/ to trusted/.
+        #[arg(long)]
+        trust_server_cert: bool,
+        /// The client PKI folder (own certificate, trusted servers).
+        #[arg(long, default_value = "pki/client")]
+        pki_dir: PathBuf,
+        /// Stop browsing after this many nodes.
+        #[arg(long, default_value_t = 20_000)]
+        max_nodes: usize,
     },
 }

@@ -40,6 +40,8 @@ pub enum GatewayError {
     },
     #[error("OPC UA server stopped with an error: {0}")]
     OpcUaRun(String),
+    #[error("{0}")]
+    Discover(String),
 }
 
 fn join_problems(problems: &[Problem]) -> String {

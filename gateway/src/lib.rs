@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod discover;
 pub mod error;
 pub mod features;
 pub mod opcua_server;

@@ -29,6 +29,37 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID_CONFIG)
             }
         },
+        Command::Discover {
+            endpoint,
+            security,
+            mode,
+            username,
+            password_env,
+            trust_server_cert,
+            pki_dir,
+            max_nodes,
+        } => {
+            let request = ironbridge::discover::DiscoverRequest {
+                endpoint,
+                security,
+                mode,
+                username,
+                password_env,
+                trust_server_cert,
+                pki_dir,
+                max_nodes,
+            };
+            match ironbridge::discover::run(request) {
+                Ok(block) => {
+                    print!("{block}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ironbridge discover: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let config = match GatewayConfig::load(&config) {
                 Ok(c) => c,

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod discover;
 pub mod node;
 pub mod session;
 pub mod source;
@@ -17,6 +18,7 @@ pub use config::{
     DeadbandConfig, OpcUaMachineConfig, OpcUaTagConfig, ReadMode, SecurityModeName,
     SecurityPolicyName,
 };
+pub use discover::{discover, DiscoveredVariable, Discovery, DiscoveryLimits};
 pub use node::NodeAddress;
 pub use session::{open_session, Identity, LiveSession, SessionOptions};
 pub use source::OpcUaSource;

@@ -38,6 +38,8 @@ use crate::source::{Source, SourceStats};
 /// Publish responses waiting for the source task. Full (the gateway is not
 /// taking scans): the newest notification is dropped and counted.
 const NOTIFICATION_QUEUE: usize = 256;
+/// How often a subscription's nodes are checked for deletion on the server.
+const NODE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Subscription lifetime and keep-alive counts (in publishing intervals).
 const LIFETIME_COUNT: u32 = 60;
 const KEEP_ALIVE_COUNT: u32 = 10;
@@ -317,9 +319,9 @@ impl OpcUaSource {
                 .create_monitored_items(subscription, TimestampsToReturn::Both, requests)
                 .await
                 .map_err(|e| self.link_error(format!("cannot create monitored items: {e}")))?;
-            Ok::<_, ConnectorError>(results)
+            Ok::<_, ConnectorError>((subscription, results))
         };
-        let results = tokio::select! {
+        let (subscription, results) = tokio::select! {
             () = cancel.cancelled() => return SessionEnd::Stop,
             r = tokio::time::timeout(timeout * 2, setup) => match r {
                 Ok(Ok(results)) => results,
@@ -330,7 +332,11 @@ impl OpcUaSource {
         // Items the server refused (unknown node, no Value attribute, bad
         // filter) are Bad; the others keep working.
         let mut refused = Vec::new();
+        let mut missing: HashSet<usize> = HashSet::new();
         for ((i, _), result) in resolved.nodes.iter().zip(&results) {
+            if result.result.status_code == StatusCode::BadNodeIdUnknown {
+                missing.insert(*i);
+            }
             if result.result.status_code.is_bad() {
                 if reported.insert(*i) {
                     warn!(
@@ -362,11 +368,28 @@ impl OpcUaSource {
             }
         }
         let mut ended = std::pin::pin!(live.lost());
+        let mut node_check = tokio::time::interval(NODE_CHECK_INTERVAL);
+        node_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        node_check.tick().await;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return SessionEnd::Stop,
                 status = &mut ended => {
                     return SessionEnd::Lost(self.link_error(format!("session lost: {status}")));
+                }
+                _ = node_check.tick() => {
+                    let checked = self
+                        .check_nodes(&live.session, subscription, resolved, &mut missing, reported)
+                        .await;
+                    match checked {
+                        Ok(Some(scan)) => {
+                            if !send(scan, out, cancel).await {
+                                return SessionEnd::Stop;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => return SessionEnd::Lost(e),
+                    }
                 }
                 batch = rx.recv() => match batch {
                     Some(Notification::Scans(scans)) => {
@@ -387,6 +410,89 @@ impl OpcUaSource {
                 },
             }
         }
+    }
+
+    /// Finds monitored nodes the server deleted (many servers, async-opcua's
+    /// among them, then simply stop notifying) and deleted nodes that came
+    /// back (monitored again). Returns the readings that changed.
+    async fn check_nodes(
+        &self,
+        session: &Session,
+        subscription: u32,
+        resolved: &Resolved,
+        missing: &mut HashSet<usize>,
+        reported: &mut HashSet<usize>,
+    ) -> Result<Option<Scan>, ConnectorError> {
+        let reads: Vec<ReadValueId> = resolved
+            .nodes
+            .iter()
+            .map(|(_, node)| ReadValueId {
+                node_id: node.clone(),
+                attribute_id: AttributeId::NodeClass as u32,
+                ..Default::default()
+            })
+            .collect();
+        let timeout = self.request_timeout();
+        let answers = tokio::time::timeout(
+            timeout,
+            session.read(&reads, TimestampsToReturn::Neither, 0.0),
+        )
+        .await
+        .map_err(|_| self.link_error(format!("no answer to a node check within {timeout:?}")))?
+        .map_err(|e| self.link_error(format!("node check failed: {e}")))?;
+        let mut changed = Vec::new();
+        let mut back = Vec::new();
+        for ((i, node), answer) in resolved.nodes.iter().zip(&answers) {
+            let gone = answer.status == Some(StatusCode::BadNodeIdUnknown);
+            if gone && missing.insert(*i) {
+                if reported.insert(*i) {
+                    warn!(
+                        machine = %self.machine,
+                        tag = %self.tag_names[*i],
+                        node = %self.nodes[*i],
+                        "the server no longer has this node; the tag is Bad"
+                    );
+                }
+                changed.push(TagReading::bad(
+                    self.tag_names[*i].clone(),
+                    Some(crate::scan::SourceStatus::OpcUa(
+                        StatusCode::BadNodeIdUnknown.bits(),
+                    )),
+                ));
+            } else if !gone && missing.contains(i) {
+                back.push((*i, node.clone()));
+            }
+        }
+        if !back.is_empty() {
+            let requests = back
+                .iter()
+                .map(|(i, node)| self.monitored_item(*i, node.clone()))
+                .collect();
+            let results = tokio::time::timeout(
+                timeout,
+                session.create_monitored_items(subscription, TimestampsToReturn::Both, requests),
+            )
+            .await
+            .map_err(|_| self.link_error("monitoring a node again timed out"))?
+            .map_err(|e| self.link_error(format!("cannot monitor a node again: {e}")))?;
+            for ((i, _), result) in back.iter().zip(&results) {
+                if result.result.status_code.is_good() {
+                    missing.remove(i);
+                    reported.remove(i);
+                    info!(
+                        machine = %self.machine,
+                        tag = %self.tag_names[*i],
+                        node = %self.nodes[*i],
+                        "the node is back and monitored again"
+                    );
+                }
+            }
+        }
+        Ok((!changed.is_empty()).then(|| Scan {
+            machine: self.machine.clone(),
+            acquired_at: SystemTime::now(),
+            readings: changed,
+        }))
     }
 
     fn monitored_item(&self, index: usize, node: NodeId) -> MonitoredItemCreateRequest {

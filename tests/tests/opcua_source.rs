@@ -1,0 +1,544 @@
+//! The OPC UA client source against the simulator's OPC UA spindle (an
+//! async-opcua server with its namespace away from index 2): SignAndEncrypt
+//! with a user, subscription and poll modes, a server restart that moves the
+//! namespace, a deleted node, a wrong password and an unknown server
+//! certificate.
+//!
+//! The spindle is paused while values are compared, so what the source
+//! delivers must equal the simulator's own state exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ironbridge_connectors::opcua::{OpcUaMachineConfig, OpcUaSource, ReadMode};
+use ironbridge_connectors::{Quality, Scan, SourceStats, SourceStatus, TagValue};
+use ironbridge_simulator::{
+    Fault, FaultSchedule, OpcUaMachine, OpcUaOptions, OpcUaStatus, OpcUaUser, SpindleVariable,
+    NAMESPACE_URI,
+};
+use opcua::types::{StatusCode, Variant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Bounds every wait: a hung test fails instead of blocking CI.
+const DEADLINE: Duration = Duration::from_secs(60);
+const USER: &str = "gateway";
+const PASSWORD: &str = "spindle-source-test";
+const PASSWORD_ENV: &str = "IRONBRIDGE_TEST_SPINDLE_PASSWORD";
+
+/// The tags a test reads: every spindle variable under a tag name.
+const TAGS: &[(&str, SpindleVariable)] = &[
+    ("speed_rpm", SpindleVariable::Speed),
+    ("load_pct", SpindleVariable::Load),
+    ("bearing_temp_c", SpindleVariable::BearingTemperature),
+    ("vibration_mm_s", SpindleVariable::Vibration),
+    ("running", SpindleVariable::Running),
+    ("fault_state", SpindleVariable::LabelFaultState),
+    ("bearings_replaced", SpindleVariable::LabelBearingsReplaced),
+];
+
+struct Spindle {
+    machine: OpcUaMachine,
+    status: watch::Receiver<OpcUaStatus>,
+    port: u16,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Spindle {
+    async fn start(pki: &Path, faults: &[&str]) -> Spindle {
+        let mut options = OpcUaOptions::new(
+            pki,
+            OpcUaUser {
+                username: USER.into(),
+                password: PASSWORD.into(),
+            },
+        );
+        // The gateway's client certificate is new to the server.
+        options.trust_client_certs = true;
+        options.time_scale = 600.0;
+        options.faults = FaultSchedule::new(
+            faults
+                .iter()
+                .map(|f| Fault::parse_cli(f).expect("fault spec"))
+                .collect(),
+        );
+        let machine = OpcUaMachine::new(options).expect("spindle");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cancel = CancellationToken::new();
+        let task = {
+            let machine = machine.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = machine.serve(listener, cancel).await {
+                    panic!("spindle stopped: {e}");
+                }
+            })
+        };
+        let mut status = machine.status();
+        tokio::time::timeout(DEADLINE, status.wait_for(|s| s.up))
+            .await
+            .expect("spindle up in time")
+            .expect("status");
+        Spindle {
+            machine,
+            status,
+            port,
+            cancel,
+            task,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("opc.tcp://127.0.0.1:{}/", self.port)
+    }
+
+    /// The spindle's values now, by tag name, as the tags should read them.
+    fn expected(&self) -> HashMap<&'static str, TagValue> {
+        let snapshot = self.machine.snapshot();
+        TAGS.iter()
+            .map(|(tag, variable)| (*tag, expected_value(variable.value(&snapshot.state))))
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(DEADLINE, self.task).await;
+    }
+}
+
+/// What a tag must hold for a value the simulator serves (by its own
+/// Variant, not through the connector's decoder).
+fn expected_value(variant: Variant) -> TagValue {
+    match variant {
+        Variant::Double(x) => TagValue::Float(x),
+        Variant::Boolean(b) => TagValue::Bool(b),
+        Variant::Int32(i) => TagValue::Int(i64::from(i)),
+        Variant::UInt32(u) => TagValue::UInt(u64::from(u)),
+        other => panic!("the spindle serves an unexpected type: {other:?}"),
+    }
+}
+
+fn config(
+    spindle: &Spindle,
+    client_pki: &Path,
+    mode: ReadMode,
+    extra_tags: &[(&str, &str)],
+) -> OpcUaMachineConfig {
+    std::env::set_var(PASSWORD_ENV, PASSWORD);
+    let mut text = format!(
+        r#"
+        name = "spindle-1"
+        endpoint = "{endpoint}"
+        security_policy = "Basic256Sha256"
+        security_mode = "SignAndEncrypt"
+        username = "{USER}"
+        password_env = "{PASSWORD_ENV}"
+        trust_server_certs = true
+        pki_dir = {pki:?}
+        publishing_interval_ms = 100
+        poll_interval_ms = 100
+        request_timeout_ms = 2000
+        backoff = {{ initial_ms = 100, max_ms = 500 }}
+        "#,
+        endpoint = spindle.endpoint(),
+        pki = client_pki.display().to_string(),
+    );
+    for (tag, variable) in TAGS {
+        text.push_str(&format!(
+            "[[tags]]\nname = \"{tag}\"\nnode = \"nsu={NAMESPACE_URI};s={}\"\nsampling_interval_ms = 50\n",
+            variable.node_id()
+        ));
+    }
+    for (tag, node) in extra_tags {
+        text.push_str(&format!("[[tags]]\nname = \"{tag}\"\nnode = \"{node}\"\n"));
+    }
+    let mut config: OpcUaMachineConfig = toml::from_str(&text).expect("config parses");
+    config.mode = mode;
+    let problems = config.validate("spindle-1");
+    assert!(problems.is_empty(), "{problems:?}");
+    config
+}
+
+/// A running source and what it delivers.
+struct Reader {
+    scans: mpsc::Receiver<Scan>,
+    stats: SourceStats,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    /// The latest reading of each tag, as a last-value cache would hold it.
+    latest: HashMap<String, (Option<TagValue>, Quality, Option<SourceStatus>)>,
+}
+
+impl Reader {
+    fn start(config: OpcUaMachineConfig) -> Reader {
+        let source = OpcUaSource::new(config).expect("source");
+        let stats = ironbridge_connectors::Source::stats(&source);
+        let (tx, scans) = mpsc::channel(1024);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(source.run(tx, cancel.clone()));
+        Reader {
+            scans,
+            stats,
+            cancel,
+            task,
+            latest: HashMap::new(),
+        }
+    }
+
+    /// Takes scans until `done` holds for the latest readings.
+    async fn until(
+        &mut self,
+        what: &str,
+        done: impl Fn(&HashMap<String, (Option<TagValue>, Quality, Option<SourceStatus>)>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !done(&self.latest) {
+            let scan = tokio::time::timeout_at(deadline, self.scans.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: not reached; latest: {:?}", self.latest))
+                .expect("source running");
+            for r in scan.readings {
+                self.latest
+                    .insert(r.tag.to_string(), (r.value, r.quality, r.status));
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("the source stops on cancel")
+            .expect("the source task does not panic");
+    }
+}
+
+fn all_equal(
+    latest: &HashMap<String, (Option<TagValue>, Quality, Option<SourceStatus>)>,
+    expected: &HashMap<&'static str, TagValue>,
+) -> bool {
+    expected.iter().all(|(tag, value)| {
+        latest
+            .get(*tag)
+            .is_some_and(|(v, q, _)| *q == Quality::Good && v.as_ref() == Some(value))
+    })
+}
+
+#[tokio::test]
+async fn opcua_subscription_reads_every_tag_by_namespace_uri_over_signandencrypt() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(&dir.path().join("server"), &[]).await;
+    assert_ne!(
+        spindle.status.borrow().namespace_index,
+        Some(2),
+        "the test needs a namespace away from index 2"
+    );
+    let mut reader = Reader::start(config(
+        &spindle,
+        &dir.path().join("client"),
+        ReadMode::Subscription,
+        &[],
+    ));
+
+    // Moving values arrive...
+    let first = {
+        reader
+            .until("a first speed", |l| l.contains_key("speed_rpm"))
+            .await;
+        reader.latest["speed_rpm"].0.clone()
+    };
+    reader
+        .until("the speed changes", |l| {
+            l.get("speed_rpm").map(|r| &r.0) != Some(&first)
+        })
+        .await;
+    // ...and with the spindle paused they equal its state exactly.
+    spindle.machine.pause();
+    let expected = spindle.expected();
+    reader
+        .until("every tag equals the spindle's state", |l| {
+            all_equal(l, &expected)
+        })
+        .await;
+    assert_eq!(reader.stats.outages(), 0);
+    assert!(reader.stats.scans() > 0);
+    reader.stop().await;
+    spindle.stop().await;
+}
+
+#[tokio::test]
+async fn opcua_poll_mode_reads_the_same_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(&dir.path().join("server"), &[]).await;
+    spindle.machine.pause();
+    let expected = spindle.expected();
+    let mut reader = Reader::start(config(
+        &spindle,
+        &dir.path().join("client"),
+        ReadMode::Poll,
+        &[],
+    ));
+    reader
+        .until("every tag equals the spindle's state", |l| {
+            all_equal(l, &expected)
+        })
+        .await;
+    // The next step shows up by polling alone.
+    spindle.machine.advance(50);
+    let moved = spindle.expected();
+    assert_ne!(
+        moved["speed_rpm"], expected["speed_rpm"],
+        "the spindle moved"
+    );
+    reader
+        .until("the polled values follow the spindle", |l| {
+            all_equal(l, &moved)
+        })
+        .await;
+    reader.stop().await;
+    spindle.stop().await;
+}
+
+#[tokio::test]
+async fn opcua_restart_with_namespaces_reordered_keeps_values_under_their_tags() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(&dir.path().join("server"), &["restart:at_s=4,down_s=1"]).await;
+    let index_before = spindle.status.borrow().namespace_index;
+    let mut reader = Reader::start(config(
+        &spindle,
+        &dir.path().join("client"),
+        ReadMode::Subscription,
+        &[],
+    ));
+    reader
+        .until("values before the restart", |l| {
+            l.get("speed_rpm").is_some_and(|r| r.1 == Quality::Good)
+        })
+        .await;
+    // While the server is away every tag goes Bad, once.
+    reader
+        .until("every tag Bad while the server restarts", |l| {
+            TAGS.iter()
+                .all(|(tag, _)| l.get(*tag).is_some_and(|r| r.1 == Quality::Bad))
+        })
+        .await;
+    let mut status = spindle.status.clone();
+    tokio::time::timeout(DEADLINE, status.wait_for(|s| s.restarts >= 1 && s.up))
+        .await
+        .expect("the restart completes")
+        .expect("status");
+    let index_after = status.borrow().namespace_index;
+    assert_ne!(
+        index_before, index_after,
+        "the restart fault must move the namespace for this test to mean anything"
+    );
+
+    spindle.machine.pause();
+    let expected = spindle.expected();
+    reader
+        .until(
+            "every tag equals the spindle's state after the restart",
+            |l| all_equal(l, &expected),
+        )
+        .await;
+    assert!(reader.stats.reconnects() >= 1, "never reconnected");
+    assert_eq!(reader.stats.outages(), 1, "one outage, counted once");
+    reader.stop().await;
+    spindle.stop().await;
+}
+
+#[tokio::test]
+async fn opcua_missing_nodes_and_namespaces_are_bad_and_the_others_keep_working() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(
+        &dir.path().join("server"),
+        &["delete-node:node=Spindle.Vibration,at_s=3"],
+    )
+    .await;
+    let mut reader = Reader::start(config(
+        &spindle,
+        &dir.path().join("client"),
+        ReadMode::Subscription,
+        &[
+            (
+                "ghost",
+                &format!("nsu={NAMESPACE_URI};s=Spindle.NoSuchNode"),
+            ),
+            ("elsewhere", "nsu=urn:no:such:namespace;s=Spindle.Speed"),
+        ],
+    ));
+    reader
+        .until("unknown node and namespace are Bad", |l| {
+            ["ghost", "elsewhere"].iter().all(|t| {
+                l.get(*t).is_some_and(|r| {
+                    r.1 == Quality::Bad
+                        && r.2 == Some(SourceStatus::OpcUa(StatusCode::BadNodeIdUnknown.bits()))
+                })
+            })
+        })
+        .await;
+    // The deleted node turns Bad while the speed keeps moving.
+    reader
+        .until("the deleted node is Bad", |l| {
+            l.get("vibration_mm_s").is_some_and(|r| r.1 == Quality::Bad)
+        })
+        .await;
+    let speed = reader.latest["speed_rpm"].0.clone();
+    reader
+        .until("the other tags keep working", |l| {
+            l.get("speed_rpm")
+                .is_some_and(|r| r.1 == Quality::Good && r.0 != speed)
+        })
+        .await;
+    assert_eq!(reader.stats.outages(), 0, "a missing node is no outage");
+    reader.stop().await;
+    spindle.stop().await;
+}
+
+#[tokio::test]
+async fn opcua_wrong_password_is_one_outage_with_retries() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(&dir.path().join("server"), &[]).await;
+    let mut config = config(
+        &spindle,
+        &dir.path().join("client"),
+        ReadMode::Subscription,
+        &[],
+    );
+    let wrong_env = "IRONBRIDGE_TEST_SPINDLE_WRONG_PASSWORD";
+    std::env::set_var(wrong_env, "not-the-password");
+    config.password_env = Some(wrong_env.into());
+    let mut reader = Reader::start(config);
+    reader
+        .until("every tag Bad", |l| {
+            TAGS.iter()
+                .all(|(tag, _)| l.get(*tag).is_some_and(|r| r.1 == Quality::Bad))
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while reader.stats.link_failures() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reader.stats.outages(), 1, "retries are not new outages");
+    assert_eq!(reader.stats.scans(), 0);
+    reader.stop().await;
+    spindle.stop().await;
+}
+
+#[tokio::test]
+async fn opcua_unknown_server_certificate_is_refused_and_kept_for_an_operator() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(&dir.path().join("server"), &[]).await;
+    let client_pki = dir.path().join("client");
+    let mut config = config(&spindle, &client_pki, ReadMode::Subscription, &[]);
+    config.trust_server_certs = false;
+    let mut reader = Reader::start(config);
+    reader
+        .until("every tag Bad", |l| {
+            TAGS.iter()
+                .all(|(tag, _)| l.get(*tag).is_some_and(|r| r.1 == Quality::Bad))
+        })
+        .await;
+    let rejected = client_pki.join("rejected");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let count = std::fs::read_dir(&rejected).map(|d| d.count()).unwrap_or(0);
+        if count > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server certificate never landed in {}",
+            rejected.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reader.stats.scans(),
+        0,
+        "nothing is read from an untrusted server"
+    );
+    reader.stop().await;
+
+    // An operator moves it to trusted/: the next start reads values.
+    let trusted = client_pki.join("trusted");
+    std::fs::create_dir_all(&trusted).expect("trusted dir");
+    for entry in std::fs::read_dir(&rejected).expect("rejected dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("file name").to_owned();
+        std::fs::rename(&path, trusted.join(name)).expect("move to trusted");
+    }
+    let mut config = self::config(&spindle, &client_pki, ReadMode::Subscription, &[]);
+    config.trust_server_certs = false;
+    let mut reader = Reader::start(config);
+    reader
+        .until("values once the certificate is trusted", |l| {
+            l.get("speed_rpm").is_some_and(|r| r.1 == Quality::Good)
+        })
+        .await;
+    reader.stop().await;
+    spindle.stop().await;
+}
+
+#[tokio::test]
+async fn opcua_discover_prints_a_machine_block_the_gateway_accepts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spindle = Spindle::start(&dir.path().join("server"), &[]).await;
+    let password_env = "IRONBRIDGE_TEST_DISCOVER_PASSWORD";
+    std::env::set_var(password_env, PASSWORD);
+    let request = ironbridge::discover::DiscoverRequest {
+        endpoint: spindle.endpoint(),
+        security: "Aes256Sha256RsaPss".into(),
+        mode: "SignAndEncrypt".into(),
+        username: Some(USER.into()),
+        password_env: password_env.into(),
+        trust_server_cert: true,
+        pki_dir: dir.path().join("client"),
+        max_nodes: 20_000,
+    };
+    let block = tokio::task::spawn_blocking(move || ironbridge::discover::run(request))
+        .await
+        .expect("discover task")
+        .expect("discover");
+
+    // Pasted below a gateway's own section, the block validates as it is.
+    let file = dir.path().join("discovered.toml");
+    std::fs::write(
+        &file,
+        format!("[opcua]\ninsecure_loopback_endpoint = true\n\n{block}"),
+    )
+    .expect("write");
+    let config =
+        ironbridge::config::GatewayConfig::load(&file).unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let machine = match &config.machines[..] {
+        [ironbridge::config::MachineConfig::OpcUa(m)] => m,
+        other => panic!("one OPC UA machine expected, got {other:?}"),
+    };
+    assert_eq!(machine.endpoint, spindle.endpoint());
+    assert!(
+        !machine.trust_server_certs,
+        "the block never trusts by default"
+    );
+    // Every spindle variable is there, by namespace URI, with its unit.
+    for variable in SpindleVariable::ALL {
+        let node = format!("nsu={NAMESPACE_URI};s={}", variable.node_id());
+        let tag = machine
+            .tags
+            .iter()
+            .find(|t| t.node == node)
+            .unwrap_or_else(|| panic!("{node} missing in\n{block}"));
+        assert_eq!(
+            tag.unit.as_deref(),
+            variable.unit().map(|u| u.symbol),
+            "{node}"
+        );
+    }
+    spindle.stop().await;
+}
