@@ -3,7 +3,9 @@
 # (scripts/setup.sh, idempotent), builds, then starts on this machine
 #   - victoria-metrics (InfluxDB v2 write API) on 127.0.0.1:8428,
 #   - the simulated pump (Modbus TCP) on 127.0.0.1:5020,
-#   - the gateway with config/example.toml and the example model,
+#   - the simulated spindle (OPC UA, SignAndEncrypt with a user) on
+#     127.0.0.1:4841,
+#   - the gateway with config/example.toml and the example models,
 # and prints where to look. Ctrl-C stops everything.
 #
 # IRONBRIDGE_DEMO_SECONDS=N stops the demo by itself after N seconds.
@@ -13,12 +15,13 @@ cd "$root"
 
 VM_PORT=8428
 SIM_PORT=5020
+SPINDLE_PORT=4841
 OPCUA_PORT=4840
 data="$root/demo-data"
 
 log() { printf '[demo] %s\n' "$*" >&2; }
 
-for port in $VM_PORT $SIM_PORT $OPCUA_PORT; do
+for port in $VM_PORT $SIM_PORT $SPINDLE_PORT $OPCUA_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port on 127.0.0.1 is already in use; stop what uses it (maybe an earlier demo) and retry"
     exit 1
@@ -66,6 +69,26 @@ target/release/ironbridge-sim serve --bind "127.0.0.1:$SIM_PORT" --seed 7 \
 pids+=($!)
 wait_port $SIM_PORT
 
+# The spindle's login: the simulator and the gateway read the password from
+# the environment (config/example.toml names the variable), never from a
+# file or a command line.
+if [ -z "${IRONBRIDGE_SPINDLE_PASSWORD:-}" ]; then
+  IRONBRIDGE_SPINDLE_PASSWORD="demo-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+fi
+export IRONBRIDGE_SPINDLE_PASSWORD
+# time-scale 600: ten minutes of spindle life per second. The simulator
+# trusts the gateway's new client certificate (demo only).
+target/release/ironbridge-sim serve-opcua --bind "127.0.0.1:$SPINDLE_PORT" --seed 7 \
+  --time-scale 600 --pki-dir "$data/spindle-pki" --user operator \
+  --password-env IRONBRIDGE_SPINDLE_PASSWORD --trust-client-certs \
+  >"$data/spindle.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+  grep -q "^listening on" "$data/spindle.log" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "^listening on" "$data/spindle.log" || { log "the spindle simulator did not start; see $data/spindle.log"; exit 1; }
+
 target/release/ironbridge run --config config/example.toml >"$data/gateway.log" 2>&1 &
 gateway=$!
 pids+=($gateway)
@@ -86,6 +109,8 @@ IronBridge demo is running.
   Store (InfluxDB v2 write API, victoria-metrics): http://127.0.0.1:$VM_PORT/
   Predictions     : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query=prediction_bearing_wear'
   Process values  : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query={__name__=~"process_.*"}'
+  Machines        : pump-1 (Modbus TCP, 127.0.0.1:$SIM_PORT), spindle-1 (OPC UA, opc.tcp://127.0.0.1:$SPINDLE_PORT/)
+  Find variables  : IRONBRIDGE_PASSWORD=$IRONBRIDGE_SPINDLE_PASSWORD target/release/ironbridge discover opc.tcp://127.0.0.1:$SPINDLE_PORT/ --username operator --trust-server-cert --pki-dir $data/pki/client
   Logs            : $data/*.log (the gateway's: tail -f $data/gateway.log)
 Press Ctrl-C to stop.
 EOT

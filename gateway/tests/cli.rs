@@ -48,15 +48,31 @@ fn version_names_the_commit() {
 #[test]
 fn the_example_configuration_validates() {
     let example = repo_root().join("config/example.toml");
+    // The spindle's password comes from the service's environment.
     let out = ironbridge()
         .args(["validate", "--config"])
         .arg(&example)
+        .env("IRONBRIDGE_SPINDLE_PASSWORD", "from-the-environment")
         .output()
         .expect("run");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // Without it, validate names the key that needs it.
+    let out = ironbridge()
+        .args(["validate", "--config"])
+        .arg(&example)
+        .env_remove("IRONBRIDGE_SPINDLE_PASSWORD")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("machines[1].password_env")
+            && stderr.contains("IRONBRIDGE_SPINDLE_PASSWORD"),
+        "{stderr}"
     );
 }
 

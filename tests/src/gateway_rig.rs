@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ironbridge::config::GatewayConfig;
 use ironbridge::Gateway;
-use ironbridge_simulator::{SimOptions, Simulator};
+use ironbridge_simulator::{OpcUaMachine, OpcUaOptions, OpcUaUser, SimOptions, Simulator};
 use tokio_util::sync::CancellationToken;
 
 use crate::paths::repo_root;
@@ -19,10 +19,19 @@ use crate::victoria::VictoriaMetrics;
 pub const MODEL: &str = "bearing-wear";
 pub const MODEL_VERSION: &str = "1.0.0";
 pub const MACHINE: &str = "pump-1";
+/// The OPC UA machine of the example configuration.
+pub const SPINDLE: &str = "spindle-1";
+/// The spindle's login, as config/example.toml names it.
+pub const SPINDLE_USER: &str = "operator";
+pub const SPINDLE_PASSWORD_ENV: &str = "IRONBRIDGE_SPINDLE_PASSWORD";
+const SPINDLE_PASSWORD: &str = "rig-spindle-password";
 
 pub struct GatewayRig {
     pub vm: VictoriaMetrics,
     pub simulator: std::sync::Arc<Simulator>,
+    /// The simulated OPC UA spindle (in-process, on a free port).
+    pub spindle: OpcUaMachine,
+    spindle_cancel: CancellationToken,
     pub gateway: Option<Gateway>,
     pub opcua_port: u16,
     pub config_path: PathBuf,
@@ -52,12 +61,37 @@ impl GatewayRig {
         }
 
         let dir = tempfile::tempdir()?;
+        let spindle_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let spindle_endpoint = format!("opc.tcp://{}/", spindle_listener.local_addr()?);
+        let mut spindle_options = OpcUaOptions::new(
+            dir.path().join("spindle-pki"),
+            OpcUaUser {
+                username: SPINDLE_USER.into(),
+                password: SPINDLE_PASSWORD.into(),
+            },
+        );
+        spindle_options.time_scale = 600.0;
+        // The gateway's client certificate is new to it.
+        spindle_options.trust_client_certs = true;
+        let spindle = OpcUaMachine::new(spindle_options)?;
+        let spindle_cancel = cancel.child_token();
+        {
+            let spindle = spindle.clone();
+            let cancel = spindle_cancel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = spindle.serve(spindle_listener, cancel).await {
+                    tracing::error!("simulated spindle stopped: {e}");
+                }
+            });
+        }
+        std::env::set_var(SPINDLE_PASSWORD_ENV, SPINDLE_PASSWORD);
         let opcua_port = free_port()?;
         let example = std::fs::read_to_string(repo_root().join("config/example.toml"))?;
         let text = rig_config(
             &example,
             &vm.url(),
             &sim_addr.to_string(),
+            &spindle_endpoint,
             opcua_port,
             poll_ms,
             flush_ms,
@@ -72,6 +106,8 @@ impl GatewayRig {
         Ok(Self {
             vm,
             simulator,
+            spindle,
+            spindle_cancel,
             gateway: Some(gateway),
             opcua_port,
             config_path,
@@ -82,6 +118,11 @@ impl GatewayRig {
 
     pub fn opcua_url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.opcua_port)
+    }
+
+    /// Stops the simulated spindle's server (the machine goes away).
+    pub fn stop_spindle(&self) {
+        self.spindle_cancel.cancel();
     }
 
     /// Stops the gateway (waiting for its final flush) and the simulator.
@@ -126,6 +167,7 @@ fn rig_config(
     example: &str,
     vm_url: &str,
     sim_addr: &str,
+    spindle_endpoint: &str,
     opcua_port: u16,
     poll_ms: u64,
     flush_ms: u64,
@@ -141,6 +183,9 @@ fn rig_config(
             }
             l if l.starts_with("url = \"http://127.0.0.1:8428\"") => format!("url = {vm_url:?}"),
             l if l.starts_with("address = \"127.0.0.1:5020\"") => format!("address = {sim_addr:?}"),
+            l if l.starts_with("endpoint = \"opc.tcp://127.0.0.1:4841/\"") => {
+                format!("endpoint = {spindle_endpoint:?}")
+            }
             l if l.starts_with("poll_interval_ms =") => format!("poll_interval_ms = {poll_ms}"),
             l if l.starts_with("flush_interval_ms =") => format!("flush_interval_ms = {flush_ms}"),
             l if l.starts_with("path = \"../models/examples/bearing-wear\"") => {
@@ -151,7 +196,7 @@ fn rig_config(
         out.push_str(&replaced);
         out.push('\n');
     }
-    for must in [vm_url, sim_addr] {
+    for must in [vm_url, sim_addr, spindle_endpoint] {
         anyhow::ensure!(
             out.contains(must),
             "config/example.toml changed shape: {must} not substituted"

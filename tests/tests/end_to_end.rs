@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ironbridge_models::ModelRegistry;
-use ironbridge_tests::gateway_rig::{GatewayRig, MACHINE, MODEL, MODEL_VERSION};
+use ironbridge_tests::gateway_rig::{GatewayRig, MACHINE, MODEL, MODEL_VERSION, SPINDLE};
 use ironbridge_tests::paths::{repo_root, venv_python};
 
 /// Predictions compared with torch's, absolute (outputs are in [0, 1]).
@@ -33,7 +33,13 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
 
     // Process values by tag, then by timestamp (ms).
     let mut process: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
-    for series in rig.vm.export("{__name__=~\"process_.*\"}").await? {
+    for series in rig
+        .vm
+        .export(&format!(
+            "{{__name__=~\"process_.*\",machine=\"{MACHINE}\"}}"
+        ))
+        .await?
+    {
         assert_eq!(series.label("machine"), Some(MACHINE));
         let tag = series
             .name()
@@ -209,7 +215,12 @@ async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
         .collect();
     let config = ironbridge::config::GatewayConfig::load(&rig.config_path)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut expected: Vec<String> = config.machines[0]
+    let pump = config
+        .machines
+        .iter()
+        .find(|m| m.name() == MACHINE)
+        .context("the pump in the example config")?;
+    let mut expected: Vec<String> = pump
         .tag_names()
         .iter()
         .map(|t| format!("Machines/{MACHINE}/Tags/{t}"))
@@ -278,5 +289,95 @@ async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
             "wear prediction {v} outside [0, 1]"
         );
     }
+    Ok(())
+}
+
+/// Reads gateway OPC UA nodes with the independent asyncua client.
+async fn read_gateway_nodes(rig: &GatewayRig, paths: &[String]) -> Result<serde_json::Value> {
+    let mut args: Vec<String> = vec!["--url".into(), rig.opcua_url()];
+    for path in paths {
+        args.push("--read".into());
+        args.push(path.clone());
+    }
+    let out = tokio::process::Command::new(venv_python()?)
+        .arg(repo_root().join("tests/peers/opcua_client.py"))
+        .args(&args)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "opcua_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    anyhow::ensure!(answer["connected"] == true, "{answer}");
+    Ok(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> Result<()> {
+    use ironbridge_simulator::SpindleVariable;
+    use opcua::types::Variant;
+
+    let mut rig = GatewayRig::start(200, 200).await?;
+    let selector = format!("process_bearing_temp_c{{machine=\"{SPINDLE}\"}}");
+    rig.wait_for_samples(&selector, 5, Duration::from_secs(60))
+        .await?;
+
+    // Paused, the spindle's value must show up as it is, in the store and
+    // on the gateway's own OPC UA node.
+    rig.spindle.pause();
+    let snapshot = rig.spindle.snapshot();
+    let Variant::Double(expected) = SpindleVariable::BearingTemperature.value(&snapshot.state)
+    else {
+        anyhow::bail!("the spindle's temperature is not a Double");
+    };
+    let node = format!("Machines/{SPINDLE}/Tags/bearing_temp_c");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = rig
+            .vm
+            .export(&selector)
+            .await?
+            .iter()
+            .flat_map(|s| s.samples())
+            .max_by_key(|(t, _)| *t)
+            .map(|(_, v)| v);
+        let answer = read_gateway_nodes(&rig, &[node.clone()]).await?;
+        let served = answer["reads"][&node].clone();
+        let close = |v: f64| (v - expected).abs() <= 1e-9 * expected.abs().max(1.0);
+        if stored.is_some_and(close)
+            && served["is_good"] == true
+            && served["value"].as_f64().is_some_and(close)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "spindle temperature {expected} not seen: stored {stored:?}, served {served}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The spindle goes away: its tags on the gateway turn Bad, the pump's
+    // stay Good.
+    rig.stop_spindle();
+    let pump_node = format!("Machines/{MACHINE}/Tags/speed_rpm");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = read_gateway_nodes(&rig, &[node.clone(), pump_node.clone()]).await?;
+        let served = &answer["reads"][&node];
+        if served["is_good"] == false {
+            assert_eq!(served["status"], "BadNoCommunication", "{served}");
+            assert_eq!(answer["reads"][&pump_node]["is_good"], true, "{answer}");
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the spindle's tag never turned Bad: {served}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rig.stop().await;
     Ok(())
 }
