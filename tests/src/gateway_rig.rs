@@ -87,15 +87,20 @@ impl GatewayRig {
         std::env::set_var(SPINDLE_PASSWORD_ENV, SPINDLE_PASSWORD);
         let opcua_port = free_port()?;
         let example = std::fs::read_to_string(repo_root().join("config/example.toml"))?;
+        let vm_url = vm.url();
+        let sim_addr = sim_addr.to_string();
+        let pki_dir = dir.path().join("pki");
         let text = rig_config(
             &example,
-            &vm.url(),
-            &sim_addr.to_string(),
-            &spindle_endpoint,
-            opcua_port,
-            poll_ms,
-            flush_ms,
-            &dir.path().join("pki"),
+            &RigPlaces {
+                vm_url: &vm_url,
+                sim_addr: &sim_addr,
+                spindle_endpoint: &spindle_endpoint,
+                opcua_port,
+                poll_ms,
+                flush_ms,
+                pki_dir: &pki_dir,
+            },
         )?;
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, text)?;
@@ -161,42 +166,55 @@ impl Drop for GatewayRig {
     }
 }
 
-/// The example configuration with this rig's ports and paths: the same file
-/// a user starts from, not a hand-written test variant.
-fn rig_config(
-    example: &str,
-    vm_url: &str,
-    sim_addr: &str,
-    spindle_endpoint: &str,
+/// Where this rig's parts listen, and how fast the gateway polls and flushes.
+struct RigPlaces<'a> {
+    vm_url: &'a str,
+    sim_addr: &'a str,
+    spindle_endpoint: &'a str,
     opcua_port: u16,
     poll_ms: u64,
     flush_ms: u64,
-    pki_dir: &std::path::Path,
-) -> Result<String> {
-    let model_dir = repo_root().join("models/examples/bearing-wear");
+    pki_dir: &'a std::path::Path,
+}
+
+/// The example configuration with this rig's ports and paths: the same file
+/// a user starts from, not a hand-written test variant.
+fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
+    let models_dir = repo_root().join("models");
     let mut out = String::new();
     for line in example.lines() {
         let replaced = match line.trim_start() {
-            l if l.starts_with("port = 4840") => format!("port = {opcua_port}"),
+            l if l.starts_with("port = 4840") => format!("port = {}", at.opcua_port),
             l if l.starts_with("pki_dir =") => {
-                format!("pki_dir = {:?}", pki_dir.display().to_string())
+                format!("pki_dir = {:?}", at.pki_dir.display().to_string())
             }
-            l if l.starts_with("url = \"http://127.0.0.1:8428\"") => format!("url = {vm_url:?}"),
-            l if l.starts_with("address = \"127.0.0.1:5020\"") => format!("address = {sim_addr:?}"),
+            l if l.starts_with("url = \"http://127.0.0.1:8428\"") => {
+                format!("url = {:?}", at.vm_url)
+            }
+            l if l.starts_with("address = \"127.0.0.1:5020\"") => {
+                format!("address = {:?}", at.sim_addr)
+            }
             l if l.starts_with("endpoint = \"opc.tcp://127.0.0.1:4841/\"") => {
-                format!("endpoint = {spindle_endpoint:?}")
+                format!("endpoint = {:?}", at.spindle_endpoint)
             }
-            l if l.starts_with("poll_interval_ms =") => format!("poll_interval_ms = {poll_ms}"),
-            l if l.starts_with("flush_interval_ms =") => format!("flush_interval_ms = {flush_ms}"),
-            l if l.starts_with("path = \"../models/examples/bearing-wear\"") => {
-                format!("path = {:?}", model_dir.display().to_string())
+            l if l.starts_with("poll_interval_ms =") => {
+                format!("poll_interval_ms = {}", at.poll_ms)
+            }
+            l if l.starts_with("flush_interval_ms =") => {
+                format!("flush_interval_ms = {}", at.flush_ms)
+            }
+            l if l.starts_with("path = \"../models/") => {
+                let rest = l
+                    .trim_start_matches("path = \"../models/")
+                    .trim_end_matches('"');
+                format!("path = {:?}", models_dir.join(rest).display().to_string())
             }
             _ => line.to_string(),
         };
         out.push_str(&replaced);
         out.push('\n');
     }
-    for must in [vm_url, sim_addr, spindle_endpoint] {
+    for must in [at.vm_url, at.sim_addr, at.spindle_endpoint] {
         anyhow::ensure!(
             out.contains(must),
             "config/example.toml changed shape: {must} not substituted"

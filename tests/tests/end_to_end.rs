@@ -335,15 +335,16 @@ async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> R
     let node = format!("Machines/{SPINDLE}/Tags/bearing_temp_c");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let stored = rig
+        let mut samples: Vec<(i64, f64)> = rig
             .vm
             .export(&selector)
             .await?
             .iter()
             .flat_map(|s| s.samples())
-            .max_by_key(|(t, _)| *t)
-            .map(|(_, v)| v);
-        let answer = read_gateway_nodes(&rig, &[node.clone()]).await?;
+            .collect();
+        samples.sort_by_key(|(t, _)| *t);
+        let stored = samples.last().map(|(_, v)| *v);
+        let answer = read_gateway_nodes(&rig, std::slice::from_ref(&node)).await?;
         let served = answer["reads"][&node].clone();
         let close = |v: f64| (v - expected).abs() <= 1e-9 * expected.abs().max(1.0);
         if stored.is_some_and(close)
@@ -354,7 +355,8 @@ async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> R
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "spindle temperature {expected} not seen: stored {stored:?}, served {served}"
+            "spindle temperature {expected} not seen: stored {:?}, served {served}",
+            &samples[samples.len().saturating_sub(6)..]
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
