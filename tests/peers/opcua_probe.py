@@ -3,7 +3,8 @@
 
 Prints one JSON object on stdout:
 
-  {"endpoints": [{"url": ..., "policy": "Basic256Sha256", "mode": "SignAndEncrypt",
+  {"endpoints": [{"url": ..., "mode": "SignAndEncrypt",
+                  "policy_uri": "http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256",
                   "user_tokens": ["UserName"], "server_cert_sha1": "..."}],
    "connected": true,                        (or false with "error")
    "namespace_array": ["http://opcfoundation.org/UA/", ...],
@@ -12,6 +13,7 @@ Prints one JSON object on stdout:
                                          "status_code": 0, "source_timestamp_us": ..}}, ...],
    "units": {"nsu=...;s=Line.Temperature": {"namespace_uri": .., "unit_id": ..,
                                             "display_name": "°C", "description": ..}},
+   "gone": true,                             (with --wait-gone: the node vanished)
    "attempts": {"wrong_password": {"connected": false, "error": "BadUserAccessDenied ..."},
                 "anonymous": {...},
                 "insecure": {"connected": false, "refused_at": "create_session", "error": ...}}}
@@ -203,7 +205,7 @@ async def endpoints(args):
         out.append(
             {
                 "url": edp.EndpointUrl,
-                "policy": edp.SecurityPolicyUri.rsplit("#", 1)[-1],
+                "policy_uri": edp.SecurityPolicyUri,
                 "mode": edp.SecurityMode.name.rstrip("_"),
                 "user_tokens": [t.TokenType.name for t in edp.UserIdentityTokens],
                 "server_cert_sha1": hashlib.sha1(edp.ServerCertificate).hexdigest() if edp.ServerCertificate else None,
@@ -266,6 +268,18 @@ async def run(args):
                     "description": eu.Description.Text,
                 }
             result["units"] = units
+            if args.wait_gone:
+                # Until the node reads BadNodeIdUnknown (deleted by the server).
+                gone = resolve(args.wait_gone, ns_array)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + CHANGE_DEADLINE_S
+                result["gone"] = False
+                while loop.time() < deadline:
+                    dv = await client.get_node(gone).read_data_value(raise_on_bad_status=False)
+                    if dv.StatusCode is not None and dv.StatusCode.value == ua.StatusCodes.BadNodeIdUnknown:
+                        result["gone"] = True
+                        break
+                    await asyncio.sleep(0.05)
         finally:
             await client.disconnect()
     if args.try_password is not None:
@@ -292,6 +306,7 @@ def main():
     p.add_argument("--unit", action="append", default=[])
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--change-node")
+    p.add_argument("--wait-gone", help="wait until this node reads BadNodeIdUnknown")
     p.add_argument("--try-password", help="also try to log in with this (wrong) password")
     p.add_argument("--try-anonymous", action="store_true")
     p.add_argument("--try-insecure", action="store_true", help="also force a session over SecurityPolicy None")
