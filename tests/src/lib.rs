@@ -7,6 +7,8 @@
 
 pub mod gateway_rig;
 pub mod modbus_peer;
+pub mod opcua_peer;
+pub mod opcua_probe;
 pub mod paths;
 pub mod ports;
 pub mod process;
