@@ -321,11 +321,12 @@ impl PeerValue {
     /// equals an integer). Strings, byte strings and null match nothing: a
     /// tag value is a number or a bool.
     pub fn matches(&self, value: &TagValue) -> bool {
-        match (self, *value) {
-            (PeerValue::Bool(e), TagValue::Bool(v)) => *e == v,
-            (PeerValue::Int(e), TagValue::Int(v)) => *e == v,
-            (PeerValue::Uint(e), TagValue::UInt(v)) => *e == v,
+        match (self, value) {
+            (PeerValue::Bool(e), TagValue::Bool(v)) => e == v,
+            (PeerValue::Int(e), TagValue::Int(v)) => e == v,
+            (PeerValue::Uint(e), TagValue::UInt(v)) => e == v,
             (PeerValue::Float { bits, .. }, TagValue::Float(v)) => *bits == v.to_bits(),
+            (PeerValue::String(e), TagValue::Text(v)) => e.as_str() == &**v,
             _ => false,
         }
     }

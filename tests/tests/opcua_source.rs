@@ -171,8 +171,9 @@ struct Reader {
     stats: SourceStats,
     cancel: CancellationToken,
     task: JoinHandle<()>,
-    /// The latest reading of each tag, as a last-value cache would hold it.
-    latest: HashMap<String, (Option<TagValue>, Quality, Option<SourceStatus>)>,
+    /// The latest reading of each tag, as a last-value cache would hold it,
+    /// with its acquisition time.
+    latest: HashMap<String, Latest>,
 }
 
 impl Reader {
@@ -192,11 +193,7 @@ impl Reader {
     }
 
     /// Takes scans until `done` holds for the latest readings.
-    async fn until(
-        &mut self,
-        what: &str,
-        done: impl Fn(&HashMap<String, (Option<TagValue>, Quality, Option<SourceStatus>)>) -> bool,
-    ) {
+    async fn until(&mut self, what: &str, done: impl Fn(&HashMap<String, Latest>) -> bool) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while !done(&self.latest) {
             let scan = tokio::time::timeout_at(deadline, self.scans.recv())
@@ -204,8 +201,10 @@ impl Reader {
                 .unwrap_or_else(|_| panic!("{what}: not reached; latest: {:?}", self.latest))
                 .expect("source running");
             for r in scan.readings {
-                self.latest
-                    .insert(r.tag.to_string(), (r.value, r.quality, r.status));
+                self.latest.insert(
+                    r.tag.to_string(),
+                    (r.value, r.quality, r.status, scan.acquired_at),
+                );
             }
         }
     }
@@ -219,14 +218,20 @@ impl Reader {
     }
 }
 
-fn all_equal(
-    latest: &HashMap<String, (Option<TagValue>, Quality, Option<SourceStatus>)>,
-    expected: &HashMap<&'static str, TagValue>,
-) -> bool {
+/// A tag's latest value, quality, the machine's own status and the
+/// acquisition time.
+type Latest = (
+    Option<TagValue>,
+    Quality,
+    Option<SourceStatus>,
+    std::time::SystemTime,
+);
+
+fn all_equal(latest: &HashMap<String, Latest>, expected: &HashMap<&'static str, TagValue>) -> bool {
     expected.iter().all(|(tag, value)| {
         latest
             .get(*tag)
-            .is_some_and(|(v, q, _)| *q == Quality::Good && v.as_ref() == Some(value))
+            .is_some_and(|(v, q, _, _)| *q == Quality::Good && v.as_ref() == Some(value))
     })
 }
 
@@ -541,4 +546,242 @@ async fn opcua_discover_prints_a_machine_block_the_gateway_accepts() {
         );
     }
     spindle.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Against an independent server: Python asyncua (tests/peers/opcua_server.py).
+
+mod asyncua {
+    use super::*;
+    use ironbridge_tests::opcua_peer::{OpcUaPeer, OpcUaPeerOptions, PeerValue, ValueRule};
+
+    const PEER_USER: &str = "gateway";
+    const PEER_PASSWORD: &str = "asyncua-peer-password";
+    const PEER_PASSWORD_ENV: &str = "IRONBRIDGE_TEST_ASYNCUA_PASSWORD";
+
+    /// A tag name for a peer node (`Line.Speed` → `line_speed`).
+    fn tag_of(node: &str) -> String {
+        node.trim_start_matches("s=")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+
+    fn peer_config(peer: &OpcUaPeer, client_pki: &Path, mode: ReadMode) -> OpcUaMachineConfig {
+        std::env::set_var(PEER_PASSWORD_ENV, PEER_PASSWORD);
+        let mut text = format!(
+            r#"
+            name = "line-1"
+            endpoint = "{endpoint}"
+            security_policy = "Aes128Sha256RsaOaep"
+            security_mode = "SignAndEncrypt"
+            username = "{PEER_USER}"
+            password_env = "{PEER_PASSWORD_ENV}"
+            trust_server_certs = true
+            pki_dir = {pki:?}
+            publishing_interval_ms = 100
+            poll_interval_ms = 100
+            request_timeout_ms = 3000
+            backoff = {{ initial_ms = 100, max_ms = 1000 }}
+            "#,
+            endpoint = peer.endpoint(),
+            pki = client_pki.display().to_string(),
+        );
+        for node in &peer.layout.nodes {
+            text.push_str(&format!(
+                "[[tags]]\nname = \"{}\"\nnode = \"{}\"\n",
+                tag_of(&node.name),
+                node.node_id
+            ));
+        }
+        let mut config: OpcUaMachineConfig = toml::from_str(&text).expect("config parses");
+        config.mode = mode;
+        config
+    }
+
+    /// Whether the latest reading of every node is what the peer serves:
+    /// value by its rule, quality and status by the peer's status, its own
+    /// SourceTimestamp where the peer fixed one; a byte string is Bad.
+    fn matches_peer(peer: &OpcUaPeer, latest: &HashMap<String, Latest>) -> Result<(), String> {
+        for node in peer.layout.nodes.iter().filter(|n| n.present) {
+            let tag = tag_of(&node.name);
+            let Some((value, quality, status, at)) = latest.get(&tag) else {
+                return Err(format!("{tag}: nothing yet"));
+            };
+            let want_quality = node.status.quality();
+            if let ValueRule::Constant(PeerValue::BytesHex(_)) = node.rule {
+                if *quality != Quality::Bad
+                    || *status != Some(SourceStatus::OpcUa(StatusCode::BadTypeMismatch.bits()))
+                {
+                    return Err(format!(
+                        "{tag}: a byte string must be Bad, got {quality:?} {status:?}"
+                    ));
+                }
+                continue;
+            }
+            if *quality != want_quality {
+                return Err(format!("{tag}: quality {quality:?}, want {want_quality:?}"));
+            }
+            if want_quality != Quality::Good
+                && *status != Some(SourceStatus::OpcUa(node.status.code))
+            {
+                return Err(format!(
+                    "{tag}: status {status:?}, want {}",
+                    node.status.name
+                ));
+            }
+            if want_quality == Quality::Bad {
+                continue;
+            }
+            let Some(value) = value else {
+                return Err(format!("{tag}: no value"));
+            };
+            let ok = match &node.rule {
+                ValueRule::Constant(c) => c.matches(value),
+                rule => match value {
+                    TagValue::Float(x) => rule.tick_of(&PeerValue::float(*x)).is_some(),
+                    TagValue::UInt(u) => rule.tick_of(&PeerValue::Uint(*u)).is_some(),
+                    _ => false,
+                },
+            };
+            if !ok {
+                return Err(format!(
+                    "{tag}: {value:?} is not what the peer serves ({:?})",
+                    node.rule
+                ));
+            }
+            if let Some(us) = node.source_timestamp_us {
+                let want = std::time::UNIX_EPOCH + Duration::from_micros(us as u64);
+                if *at != want {
+                    return Err(format!(
+                        "{tag}: acquired at {at:?}, its SourceTimestamp is {want:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn until_matches(reader: &mut Reader, peer: &OpcUaPeer, what: &str) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let check = matches_peer(peer, &reader.latest);
+            if check.is_ok() {
+                return;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(remaining, reader.scans.recv()).await {
+                Ok(Some(scan)) => {
+                    for r in scan.readings {
+                        reader.latest.insert(
+                            r.tag.to_string(),
+                            (r.value, r.quality, r.status, scan.acquired_at),
+                        );
+                    }
+                }
+                Ok(None) => panic!("{what}: the source stopped"),
+                Err(_) => panic!("{what}: {check:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn opcua_asyncua_every_type_status_and_timestamp_as_the_server_gives_them() {
+        let peer = OpcUaPeer::start(OpcUaPeerOptions::with_user(PEER_USER, PEER_PASSWORD))
+            .await
+            .expect("asyncua peer");
+        assert_ne!(peer.layout.namespace_index, 2);
+        for mode in [ReadMode::Subscription, ReadMode::Poll] {
+            let mut reader = Reader::start(peer_config(
+                &peer,
+                &peer.dir().join(format!("client-{mode:?}")),
+                mode,
+            ));
+            until_matches(
+                &mut reader,
+                &peer,
+                &format!("{mode:?}: every node as served"),
+            )
+            .await;
+            // The counter moves: values are live, not a first read only.
+            let first = reader.latest["line_count"].0.clone();
+            reader
+                .until("the counter moves", |l| l["line_count"].0 != first)
+                .await;
+            assert_eq!(reader.stats.outages(), 0);
+            reader.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn opcua_asyncua_restart_with_namespaces_reordered_and_a_node_gone() {
+        let mut peer = OpcUaPeer::start(OpcUaPeerOptions::with_user(PEER_USER, PEER_PASSWORD))
+            .await
+            .expect("asyncua peer");
+        let mut reader = Reader::start(peer_config(
+            &peer,
+            &peer.dir().join("client"),
+            ReadMode::Subscription,
+        ));
+        until_matches(&mut reader, &peer, "before the restart").await;
+        let before = peer.layout.namespace_index;
+
+        let mut options = peer.options().clone();
+        options.namespace_position = before + 2;
+        options.omit_nodes = vec!["s=Line.Temperature".into()];
+        peer.restart_with(options).await.expect("restart");
+        assert_ne!(peer.layout.namespace_index, before, "the namespace moved");
+
+        // The source sees the server go (every tag Bad), then reads the
+        // new one by the moved namespace; the omitted node stays Bad.
+        reader
+            .until("the outage is seen", |l| l["line_count"].1 == Quality::Bad)
+            .await;
+        until_matches(&mut reader, &peer, "after the restart").await;
+        reader
+            .until("the node the server no longer has is Bad", |l| {
+                l["line_temperature"].1 == Quality::Bad
+                    && l["line_temperature"].2
+                        == Some(SourceStatus::OpcUa(StatusCode::BadNodeIdUnknown.bits()))
+            })
+            .await;
+        assert!(reader.stats.reconnects() >= 1);
+        assert_eq!(reader.stats.outages(), 1, "one outage, counted once");
+        reader.stop().await;
+    }
+
+    #[tokio::test]
+    async fn opcua_asyncua_a_node_deleted_while_subscribed_turns_bad_alone() {
+        let mut options = OpcUaPeerOptions::with_user(PEER_USER, PEER_PASSWORD);
+        options.delete_nodes = vec!["s=Line.Running".into()];
+        options.delete_after = Some(Duration::from_secs(4));
+        let peer = OpcUaPeer::start(options).await.expect("asyncua peer");
+        let mut reader = Reader::start(peer_config(
+            &peer,
+            &peer.dir().join("client"),
+            ReadMode::Subscription,
+        ));
+        reader
+            .until("the deleted node turns Bad", |l| {
+                l.get("line_running").is_some_and(|r| {
+                    r.1 == Quality::Bad
+                        && r.2 == Some(SourceStatus::OpcUa(StatusCode::BadNodeIdUnknown.bits()))
+                })
+            })
+            .await;
+        let count = reader.latest["line_count"].0.clone();
+        reader
+            .until("the others keep working", |l| {
+                l["line_count"].1 == Quality::Good && l["line_count"].0 != count
+            })
+            .await;
+        assert_eq!(reader.stats.outages(), 0);
+        reader.stop().await;
+    }
 }
