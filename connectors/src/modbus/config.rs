@@ -839,3 +839,98 @@ mod tests {
         assert_eq!(paths(&c.validate("m")), ["m.tags[0].type"]);
     }
 }
+
+#[cfg(test)]
+mod rtu_tests {
+    use super::*;
+
+    fn rtu(text: &str) -> ModbusRtuMachineConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    const TAG: &str =
+        "[[tags]]\nname = \"t\"\nregister = \"holding\"\naddress = 0\ntype = \"u16\"\n";
+
+    #[test]
+    fn rtu_defaults_follow_the_modbus_serial_spec() {
+        let c = rtu(&format!("name = \"m\"\nserial = \"/dev/ttyUSB0\"\n{TAG}"));
+        assert_eq!(
+            c.line(),
+            SerialLineSettings {
+                baud_rate: 19_200,
+                parity: Parity::Even,
+                data_bits: 8,
+                stop_bits: 1
+            }
+        );
+        assert_eq!(c.unit_id, 1);
+        assert_eq!(c.line().bits_per_character(), 11);
+        assert!(c.validate("m").is_empty());
+    }
+
+    #[test]
+    fn rtu_line_keys_are_checked_each_at_its_path() {
+        let mut c = rtu(&format!("name = \"m\"\nserial = \"\"\n{TAG}"));
+        c.baud_rate = 0;
+        c.data_bits = 7;
+        c.stop_bits = 3;
+        c.unit_id = 0;
+        let paths: Vec<String> = c
+            .validate("machines[2]")
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "machines[2].serial",
+                "machines[2].baud_rate",
+                "machines[2].data_bits",
+                "machines[2].stop_bits",
+                "machines[2].unit_id",
+            ]
+        );
+        c.unit_id = 248;
+        assert!(c.validate("m").iter().any(|p| p.path == "m.unit_id"));
+        let err = toml::from_str::<ModbusRtuMachineConfig>(&format!(
+            "name = \"m\"\nserial = \"/dev/x\"\nparity = \"mark\"\n{TAG}"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("mark"), "{err}");
+        let err = toml::from_str::<ModbusRtuMachineConfig>(&format!(
+            "name = \"m\"\nserial = \"/dev/x\"\naddress = \"h:1\"\n{TAG}"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("address"), "{err}");
+    }
+
+    #[test]
+    fn machines_on_one_line_must_agree_and_not_share_unit_ids() {
+        let base = rtu(&format!("name = \"a\"\nserial = \"/dev/ttyS0\"\n{TAG}"));
+        let mut b = base.clone();
+        b.name = "b".into();
+        b.unit_id = 2;
+        b.parity = Parity::None;
+        let mut c = base.clone();
+        c.name = "c".into();
+        let mut elsewhere = base.clone();
+        elsewhere.name = "d".into();
+        elsewhere.serial = "/dev/ttyS1".into();
+        elsewhere.baud_rate = 9600;
+        let problems = shared_line_problems([
+            ("machines[0]".to_string(), LineMember::Serial(&base)),
+            ("machines[1]".to_string(), LineMember::Serial(&b)),
+            ("machines[2]".to_string(), LineMember::Serial(&c)),
+            ("machines[3]".to_string(), LineMember::Serial(&elsewhere)),
+        ]);
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, "machines[1].parity");
+        assert!(found[0].1.contains("\"a\"") && found[0].1.contains("machines[0]"));
+        assert_eq!(found[1].0, "machines[2].unit_id");
+        assert!(found[1].1.contains("unit 1") && found[1].1.contains("\"a\""));
+    }
+}
