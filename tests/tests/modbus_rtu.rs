@@ -187,7 +187,7 @@ fn all_bad_with(scan: &Scan, status: Option<SourceStatus>) -> bool {
         .all(|r| r.quality == Quality::Bad && r.value.is_none() && r.status == status)
 }
 
-fn unit<'a>(peer: &'a LinePeer, unit: u8) -> &'a UnitLayout {
+fn unit(peer: &LinePeer, unit: u8) -> &UnitLayout {
     peer.layout.unit(unit).expect("unit served by the peer")
 }
 

@@ -55,7 +55,7 @@ impl Line {
 
     /// Registry key: the line's place, without its settings (two machines
     /// naming one device with different settings are an error, not two buses).
-    fn key(&self) -> (bool, String) {
+    fn key(&self) -> LineKey {
         (matches!(self, Line::Serial { .. }), self.name().to_string())
     }
 
@@ -69,8 +69,11 @@ impl Line {
     }
 }
 
+/// A line's registry key: serial or TCP, and the path or address.
+type LineKey = (bool, String);
+
 /// Lines with at least one live member.
-static REGISTRY: Mutex<Option<HashMap<(bool, String), Weak<Bus>>>> = Mutex::new(None);
+static REGISTRY: Mutex<Option<HashMap<LineKey, Weak<Bus>>>> = Mutex::new(None);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks leaves plain data behind, still valid.
