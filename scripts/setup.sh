@@ -4,10 +4,11 @@
 # run checks and returns quickly.
 #
 #   - Debian packages: victoria-metrics (an InfluxDB-v2-write-API store used by
-#     the demo and the tests), and python3-venv where python3 lacks ensurepip
+#     the demo and the tests), socat (pseudo-terminal pairs: the serial line
+#     of the Modbus RTU tests), and python3-venv where python3 lacks ensurepip
 #   - .venv/: a Python virtual environment with torch (pinned to the libtorch
 #     version `tch` links against), asyncua and pymodbus (independent protocol
-#     peers for the tests), numpy
+#     peers for the tests; pyserial lets pymodbus serve a serial line), numpy
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -19,6 +20,7 @@ PY_REQUIREMENTS=(
   "numpy==2.3.5"
   "asyncua==2.1.0"
   "pymodbus==3.11.4"
+  "pyserial==3.5"
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -27,7 +29,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-debian_packages=(victoria-metrics)
+debian_packages=(victoria-metrics socat)
 # Debian's own python3 makes venvs only with python3-venv (ensurepip).
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   debian_packages+=(python3-venv)
@@ -46,6 +48,7 @@ fi
 # The Debian package may start a system instance on :8428; the demo and tests
 # use their own ports, so it is harmless, but say so once.
 command -v victoria-metrics >/dev/null || { log "victoria-metrics not on PATH after install"; exit 1; }
+command -v socat >/dev/null || { log "socat not on PATH after install"; exit 1; }
 
 venv="$root/.venv"
 stamp="$venv/.ironbridge-requirements"

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConnectorError;
-use crate::modbus::{ModbusMachineConfig, ModbusTcpSource};
+use crate::modbus::{
+    shared_line_problems, LineMember, ModbusMachineConfig, ModbusRtuMachineConfig, ModbusSource,
+};
 use crate::opcua::{OpcUaMachineConfig, OpcUaSource};
 use crate::scan::Scan;
 use crate::validation::Problem;
@@ -101,17 +103,24 @@ impl SourceStats {
 pub enum SourceConfig {
     /// `protocol = "modbus-tcp"`
     ModbusTcp(ModbusMachineConfig),
+    /// `protocol = "modbus-rtu"`: a unit on a serial line.
+    ModbusRtu(ModbusRtuMachineConfig),
+    /// `protocol = "modbus-rtu-over-tcp"`: a unit behind a serial device
+    /// server that passes RTU frames over TCP.
+    ModbusRtuOverTcp(ModbusMachineConfig),
     /// `protocol = "opcua"`
     OpcUa(OpcUaMachineConfig),
 }
 
 impl SourceConfig {
     /// The `protocol` values a machine may name.
-    pub const PROTOCOLS: &'static [&'static str] = &["modbus-tcp", "opcua"];
+    pub const PROTOCOLS: &'static [&'static str] =
+        &["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "opcua"];
 
     pub fn name(&self) -> &str {
         match self {
-            SourceConfig::ModbusTcp(c) => &c.name,
+            SourceConfig::ModbusTcp(c) | SourceConfig::ModbusRtuOverTcp(c) => &c.name,
+            SourceConfig::ModbusRtu(c) => &c.name,
             SourceConfig::OpcUa(c) => &c.name,
         }
     }
@@ -119,6 +128,8 @@ impl SourceConfig {
     pub fn protocol(&self) -> &'static str {
         match self {
             SourceConfig::ModbusTcp(_) => "modbus-tcp",
+            SourceConfig::ModbusRtu(_) => "modbus-rtu",
+            SourceConfig::ModbusRtuOverTcp(_) => "modbus-rtu-over-tcp",
             SourceConfig::OpcUa(_) => "opcua",
         }
     }
@@ -126,7 +137,10 @@ impl SourceConfig {
     /// Tag names in configuration order.
     pub fn tag_names(&self) -> Vec<&str> {
         match self {
-            SourceConfig::ModbusTcp(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
+            SourceConfig::ModbusTcp(c) | SourceConfig::ModbusRtuOverTcp(c) => {
+                c.tags.iter().map(|t| t.name.as_str()).collect()
+            }
+            SourceConfig::ModbusRtu(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
             SourceConfig::OpcUa(c) => c.tags.iter().map(|t| t.name.as_str()).collect(),
         }
     }
@@ -137,15 +151,41 @@ impl SourceConfig {
     pub fn validate(&self, path: &str) -> Vec<Problem> {
         match self {
             SourceConfig::ModbusTcp(c) => c.validate(path),
+            SourceConfig::ModbusRtu(c) => c.validate(path),
+            SourceConfig::ModbusRtuOverTcp(c) => {
+                crate::modbus::config::rtu_over_tcp_problems(c, path)
+            }
             SourceConfig::OpcUa(c) => c.validate(path),
         }
     }
 
+    /// Problems between machines: those sharing an RTU line must agree on
+    /// its settings and use different unit ids. `machines` are `(key path,
+    /// machine)`, e.g. `("machines[2]", ...)`.
+    pub fn validate_together<'a>(
+        machines: impl IntoIterator<Item = (String, &'a SourceConfig)>,
+    ) -> Vec<Problem> {
+        shared_line_problems(
+            machines
+                .into_iter()
+                .filter_map(|(path, machine)| match machine {
+                    SourceConfig::ModbusRtu(c) => Some((path, LineMember::Serial(c))),
+                    SourceConfig::ModbusRtuOverTcp(c) => Some((path, LineMember::RtuOverTcp(c))),
+                    SourceConfig::ModbusTcp(_) | SourceConfig::OpcUa(_) => None,
+                }),
+        )
+    }
+
     /// The source for this machine; checks the configuration again and
-    /// plans its reads, but opens no socket.
+    /// plans its reads, but opens no socket. Machines on one RTU line get
+    /// sources that share that line's bus (found by `serial` path or
+    /// `address`); building one whose line settings or unit id clash with a
+    /// live source on the same line fails.
     pub fn build(self) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(match self {
-            SourceConfig::ModbusTcp(c) => Box::new(ModbusTcpSource::new(c)?),
+            SourceConfig::ModbusTcp(c) => Box::new(ModbusSource::new(c)?),
+            SourceConfig::ModbusRtu(c) => Box::new(ModbusSource::rtu(c)?),
+            SourceConfig::ModbusRtuOverTcp(c) => Box::new(ModbusSource::rtu_over_tcp(c)?),
             SourceConfig::OpcUa(c) => Box::new(OpcUaSource::new(c)?),
         })
     }

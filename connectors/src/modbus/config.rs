@@ -1,4 +1,5 @@
-//! Configuration of one Modbus TCP machine and its tags.
+//! Configuration of one Modbus machine (TCP, RTU on a serial line, RTU over
+//! TCP) and its tags.
 
 use std::collections::HashSet;
 
@@ -13,7 +14,9 @@ pub const MAX_REGISTERS_PER_READ: u16 = 125;
 /// Largest bit count one Modbus read may ask for (function codes 1 and 2).
 pub const MAX_BITS_PER_READ: u16 = 2000;
 
-/// One machine reached over Modbus TCP.
+/// One machine reached over Modbus TCP (`protocol = "modbus-tcp"`), or over
+/// RTU framing on a TCP socket (`protocol = "modbus-rtu-over-tcp"`, as serial
+/// device servers speak it): both have the same keys.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModbusMachineConfig {
@@ -122,6 +125,15 @@ pub enum ByteOrder {
     Cdab,
 }
 
+fn default_baud_rate() -> u32 {
+    19_200
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
 fn default_unit_id() -> u8 {
     1
 }
@@ -148,13 +160,54 @@ impl ModbusMachineConfig {
     /// Every problem of this machine, each at a key path below `path`
     /// (e.g. `machines[0]`). Empty when the configuration is usable.
     pub fn validate(&self, path: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if let Some(message) = name_problem(&self.name) {
-            problems.push(Problem::new(format!("{path}.name"), message));
-        }
+        let unit = self.unit();
+        let mut problems = unit.name_problems(path);
         if let Some(message) = address_problem(&self.address) {
             problems.push(Problem::new(format!("{path}.address"), message));
         }
+        problems.extend(unit.polling_problems(path));
+        problems
+    }
+
+    /// What is polled and how, apart from the way the machine is reached.
+    pub fn unit(&self) -> ModbusUnitConfig {
+        ModbusUnitConfig {
+            name: self.name.clone(),
+            unit_id: self.unit_id,
+            poll_interval_ms: self.poll_interval_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            backoff: self.backoff,
+            max_registers_per_read: self.max_registers_per_read,
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+/// The part of every Modbus machine's configuration that does not depend on
+/// how it is reached: its unit id, polling and tags. The poller works on
+/// this alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusUnitConfig {
+    pub name: String,
+    pub unit_id: u8,
+    pub poll_interval_ms: u64,
+    pub request_timeout_ms: u64,
+    pub backoff: BackoffConfig,
+    pub max_registers_per_read: u16,
+    pub tags: Vec<ModbusTagConfig>,
+}
+
+impl ModbusUnitConfig {
+    fn name_problems(&self, path: &str) -> Vec<Problem> {
+        name_problem(&self.name)
+            .map(|message| Problem::new(format!("{path}.name"), message))
+            .into_iter()
+            .collect()
+    }
+
+    /// Problems of the polling keys and the tags (not of the name).
+    fn polling_problems(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if self.poll_interval_ms == 0 {
             problems.push(Problem::new(
                 format!("{path}.poll_interval_ms"),
@@ -199,6 +252,282 @@ impl ModbusMachineConfig {
         }
         problems
     }
+
+    /// A unit id a device on an RTU line can have: 0 is the broadcast
+    /// address (nobody answers it) and 248-255 are reserved by the spec.
+    fn rtu_unit_id_problems(&self, path: &str) -> Vec<Problem> {
+        if (1..=247).contains(&self.unit_id) {
+            Vec::new()
+        } else {
+            vec![Problem::new(
+                format!("{path}.unit_id"),
+                format!(
+                    "{} is not a device address on an RTU line (1-247; 0 is broadcast)",
+                    self.unit_id
+                ),
+            )]
+        }
+    }
+}
+
+/// RTU-over-TCP machines have the keys of Modbus TCP machines; their unit id
+/// addresses a device on the serial line behind the device server.
+pub fn rtu_over_tcp_problems(config: &ModbusMachineConfig, path: &str) -> Vec<Problem> {
+    let mut problems = config.validate(path);
+    problems.extend(config.unit().rtu_unit_id_problems(path));
+    problems
+}
+
+/// One machine on a serial line (`protocol = "modbus-rtu"`). Machines that
+/// name the same `serial` share the line: they must agree on its settings and
+/// have different unit ids.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusRtuMachineConfig {
+    pub name: String,
+    /// The serial device, e.g. `/dev/ttyUSB0`.
+    pub serial: String,
+    #[serde(default = "default_baud_rate")]
+    pub baud_rate: u32,
+    /// Default even, as the Modbus serial line spec says.
+    #[serde(default)]
+    pub parity: Parity,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Deadline for each request, counted from the moment it goes on the line
+    /// (not while it waits for the bus).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Delay before a unit that failed is asked again (default 250 ms
+    /// doubling up to 30 s); the other units of the line are not delayed.
+    #[serde(default = "default_backoff")]
+    pub backoff: BackoffConfig,
+    #[serde(default = "default_max_registers_per_read")]
+    pub max_registers_per_read: u16,
+    pub tags: Vec<ModbusTagConfig>,
+}
+
+/// Parity bit of a serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    #[default]
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+/// The settings every device on one serial line must share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SerialLineSettings {
+    pub baud_rate: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialLineSettings {
+    /// Bits on the wire per character: start bit, data, parity, stop bits.
+    pub fn bits_per_character(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+
+    /// The silence that ends a frame: 3.5 character times, but a fixed
+    /// 1.75 ms above 19200 baud (Modbus over serial line spec, 2.5.1.1),
+    /// where the character time gets too short for UARTs to time reliably.
+    pub fn inter_frame_gap(&self) -> std::time::Duration {
+        if self.baud_rate > 19_200 {
+            std::time::Duration::from_micros(1750)
+        } else {
+            let micros =
+                u64::from(self.bits_per_character()) * 3_500_000 / u64::from(self.baud_rate.max(1));
+            std::time::Duration::from_micros(micros)
+        }
+    }
+
+    /// `(key, value)` pairs, for naming the first difference to another line.
+    fn keyed(&self) -> [(&'static str, String); 4] {
+        [
+            ("baud_rate", self.baud_rate.to_string()),
+            ("parity", format!("{:?}", self.parity.as_str())),
+            ("data_bits", self.data_bits.to_string()),
+            ("stop_bits", self.stop_bits.to_string()),
+        ]
+    }
+
+    /// The first key where `self` differs from `other`, with both values.
+    pub fn first_difference(&self, other: &Self) -> Option<(&'static str, String, String)> {
+        self.keyed()
+            .into_iter()
+            .zip(other.keyed())
+            .find(|((_, a), (_, b))| a != b)
+            .map(|((key, a), (_, b))| (key, a, b))
+    }
+}
+
+impl ModbusRtuMachineConfig {
+    /// Every problem of this machine on its own (the line it shares with
+    /// other machines is checked by [`shared_line_problems`]).
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        let unit = self.unit();
+        let mut problems = unit.name_problems(path);
+        if self.serial.trim().is_empty() {
+            problems.push(Problem::new(
+                format!("{path}.serial"),
+                "must name the serial device, e.g. /dev/ttyUSB0",
+            ));
+        }
+        if !(MIN_BAUD_RATE..=MAX_BAUD_RATE).contains(&self.baud_rate) {
+            problems.push(Problem::new(
+                format!("{path}.baud_rate"),
+                format!(
+                    "{} is outside {MIN_BAUD_RATE}..={MAX_BAUD_RATE}",
+                    self.baud_rate
+                ),
+            ));
+        }
+        // RTU carries every byte as one 8-bit character; 7 bits is ASCII mode.
+        if self.data_bits != 8 {
+            problems.push(Problem::new(
+                format!("{path}.data_bits"),
+                format!(
+                    "{}: Modbus RTU sends 8 data bits per character",
+                    self.data_bits
+                ),
+            ));
+        }
+        if !(1..=2).contains(&self.stop_bits) {
+            problems.push(Problem::new(
+                format!("{path}.stop_bits"),
+                format!("{} is not 1 or 2", self.stop_bits),
+            ));
+        }
+        problems.extend(unit.rtu_unit_id_problems(path));
+        problems.extend(unit.polling_problems(path));
+        problems
+    }
+
+    pub fn line(&self) -> SerialLineSettings {
+        SerialLineSettings {
+            baud_rate: self.baud_rate,
+            parity: self.parity,
+            data_bits: self.data_bits,
+            stop_bits: self.stop_bits,
+        }
+    }
+
+    pub fn unit(&self) -> ModbusUnitConfig {
+        ModbusUnitConfig {
+            name: self.name.clone(),
+            unit_id: self.unit_id,
+            poll_interval_ms: self.poll_interval_ms,
+            request_timeout_ms: self.request_timeout_ms,
+            backoff: self.backoff,
+            max_registers_per_read: self.max_registers_per_read,
+            tags: self.tags.clone(),
+        }
+    }
+}
+
+/// Slowest and fastest baud rates accepted: the range serial hardware
+/// offers; anything outside is a typo.
+pub const MIN_BAUD_RATE: u32 = 300;
+pub const MAX_BAUD_RATE: u32 = 4_000_000;
+
+/// How one machine reaches a shared RTU line, for [`shared_line_problems`].
+#[derive(Debug, Clone, Copy)]
+pub enum LineMember<'a> {
+    /// `protocol = "modbus-rtu"`.
+    Serial(&'a ModbusRtuMachineConfig),
+    /// `protocol = "modbus-rtu-over-tcp"`.
+    RtuOverTcp(&'a ModbusMachineConfig),
+}
+
+impl<'a> LineMember<'a> {
+    fn line_key(self) -> (&'static str, &'a str) {
+        match self {
+            LineMember::Serial(c) => ("serial", c.serial.as_str()),
+            LineMember::RtuOverTcp(c) => ("address", c.address.as_str()),
+        }
+    }
+    fn name(self) -> &'a str {
+        match self {
+            LineMember::Serial(c) => &c.name,
+            LineMember::RtuOverTcp(c) => &c.name,
+        }
+    }
+    fn unit_id(self) -> u8 {
+        match self {
+            LineMember::Serial(c) => c.unit_id,
+            LineMember::RtuOverTcp(c) => c.unit_id,
+        }
+    }
+}
+
+/// Problems between machines that share an RTU line (the same `serial`, or
+/// the same `address` of an RTU-over-TCP device server): line settings that
+/// differ from the first machine on the line, and unit ids used twice. Each
+/// problem is at the later machine's key and names the earlier machine.
+/// `members` are `(key path, machine)`, e.g. `("machines[3]", ...)`.
+pub fn shared_line_problems<'a>(
+    members: impl IntoIterator<Item = (String, LineMember<'a>)>,
+) -> Vec<Problem> {
+    // Per line: the first machine's path and member, and the units seen.
+    type Line<'a> = (String, LineMember<'a>, Vec<(u8, String, String)>);
+    let mut lines: Vec<((&'static str, &'a str), Line<'a>)> = Vec::new();
+    let mut problems = Vec::new();
+    for (path, member) in members {
+        let key = member.line_key();
+        let Some((_, (first_path, first, units))) = lines.iter_mut().find(|(k, _)| *k == key)
+        else {
+            let units = vec![(member.unit_id(), path.clone(), member.name().to_string())];
+            lines.push((key, (path, member, units)));
+            continue;
+        };
+        if let (LineMember::Serial(this), LineMember::Serial(that)) = (member, *first) {
+            if let Some((setting, mine, theirs)) = this.line().first_difference(&that.line()) {
+                problems.push(Problem::new(
+                    format!("{path}.{setting}"),
+                    format!(
+                        "{mine} differs from {theirs} of machine {:?} ({first_path}) on the same line {}: \
+                         all machines on one serial line need the same settings",
+                        that.name, this.serial
+                    ),
+                ));
+            }
+        }
+        let unit = member.unit_id();
+        if let Some((_, other_path, other_name)) = units.iter().find(|(u, _, _)| *u == unit) {
+            problems.push(Problem::new(
+                format!("{path}.unit_id"),
+                format!(
+                    "unit {unit} is already machine {other_name:?} ({other_path}) on the line {}={:?}",
+                    key.0, key.1
+                ),
+            ));
+        } else {
+            units.push((unit, path, member.name().to_string()));
+        }
+    }
+    problems
 }
 
 impl ModbusTagConfig {
@@ -508,5 +837,100 @@ mod tests {
         let mut c = valid();
         c.max_registers_per_read = 1;
         assert_eq!(paths(&c.validate("m")), ["m.tags[0].type"]);
+    }
+}
+
+#[cfg(test)]
+mod rtu_tests {
+    use super::*;
+
+    fn rtu(text: &str) -> ModbusRtuMachineConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    const TAG: &str =
+        "[[tags]]\nname = \"t\"\nregister = \"holding\"\naddress = 0\ntype = \"u16\"\n";
+
+    #[test]
+    fn rtu_defaults_follow_the_modbus_serial_spec() {
+        let c = rtu(&format!("name = \"m\"\nserial = \"/dev/ttyUSB0\"\n{TAG}"));
+        assert_eq!(
+            c.line(),
+            SerialLineSettings {
+                baud_rate: 19_200,
+                parity: Parity::Even,
+                data_bits: 8,
+                stop_bits: 1
+            }
+        );
+        assert_eq!(c.unit_id, 1);
+        assert_eq!(c.line().bits_per_character(), 11);
+        assert!(c.validate("m").is_empty());
+    }
+
+    #[test]
+    fn rtu_line_keys_are_checked_each_at_its_path() {
+        let mut c = rtu(&format!("name = \"m\"\nserial = \"\"\n{TAG}"));
+        c.baud_rate = 0;
+        c.data_bits = 7;
+        c.stop_bits = 3;
+        c.unit_id = 0;
+        let paths: Vec<String> = c
+            .validate("machines[2]")
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "machines[2].serial",
+                "machines[2].baud_rate",
+                "machines[2].data_bits",
+                "machines[2].stop_bits",
+                "machines[2].unit_id",
+            ]
+        );
+        c.unit_id = 248;
+        assert!(c.validate("m").iter().any(|p| p.path == "m.unit_id"));
+        let err = toml::from_str::<ModbusRtuMachineConfig>(&format!(
+            "name = \"m\"\nserial = \"/dev/x\"\nparity = \"mark\"\n{TAG}"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("mark"), "{err}");
+        let err = toml::from_str::<ModbusRtuMachineConfig>(&format!(
+            "name = \"m\"\nserial = \"/dev/x\"\naddress = \"h:1\"\n{TAG}"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("address"), "{err}");
+    }
+
+    #[test]
+    fn machines_on_one_line_must_agree_and_not_share_unit_ids() {
+        let base = rtu(&format!("name = \"a\"\nserial = \"/dev/ttyS0\"\n{TAG}"));
+        let mut b = base.clone();
+        b.name = "b".into();
+        b.unit_id = 2;
+        b.parity = Parity::None;
+        let mut c = base.clone();
+        c.name = "c".into();
+        let mut elsewhere = base.clone();
+        elsewhere.name = "d".into();
+        elsewhere.serial = "/dev/ttyS1".into();
+        elsewhere.baud_rate = 9600;
+        let problems = shared_line_problems([
+            ("machines[0]".to_string(), LineMember::Serial(&base)),
+            ("machines[1]".to_string(), LineMember::Serial(&b)),
+            ("machines[2]".to_string(), LineMember::Serial(&c)),
+            ("machines[3]".to_string(), LineMember::Serial(&elsewhere)),
+        ]);
+        let found: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, "machines[1].parity");
+        assert!(found[0].1.contains("\"a\"") && found[0].1.contains("machines[0]"));
+        assert_eq!(found[1].0, "machines[2].unit_id");
+        assert!(found[1].1.contains("unit 1") && found[1].1.contains("\"a\""));
     }
 }

@@ -1,4 +1,7 @@
-//! Polls one Modbus TCP machine and turns each poll into a [`Scan`].
+//! The Modbus poller: one per machine, whatever the transport. It polls its
+//! unit through a [`ModbusLink`] (its own TCP connection, or a place on a
+//! shared RTU bus), turns each poll into a [`Scan`] and handles Modbus
+//! exceptions by their meaning.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -7,62 +10,133 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use tokio_modbus::client::{tcp, Context, Reader};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::error::ConnectorError;
-use crate::modbus::config::{ModbusMachineConfig, RegisterKind};
+use crate::modbus::bus::{BusMember, Line};
+use crate::modbus::config::{
+    rtu_over_tcp_problems, ModbusMachineConfig, ModbusRtuMachineConfig, ModbusUnitConfig,
+    RegisterKind,
+};
 use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
+use crate::modbus::link::{Block, ModbusLink, Span, TcpLink};
 use crate::modbus::plan::{BlockRead, ReadPlan};
 use crate::scan::{Quality, Scan, SourceStatus, TagReading, TagValue};
 use crate::source::{Source, SourceStats};
+use crate::validation::Problem;
 
-/// One machine's poller. Each machine gets its own source and task, so a dead
-/// machine never delays another.
+/// How often a read answered with 05 (acknowledge) or 06 (busy) is asked
+/// again within one poll, and how long to wait before each retry. Short: the
+/// device said "soon", and a poll should not slip by more than this.
+const BUSY_RETRIES: u32 = 3;
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// The poller of one Modbus machine. Each machine gets its own source and
+/// task, so a dead machine never delays another (on a shared RTU line, a
+/// dead unit costs the others at most one request timeout per retry).
 #[derive(Debug)]
-pub struct ModbusTcpSource {
-    config: ModbusMachineConfig,
+pub struct ModbusSource {
+    unit: ModbusUnitConfig,
+    link: ModbusLink,
     machine: Arc<str>,
     tag_names: Vec<Arc<str>>,
     plan: ReadPlan,
     stats: SourceStats,
 }
 
-/// The registers or bits of one read.
-enum Block {
-    Words(Vec<u16>),
-    Bits(Vec<bool>),
+/// The name this source had when Modbus meant Modbus TCP only.
+pub type ModbusTcpSource = ModbusSource;
+
+/// What is known about one planned read across polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockState {
+    /// Answering (or not yet asked).
+    Answering,
+    /// Answered with this exception last time; asked again every poll.
+    Failing(ExceptionCode),
+    /// Refused as misconfigured (01/02/03): never asked again, its tags stay
+    /// Bad with this exception as their status.
+    Refused(ExceptionCode),
 }
 
-/// Why the polling of one connection ended.
-enum LinkEnd {
-    Lost(ConnectorError),
-    /// Cancelled, or nobody receives scans any more.
-    Stop,
+/// How one poll ended.
+enum PollEnd {
+    /// Every read got an answer from the device (values or exceptions).
+    Scan(Scan),
+    /// The unit cannot be read now: the link failed, or a gateway answered
+    /// that the unit is not there (with that exception as the tags' status).
+    Unreachable(ConnectorError, Option<SourceStatus>),
 }
 
-impl ModbusTcpSource {
-    /// Checks the configuration and plans the reads; no I/O.
+impl ModbusSource {
+    /// A Modbus TCP machine. Checks the configuration and plans the reads;
+    /// no I/O.
     pub fn new(config: ModbusMachineConfig) -> Result<Self, ConnectorError> {
-        let problems = config.validate(&config.name);
-        if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(ConnectorError::Config(list.join("; ")));
-        }
-        let plan = ReadPlan::build(&config.tags, config.max_registers_per_read)?;
+        refuse(config.validate(&config.name))?;
+        let stats = SourceStats::default();
+        let link = ModbusLink::Tcp(TcpLink::new(
+            Arc::from(config.name.as_str()),
+            config.address.clone(),
+            config.unit_id,
+            Duration::from_millis(config.request_timeout_ms),
+            stats.clone(),
+        ));
+        Self::with_link(config.unit(), link, stats)
+    }
+
+    /// A machine on a serial RTU line. Joins the line's bus (shared with the
+    /// other machines naming the same `serial`); no I/O.
+    pub fn rtu(config: ModbusRtuMachineConfig) -> Result<Self, ConnectorError> {
+        refuse(config.validate(&config.name))?;
+        let line = Line::Serial {
+            path: config.serial.clone(),
+            settings: config.line(),
+        };
+        Self::on_bus(config.unit(), line)
+    }
+
+    /// A machine behind a serial device server that passes RTU frames over
+    /// TCP. Joins the bus of its `address`; no I/O.
+    pub fn rtu_over_tcp(config: ModbusMachineConfig) -> Result<Self, ConnectorError> {
+        refuse(rtu_over_tcp_problems(&config, &config.name))?;
+        let line = Line::RtuOverTcp {
+            address: config.address.clone(),
+        };
+        Self::on_bus(config.unit(), line)
+    }
+
+    fn on_bus(unit: ModbusUnitConfig, line: Line) -> Result<Self, ConnectorError> {
+        // Planned before joining, so a refused plan never holds a unit id.
+        ReadPlan::build(&unit.tags, unit.max_registers_per_read)?;
+        let member = BusMember::join(
+            line,
+            &unit.name,
+            unit.unit_id,
+            Duration::from_millis(unit.request_timeout_ms),
+        )?;
+        Self::with_link(unit, ModbusLink::Bus(member), SourceStats::default())
+    }
+
+    fn with_link(
+        unit: ModbusUnitConfig,
+        link: ModbusLink,
+        stats: SourceStats,
+    ) -> Result<Self, ConnectorError> {
+        let plan = ReadPlan::build(&unit.tags, unit.max_registers_per_read)?;
         Ok(Self {
-            machine: Arc::from(config.name.as_str()),
-            tag_names: config
+            machine: Arc::from(unit.name.as_str()),
+            tag_names: unit
                 .tags
                 .iter()
                 .map(|t| Arc::from(t.name.as_str()))
                 .collect(),
             plan,
-            stats: SourceStats::default(),
-            config,
+            stats,
+            link,
+            unit,
         })
     }
 
@@ -74,210 +148,172 @@ impl ModbusTcpSource {
         &self.plan
     }
 
-    /// Connects, polls and reconnects until `cancel` fires or `out` is closed.
+    /// Polls until `cancel` fires or `out` is closed.
     ///
-    /// Every poll yields one scan with all tags. When the link breaks (or a
-    /// request times out) one scan with every tag `Bad` tells consumers the
-    /// machine is unreachable; then reconnects follow with capped, jittered
-    /// exponential backoff. Sending awaits a free slot in `out`.
-    pub async fn run(self, out: mpsc::Sender<Scan>, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(self.config.backoff);
-        let mut ever_connected = false;
-        // One unreachable-scan per outage, not one per failed attempt.
-        let mut outage_reported = false;
-        loop {
-            let connected = tokio::select! {
-                () = cancel.cancelled() => return,
-                connected = self.connect() => connected,
-            };
-            let failure = match connected {
-                Ok(ctx) => {
-                    if ever_connected {
-                        self.stats.count_reconnect();
-                        info!(
-                            machine = %self.machine,
-                            address = %self.config.address,
-                            attempts = backoff.failures(),
-                            "Modbus link is back"
-                        );
-                    } else {
-                        info!(machine = %self.machine, address = %self.config.address, "Modbus link up");
-                    }
-                    ever_connected = true;
-                    outage_reported = false;
-                    backoff.reset();
-                    match self.poll_connection(ctx, &out, &cancel).await {
-                        LinkEnd::Stop => return,
-                        LinkEnd::Lost(e) => e,
-                    }
-                }
-                Err(e) => e,
-            };
-
-            self.stats.count_link_failure();
-            let delay = backoff.next_delay();
-            warn!(
-                machine = %self.machine,
-                address = %self.config.address,
-                attempt = backoff.failures(),
-                next_delay_ms = delay.as_millis() as u64,
-                error = %failure,
-                "Modbus link down; reconnecting"
-            );
-            if !outage_reported {
-                outage_reported = true;
-                self.stats.count_outage();
-                if !self.send(self.unreachable_scan(), &out, &cancel).await {
-                    return;
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.config.request_timeout_ms)
-    }
-
-    fn link_error(&self, reason: String) -> ConnectorError {
-        ConnectorError::Link {
-            machine: self.config.name.clone(),
-            reason,
-        }
-    }
-
-    /// Resolves and connects under the request timeout, trying every address
-    /// the host resolves to.
-    async fn connect(&self) -> Result<Context, ConnectorError> {
-        let timeout = self.request_timeout();
-        let slave = Slave(self.config.unit_id);
-        let attempt = async {
-            let addrs = tokio::net::lookup_host(self.config.address.as_str())
-                .await
-                .map_err(|e| format!("cannot resolve {}: {e}", self.config.address))?;
-            let mut last = format!("{} resolves to no address", self.config.address);
-            for addr in addrs {
-                match tcp::connect_slave(addr, slave).await {
-                    Ok(ctx) => return Ok(ctx),
-                    Err(e) => last = format!("cannot connect to {addr}: {e}"),
-                }
-            }
-            Err(last)
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(ctx)) => Ok(ctx),
-            Ok(Err(reason)) => Err(self.link_error(reason)),
-            Err(_) => Err(self.link_error(format!("no connection within {timeout:?}"))),
-        }
-    }
-
-    /// Polls on one connection until the link fails or the source stops. The
-    /// connection is dropped on return: after a timeout a late reply would
-    /// otherwise be taken as the answer to the next request.
-    async fn poll_connection(
-        &self,
-        mut ctx: Context,
-        out: &mpsc::Sender<Scan>,
-        cancel: &CancellationToken,
-    ) -> LinkEnd {
-        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.poll_interval_ms));
+    /// Every poll yields one scan with all tags. When the unit cannot be read
+    /// (link broken, request timed out, gateway says the unit is absent) one
+    /// scan with every tag `Bad` tells consumers; then the unit is asked
+    /// again after capped, jittered exponential backoff. Sending awaits a
+    /// free slot in `out`.
+    pub async fn run(mut self, out: mpsc::Sender<Scan>, cancel: CancellationToken) {
+        self.link.start();
+        let mut backoff = Backoff::new(self.unit.backoff);
+        let mut blocks = vec![BlockState::Answering; self.plan.reads.len()];
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.unit.poll_interval_ms));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Which reads answered with an exception last time, to log changes only.
-        let mut failing: Vec<Option<ExceptionCode>> = vec![None; self.plan.reads.len()];
+        // One unreachable-scan per outage, not one per failed attempt.
+        let mut in_outage = false;
         loop {
             tokio::select! {
-                () = cancel.cancelled() => return LinkEnd::Stop,
+                () = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
             let polled = tokio::select! {
-                () = cancel.cancelled() => return LinkEnd::Stop,
-                polled = self.poll(&mut ctx, &mut failing) => polled,
+                () = cancel.cancelled() => return,
+                polled = self.poll(&mut blocks) => polled,
             };
             match polled {
-                Ok(scan) => {
+                PollEnd::Scan(scan) => {
+                    if in_outage {
+                        in_outage = false;
+                        info!(
+                            machine = %self.machine,
+                            link = %self.link.describe(),
+                            attempts = backoff.failures(),
+                            "Modbus unit answers again"
+                        );
+                        // A TCP link counts its own new connections.
+                        if matches!(self.link, ModbusLink::Bus(_)) {
+                            self.stats.count_reconnect();
+                        }
+                    }
+                    backoff.reset();
                     self.stats.count_scan();
-                    if !self.send(scan, out, cancel).await {
-                        return LinkEnd::Stop;
+                    if !send(&self.machine, scan, &out, &cancel).await {
+                        return;
                     }
                 }
-                Err(e) => return LinkEnd::Lost(e),
+                PollEnd::Unreachable(failure, status) => {
+                    if status.is_none() {
+                        self.stats.count_link_failure();
+                    }
+                    let delay = backoff.next_delay();
+                    warn!(
+                        machine = %self.machine,
+                        link = %self.link.describe(),
+                        attempt = backoff.failures(),
+                        next_delay_ms = delay.as_millis() as u64,
+                        error = %failure,
+                        "Modbus unit unreachable; retrying"
+                    );
+                    if !in_outage {
+                        in_outage = true;
+                        self.stats.count_outage();
+                        let scan = self.unreachable_scan(status);
+                        if !send(&self.machine, scan, &out, &cancel).await {
+                            return;
+                        }
+                    }
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    // Poll right after the backoff, not a whole interval later.
+                    ticker.reset_immediately();
+                }
             }
         }
     }
 
-    /// One poll: every planned read in turn, each under the request timeout.
-    async fn poll(
-        &self,
-        ctx: &mut Context,
-        failing: &mut [Option<ExceptionCode>],
-    ) -> Result<Scan, ConnectorError> {
-        let timeout = self.request_timeout();
+    /// One poll: every planned read that is not refused, in turn.
+    async fn poll(&mut self, blocks: &mut [BlockState]) -> PollEnd {
         let acquired_at = SystemTime::now();
         let mut values: Vec<Option<TagValue>> = vec![None; self.tag_names.len()];
         let mut statuses: Vec<Option<SourceStatus>> = vec![None; self.tag_names.len()];
-        for (read, was_failing) in self.plan.reads.iter().zip(failing.iter_mut()) {
-            let answer = match tokio::time::timeout(timeout, read_block(ctx, read)).await {
-                Err(_) => {
-                    return Err(self.link_error(format!(
-                        "no answer to {} {}+{} within {timeout:?}",
-                        read.kind.as_str(),
-                        read.start,
-                        read.count
-                    )))
-                }
-                // tokio-modbus reports a connection closed by the peer with the
-                // thread's last errno, so the text may name an unrelated error.
-                Ok(Err(e)) => {
-                    return Err(self.link_error(format!(
-                        "{} {}+{} failed: {e}",
-                        read.kind.as_str(),
-                        read.start,
-                        read.count
-                    )))
-                }
-                Ok(Ok(answer)) => answer,
+        for (index, read) in self.plan.reads.iter().enumerate() {
+            let span = Span {
+                kind: read.kind,
+                start: read.start,
+                count: read.count,
             };
-            match answer {
-                Ok(block) => {
-                    if let Some(code) = was_failing.take() {
-                        info!(
-                            machine = %self.machine,
-                            register = read.kind.as_str(),
-                            start = read.start,
-                            count = read.count,
-                            previous = %code,
-                            "Modbus read answers again"
-                        );
+            if let BlockState::Refused(code) = blocks[index] {
+                mark(&mut statuses, read, code);
+                continue;
+            }
+            let mut busy_retries = 0;
+            let answer = loop {
+                let answer = match self.link.read(span).await {
+                    Ok(answer) => answer,
+                    Err(e) => return PollEnd::Unreachable(e, None),
+                };
+                match answer {
+                    Err(code @ (ExceptionCode::Acknowledge | ExceptionCode::ServerDeviceBusy))
+                        if busy_retries < BUSY_RETRIES =>
+                    {
+                        self.stats.count_device_errors(1);
+                        busy_retries += 1;
+                        debug!(machine = %self.machine, %span, %code, busy_retries, "device busy; asking again");
+                        tokio::time::sleep(BUSY_RETRY_DELAY).await;
                     }
-                    self.decode_block(read, &block, &mut values);
+                    answer => break answer,
                 }
-                Err(code) => {
-                    self.stats.count_device_errors(1);
-                    for planned in &read.tags {
-                        statuses[planned.tag_index] =
-                            Some(SourceStatus::ModbusException(u8::from(code)));
+            };
+            let code = match answer {
+                Ok(block) => {
+                    if let BlockState::Failing(previous) = blocks[index] {
+                        info!(machine = %self.machine, %span, %previous, "Modbus read answers again");
                     }
-                    let error = ConnectorError::DeviceException {
-                        machine: self.config.name.clone(),
-                        function: function_name(read.kind),
-                        address: read.start,
-                        exception: code.to_string(),
-                    };
-                    // Logged once per change so a misconfigured tag does not flood the log.
-                    if *was_failing != Some(code) {
+                    blocks[index] = BlockState::Answering;
+                    self.decode_block(read, &block, &mut values);
+                    continue;
+                }
+                Err(code) => code,
+            };
+            self.stats.count_device_errors(1);
+            let exception = self.exception(span, code);
+            match code {
+                // The request itself is wrong for this device: asking again
+                // cannot help, and would cost bus time every poll.
+                ExceptionCode::IllegalFunction
+                | ExceptionCode::IllegalDataAddress
+                | ExceptionCode::IllegalDataValue => {
+                    error!(
+                        machine = %self.machine,
+                        register = read.kind.as_str(),
+                        start = read.start,
+                        count = read.count,
+                        tags = %self.tags_of(read),
+                        error = %exception,
+                        "configuration error: the device refuses this read; \
+                         it is not asked again and its tags stay Bad"
+                    );
+                    blocks[index] = BlockState::Refused(code);
+                    mark(&mut statuses, read, code);
+                }
+                // A gateway in front of the unit says the unit is not there:
+                // the whole unit is out, as if its link had failed.
+                ExceptionCode::GatewayPathUnavailable | ExceptionCode::GatewayTargetDevice => {
+                    return PollEnd::Unreachable(
+                        exception,
+                        Some(SourceStatus::ModbusException(u8::from(code))),
+                    );
+                }
+                // Anything else (still busy, device failure, ...) may pass:
+                // this read's tags are Bad now, and it is asked next poll.
+                _ => {
+                    // Logged once per change so a failing read does not flood the log.
+                    if blocks[index] != BlockState::Failing(code) {
                         warn!(
                             machine = %self.machine,
+                            error = %exception,
                             count = read.count,
-                            error = %error,
                             "Modbus exception; tags of this read are Bad"
                         );
                     } else {
-                        debug!(machine = %self.machine, error = %error, "Modbus exception");
+                        debug!(machine = %self.machine, error = %exception, "Modbus exception");
                     }
-                    *was_failing = Some(code);
+                    blocks[index] = BlockState::Failing(code);
+                    mark(&mut statuses, read, code);
                 }
             }
         }
@@ -297,16 +333,35 @@ impl ModbusTcpSource {
                 status,
             })
             .collect();
-        Ok(Scan {
+        PollEnd::Scan(Scan {
             machine: self.machine.clone(),
             acquired_at,
             readings,
         })
     }
 
+    fn exception(&self, span: Span, code: ExceptionCode) -> ConnectorError {
+        ConnectorError::DeviceException {
+            machine: self.unit.name.clone(),
+            function: function_name(span.kind),
+            address: span.start,
+            exception: code.to_string(),
+        }
+    }
+
+    /// The names of a read's tags, for a log line.
+    fn tags_of(&self, read: &BlockRead) -> String {
+        let names: Vec<&str> = read
+            .tags
+            .iter()
+            .map(|t| &*self.tag_names[t.tag_index])
+            .collect();
+        names.join(",")
+    }
+
     fn decode_block(&self, read: &BlockRead, block: &Block, values: &mut [Option<TagValue>]) {
         for planned in &read.tags {
-            let tag = &self.config.tags[planned.tag_index];
+            let tag = &self.unit.tags[planned.tag_index];
             let start = usize::from(planned.offset);
             let end = start + usize::from(planned.width);
             let raw = match block {
@@ -337,34 +392,41 @@ impl ModbusTcpSource {
         }
     }
 
-    /// Every tag `Bad`, stamped now: the machine cannot be read.
-    fn unreachable_scan(&self) -> Scan {
+    /// Every tag `Bad`, stamped now: the unit cannot be read.
+    fn unreachable_scan(&self, status: Option<SourceStatus>) -> Scan {
         Scan {
             machine: self.machine.clone(),
             acquired_at: SystemTime::now(),
             readings: self
                 .tag_names
                 .iter()
-                .map(|tag| TagReading::bad(tag.clone(), None))
+                .map(|tag| TagReading::bad(tag.clone(), status))
                 .collect(),
-        }
-    }
-
-    /// `false` when the source should stop (cancelled or receiver gone).
-    async fn send(&self, scan: Scan, out: &mpsc::Sender<Scan>, cancel: &CancellationToken) -> bool {
-        tokio::select! {
-            () = cancel.cancelled() => false,
-            sent = out.send(scan) => {
-                if sent.is_err() {
-                    debug!(machine = %self.machine, "scan receiver closed; stopping");
-                }
-                sent.is_ok()
-            }
         }
     }
 }
 
-impl Source for ModbusTcpSource {
+/// `false` when the source should stop (cancelled or receiver gone). Not a
+/// method: the source holds a tokio-modbus context, which is not `Sync`, so
+/// `&self` must not live across this await.
+async fn send(
+    machine: &str,
+    scan: Scan,
+    out: &mpsc::Sender<Scan>,
+    cancel: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        sent = out.send(scan) => {
+            if sent.is_err() {
+                debug!(machine, "scan receiver closed; stopping");
+            }
+            sent.is_ok()
+        }
+    }
+}
+
+impl Source for ModbusSource {
     fn machine(&self) -> &str {
         &self.machine
     }
@@ -386,28 +448,20 @@ impl Source for ModbusTcpSource {
     }
 }
 
-async fn read_block(
-    ctx: &mut Context,
-    read: &BlockRead,
-) -> Result<Result<Block, ExceptionCode>, tokio_modbus::Error> {
-    Ok(match read.kind {
-        RegisterKind::Holding => ctx
-            .read_holding_registers(read.start, read.count)
-            .await?
-            .map(Block::Words),
-        RegisterKind::Input => ctx
-            .read_input_registers(read.start, read.count)
-            .await?
-            .map(Block::Words),
-        RegisterKind::Coil => ctx
-            .read_coils(read.start, read.count)
-            .await?
-            .map(Block::Bits),
-        RegisterKind::DiscreteInput => ctx
-            .read_discrete_inputs(read.start, read.count)
-            .await?
-            .map(Block::Bits),
-    })
+/// Every problem as one configuration error, or nothing.
+fn refuse(problems: Vec<Problem>) -> Result<(), ConnectorError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    Err(ConnectorError::Config(list.join("; ")))
+}
+
+/// The read's tags carry `code` as their status (they stay Bad: no value).
+fn mark(statuses: &mut [Option<SourceStatus>], read: &BlockRead, code: ExceptionCode) {
+    for planned in &read.tags {
+        statuses[planned.tag_index] = Some(SourceStatus::ModbusException(u8::from(code)));
+    }
 }
 
 fn function_name(kind: RegisterKind) -> &'static str {

@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ironbridge_connectors::influx::InfluxSinkConfig;
-use ironbridge_connectors::modbus::ModbusMachineConfig;
+use ironbridge_connectors::modbus::{ModbusMachineConfig, ModbusRtuMachineConfig};
 use ironbridge_connectors::opcua::OpcUaMachineConfig;
 use ironbridge_connectors::{Problem, SourceConfig};
 use ironbridge_models::ModelRegistry;
@@ -207,11 +207,18 @@ impl SectionReader {
             .remove("influx")
             .and_then(|v| self.section::<InfluxSinkConfig>(v, "influx"));
         let machines = match root.remove("machines") {
-            Some(toml::Value::Array(items)) => items
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, v)| self.machine(v, i))
-                .collect(),
+            Some(toml::Value::Array(items)) => {
+                let read: Vec<(usize, MachineConfig)> = items
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| self.machine(v, i).map(|m| (i, m)))
+                    .collect();
+                // Machines sharing a line (RTU) must agree with each other.
+                self.problems.extend(SourceConfig::validate_together(
+                    read.iter().map(|(i, m)| (format!("machines[{i}]"), m)),
+                ));
+                read.into_iter().map(|(_, m)| m).collect()
+            }
             Some(_) => {
                 self.problems.push(Problem::new(
                     "machines",
@@ -296,6 +303,12 @@ impl SectionReader {
             Some(Some("modbus-tcp")) => self
                 .section::<ModbusMachineConfig>(toml::Value::Table(table), path)
                 .map(MachineConfig::ModbusTcp),
+            Some(Some("modbus-rtu")) => self
+                .section::<ModbusRtuMachineConfig>(toml::Value::Table(table), path)
+                .map(MachineConfig::ModbusRtu),
+            Some(Some("modbus-rtu-over-tcp")) => self
+                .section::<ModbusMachineConfig>(toml::Value::Table(table), path)
+                .map(MachineConfig::ModbusRtuOverTcp),
             Some(Some("opcua")) => self
                 .section::<OpcUaMachineConfig>(toml::Value::Table(table), path)
                 .map(MachineConfig::OpcUa),
