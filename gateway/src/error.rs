@@ -40,6 +40,16 @@ pub enum GatewayError {
     },
     #[error("OPC UA server stopped with an error: {0}")]
     OpcUaRun(String),
+    #[error("invalid Modbus server configuration: {}", join_problems(.0))]
+    ModbusServerConfig(Vec<Problem>),
+    #[error("Modbus register map: {0}")]
+    ModbusRegisterMap(String),
+    #[error("Modbus server cannot listen on {addr}: {source}")]
+    ModbusServerBind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn join_problems(problems: &[Problem]) -> String {
