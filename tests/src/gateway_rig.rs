@@ -2,6 +2,7 @@
 //! (in-process, on a free port), a real victoria-metrics, and the gateway
 //! started from a configuration file like a user's.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -25,17 +26,41 @@ pub struct GatewayRig {
     pub simulator: std::sync::Arc<Simulator>,
     pub gateway: Option<Gateway>,
     pub opcua_port: u16,
+    /// Where the gateway's Modbus server listens, when enabled.
+    pub modbus_server: Option<SocketAddr>,
     pub config_path: PathBuf,
     cancel: CancellationToken,
+    simulator_cancel: CancellationToken,
     _dir: tempfile::TempDir,
+}
+
+/// What to start besides the example configuration's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RigOptions {
+    pub poll_ms: u64,
+    pub flush_ms: u64,
+    /// Enables the example's `[modbus_server]` section with this address
+    /// (`127.0.0.1:0` for a port the system chooses).
+    pub modbus_server: Option<String>,
 }
 
 impl GatewayRig {
     /// Starts victoria-metrics, the simulator and a gateway polling it every
     /// `poll_ms` and flushing to the store every `flush_ms`.
     pub async fn start(poll_ms: u64, flush_ms: u64) -> Result<Self> {
+        Self::start_with(RigOptions {
+            poll_ms,
+            flush_ms,
+            ..RigOptions::default()
+        })
+        .await
+    }
+
+    /// Starts victoria-metrics, the simulator and a gateway as `options` say.
+    pub async fn start_with(options: RigOptions) -> Result<Self> {
         let vm = VictoriaMetrics::start().await?;
         let cancel = CancellationToken::new();
+        let simulator_cancel = cancel.child_token();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let sim_addr = listener.local_addr()?;
@@ -47,7 +72,7 @@ impl GatewayRig {
         })?);
         {
             let simulator = simulator.clone();
-            let cancel = cancel.child_token();
+            let cancel = simulator_cancel.clone();
             tokio::spawn(async move { simulator.serve(listener, cancel).await });
         }
 
@@ -59,9 +84,8 @@ impl GatewayRig {
             &vm.url(),
             &sim_addr.to_string(),
             opcua_port,
-            poll_ms,
-            flush_ms,
             &dir.path().join("pki"),
+            &options,
         )?;
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, text)?;
@@ -72,16 +96,24 @@ impl GatewayRig {
         Ok(Self {
             vm,
             simulator,
+            modbus_server: gateway.modbus_server_addr,
             gateway: Some(gateway),
             opcua_port,
             config_path,
             cancel,
+            simulator_cancel,
             _dir: dir,
         })
     }
 
     pub fn opcua_url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.opcua_port)
+    }
+
+    /// Stops the simulated pump: its connections close and its port stops
+    /// listening, as when the machine loses power.
+    pub fn stop_simulator(&self) {
+        self.simulator_cancel.cancel();
     }
 
     /// Stops the gateway (waiting for its final flush) and the simulator.
@@ -127,10 +159,15 @@ fn rig_config(
     vm_url: &str,
     sim_addr: &str,
     opcua_port: u16,
-    poll_ms: u64,
-    flush_ms: u64,
     pki_dir: &std::path::Path,
+    options: &RigOptions,
 ) -> Result<String> {
+    let RigOptions {
+        poll_ms,
+        flush_ms,
+        modbus_server,
+    } = options;
+    let modbus_server = modbus_server.as_deref();
     let model_dir = repo_root().join("models/examples/bearing-wear");
     let mut out = String::new();
     for line in example.lines() {
@@ -146,12 +183,22 @@ fn rig_config(
             l if l.starts_with("path = \"../models/examples/bearing-wear\"") => {
                 format!("path = {:?}", model_dir.display().to_string())
             }
+            "# [modbus_server]" if modbus_server.is_some() => "[modbus_server]".to_string(),
+            l if l.starts_with("# address = \"127.0.0.1:5502\"") => match modbus_server {
+                Some(address) => format!("address = {address:?}"),
+                None => line.to_string(),
+            },
             _ => line.to_string(),
         };
         out.push_str(&replaced);
         out.push('\n');
     }
-    for must in [vm_url, sim_addr] {
+    let mut musts = vec![vm_url.to_string(), sim_addr.to_string()];
+    if let Some(address) = modbus_server {
+        musts.push("\n[modbus_server]\n".to_string());
+        musts.push(format!("address = {address:?}"));
+    }
+    for must in &musts {
         anyhow::ensure!(
             out.contains(must),
             "config/example.toml changed shape: {must} not substituted"
