@@ -42,6 +42,16 @@ pub enum GatewayError {
     OpcUaRun(String),
     #[error("{0}")]
     Discover(String),
+    #[error("invalid Modbus server configuration: {}", join_problems(.0))]
+    ModbusServerConfig(Vec<Problem>),
+    #[error("Modbus register map: {0}")]
+    ModbusRegisterMap(String),
+    #[error("Modbus server cannot listen on {addr}: {source}")]
+    ModbusServerBind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn join_problems(problems: &[Problem]) -> String {

@@ -1,14 +1,15 @@
-//! The IronBridge gateway: configuration, wiring, supervision and the OPC UA
-//! server. `main.rs` only parses the command line and calls into this library.
+//! The IronBridge gateway: configuration, wiring, supervision, the OPC UA
+//! server and the (optional) Modbus TCP server of predictions. `main.rs` only parses the command line and calls into this library.
 //!
 //! Data moves one way (see `runtime`): sources → fan-out → feature assembly →
-//! inference → sinks (InfluxDB, OPC UA).
+//! inference → sinks (InfluxDB, OPC UA, Modbus registers).
 
 pub mod cli;
 pub mod config;
 pub mod discover;
 pub mod error;
 pub mod features;
+pub mod modbus_server;
 pub mod opcua_server;
 pub mod runtime;
 pub mod shutdown;

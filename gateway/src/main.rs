@@ -22,6 +22,18 @@ fn main() -> ExitCode {
                     c.machines.len(),
                     c.models.len()
                 );
+                if let Some(server) = &c.modbus_server {
+                    // The addresses an HMI needs, before anything runs.
+                    match ironbridge::modbus_server::register_map(&c) {
+                        Ok(map) => {
+                            print!("Modbus server on {}\n{}", server.address, map.describe())
+                        }
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return ExitCode::from(EXIT_INVALID_CONFIG);
+                        }
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

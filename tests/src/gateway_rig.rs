@@ -2,6 +2,7 @@
 //! (in-process, on a free port), a real victoria-metrics, and the gateway
 //! started from a configuration file like a user's.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,17 +35,41 @@ pub struct GatewayRig {
     spindle_cancel: CancellationToken,
     pub gateway: Option<Gateway>,
     pub opcua_port: u16,
+    /// Where the gateway's Modbus server listens, when enabled.
+    pub modbus_server: Option<SocketAddr>,
     pub config_path: PathBuf,
     cancel: CancellationToken,
+    simulator_cancel: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
+/// What to start besides the example configuration's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RigOptions {
+    pub poll_ms: u64,
+    pub flush_ms: u64,
+    /// Enables the example's `[modbus_server]` section with this address
+    /// (`127.0.0.1:0` for a port the system chooses).
+    pub modbus_server: Option<String>,
+}
+
 impl GatewayRig {
-    /// Starts victoria-metrics, the simulator and a gateway polling it every
-    /// `poll_ms` and flushing to the store every `flush_ms`.
+    /// Starts victoria-metrics, the simulators and a gateway polling them
+    /// every `poll_ms` and flushing to the store every `flush_ms`.
     pub async fn start(poll_ms: u64, flush_ms: u64) -> Result<Self> {
+        Self::start_with(RigOptions {
+            poll_ms,
+            flush_ms,
+            ..RigOptions::default()
+        })
+        .await
+    }
+
+    /// Starts victoria-metrics, the simulators and a gateway as `options` say.
+    pub async fn start_with(options: RigOptions) -> Result<Self> {
         let vm = VictoriaMetrics::start().await?;
         let cancel = CancellationToken::new();
+        let simulator_cancel = cancel.child_token();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let sim_addr = listener.local_addr()?;
@@ -56,7 +81,7 @@ impl GatewayRig {
         })?);
         {
             let simulator = simulator.clone();
-            let cancel = cancel.child_token();
+            let cancel = simulator_cancel.clone();
             tokio::spawn(async move { simulator.serve(listener, cancel).await });
         }
 
@@ -97,9 +122,8 @@ impl GatewayRig {
                 sim_addr: &sim_addr,
                 spindle_endpoint: &spindle_endpoint,
                 opcua_port,
-                poll_ms,
-                flush_ms,
                 pki_dir: &pki_dir,
+                options: &options,
             },
         )?;
         let config_path = dir.path().join("gateway.toml");
@@ -113,16 +137,24 @@ impl GatewayRig {
             simulator,
             spindle,
             spindle_cancel,
+            modbus_server: gateway.modbus_server_addr,
             gateway: Some(gateway),
             opcua_port,
             config_path,
             cancel,
+            simulator_cancel,
             _dir: dir,
         })
     }
 
     pub fn opcua_url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.opcua_port)
+    }
+
+    /// Stops the simulated pump: its connections close and its port stops
+    /// listening, as when the machine loses power.
+    pub fn stop_simulator(&self) {
+        self.simulator_cancel.cancel();
     }
 
     /// Stops the simulated spindle's server (the machine goes away).
@@ -172,15 +204,15 @@ struct RigPlaces<'a> {
     sim_addr: &'a str,
     spindle_endpoint: &'a str,
     opcua_port: u16,
-    poll_ms: u64,
-    flush_ms: u64,
     pki_dir: &'a std::path::Path,
+    options: &'a RigOptions,
 }
 
 /// The example configuration with this rig's ports and paths: the same file
 /// a user starts from, not a hand-written test variant.
 fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
     let models_dir = repo_root().join("models");
+    let modbus_server = at.options.modbus_server.as_deref();
     let mut out = String::new();
     for line in example.lines() {
         let replaced = match line.trim_start() {
@@ -198,10 +230,10 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
                 format!("endpoint = {:?}", at.spindle_endpoint)
             }
             l if l.starts_with("poll_interval_ms =") => {
-                format!("poll_interval_ms = {}", at.poll_ms)
+                format!("poll_interval_ms = {}", at.options.poll_ms)
             }
             l if l.starts_with("flush_interval_ms =") => {
-                format!("flush_interval_ms = {}", at.flush_ms)
+                format!("flush_interval_ms = {}", at.options.flush_ms)
             }
             l if l.starts_with("path = \"../models/") => {
                 let rest = l
@@ -209,12 +241,26 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
                     .trim_end_matches('"');
                 format!("path = {:?}", models_dir.join(rest).display().to_string())
             }
+            "# [modbus_server]" if modbus_server.is_some() => "[modbus_server]".to_string(),
+            l if l.starts_with("# address = \"127.0.0.1:5502\"") => match modbus_server {
+                Some(address) => format!("address = {address:?}"),
+                None => line.to_string(),
+            },
             _ => line.to_string(),
         };
         out.push_str(&replaced);
         out.push('\n');
     }
-    for must in [at.vm_url, at.sim_addr, at.spindle_endpoint] {
+    let mut musts = vec![
+        at.vm_url.to_string(),
+        at.sim_addr.to_string(),
+        at.spindle_endpoint.to_string(),
+    ];
+    if let Some(address) = modbus_server {
+        musts.push("\n[modbus_server]\n".to_string());
+        musts.push(format!("address = {address:?}"));
+    }
+    for must in &musts {
         anyhow::ensure!(
             out.contains(must),
             "config/example.toml changed shape: {must} not substituted"

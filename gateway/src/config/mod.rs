@@ -3,7 +3,8 @@
 //! once with its key path and line (`ironbridge validate`).
 //!
 //! Each component owns its section's type and checks (`ModbusMachineConfig`,
-//! `InfluxSinkConfig`, `OpcUaServerConfig`, [`ModelConfig`]); this module
+//! `InfluxSinkConfig`, `OpcUaServerConfig`, `ModbusServerConfig`,
+//! [`ModelConfig`]); this module
 //! reads the file, hands each section to its owner, adds the checks that span
 //! sections (a model's machines exist and carry its inputs) and puts a line
 //! number on every problem.
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 pub use model::{DeviceSetting, ModelConfig};
 pub use source_map::SourceMap;
 
+use crate::modbus_server::{map as modbus_map, ModbusServerConfig};
 use crate::opcua_server::OpcUaServerConfig;
 
 /// A whole, validated gateway configuration.
@@ -35,6 +37,8 @@ pub struct GatewayConfig {
     pub opcua: OpcUaServerConfig,
     /// Absent: process values and predictions go to OPC UA only.
     pub influx: Option<InfluxSinkConfig>,
+    /// Absent: no Modbus server.
+    pub modbus_server: Option<ModbusServerConfig>,
     pub machines: Vec<MachineConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -45,7 +49,7 @@ pub use ironbridge_connectors::SourceConfig as MachineConfig;
 
 /// Protocols a `[[machines]]` entry may name.
 const PROTOCOLS: &[&str] = SourceConfig::PROTOCOLS;
-const SECTIONS: &[&str] = &["opcua", "influx", "machines", "models"];
+const SECTIONS: &[&str] = &["opcua", "influx", "modbus_server", "machines", "models"];
 
 /// A problem with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +210,9 @@ impl SectionReader {
         let influx = root
             .remove("influx")
             .and_then(|v| self.section::<InfluxSinkConfig>(v, "influx"));
+        let modbus_server = root
+            .remove("modbus_server")
+            .and_then(|v| self.section::<ModbusServerConfig>(v, "modbus_server"));
         let machines = match root.remove("machines") {
             Some(toml::Value::Array(items)) => {
                 let read: Vec<(usize, MachineConfig)> = items
@@ -249,12 +256,17 @@ impl SectionReader {
             // only keeps the remaining checks going.
             opcua: opcua.unwrap_or_default(),
             influx,
+            modbus_server,
             machines,
             models,
         };
         self.problems.extend(config.opcua.validate("opcua"));
         if let Some(influx) = &config.influx {
             self.problems.extend(influx.validate("influx"));
+        }
+        if let Some(modbus_server) = &config.modbus_server {
+            self.problems
+                .extend(modbus_server.validate("modbus_server"));
         }
         for (i, m) in config.machines.iter().enumerate() {
             self.problems.extend(m.validate(&format!("machines[{i}]")));
@@ -387,6 +399,16 @@ impl SectionReader {
                         ),
                     ));
                 }
+                if config.modbus_server.is_some() {
+                    if let Some(problem) =
+                        modbus_map::served_model_problem(&manifest.version, manifest.outputs.len())
+                    {
+                        self.problems.push(Problem::new(
+                            format!("{path}.version"),
+                            format!("served over Modbus ([modbus_server]), the model {problem}"),
+                        ));
+                    }
+                }
                 for input in model.input_tags.keys() {
                     if !manifest.inputs.iter().any(|i| &i.name == input) {
                         self.problems.push(Problem::new(
@@ -422,6 +444,25 @@ impl SectionReader {
                     }
                     (Some(_), None) => {}
                 }
+            }
+        }
+        if config.modbus_server.is_some() {
+            let blocks: usize = config
+                .models
+                .iter()
+                .map(|model| {
+                    config
+                        .machines
+                        .iter()
+                        .filter(|m| model.machines.iter().any(|n| n == m.name()))
+                        .count()
+                })
+                .sum();
+            if blocks > modbus_map::MAX_BLOCKS {
+                self.problems.push(Problem::new(
+                    "modbus_server",
+                    modbus_map::block_count_problem(blocks),
+                ));
             }
         }
     }

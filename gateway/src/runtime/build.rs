@@ -16,6 +16,7 @@ use ironbridge_models::{
 
 use crate::config::{DeviceSetting, GatewayConfig, ModelConfig};
 use crate::features::FeatureMap;
+use crate::modbus_server::{MapMachine, MapModel, RegisterMap};
 use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
 use crate::GatewayError;
 
@@ -53,6 +54,8 @@ pub(crate) struct Components {
     pub(crate) sources: Vec<Box<dyn Source>>,
     pub(crate) influx: Option<InfluxV2Writer>,
     pub(crate) layout: AddressSpaceLayout,
+    /// Only when `[modbus_server]` is configured.
+    pub(crate) register_map: Option<RegisterMap>,
 }
 
 impl Components {
@@ -86,11 +89,17 @@ impl Components {
             })
             .transpose()?;
         let layout = layout(&sources, &models);
+        let register_map = config
+            .modbus_server
+            .as_ref()
+            .map(|_| modbus_register_map(&sources, &models))
+            .transpose()?;
         Ok(Self {
             models,
             sources,
             influx,
             layout,
+            register_map,
         })
     }
 }
@@ -166,6 +175,31 @@ fn layout(sources: &[Box<dyn Source>], models: &[ServedModel]) -> AddressSpaceLa
             })
             .collect(),
     }
+}
+
+/// The Modbus register map of what is actually served: the same map
+/// `modbus_server::register_map` derives from the configuration.
+fn modbus_register_map(
+    sources: &[Box<dyn Source>],
+    models: &[ServedModel],
+) -> Result<RegisterMap, GatewayError> {
+    let machines = sources
+        .iter()
+        .map(|s| MapMachine {
+            name: s.machine().to_string(),
+            tag_count: s.tag_names().len(),
+        })
+        .collect();
+    let models: Vec<MapModel> = models
+        .iter()
+        .map(|m| MapModel {
+            name: m.manifest.name.clone(),
+            version: m.manifest.version.clone(),
+            outputs: m.manifest.output_names(),
+            machines: m.config.machines.clone(),
+        })
+        .collect();
+    RegisterMap::new(machines, &models).map_err(GatewayError::ModbusRegisterMap)
 }
 
 /// Which models each machine feeds, by index into the served models: built

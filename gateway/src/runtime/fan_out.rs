@@ -14,11 +14,14 @@ use super::build::ServedModel;
 use super::predictions::PredictionRequest;
 use super::{send_to_sink, FanOutStats};
 use crate::features::MachineState;
+use crate::modbus_server::PredictionRegisters;
 use crate::opcua_server::OpcUaPublisher;
 
 pub(crate) struct FanOut {
     pub(crate) publisher: OpcUaPublisher,
     pub(crate) sink: Option<mpsc::Sender<Record>>,
+    /// Told about outages, so Modbus clients see NaN instead of an old value.
+    pub(crate) modbus: Option<PredictionRegisters>,
     pub(crate) models: Arc<Vec<ServedModel>>,
     /// machine → indexes of the models it feeds.
     pub(crate) routes: HashMap<Arc<str>, Vec<usize>>,
@@ -34,6 +37,9 @@ impl FanOut {
             self.stats.scans.fetch_add(1, Ordering::Relaxed);
             let scan = Arc::new(scan);
             self.publisher.publish_scan(&scan);
+            if let Some(registers) = &self.modbus {
+                registers.observe_scan(&scan);
+            }
             send_to_sink(&self.sink, Record::Scan(scan.clone()), &self.stats);
             let Some(model_indexes) = self.routes.get(&scan.machine) else {
                 continue;

@@ -9,6 +9,7 @@
 //!                                  │          (bounded queue: reject newest, counted; governor rate limit)
 //!                                  └──────▶ prediction collector per model (bounded, block)
 //!                                                └─▶ prediction ─▶ OPC UA + InfluxSink
+//!                                                    (+ Modbus registers, when configured)
 //! ```
 //!
 //! - [`build`]: models, sources and the sink writer, each built (and
@@ -28,6 +29,7 @@ mod predictions;
 mod status;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
+use crate::modbus_server::ModbusServer;
 use crate::opcua_server;
 use crate::GatewayError;
 use build::Components;
@@ -74,11 +77,14 @@ pub struct Gateway {
     collectors: JoinSet<()>,
     sink_task: Option<tokio::task::JoinHandle<()>>,
     opcua_task: tokio::task::JoinHandle<()>,
+    modbus_task: Option<tokio::task::JoinHandle<()>>,
     pub stats: Arc<FanOutStats>,
     pub source_stats: HashMap<String, SourceStats>,
     pub sink_stats: Option<InfluxSinkStats>,
     /// Where the OPC UA server listens.
     pub opcua_endpoint: String,
+    /// Where the Modbus server listens (the actual port if 0 was configured).
+    pub modbus_server_addr: Option<SocketAddr>,
 }
 
 impl Gateway {
@@ -95,7 +101,15 @@ impl Gateway {
             sources,
             influx,
             layout,
+            register_map,
         } = Components::build(&config)?;
+
+        // Bound before the OPC UA server starts, so a taken port fails the
+        // start with nothing else listening yet.
+        let modbus_server = match (&config.modbus_server, &register_map) {
+            (Some(c), Some(map)) => Some(ModbusServer::bind(c, map).await?),
+            _ => None,
+        };
 
         let (publisher, opcua_task) =
             opcua_server::start(&config.opcua, &layout, cancel.child_token()).await?;
@@ -103,6 +117,9 @@ impl Gateway {
         for m in &models {
             publisher.publish_model_status(&m.status());
         }
+        let modbus_registers = modbus_server.as_ref().map(ModbusServer::registers);
+        let modbus_server_addr = modbus_server.as_ref().map(ModbusServer::local_addr);
+        let modbus_task = modbus_server.map(|s| s.serve(cancel.child_token()));
 
         let (sink_tx, sink_task, sink_stats) = match (&config.influx, influx) {
             (Some(influx_config), Some(writer)) => {
@@ -129,6 +146,7 @@ impl Gateway {
                 version: model.version.clone(),
                 outputs: model.output_names.clone(),
                 publisher: publisher.clone(),
+                modbus: modbus_registers.clone(),
                 sink: sink_tx.clone(),
                 stats: stats.clone(),
             };
@@ -148,6 +166,7 @@ impl Gateway {
         let fan_out = FanOut {
             publisher: publisher.clone(),
             sink: sink_tx,
+            modbus: modbus_registers,
             routes: build::routes(&models),
             models: models.clone(),
             collectors: collector_txs,
@@ -170,6 +189,7 @@ impl Gateway {
             machines = config.machines.len(),
             models = config.models.len(),
             opcua = %opcua_endpoint,
+            modbus = %modbus_server_addr.map_or_else(|| "(none)".to_string(), |a| a.to_string()),
             influx = config.influx.as_ref().map(|i| i.url.as_str()).unwrap_or("(none)"),
             "gateway running"
         );
@@ -178,10 +198,12 @@ impl Gateway {
             collectors,
             sink_task,
             opcua_task,
+            modbus_task,
             stats,
             source_stats,
             sink_stats,
             opcua_endpoint,
+            modbus_server_addr,
         })
     }
 
@@ -197,6 +219,9 @@ impl Gateway {
             }
         }
         let _ = self.opcua_task.await;
+        if let Some(modbus) = self.modbus_task.take() {
+            let _ = modbus.await;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! One collector task per model: awaits the answers of submitted requests in
-//! order and hands each prediction to the OPC UA server and the sink (no
-//! task per prediction).
+//! order and hands each prediction to the OPC UA server, the Modbus registers
+//! and the sink (no task per prediction).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use ironbridge_models::PendingPrediction;
 use tokio::sync::mpsc;
 
 use super::{send_to_sink, FanOutStats};
+use crate::modbus_server::PredictionRegisters;
 use crate::opcua_server::OpcUaPublisher;
 
 /// A request the model accepted, waiting for its answer.
@@ -26,6 +27,7 @@ pub(crate) struct PredictionCollector {
     pub(crate) version: Arc<str>,
     pub(crate) outputs: Vec<Arc<str>>,
     pub(crate) publisher: OpcUaPublisher,
+    pub(crate) modbus: Option<PredictionRegisters>,
     pub(crate) sink: Option<mpsc::Sender<Record>>,
     pub(crate) stats: Arc<FanOutStats>,
 }
@@ -52,6 +54,9 @@ impl PredictionCollector {
                     });
                     self.stats.predictions.fetch_add(1, Ordering::Relaxed);
                     self.publisher.publish_prediction(&prediction);
+                    if let Some(registers) = &self.modbus {
+                        registers.publish_prediction(&prediction);
+                    }
                     send_to_sink(&self.sink, Record::Prediction(prediction), &self.stats);
                 }
                 Err(e) => {
