@@ -785,3 +785,56 @@ mod asyncua {
         reader.stop().await;
     }
 }
+
+/// Many outages in a row leave no task behind: every session's event loop
+/// and subscription go with it. (Hundreds, not the thousands of years of
+/// operation: each reconnect here is a full SignAndEncrypt handshake.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_reconnects_leak_no_task() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The server goes away for 0.3 s of every second.
+    let spindle = Spindle::start(
+        &dir.path().join("server"),
+        &["drop:at_s=1,for_s=0.3,every_s=1"],
+    )
+    .await;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut reader = Reader::start(config(
+        &spindle,
+        &dir.path().join("client"),
+        ReadMode::Subscription,
+        &[],
+    ));
+    reader
+        .until("values", |l| {
+            l.get("speed_rpm").is_some_and(|r| r.1 == Quality::Good)
+        })
+        .await;
+    let mut alive_after_first = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while reader.stats.reconnects() < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} reconnects",
+            reader.stats.reconnects()
+        );
+        // Keep taking scans so the source never blocks on a full channel.
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(100), reader.scans.recv()).await
+        {}
+        if reader.stats.reconnects() == 3 && alive_after_first.is_none() {
+            alive_after_first = Some(metrics.num_alive_tasks());
+        }
+    }
+    let alive = metrics.num_alive_tasks();
+    let baseline = alive_after_first.expect("counted after the first reconnects");
+    // The spindle's own tasks come and go with its drops; a leak would add
+    // at least one task per reconnect (27 here).
+    assert!(
+        alive <= baseline + 10,
+        "tasks grew from {baseline} to {alive} over {} reconnects",
+        reader.stats.reconnects()
+    );
+    reader.stop().await;
+    spindle.stop().await;
+}
