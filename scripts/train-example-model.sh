@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates the example model models/examples/bearing-wear/<version>/:
-# records the simulated pump (seed 7, 2000 simulated hours, one row every
-# 240 s: ~30k rows, ~1.5 MB, four bearing lifetimes) and trains on it.
+# Regenerates an example model models/examples/<model>/<version>/: records
+# its simulated machine (seed 7, 2000 simulated hours, one row every 240 s:
+# ~30k rows) into models/training/data/, trains on it and checks the
+# published file against its manifest (models/training/check_model.py).
 # The model is published only if it passes its acceptance bounds.
 #
-#   scripts/train-example-model.sh            # version 1.0.0
+#   scripts/train-example-model.sh                      # bearing-wear 1.0.0 (the Modbus pump)
+#   MODEL=spindle-wear scripts/train-example-model.sh   # spindle-wear 1.0.0 (the OPC UA spindle)
 #   VERSION=1.1.0 scripts/train-example-model.sh
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -12,10 +14,17 @@ cd "$root"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
 
+model=${MODEL:-bearing-wear}
 version=${VERSION:-1.0.0}
-data=models/training/data/pump-seed-7.csv
+case "$model" in
+  bearing-wear) machine=pump ;;    # ~1.5 MB, four bearing lifetimes
+  spindle-wear) machine=spindle ;; # ~2.0 MB, seven bearing lifetimes
+  *) echo "MODEL must be bearing-wear or spindle-wear, not '$model'" >&2; exit 2 ;;
+esac
+data=models/training/data/$machine-seed-7.csv
 
 cargo run --release -q -p ironbridge-simulator -- \
-  record --seed 7 --duration-h 2000 --step-s 240 --out "$data"
-"$VIRTUAL_ENV/bin/python" models/training/train_bearing_model.py \
-  --data "$data" --out models/examples/bearing-wear --version "$version" --force
+  record --machine "$machine" --seed 7 --duration-h 2000 --step-s 240 --out "$data"
+"$VIRTUAL_ENV/bin/python" models/training/train_bearing_model.py --machine "$machine" \
+  --data "$data" --out "models/examples/$model" --version "$version" --force
+"$VIRTUAL_ENV/bin/python" models/training/check_model.py "models/examples/$model/$version"

@@ -5,7 +5,8 @@
 //!   types and byte orders ([`registers`]), and recordable faster than real
 //!   time as training data ([`record`](mod@record)).
 //! - A machine-tool spindle whose bearings degrade ([`spindle`]), exposed
-//!   as an OPC UA server with a ground-truth label ([`opcua_machine`]).
+//!   as an OPC UA server with a ground-truth label ([`opcua_machine`]),
+//!   recordable the same way ([`record_spindle`]).
 //! - Network faults for both on a schedule ([`faults`]).
 //!
 //! Start it in-process (e.g. from a test):
@@ -45,7 +46,10 @@ pub use opcua_machine::{
     SpindleSnapshot, SpindleVariable, ValueKind, NAMESPACE_URI, PADDING_NAMESPACE_URI,
 };
 pub use process::{Process, ProcessConfig, ProcessState};
-pub use record::{record, RecordOptions, RecordSummary, CSV_HEADER};
+pub use record::{
+    record, record_spindle, RecordOptions, RecordSummary, SpindleRecordOptions, CSV_HEADER,
+    SPINDLE_COLUMNS, SPINDLE_CSV_HEADER,
+};
 pub use registers::{
     ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
 };

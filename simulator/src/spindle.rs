@@ -351,9 +351,12 @@ fn ambient_at(mean_c: f64, time_s: f64) -> f64 {
     mean_c + 3.0 * (std::f64::consts::TAU * time_s / 86_400.0).sin()
 }
 
-/// Rounds to the sensor's resolution.
+/// Rounds to the sensor's resolution: the double nearest to the decimal
+/// the sensor shows (65.3, not 653 × 0.1 = 65.30000000000001), so a client
+/// printing what it read gets the sensor's digits back.
 fn quantize(value: f64, resolution: f64) -> f64 {
-    (value / resolution).round() * resolution
+    let steps_per_unit = (1.0 / resolution).round();
+    (value * steps_per_unit).round() / steps_per_unit
 }
 
 #[cfg(test)]
@@ -445,6 +448,22 @@ mod tests {
             assert_eq!(s.speed_rpm, 0.0);
             assert_eq!(s.load_pct, 0.0);
             assert_eq!(s.motor_current_a, 0.0);
+        }
+    }
+
+    #[test]
+    fn readings_are_the_doubles_nearest_to_the_sensor_digits() {
+        let decimals = |value: f64| {
+            let text = value.to_string();
+            text.split_once('.')
+                .map_or(0, |(_, fraction)| fraction.len())
+        };
+        for s in run(13, 5_000, 60.0) {
+            assert_eq!(decimals(s.speed_rpm), 0, "{}", s.speed_rpm);
+            assert!(decimals(s.load_pct) <= 1, "{}", s.load_pct);
+            assert!(decimals(s.motor_current_a) <= 2, "{}", s.motor_current_a);
+            assert!(decimals(s.bearing_temp_c) <= 1, "{}", s.bearing_temp_c);
+            assert!(decimals(s.vibration_mm_s) <= 3, "{}", s.vibration_mm_s);
         }
     }
 
