@@ -21,7 +21,7 @@ const TOLERANCE: f64 = 1e-5;
 async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<()> {
     let started = std::time::SystemTime::now();
     let mut rig = GatewayRig::start(200, 500).await?;
-    let prediction_selector = "{__name__=~\"prediction_.*\"}";
+    let prediction_selector = &format!("{{__name__=~\"prediction_.*\",machine=\"{MACHINE}\"}}");
     rig.wait_for_samples(prediction_selector, 20, Duration::from_secs(60))
         .await?;
     rig.stop().await;
@@ -157,8 +157,12 @@ async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
     use sha2::{Digest, Sha256};
 
     let mut rig = GatewayRig::start(200, 1000).await?;
-    rig.wait_for_samples("{__name__=~\"prediction_.*\"}", 3, Duration::from_secs(60))
-        .await?;
+    rig.wait_for_samples(
+        &format!("{{__name__=~\"prediction_.*\",machine=\"{MACHINE}\"}}"),
+        3,
+        Duration::from_secs(60),
+    )
+    .await?;
     let version_dir = repo_root()
         .join("models/examples")
         .join(MODEL)
@@ -323,6 +327,15 @@ async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> R
     let selector = format!("process_bearing_temp_c{{machine=\"{SPINDLE}\"}}");
     rig.wait_for_samples(&selector, 5, Duration::from_secs(60))
         .await?;
+    // The spindle's own model predicts from what the OPC UA source read.
+    rig.wait_for_samples(
+        &format!(
+            "prediction_bearing_degradation{{machine=\"{SPINDLE}\",model=\"spindle-wear\",version=\"1.0.0\"}}"
+        ),
+        3,
+        Duration::from_secs(60),
+    )
+    .await?;
 
     // Paused, the spindle's value must show up as it is, in the store and
     // on the gateway's own OPC UA node.

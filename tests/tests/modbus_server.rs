@@ -20,7 +20,8 @@ use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions, MACHINE, MODEL, MODE
 use ironbridge_tests::paths::{peer_script, repo_root, venv_python};
 use serde_json::Value;
 
-const PREDICTIONS: &str = "{__name__=~\"prediction_.*\"}";
+/// The pump's predictions (the example's spindle has its own model).
+const PREDICTIONS: &str = "{__name__=~\"prediction_.*\",machine=\"pump-1\"}";
 /// Status register values (docs/modbus-map.md).
 const STATUS_CURRENT: u64 = 1;
 const STATUS_MACHINE_UNREACHABLE: u64 = 2;
@@ -117,7 +118,10 @@ async fn modbus_registers_hold_the_stored_prediction_and_the_manifest_version() 
     let directory = &answer["map"]["directory"];
     assert_eq!(directory["magic"], 0x4942);
     assert_eq!(directory["layout_version"], 1);
-    assert_eq!(directory["block_count"], 1, "one machine, one model");
+    assert_eq!(
+        directory["block_count"], 2,
+        "two machines, a model each (pump, spindle)"
+    );
     assert_eq!(directory["block_size"], 64);
     assert_eq!(directory["first_block_address"], 64);
     assert_eq!(directory["max_outputs"], 16);
@@ -166,15 +170,15 @@ async fn modbus_server_refuses_writes_other_functions_and_reads_outside_the_map(
     let addr = rig
         .modbus_server
         .context("the rig enables the Modbus server")?;
-    // One block: the map is registers 0..128.
+    // Two blocks: the map is registers 0..192.
     let requests = [
         ("write_register:64:1", 1),
         ("write_registers:64:1/2", 1),
         ("read_holding:0:1", 1),
         ("read_coils:0:1", 1),
         ("read_discrete:0:1", 1),
-        ("read_input:128:1", 2),
-        ("read_input:100:64", 2),
+        ("read_input:192:1", 2),
+        ("read_input:164:64", 2),
         ("read_input:65000:10", 2),
         ("raw_read_input:0:126", 3),
     ];
@@ -184,7 +188,7 @@ async fn modbus_server_refuses_writes_other_functions_and_reads_outside_the_map(
     }
     // In-map reads, for contrast: the last register, and 125 at once by the
     // raw client too.
-    args.extend(["--request", "read_input:127:1"]);
+    args.extend(["--request", "read_input:191:1"]);
     args.extend(["--request", "raw_read_input:0:125"]);
     let answer = modbus_client(addr, &args).await?;
     rig.stop().await;
