@@ -24,6 +24,8 @@ use crate::opcua::config::{OpcUaMachineConfig, SecurityModeName, SecurityPolicyN
 /// this many failures in a row the session counts as lost.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_FAILED_KEEP_ALIVES: u64 = 3;
+/// Largest array a response may carry (notifications, Read results).
+const MAX_ARRAY_LENGTH: usize = 100_000;
 /// How long a closing session may take to say goodbye.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
@@ -230,6 +232,10 @@ fn client_builder(options: &SessionOptions) -> ClientBuilder {
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .max_failed_keep_alive_count(MAX_FAILED_KEEP_ALIVES)
         .session_name(options.session_name.clone())
+        // async-opcua decodes arrays of at most 1,000 elements by default; a
+        // server that ignores the requested notifications per publish (or a
+        // large Read) would otherwise break the connection.
+        .max_array_length(MAX_ARRAY_LENGTH)
 }
 
 fn identity_token(identity: &Identity) -> Result<(IdentityToken, UserTokenType), String> {

@@ -40,6 +40,11 @@ use crate::source::{Source, SourceStats};
 const NOTIFICATION_QUEUE: usize = 256;
 /// How often a subscription's nodes are checked for deletion on the server.
 const NODE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Notifications one publish response may carry. Unlimited (0), a server
+/// may put every change queued since the last publish in one response; past
+/// the decoder's array limit the client drops the connection and loops
+/// (measured: 1,000 items at 100 ms, BENCHMARKS.md §4).
+const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 1000;
 /// Subscription lifetime and keep-alive counts (in publishing intervals).
 const LIFETIME_COUNT: u32 = 60;
 const KEEP_ALIVE_COUNT: u32 = 10;
@@ -303,7 +308,7 @@ impl OpcUaSource {
                     publishing,
                     LIFETIME_COUNT,
                     KEEP_ALIVE_COUNT,
-                    0,
+                    MAX_NOTIFICATIONS_PER_PUBLISH,
                     0,
                     true,
                     receiver,
