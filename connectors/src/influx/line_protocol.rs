@@ -1,4 +1,4 @@
-//! Records as InfluxDB line protocol, per the contract in DESIGN.md:
+//! Records as InfluxDB line protocol, per the contract in README.md ("Contracts", "InfluxDB line protocol"):
 //!
 //! ```text
 //! process,machine=<machine> <tag>=<value>,... <acquisition time ns>

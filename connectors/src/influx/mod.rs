@@ -1,4 +1,4 @@
-//! InfluxDB sink: scans and predictions as line protocol (see DESIGN.md's
+//! InfluxDB sink: scans and predictions as line protocol (see README.md's
 //! contract), batched, buffered in memory through outages, written over the
 //! InfluxDB v2 write API.
 

@@ -12,7 +12,6 @@ use opcua::types::{
     ReferenceTypeId, TimestampsToReturn, Variant,
 };
 
-use crate::opcua::config::{SecurityModeName, SecurityPolicyName};
 use crate::opcua::node::NodeAddress;
 use crate::opcua::session::{open_session, Identity, LiveSession, SessionOptions};
 use crate::validation::name_problem;
@@ -406,13 +405,9 @@ impl Discovery {
         let _ = writeln!(
             out,
             "security_policy = {:?}",
-            policy_name(options.security_policy)
+            options.security_policy.as_str()
         );
-        let _ = writeln!(
-            out,
-            "security_mode = {:?}",
-            mode_name(options.security_mode)
-        );
+        let _ = writeln!(out, "security_mode = {:?}", options.security_mode.as_str());
         match &options.identity {
             Identity::Anonymous => {}
             Identity::UserName { user, .. } => {
@@ -446,14 +441,6 @@ impl Discovery {
         }
         out
     }
-}
-
-fn policy_name(p: SecurityPolicyName) -> &'static str {
-    p.as_str()
-}
-
-fn mode_name(m: SecurityModeName) -> &'static str {
-    m.as_str()
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The IronBridge address space (the contract in DESIGN.md, "OPC UA server"):
+//! The IronBridge address space (the contract in README.md, "Contracts", "OPC UA"):
 //!
 //! ```text
 //! Objects/IronBridge/

@@ -1,5 +1,5 @@
 //! The OPC UA server: live tag values, predictions and model state as OPC UA
-//! nodes for the plant's HMIs and SCADA (contract: DESIGN.md, "OPC UA server").
+//! nodes for the plant's HMIs and SCADA (contract: README.md, "Contracts", "OPC UA").
 //!
 //! - [`config`]: the `[opcua]` table and its validation;
 //! - [`address_space`]: the node layout (`Objects/IronBridge/...`);
