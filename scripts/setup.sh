@@ -58,8 +58,18 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # PyPI's Linux torch wheel brings its CUDA libraries: the venv takes about
+  # 5 GiB. Say so before pip fails half-way with ENOSPC.
+  need_kib=$((6 * 1024 * 1024))
+  free_kib=$(df --output=avail -k "$root" | tail -n 1 | tr -d ' ')
+  if [ "$free_kib" -lt "$need_kib" ]; then
+    log "the Python venv needs about 6 GiB free on $(df --output=target "$root" | tail -n 1); $((free_kib / 1024)) MiB are free"
+    exit 1
+  fi
   log "installing Python packages (torch is a large download): ${PY_REQUIREMENTS[*]}"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
+  # --no-cache-dir: a second copy of the wheels in ~/.cache would double the
+  # space the install needs and is never used again by a one-shot setup.
+  "$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
   printf '%s' "$want" > "$stamp"
 fi
 log "ready"
