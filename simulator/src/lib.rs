@@ -43,7 +43,8 @@ pub use error::SimError;
 pub use faults::{Fault, FaultSchedule, LinkStatus, Protocol, Window, SCHEDULE_HELP};
 pub use opcua_machine::{
     serve_opcua, EngineeringUnit, OpcUaMachine, OpcUaOptions, OpcUaStatus, OpcUaUser,
-    SpindleSnapshot, SpindleVariable, ValueKind, NAMESPACE_URI, PADDING_NAMESPACE_URI,
+    SpindleSnapshot, SpindleVariable, ValueKind, DEFAULT_MAX_SESSIONS, NAMESPACE_URI,
+    PADDING_NAMESPACE_URI,
 };
 pub use process::{Process, ProcessConfig, ProcessState};
 pub use record::{

@@ -216,6 +216,7 @@ fn main() -> anyhow::Result<()> {
                 insecure_endpoint,
                 trust_client_certs,
                 faults: faults.schedule()?,
+                max_sessions: ironbridge_simulator::DEFAULT_MAX_SESSIONS,
             };
             if insecure_endpoint && !bind.ip().is_loopback() {
                 tracing::warn!(%bind, "the endpoint without security is reachable from the network");

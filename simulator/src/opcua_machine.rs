@@ -287,6 +287,9 @@ impl std::fmt::Debug for OpcUaUser {
     }
 }
 
+/// async-opcua's own default for a server's concurrent sessions.
+pub const DEFAULT_MAX_SESSIONS: usize = 20;
+
 /// How the OPC UA machine runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpcUaOptions {
@@ -311,6 +314,11 @@ pub struct OpcUaOptions {
     pub trust_client_certs: bool,
     /// Drop, restart and delete-node faults; empty by default.
     pub faults: FaultSchedule,
+    /// Sessions the server holds at once (async-opcua's default, 20). A
+    /// client cut off by the network leaves its session behind until the
+    /// session timeout, as on a real server; a test that cuts thousands of
+    /// connections a minute raises this.
+    pub max_sessions: usize,
 }
 
 impl OpcUaOptions {
@@ -328,6 +336,7 @@ impl OpcUaOptions {
             insecure_endpoint: false,
             trust_client_certs: false,
             faults: FaultSchedule::default(),
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 
@@ -676,6 +685,7 @@ impl OpcUaMachine {
             .create_sample_keypair(false)
             .trust_client_certs(options.trust_client_certs)
             .check_cert_time(true)
+            .max_sessions(options.max_sessions)
             .host(site.host.clone())
             .port(site.addr.port())
             .discovery_urls(vec![site.endpoint_url.clone()])

@@ -18,6 +18,10 @@ Options:
   --insecure                  also offer SecurityPolicy None (default: not offered)
   --user NAME --password PW   only this user may activate a session (anonymous
                               refused); without --user: anonymous only
+  --user-cert DIR             only an X.509 user identity with DIR/user_cert.der
+                              (its signature checked) may activate a session;
+                              user_cert.der + user_key.pem are created in DIR
+                              if absent, for the client under test to present
   --trusted-client-certs DIR  refuse client certificates not in DIR (.der/.pem),
                               and those whose SAN URI differs from the client's
                               ApplicationUri (default: any client cert accepted)
@@ -211,6 +215,42 @@ class OneUserManager(UserManager):
         return None
 
 
+class OneCertificateUserManager(UserManager):
+    """Only the X.509 user certificate CERT_DER; asyncua has already checked
+    the token's signature with that certificate's key before asking. Anything
+    else (other certificate, user name, anonymous) is refused."""
+
+    def __init__(self, cert_der):
+        self.cert_der = cert_der
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if certificate is not None and certificate == self.cert_der:
+            return User(role=UserRole.User, name="x509-user")
+        log.warning("refused identity (user %r, certificate %s)", username, certificate is not None)
+        return None
+
+
+def load_or_create_user_cert(user_dir):
+    """A user's key and self-signed certificate, as a plant PKI would issue
+    it: user_cert.der + user_key.pem in user_dir, kept across restarts."""
+    user_dir.mkdir(parents=True, exist_ok=True)
+    cert_path = user_dir / "user_cert.der"
+    key_path = user_dir / "user_key.pem"
+    if not (cert_path.is_file() and key_path.is_file()):
+        key = cert_gen.generate_private_key()
+        cert = cert_gen.generate_self_signed_app_certificate(
+            key,
+            "IronBridge test user",
+            {"organizationName": "IronBridge tests"},
+            [x509.UniformResourceIdentifier("urn:ironbridge:test:user")],
+            extended=[ExtendedKeyUsageOID.CLIENT_AUTH],
+            days=365,
+        )
+        key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
+        cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+    return cert_path.read_bytes()
+
+
 SESSION_REQUESTS = (
     ua.NodeId(ua.ObjectIds.CreateSessionRequest_Encoding_DefaultBinary),
     ua.NodeId(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary),
@@ -313,6 +353,7 @@ def parse_args(argv):
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--user")
     p.add_argument("--password")
+    p.add_argument("--user-cert")
     p.add_argument("--trusted-client-certs")
     p.add_argument("--namespace-position", type=int, default=3)
     p.add_argument("--omit-node", action="append", default=[])
@@ -323,6 +364,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if (args.user is None) != (args.password is None):
         p.error("--user and --password go together")
+    if args.user and args.user_cert:
+        p.error("--user and --user-cert exclude each other")
     if args.delete_node and args.delete_after_s is None:
         p.error("--delete-node needs --delete-after-s")
     if args.tick_ms <= 0:
@@ -336,7 +379,15 @@ async def main(argv):
     layout_path = Path(args.layout)
     cert_dir = Path(args.cert_dir) if args.cert_dir else layout_path.parent / "server-pki"
 
-    user_manager = OneUserManager(args.user, args.password) if args.user else None
+    if args.user:
+        user_manager = OneUserManager(args.user, args.password)
+        identity_tokens = [ua.UserNameIdentityToken]
+    elif args.user_cert:
+        user_manager = OneCertificateUserManager(load_or_create_user_cert(Path(args.user_cert)))
+        identity_tokens = [ua.X509IdentityToken]
+    else:
+        user_manager = None
+        identity_tokens = [ua.AnonymousIdentityToken]
     server = Server(user_manager=user_manager)
     await server.init()
     server.disable_clock()
@@ -355,7 +406,7 @@ async def main(argv):
     else:
         refuse_sessions_without_security()
     server.set_security_policy(policies)
-    server.set_identity_tokens([ua.UserNameIdentityToken] if args.user else [ua.AnonymousIdentityToken])
+    server.set_identity_tokens(identity_tokens)
 
     if args.trusted_client_certs:
         server.iserver.certificate_validator = trust_list_validator(Path(args.trusted_client_certs))
@@ -471,7 +522,9 @@ async def main(argv):
             "mode": "SignAndEncrypt",
             "insecure": args.insecure,
             "user": args.user,
-            "anonymous": args.user is None,
+            "user_cert": str(Path(args.user_cert) / "user_cert.der") if args.user_cert else None,
+            "user_key": str(Path(args.user_cert) / "user_key.pem") if args.user_cert else None,
+            "anonymous": args.user is None and args.user_cert is None,
             "client_certs": "trusted" if args.trusted_client_certs else "any",
         },
         "server_cert": str(cert_path.resolve()),
@@ -514,7 +567,7 @@ async def main(argv):
     os.replace(tmp, layout_path)
     print(
         f"opcua_server: {url} ns={ns} {len(served)} variables "
-        f"user={args.user or '-'} insecure={args.insecure} clients={layout['security']['client_certs']}",
+        f"user={args.user or ('x509' if args.user_cert else '-')} insecure={args.insecure} clients={layout['security']['client_certs']}",
         flush=True,
     )
 

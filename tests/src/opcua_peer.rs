@@ -38,6 +38,10 @@ pub struct OpcUaPeerOptions {
     pub namespace_position: u16,
     /// `(user, password)`: the only login accepted; anonymous refused.
     pub user: Option<(String, String)>,
+    /// Only an X.509 user identity with the certificate the peer keeps in
+    /// this directory (`user_cert.der`, key `user_key.pem`, made if absent)
+    /// is accepted; anonymous and user names refused.
+    pub user_cert_dir: Option<PathBuf>,
     /// Also offer SecurityPolicy None (and accept sessions on it).
     pub insecure: bool,
     /// Accept only the client certificates in this directory (exact DER/PEM
@@ -62,6 +66,7 @@ impl Default for OpcUaPeerOptions {
         Self {
             namespace_position: 3,
             user: None,
+            user_cert_dir: None,
             insecure: false,
             trusted_client_certs: None,
             omit_nodes: Vec::new(),
@@ -91,6 +96,9 @@ impl OpcUaPeerOptions {
         if let Some((user, password)) = &self.user {
             args.extend(["--user".into(), user.clone()]);
             args.extend(["--password".into(), password.clone()]);
+        }
+        if let Some(dir) = &self.user_cert_dir {
+            args.extend(["--user-cert".into(), dir.display().to_string()]);
         }
         if self.insecure {
             args.push("--insecure".into());
@@ -170,6 +178,10 @@ pub struct PeerSecurity {
     /// SecurityPolicy None offered too.
     pub insecure: bool,
     pub user: Option<String>,
+    /// The X.509 user certificate (DER) and key (PEM) the peer accepts, with
+    /// `--user-cert`.
+    pub user_cert: Option<PathBuf>,
+    pub user_key: Option<PathBuf>,
     /// Anonymous login accepted (exactly when no user is configured).
     pub anonymous: bool,
     pub client_certs: ClientCerts,
@@ -369,6 +381,8 @@ impl OpcUaPeer {
                     mode: String::new(),
                     insecure: false,
                     user: None,
+                    user_cert: None,
+                    user_key: None,
                     anonymous: false,
                     client_certs: ClientCerts::Any,
                 },

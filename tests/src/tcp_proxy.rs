@@ -29,6 +29,8 @@ pub enum ProxyMode {
 pub struct TcpProxy {
     addr: SocketAddr,
     mode: watch::Sender<ProxyMode>,
+    /// Bumped by [`TcpProxy::cut`]: every forwarded connection ends.
+    cuts: watch::Sender<u64>,
     accept_task: JoinHandle<()>,
 }
 
@@ -38,15 +40,23 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (mode, _) = watch::channel(ProxyMode::PassThrough);
+        let (cuts, _) = watch::channel(0);
         let modes = mode.clone();
+        let cut_signals = cuts.clone();
         let accept_task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(serve(client, upstream, modes.subscribe()));
+                tokio::spawn(serve(
+                    client,
+                    upstream,
+                    modes.subscribe(),
+                    cut_signals.subscribe(),
+                ));
             }
         });
         Ok(Self {
             addr,
             mode,
+            cuts,
             accept_task,
         })
     }
@@ -67,6 +77,12 @@ impl TcpProxy {
     pub fn mode(&self) -> ProxyMode {
         *self.mode.borrow()
     }
+
+    /// Closes every connection forwarded so far, as a network blip or a
+    /// firewall's reset would; new connections pass as before.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
 }
 
 impl Drop for TcpProxy {
@@ -76,7 +92,13 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<ProxyMode>) {
+async fn serve(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mut mode: watch::Receiver<ProxyMode>,
+    mut cuts: watch::Receiver<u64>,
+) {
+    cuts.mark_unchanged();
     let current = *mode.borrow_and_update();
     match current {
         ProxyMode::Refuse => {}
@@ -101,6 +123,7 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, mut mode: watch::Rec
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                 _ = wait_until_not_passing(&mut mode) => {}
+                _ = cuts.changed() => {}
             }
         }
     }

@@ -17,6 +17,7 @@ use ironbridge_simulator::{
     Fault, FaultSchedule, OpcUaMachine, OpcUaOptions, OpcUaStatus, OpcUaUser, SpindleVariable,
     NAMESPACE_URI,
 };
+use ironbridge_tests::tcp_proxy::TcpProxy;
 use opcua::types::{StatusCode, Variant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -49,6 +50,14 @@ struct Spindle {
 
 impl Spindle {
     async fn start(pki: &Path, faults: &[&str]) -> Spindle {
+        Self::start_with(pki, faults, |_| {}).await
+    }
+
+    async fn start_with(
+        pki: &Path,
+        faults: &[&str],
+        adjust: impl FnOnce(&mut OpcUaOptions),
+    ) -> Spindle {
         let mut options = OpcUaOptions::new(
             pki,
             OpcUaUser {
@@ -65,6 +74,7 @@ impl Spindle {
                 .map(|f| Fault::parse_cli(f).expect("fault spec"))
                 .collect(),
         );
+        adjust(&mut options);
         let machine = OpcUaMachine::new(options).expect("spindle");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -756,6 +766,58 @@ mod asyncua {
         reader.stop().await;
     }
 
+    /// X.509 user identity: the peer accepts only its user certificate,
+    /// after checking the token's signature with that certificate's key.
+    #[tokio::test]
+    async fn opcua_asyncua_x509_user_identity_is_accepted_and_another_certificate_refused() {
+        let users = tempfile::tempdir().expect("temp dir");
+        let peer = OpcUaPeer::start(OpcUaPeerOptions {
+            user_cert_dir: Some(users.path().to_path_buf()),
+            ..OpcUaPeerOptions::default()
+        })
+        .await
+        .expect("asyncua peer");
+        let user_cert = peer.layout.security.user_cert.clone().expect("user cert");
+        let user_key = peer.layout.security.user_key.clone().expect("user key");
+        assert!(!peer.layout.security.anonymous);
+
+        let with_identity = |client: &str, certificate: &Path, private_key: &Path| {
+            let mut config = peer_config(&peer, &peer.dir().join(client), ReadMode::Subscription);
+            config.username = None;
+            config.password_env = None;
+            config.certificate = Some(certificate.to_path_buf());
+            config.private_key = Some(private_key.to_path_buf());
+            let problems = config.validate("line-1");
+            assert!(problems.is_empty(), "{problems:?}");
+            config
+        };
+
+        let mut reader = Reader::start(with_identity("client", &user_cert, &user_key));
+        until_matches(&mut reader, &peer, "values under the X.509 identity").await;
+        assert_eq!(reader.stats.outages(), 0);
+        reader.stop().await;
+
+        // Another certificate with its own valid key (the peer's server
+        // certificate) is not the user the server knows: refused, retried,
+        // one outage, nothing read.
+        let other_cert = peer.server_cert().to_path_buf();
+        let other_key = other_cert.with_file_name("server_key.pem");
+        let mut reader = Reader::start(with_identity("client-other", &other_cert, &other_key));
+        reader
+            .until("every tag Bad", |l| {
+                l.get("line_count").is_some_and(|r| r.1 == Quality::Bad)
+            })
+            .await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while reader.stats.link_failures() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no retries");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(reader.stats.outages(), 1, "retries are not new outages");
+        assert_eq!(reader.stats.scans(), 0);
+        reader.stop().await;
+    }
+
     #[tokio::test]
     async fn opcua_asyncua_a_node_deleted_while_subscribed_turns_bad_alone() {
         let mut options = OpcUaPeerOptions::with_user(PEER_USER, PEER_PASSWORD);
@@ -786,55 +848,95 @@ mod asyncua {
     }
 }
 
-/// Many outages in a row leave no task behind: every session's event loop
-/// and subscription go with it. (Hundreds, not the thousands of years of
-/// operation: each reconnect here is a full SignAndEncrypt handshake.)
+/// Reconnects, how many a test may wait for (`IRONBRIDGE_TEST_RECONNECTS`
+/// sets it for a longer soak).
+fn reconnects_to_test() -> u64 {
+    std::env::var("IRONBRIDGE_TEST_RECONNECTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// Thousands of outages in a row leave no task behind: every session's
+/// event loop and subscription go with it. The connection runs through a
+/// proxy that cuts it as soon as a session is up, so each reconnect is a
+/// full SignAndEncrypt handshake through the configured address (not the
+/// one the server advertises).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_reconnects_leak_no_task() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // The server goes away for 0.3 s of every second.
-    let spindle = Spindle::start(
-        &dir.path().join("server"),
-        &["drop:at_s=1,for_s=0.3,every_s=1"],
-    )
+    // Each cut leaves the old session on the server until its timeout (as
+    // any server would): room for them all.
+    let target = reconnects_to_test();
+    let spindle = Spindle::start_with(&dir.path().join("server"), &[], |o| {
+        o.max_sessions = target as usize + 50;
+    })
     .await;
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let mut reader = Reader::start(config(
+    let proxy = TcpProxy::start(([127, 0, 0, 1], spindle.port).into())
+        .await
+        .expect("proxy");
+    let mut config = config(
         &spindle,
         &dir.path().join("client"),
         ReadMode::Subscription,
         &[],
-    ));
+    );
+    config.endpoint = format!("opc.tcp://{}/", proxy.addr());
+    config.backoff.initial_ms = 5;
+    config.backoff.max_ms = 20;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut reader = Reader::start(config);
     reader
         .until("values", |l| {
             l.get("speed_rpm").is_some_and(|r| r.1 == Quality::Good)
         })
         .await;
+    let started = std::time::Instant::now();
     let mut alive_after_first = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while reader.stats.reconnects() < 30 {
+    let mut cut_at = u64::MAX;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while reader.stats.reconnects() < target {
         assert!(
             tokio::time::Instant::now() < deadline,
             "only {} reconnects",
             reader.stats.reconnects()
         );
+        let reconnects = reader.stats.reconnects();
+        if reconnects != cut_at {
+            // A new session is up: cut it.
+            cut_at = reconnects;
+            proxy.cut();
+        }
         // Keep taking scans so the source never blocks on a full channel.
         if let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(100), reader.scans.recv()).await
+            tokio::time::timeout(Duration::from_millis(2), reader.scans.recv()).await
         {}
-        if reader.stats.reconnects() == 3 && alive_after_first.is_none() {
+        if reconnects == 10 && alive_after_first.is_none() {
             alive_after_first = Some(metrics.num_alive_tasks());
         }
     }
     let alive = metrics.num_alive_tasks();
     let baseline = alive_after_first.expect("counted after the first reconnects");
-    // The spindle's own tasks come and go with its drops; a leak would add
-    // at least one task per reconnect (27 here).
+    eprintln!(
+        "{} reconnects in {:.1} s, {} link failures, tasks {baseline} -> {alive}",
+        reader.stats.reconnects(),
+        started.elapsed().as_secs_f64(),
+        reader.stats.link_failures(),
+    );
+    // A leak would add at least one task per reconnect (hundreds here);
+    // the proxy's and the spindle's connection tasks come and go.
     assert!(
         alive <= baseline + 10,
         "tasks grew from {baseline} to {alive} over {} reconnects",
         reader.stats.reconnects()
     );
+    // Still reading after all of them: the last session is left up.
+    reader.latest.clear();
+    reader
+        .until("values after the last reconnect", |l| {
+            l.get("speed_rpm").is_some_and(|r| r.1 == Quality::Good)
+        })
+        .await;
     reader.stop().await;
     spindle.stop().await;
 }

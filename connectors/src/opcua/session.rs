@@ -211,9 +211,41 @@ async fn connect(
     endpoint: EndpointDescription,
     identity: IdentityToken,
 ) -> Result<(Arc<Session>, SessionEventLoop<TcpConnector>), opcua::types::Error> {
+    let configured = endpoint.endpoint_url.as_ref().to_string();
+    let mut endpoints = client.get_server_endpoints_from_url(&configured).await?;
+    for advertised in &mut endpoints {
+        advertised.endpoint_url = reached_at(advertised.endpoint_url.as_ref(), &configured).into();
+    }
     client
-        .connect_to_matching_endpoint(endpoint, identity)
-        .await
+        .session_builder()
+        .with_endpoints(endpoints)
+        .connect_to_matching_endpoint(endpoint)?
+        .user_identity_token(identity)
+        .build(client.certificate_store().clone())
+}
+
+/// The server's advertised endpoint URL with the host and port the gateway
+/// was configured to reach it at. A server behind a port forward, a NAT or a
+/// container port mapping advertises an address the gateway cannot reach
+/// (async-opcua replaces only the host); the configured address is the one
+/// that works, and the path and the rest stay the server's.
+fn reached_at(advertised: &str, configured: &str) -> String {
+    const DEFAULT_PORT: u16 = 4840;
+    let (Ok(mut url), Ok(reach)) = (url::Url::parse(advertised), url::Url::parse(configured))
+    else {
+        return advertised.to_string();
+    };
+    let Some(host) = reach.host_str() else {
+        return advertised.to_string();
+    };
+    if url.set_host(Some(host)).is_err()
+        || url
+            .set_port(Some(reach.port().unwrap_or(DEFAULT_PORT)))
+            .is_err()
+    {
+        return advertised.to_string();
+    }
+    url.into()
 }
 
 fn client_builder(options: &SessionOptions) -> ClientBuilder {
@@ -267,5 +299,32 @@ fn security_policy_uri(policy: SecurityPolicyName) -> &'static str {
         SecurityPolicyName::Basic256Sha256 => SecurityPolicy::Basic256Sha256.to_uri(),
         SecurityPolicyName::Aes128Sha256RsaOaep => SecurityPolicy::Aes128Sha256RsaOaep.to_uri(),
         SecurityPolicyName::Aes256Sha256RsaPss => SecurityPolicy::Aes256Sha256RsaPss.to_uri(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reached_at;
+
+    #[test]
+    fn the_configured_host_and_port_replace_the_advertised_ones() {
+        assert_eq!(
+            reached_at(
+                "opc.tcp://spindle-plc:4840/ua/server",
+                "opc.tcp://10.0.0.5:14840/"
+            ),
+            "opc.tcp://10.0.0.5:14840/ua/server"
+        );
+        // No port configured: OPC UA's default, not the advertised one.
+        assert_eq!(
+            reached_at("opc.tcp://plc:4855/", "opc.tcp://gateway-side-name/"),
+            "opc.tcp://gateway-side-name:4840/"
+        );
+        assert_eq!(
+            reached_at("opc.tcp://plc:4840/", "opc.tcp://[::1]:4841"),
+            "opc.tcp://[::1]:4841/"
+        );
+        // Something unparsable is left for the matching to refuse.
+        assert_eq!(reached_at("not a url", "opc.tcp://a:1/"), "not a url");
     }
 }
