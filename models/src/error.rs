@@ -97,6 +97,19 @@ pub enum ModelError {
 
     #[error("the inference service for model {model} stopped before answering")]
     ServiceStopped { model: String },
+
+    #[error("model {model}: version {version} is already active")]
+    AlreadyActive { model: String, version: String },
+
+    #[error("model {model}: no previous version to roll back to")]
+    NoPreviousVersion { model: String },
+
+    #[error("model {model}: version {version} failed, the active version keeps serving: {reason}")]
+    ActivationFailed {
+        model: String,
+        version: String,
+        reason: String,
+    },
 }
 
 fn list_or_none(items: &[String]) -> String {

@@ -17,12 +17,17 @@
 //!    missing, bad-quality, non-finite and out-of-range values away from it.
 
 mod error;
+mod lifecycle;
 mod manifest;
 mod registry;
 mod service;
 mod torch_backend;
 
 pub use error::ModelError;
+pub use lifecycle::{
+    LifecycleOptions, ModelEvent, ModelEventKind, ModelLifecycle, ServingModel, VersionInfo,
+    VersionState, EVENT_BUFFER,
+};
 pub use manifest::{
     AcceptanceMetric, InputSpec, ModelManifest, OutputSpec, Provenance, MANIFEST_FILE,
 };

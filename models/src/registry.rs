@@ -170,7 +170,7 @@ impl ModelVersion {
 
 /// Orders version strings by their dot/dash separated parts, numerically
 /// where both parts are numbers.
-fn compare_versions(a: &str, b: &str) -> Ordering {
+pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
     let parts =
         |s: &'_ str| -> Vec<String> { s.split(['.', '-', '+']).map(str::to_owned).collect() };
     let (pa, pb) = (parts(a), parts(b));

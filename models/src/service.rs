@@ -570,6 +570,12 @@ impl fmt::Debug for PendingPrediction {
 }
 
 impl PendingPrediction {
+    /// The version that computes this answer (the one it was submitted to,
+    /// whatever has been swapped in since).
+    pub fn version(&self) -> &ModelVersion {
+        &self.shared.version
+    }
+
     /// The output row (one value per model output, in manifest order).
     pub async fn wait(self) -> Result<Vec<f32>, ModelError> {
         self.await
