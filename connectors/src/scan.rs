@@ -123,9 +123,25 @@ pub struct Prediction {
     pub outputs: Vec<(Arc<str>, f64)>,
 }
 
+/// One audited change of a model's versions (activation, rollback, a
+/// version failing, a folder found or gone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelEventRecord {
+    pub model: Arc<str>,
+    /// `activated`, `rolled_back`, `failed`, `discovered`, `retired`.
+    pub event: &'static str,
+    pub version: String,
+    pub previous: Option<String>,
+    /// Who asked: an OPC UA user, `config` at start, `folder` for rescans.
+    pub user: String,
+    pub reason: Option<String>,
+    pub at: SystemTime,
+}
+
 /// What a sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Scan(Arc<Scan>),
     Prediction(Arc<Prediction>),
+    ModelEvent(Arc<ModelEventRecord>),
 }

@@ -1,5 +1,6 @@
 //! The command line: `ironbridge run|validate --config FILE`,
-//! `ironbridge discover URL`, `--version`.
+//! `ironbridge discover URL`, `ironbridge model activate|rollback`,
+//! `--version`.
 
 use std::path::PathBuf;
 
@@ -66,4 +67,56 @@ pub enum Command {
         #[arg(long, default_value_t = 20_000)]
         max_nodes: usize,
     },
+    /// Change which version of a model serves, on a running gateway (an
+    /// OPC UA client calling Models/<model>/Activate or Rollback; the user
+    /// needs the admin role).
+    Model {
+        #[command(subcommand)]
+        action: ModelSubcommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelSubcommand {
+    /// Verify, load, warm up and swap in a version; the active one keeps
+    /// serving if it fails.
+    Activate {
+        #[command(flatten)]
+        target: ModelTarget,
+        /// The version folder to activate.
+        #[arg(long)]
+        version: String,
+    },
+    /// Return to the previously active version at once.
+    Rollback {
+        #[command(flatten)]
+        target: ModelTarget,
+    },
+}
+
+/// Which gateway and model, and how to log in.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelTarget {
+    /// The gateway's OPC UA endpoint, e.g. opc.tcp://gateway:4840/
+    #[arg(long)]
+    pub endpoint: String,
+    /// The model's name (its `[[models]] name`).
+    #[arg(long)]
+    pub model: String,
+    /// An OPC UA user with the admin role; the password comes from
+    /// --password-env.
+    #[arg(long)]
+    pub username: String,
+    #[arg(long, default_value = "IRONBRIDGE_PASSWORD")]
+    pub password_env: String,
+    /// Security policy of the channel (always SignAndEncrypt).
+    #[arg(long, default_value = "Basic256Sha256")]
+    pub security: String,
+    /// Trust the gateway's certificate without an operator moving it from
+    /// the PKI folder's rejected/ to trusted/.
+    #[arg(long)]
+    pub trust_server_cert: bool,
+    /// The client PKI folder (own certificate, trusted servers).
+    #[arg(long, default_value = "pki/client")]
+    pub pki_dir: PathBuf,
 }

@@ -28,6 +28,34 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 impl DiscoverRequest {
     /// The session options, or what is wrong with the arguments.
     pub fn session_options(&self) -> Result<SessionOptions, String> {
+        OpcUaClientArgs {
+            endpoint: self.endpoint.clone(),
+            security: self.security.clone(),
+            mode: self.mode.clone(),
+            username: self.username.clone(),
+            password_env: self.password_env.clone(),
+            trust_server_cert: self.trust_server_cert,
+            pki_dir: self.pki_dir.clone(),
+        }
+        .session_options("ironbridge discover")
+    }
+}
+
+/// How a command-line OPC UA client connects (`discover`, `model ...`).
+#[derive(Debug, Clone)]
+pub struct OpcUaClientArgs {
+    pub endpoint: String,
+    pub security: String,
+    pub mode: String,
+    pub username: Option<String>,
+    pub password_env: String,
+    pub trust_server_cert: bool,
+    pub pki_dir: PathBuf,
+}
+
+impl OpcUaClientArgs {
+    /// The session options, or what is wrong with the arguments.
+    pub fn session_options(&self, session_name: &str) -> Result<SessionOptions, String> {
         let security_policy = match self.security.as_str() {
             "None" => SecurityPolicyName::None,
             "Basic256Sha256" => SecurityPolicyName::Basic256Sha256,
@@ -84,7 +112,7 @@ impl DiscoverRequest {
             trust_server_certs: self.trust_server_cert,
             pki_dir: self.pki_dir.clone(),
             request_timeout: REQUEST_TIMEOUT,
-            session_name: "ironbridge discover".to_string(),
+            session_name: session_name.to_string(),
         })
     }
 }

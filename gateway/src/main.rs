@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ironbridge::cli::{Cli, Command};
+use ironbridge::cli::{Cli, Command, ModelSubcommand, ModelTarget};
 use ironbridge::config::GatewayConfig;
+use ironbridge::model_cli::{ModelAction, ModelCommandError};
 use tokio_util::sync::CancellationToken;
 
 /// Exit status for a configuration that does not validate.
@@ -72,6 +73,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Model { action } => {
+            let (target, action) = match action {
+                ModelSubcommand::Activate { target, version } => {
+                    (target, ModelAction::Activate { version })
+                }
+                ModelSubcommand::Rollback { target } => (target, ModelAction::Rollback),
+            };
+            run_model_command(target, action)
+        }
         Command::Run { config } => {
             let config = match GatewayConfig::load(&config) {
                 Ok(c) => c,
@@ -104,4 +114,35 @@ fn run(config: GatewayConfig) -> anyhow::Result<()> {
         gateway.stopped().await;
         Ok(())
     })
+}
+
+/// `ironbridge model ...`: 0 done, 1 refused or failed (the active version
+/// keeps serving), 2 unusable arguments or no connection.
+fn run_model_command(target: ModelTarget, action: ModelAction) -> ExitCode {
+    let client = ironbridge::discover::OpcUaClientArgs {
+        endpoint: target.endpoint,
+        security: target.security,
+        mode: "SignAndEncrypt".to_string(),
+        username: Some(target.username),
+        password_env: target.password_env,
+        trust_server_cert: target.trust_server_cert,
+        pki_dir: target.pki_dir,
+    };
+    match ironbridge::model_cli::run(&client, &target.model, &action) {
+        Ok(outcome) => {
+            println!(
+                "model {}: {} serves (was {})",
+                outcome.model, outcome.after, outcome.before
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ModelCommandError::Refused(message)) => {
+            eprintln!("ironbridge model: {message}");
+            ExitCode::FAILURE
+        }
+        Err(ModelCommandError::Unusable(message)) => {
+            eprintln!("ironbridge model: {message}");
+            ExitCode::from(2)
+        }
+    }
 }

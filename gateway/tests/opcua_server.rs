@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use ironbridge::opcua_server::{
     self, AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView, OpcUaPublisher,
-    OpcUaServerConfig, OpcUaUserConfig, NAMESPACE_URI,
+    OpcUaServerConfig, OpcUaUserConfig, Role, NAMESPACE_URI,
 };
 use ironbridge_connectors::{Prediction, Quality, Scan, TagReading, TagValue};
 use serde_json::Value;
@@ -70,6 +70,9 @@ fn contract_paths() -> Vec<String> {
         format!("{p}/ModelVersion"),
         "Models".to_string(),
         models.clone(),
+        format!("{models}/Versions"),
+        format!("{models}/Activate"),
+        format!("{models}/Rollback"),
     ];
     for var in [
         "ActiveVersion",
@@ -107,7 +110,8 @@ impl RunningServer {
     async fn start(config: OpcUaServerConfig) -> anyhow::Result<Self> {
         let port = config.port;
         let cancel = CancellationToken::new();
-        let (publisher, task) = opcua_server::start(&config, &layout(), cancel.clone()).await?;
+        let (publisher, task) =
+            opcua_server::start(&config, &layout(), &[], cancel.clone()).await?;
         publisher.publish_model_status(&ModelStatusView {
             name: MODEL.into(),
             active_version: VERSION.into(),
@@ -345,6 +349,7 @@ async fn opcua_contract_over_sign_and_encrypt_with_user() -> anyhow::Result<()> 
         users: vec![OpcUaUserConfig {
             username: "operator".into(),
             password_env: PASSWORD_ENV.into(),
+            role: Role::Observer,
         }],
         ..Default::default()
     };
@@ -398,6 +403,7 @@ async fn opcua_secure_defaults_refuse_none_untrusted_certs_and_bad_passwords() -
         users: vec![OpcUaUserConfig {
             username: "operator".into(),
             password_env: PASSWORD_ENV.into(),
+            role: Role::Observer,
         }],
         ..Default::default()
     };
@@ -476,7 +482,7 @@ async fn opcua_start_refuses_invalid_config_before_binding() {
         insecure_loopback_endpoint: true,
         ..Default::default()
     };
-    let err = opcua_server::start(&config, &layout(), CancellationToken::new())
+    let err = opcua_server::start(&config, &layout(), &[], CancellationToken::new())
         .await
         .expect_err("insecure endpoint on all interfaces must be refused");
     assert!(

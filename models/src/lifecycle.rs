@@ -247,6 +247,12 @@ impl ModelLifecycle {
         self.serving.load()
     }
 
+    /// The serving version as an owned `Arc` (one atomic increment), to
+    /// keep across an `.await`.
+    pub fn serving_full(&self) -> Arc<ServingModel> {
+        self.serving.load_full()
+    }
+
     /// Every version folder known, in version order.
     pub fn versions(&self) -> Vec<VersionInfo> {
         self.books().versions.clone()

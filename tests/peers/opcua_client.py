@@ -11,7 +11,8 @@ prints one JSON object on stdout:
    "reads": {"<path>": {"value": ..., "status": "Good", "is_good": true,
                         "source_timestamp_us": 1700000000123456}},
    "subscription": [{"value": 1.5, "source_timestamp_us": ...}, ...],
-   "write": {"<path>": "BadNotWritable"}}
+   "write": {"<path>": "BadNotWritable"},
+   "calls": [{"method": "Models/m/Activate", "args": ["1.1.0"], "status": "Good"}]}
 
 or {"connected": false, "error": "..."} when the connection or session is
 refused (the tests expect that for insecure or untrusted clients).
@@ -21,6 +22,10 @@ Aes256Sha256RsaPss with SignAndEncrypt and a client certificate generated in
 --client-pki (self-signed, application URI --app-uri). --server-cert pins the
 server's certificate (else it is fetched from the endpoints). --user and
 --password-env select username/password login, else anonymous.
+
+--call Models/<model>/Activate=1.1.0 (or Models/<model>/Rollback) calls the
+method on its parent object, with the string argument after '=' if any;
+calls run after the reads, in order, and each one's status is reported.
 """
 
 import argparse
@@ -129,14 +134,18 @@ async def run(args):
         reads = {}
         for path in args.read:
             dv = await node(path).read_data_value(raise_on_bad_status=False)
-            dt = await node(path).read_data_type()
+            try:
+                dt = await node(path).read_data_type()
+            except ua.UaStatusCodeError:
+                # A node that does not exist (yet): the value's status says so.
+                dt = None
             reads[path] = {
                 "value": jsonable(dv.Value.Value if dv.Value is not None else None),
                 "status": status_name(dv.StatusCode),
                 "is_good": dv.StatusCode is None or dv.StatusCode.is_good(),
                 "is_bad": dv.StatusCode is not None and dv.StatusCode.is_bad(),
                 "source_timestamp_us": micros(dv.SourceTimestamp),
-                "data_type": dt.Identifier if isinstance(dt.Identifier, int) else str(dt.Identifier),
+                "data_type": None if dt is None else dt.Identifier if isinstance(dt.Identifier, int) else str(dt.Identifier),
             }
         result["reads"] = reads
 
@@ -148,6 +157,19 @@ async def run(args):
             except ua.UaStatusCodeError as e:
                 writes[path] = status_codes.get_name_and_doc(e.code)[0]
         result["write"] = writes
+
+        calls = []
+        for spec in args.call:
+            path, _, arg = spec.partition("=")
+            parent = path.rsplit("/", 1)[0]
+            call_args = [ua.Variant(arg, ua.VariantType.String)] if arg else []
+            try:
+                await node(parent).call_method(ua.NodeId(path, ns, ua.NodeIdType.String), *call_args)
+                status = "Good"
+            except ua.UaStatusCodeError as e:
+                status = status_codes.get_name_and_doc(e.code)[0]
+            calls.append({"method": path, "args": [arg] if arg else [], "status": status})
+        result["calls"] = calls
 
         if args.subscribe:
             result["subscription"] = await collect_changes(client, node(args.subscribe), args.count)
@@ -248,6 +270,7 @@ def main():
     p.add_argument("--browse", action="store_true")
     p.add_argument("--read", action="append", default=[])
     p.add_argument("--write", action="append", default=[])
+    p.add_argument("--call", action="append", default=[])
     p.add_argument("--subscribe")
     p.add_argument("--count", type=int, default=3)
     args = p.parse_args()

@@ -51,6 +51,14 @@ pub struct RigOptions {
     /// Enables the example's `[modbus_server]` section with this address
     /// (`127.0.0.1:0` for a port the system chooses).
     pub modbus_server: Option<String>,
+    /// Where the models' folders are (`<dir>/examples/<model>/<version>`);
+    /// default: the repository's `models/`.
+    pub models_dir: Option<PathBuf>,
+    /// `[[opcua.users]]` to add: username, password (set in the environment
+    /// as `IRONBRIDGE_TEST_USER_<USERNAME>`), role.
+    pub opcua_users: Vec<(String, String, String)>,
+    /// `[opcua] trust_client_certs` (the example's is false).
+    pub trust_client_certs: bool,
 }
 
 impl GatewayRig {
@@ -211,12 +219,19 @@ struct RigPlaces<'a> {
 /// The example configuration with this rig's ports and paths: the same file
 /// a user starts from, not a hand-written test variant.
 fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
-    let models_dir = repo_root().join("models");
+    let models_dir = at
+        .options
+        .models_dir
+        .clone()
+        .unwrap_or_else(|| repo_root().join("models"));
     let modbus_server = at.options.modbus_server.as_deref();
     let mut out = String::new();
     for line in example.lines() {
         let replaced = match line.trim_start() {
             l if l.starts_with("port = 4840") => format!("port = {}", at.opcua_port),
+            l if l.starts_with("trust_client_certs = false") && at.options.trust_client_certs => {
+                "trust_client_certs = true".to_string()
+            }
             l if l.starts_with("pki_dir =") => {
                 format!("pki_dir = {:?}", at.pki_dir.display().to_string())
             }
@@ -250,6 +265,13 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         };
         out.push_str(&replaced);
         out.push('\n');
+    }
+    for (username, password, role) in &at.options.opcua_users {
+        let env = format!("IRONBRIDGE_TEST_USER_{}", username.to_uppercase());
+        std::env::set_var(&env, password);
+        out.push_str(&format!(
+            "\n[[opcua.users]]\nusername = {username:?}\npassword_env = {env:?}\nrole = {role:?}\n"
+        ));
     }
     let mut musts = vec![
         at.vm_url.to_string(),

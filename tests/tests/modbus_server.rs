@@ -34,6 +34,7 @@ async fn start_rig() -> Result<GatewayRig> {
         poll_ms: 200,
         flush_ms: 500,
         modbus_server: Some("127.0.0.1:0".to_string()),
+        ..RigOptions::default()
     })
     .await
 }
@@ -248,6 +249,7 @@ async fn a_taken_modbus_port_fails_the_start_naming_the_address() -> Result<()> 
         poll_ms: 200,
         flush_ms: 500,
         modbus_server: Some(address.clone()),
+        ..RigOptions::default()
     })
     .await;
     let Err(err) = result else {

@@ -17,13 +17,15 @@
 //! - NaN and infinities are skipped: InfluxDB rejects the whole batch for them.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::ConnectorError;
-use crate::scan::{Prediction, Quality, Record, Scan, TagValue};
+use crate::scan::{ModelEventRecord, Prediction, Quality, Record, Scan, TagValue};
 
 pub const PROCESS_MEASUREMENT: &str = "process";
 pub const PREDICTION_MEASUREMENT: &str = "prediction";
+pub const MODEL_EVENT_MEASUREMENT: &str = "model_event";
 
 /// The line of one record; `Ok(None)` when it has no value to write (no good
 /// reading, or only NaN/infinite values).
@@ -31,7 +33,31 @@ pub fn encode_record(record: &Record) -> Result<Option<String>, ConnectorError> 
     match record {
         Record::Scan(scan) => encode_scan(scan),
         Record::Prediction(prediction) => encode_prediction(prediction),
+        Record::ModelEvent(event) => encode_model_event(event),
     }
+}
+
+/// `model_event,model=<model> event="activated",version="…",previous="…",user="…"[,reason="…"] <ns>`
+/// (`previous` and `reason` only when there is one).
+pub fn encode_model_event(event: &ModelEventRecord) -> Result<Option<String>, ConnectorError> {
+    let text = |s: &str| TagValue::Text(Arc::from(s));
+    let mut fields = vec![
+        ("event", text(event.event)),
+        ("version", text(&event.version)),
+    ];
+    if let Some(previous) = &event.previous {
+        fields.push(("previous", text(previous)));
+    }
+    fields.push(("user", text(&event.user)));
+    if let Some(reason) = &event.reason {
+        fields.push(("reason", text(reason)));
+    }
+    encode_line(
+        MODEL_EVENT_MEASUREMENT,
+        &[("model", &event.model)],
+        fields.into_iter(),
+        event.at,
+    )
 }
 
 /// `process,machine=<machine> <tag>=<value>,... <ns>`: only readings of
@@ -326,6 +352,28 @@ mod tests {
                 .unwrap()
                 .as_deref(),
             Some("prediction,machine=press-7,model=wear,version=1.2.0 rul_h=123.25 1000")
+        );
+    }
+
+    #[test]
+    fn model_event_line_carries_who_what_and_the_previous_version() {
+        let event = ModelEventRecord {
+            model: "bearing-wear".into(),
+            event: "activated",
+            version: "1.1.0".into(),
+            previous: Some("1.0.0".into()),
+            user: "alice".into(),
+            reason: None,
+            at: at(2_000),
+        };
+        assert_eq!(
+            encode_record(&Record::ModelEvent(Arc::new(event)))
+                .unwrap()
+                .as_deref(),
+            Some(
+                "model_event,model=bearing-wear event=\"activated\",version=\"1.1.0\",\
+                 previous=\"1.0.0\",user=\"alice\" 2000"
+            )
         );
     }
 

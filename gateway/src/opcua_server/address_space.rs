@@ -5,7 +5,12 @@
 //!   Machines/<machine>/Tags/<tag>
 //!   Machines/<machine>/Predictions/<model>/<output> | ModelVersion
 //!   Models/<model>/ActiveVersion | Sha256 | LoadedAt | State | InferenceCount | Inputs | Outputs
+//!   Models/<model>/Activate(version) | Rollback()             (methods: admin, SignAndEncrypt)
+//!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
+//!                                     | CodeCommit | Acceptance | FailureReason
 //! ```
+//!
+//! Version folders found while running get their nodes when they are found.
 //!
 //! Browse names live in [`NAMESPACE_URI`]; NodeIds are strings equal to the
 //! browse path below `IronBridge` (`s=Machines/press-7/Tags/temp_c`). Folders
@@ -21,12 +26,14 @@
 use std::collections::{HashMap, HashSet};
 
 use opcua::server::address_space::{
-    AccessLevel, AddressSpace, NodeType, ObjectBuilder, VariableBuilder,
+    AccessLevel, AddressSpace, MethodBuilder, NodeType, ObjectBuilder, VariableBuilder,
 };
 use opcua::types::{
-    DataTypeId, DataValue, NodeId, ObjectId, ObjectTypeId, QualifiedName, StatusCode,
-    VariableTypeId, Variant,
+    Argument, DataTypeId, DataValue, LocalizedText, NodeId, ObjectId, ObjectTypeId, QualifiedName,
+    StatusCode, VariableTypeId, Variant,
 };
+
+use super::nodes::ModelMethod;
 
 pub const NAMESPACE_URI: &str = "urn:ironbridge:gateway";
 
@@ -147,6 +154,22 @@ pub(crate) struct ModelNodes {
     pub(crate) inference_count: NodeId,
     pub(crate) inputs: NodeId,
     pub(crate) outputs: NodeId,
+    /// The `Versions` folder; each version's object is added under it.
+    pub(crate) versions: NodeId,
+    pub(crate) methods: Vec<(ModelMethod, NodeId)>,
+}
+
+/// The variables of one version folder, `Models/<model>/Versions/<version>/`.
+#[derive(Debug, Clone)]
+pub(crate) struct VersionNodes {
+    pub(crate) state: NodeId,
+    pub(crate) sha256: NodeId,
+    pub(crate) created_at: NodeId,
+    pub(crate) training_data_sha256: NodeId,
+    pub(crate) code_commit: NodeId,
+    /// The manifest's acceptance metrics, `name=value` per entry.
+    pub(crate) acceptance: NodeId,
+    pub(crate) failure_reason: NodeId,
 }
 
 /// Where each published value goes, so publishing never formats a path.
@@ -284,10 +307,92 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
                 DataTypeId::String,
                 Some(string_array(&model.outputs)),
             ),
+            versions: add_folder(
+                space,
+                ns,
+                format!("{model_path}/Versions"),
+                "Versions",
+                &model_node,
+            ),
+            methods: ModelMethod::ALL
+                .iter()
+                .map(|&method| {
+                    (
+                        method,
+                        add_method(space, ns, &model_path, &model_node, method),
+                    )
+                })
+                .collect(),
         };
         index.models.insert(model.name.clone(), nodes);
     }
     index
+}
+
+/// Adds `Models/<model>/Versions/<version>/` and its variables (values
+/// come from the publisher).
+pub(crate) fn add_version(
+    space: &mut AddressSpace,
+    ns: u16,
+    model: &str,
+    versions_folder: &NodeId,
+    version: &str,
+) -> VersionNodes {
+    let path = format!("Models/{model}/Versions/{version}");
+    let object = add_object(space, ns, path.clone(), version, versions_folder);
+    let mut var = |name: &str, data_type: DataTypeId, initial: Option<Variant>| {
+        add_variable(
+            space,
+            ns,
+            format!("{path}/{name}"),
+            name,
+            &object,
+            data_type,
+            initial,
+        )
+    };
+    VersionNodes {
+        state: var("State", DataTypeId::String, None),
+        sha256: var("Sha256", DataTypeId::String, None),
+        created_at: var("CreatedAt", DataTypeId::DateTime, None),
+        training_data_sha256: var("TrainingDataSha256", DataTypeId::String, None),
+        code_commit: var("CodeCommit", DataTypeId::String, None),
+        // An array of `name=value` (declared as one from the start).
+        acceptance: var("Acceptance", DataTypeId::String, Some(string_array(&[]))),
+        failure_reason: var("FailureReason", DataTypeId::String, None),
+    }
+}
+
+/// `Models/<model>/Activate(version: String)` or `.../Rollback()`.
+fn add_method(
+    space: &mut AddressSpace,
+    ns: u16,
+    model_path: &str,
+    model_node: &NodeId,
+    method: ModelMethod,
+) -> NodeId {
+    let name = method.name();
+    let id = NodeId::new(ns, format!("{model_path}/{name}"));
+    let builder = MethodBuilder::new(&id, QualifiedName::new(ns, name), name)
+        .component_of(model_node.clone())
+        .executable(true)
+        .user_executable(true);
+    let builder = match method {
+        ModelMethod::Activate => builder.input_args(
+            space,
+            &NodeId::new(ns, format!("{model_path}/{name}/InputArguments")),
+            &[Argument {
+                name: "version".into(),
+                data_type: DataTypeId::String.into(),
+                value_rank: -1,
+                array_dimensions: None,
+                description: LocalizedText::new("", "the version folder to activate"),
+            }],
+        ),
+        ModelMethod::Rollback => builder,
+    };
+    builder.insert(space);
+    id
 }
 
 pub(crate) fn string_array(items: &[String]) -> Variant {

@@ -49,6 +49,35 @@ pub struct OpcUaServerConfig {
 pub struct OpcUaUserConfig {
     pub username: String,
     pub password_env: String,
+    /// What the user may do; `observer` unless given (anonymous, where
+    /// allowed, is always an observer).
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What an OPC UA user may do. Every variable is read-only for everyone;
+/// the model methods (`Activate`, `Rollback`) are for `admin` only, and only
+/// over a signed and encrypted channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads and subscribes.
+    #[default]
+    Observer,
+    /// Reads and subscribes (reserved for operator actions to come).
+    Operator,
+    /// Also changes which model version serves.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Observer => "observer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 impl Default for OpcUaServerConfig {

@@ -9,12 +9,14 @@
 //! username/password users (passwords from the environment), unknown client
 //! certificates rejected into `pki/rejected/`. Anonymous access and the
 //! SecurityPolicy None endpoint (loopback only) exist only when configured.
-//! Every node is read-only.
+//! Every node is read-only; the model methods (`Activate`, `Rollback`) are
+//! for users with the `admin` role over SignAndEncrypt ([`nodes`]).
 
 pub mod address_space;
 pub mod config;
+pub mod nodes;
 pub mod server;
 
 pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPACE_URI};
-pub use config::{OpcUaServerConfig, OpcUaUserConfig, SUPPORTED_SECURITY_POLICIES};
+pub use config::{OpcUaServerConfig, OpcUaUserConfig, Role, SUPPORTED_SECURITY_POLICIES};
 pub use server::{start, ModelStatusView, OpcUaPublisher};

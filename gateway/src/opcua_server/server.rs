@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ironbridge_connectors::{Prediction, Quality, Scan, SourceStatus, TagValue};
+use ironbridge_models::{ModelLifecycle, VersionInfo};
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::server::diagnostics::NamespaceMetadata;
-use opcua::server::node_manager::memory::{simple_node_manager, SimpleNodeManager};
+use opcua::server::node_manager::memory::{InMemoryNodeManager, InMemoryNodeManagerBuilder};
 use opcua::server::{
     ServerBuilder, ServerEndpoint, ServerUserToken, SubscriptionCache, ANONYMOUS_USER_TOKEN_ID,
 };
@@ -22,8 +23,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::address_space::{self, AddressSpaceLayout, NodeIndex, NAMESPACE_URI};
+use super::address_space::{self, AddressSpaceLayout, NodeIndex, VersionNodes, NAMESPACE_URI};
 use super::config::{password_from_env, OpcUaServerConfig};
+use super::nodes::{GatewayNodes, GatewayNodesBuilder, ModelControl};
+
+type GatewayNodeManager = InMemoryNodeManager<GatewayNodes>;
 use crate::GatewayError;
 
 /// Path of every endpoint; clients connect to `opc.tcp://host:port/`.
@@ -57,9 +61,13 @@ pub struct OpcUaPublisher {
 }
 
 struct PublisherInner {
-    node_manager: Arc<SimpleNodeManager>,
+    node_manager: Arc<GatewayNodeManager>,
     subscriptions: Arc<SubscriptionCache>,
     index: NodeIndex,
+    /// The namespace of every IronBridge node (for nodes added later).
+    ns: u16,
+    /// model → version → its nodes, added as version folders are found.
+    versions: Mutex<HashMap<String, HashMap<String, VersionNodes>>>,
     /// The DataType last declared per tag variable (they start as
     /// BaseDataType; see `address_space`).
     declared_tag_types: Mutex<HashMap<NodeId, DataTypeId>>,
@@ -83,6 +91,7 @@ impl std::fmt::Debug for OpcUaPublisher {
 pub async fn start(
     config: &OpcUaServerConfig,
     layout: &AddressSpaceLayout,
+    models: &[Arc<ModelLifecycle>],
     cancel: CancellationToken,
 ) -> Result<(OpcUaPublisher, JoinHandle<()>), GatewayError> {
     let problems = config.validate("opcua");
@@ -116,16 +125,10 @@ pub async fn start(
             "opc.tcp://{advertised_host}:{}{ENDPOINT_PATH}",
             config.port
         )])
-        .token(cancel.child_token())
-        .with_node_manager(simple_node_manager(
-            NamespaceMetadata {
-                namespace_uri: NAMESPACE_URI.to_string(),
-                ..Default::default()
-            },
-            "ironbridge",
-        ));
+        .token(cancel.child_token());
 
     let mut secure_token_ids = Vec::new();
+    let mut roles = HashMap::new();
     for (i, user) in config.users.iter().enumerate() {
         let password =
             password_from_env(&user.password_env).ok_or_else(|| GatewayError::MissingPassword {
@@ -133,6 +136,7 @@ pub async fn start(
                 env: user.password_env.clone(),
             })?;
         let token_id = format!("user{i}");
+        roles.insert(token_id.clone(), (user.username.clone(), user.role));
         builder = builder.add_user_token(
             token_id.clone(),
             ServerUserToken::user_pass(user.username.clone(), password),
@@ -142,6 +146,15 @@ pub async fn start(
     if config.allow_anonymous {
         secure_token_ids.push(ANONYMOUS_USER_TOKEN_ID.to_string());
     }
+    let control = Arc::new(ModelControl::new(roles));
+    builder = builder.with_node_manager(InMemoryNodeManagerBuilder::new(GatewayNodesBuilder::new(
+        NamespaceMetadata {
+            namespace_uri: NAMESPACE_URI.to_string(),
+            ..Default::default()
+        },
+        "ironbridge",
+        control.clone(),
+    )));
     for policy_name in &config.security_policies {
         let policy = secure_policy(policy_name).ok_or_else(|| {
             // validate() refused unknown names already; kept for safety.
@@ -169,7 +182,7 @@ pub async fn start(
     let (server, handle) = builder.build().map_err(GatewayError::OpcUaBuild)?;
     let node_manager = handle
         .node_managers()
-        .get_of_type::<SimpleNodeManager>()
+        .get_of_type::<GatewayNodeManager>()
         .ok_or_else(|| GatewayError::OpcUaBuild("the IronBridge node manager is missing".into()))?;
     let ns = handle
         .get_namespace_index(NAMESPACE_URI)
@@ -178,6 +191,18 @@ pub async fn start(
         let mut space = node_manager.address_space().write();
         address_space::build(&mut space, ns, layout)
     };
+    control.set_methods(
+        models
+            .iter()
+            .filter_map(|m| index.models.get(m.name()).map(|nodes| (m, nodes)))
+            .flat_map(|(m, nodes)| {
+                nodes
+                    .methods
+                    .iter()
+                    .map(|(method, id)| (id.clone(), (m.clone(), *method)))
+            })
+            .collect(),
+    );
 
     // Bound here (not inside the library) so a busy port fails `start`.
     let bind_addr = format!("{}:{}", bind_host(&config.host), config.port);
@@ -207,6 +232,8 @@ pub async fn start(
             node_manager,
             subscriptions: handle.subscriptions().clone(),
             index,
+            ns,
+            versions: Mutex::new(HashMap::new()),
             declared_tag_types: Mutex::new(HashMap::new()),
             unknown_values: AtomicU64::new(0),
         }),
@@ -345,6 +372,78 @@ impl OpcUaPublisher {
                 good(address_space::string_array(&status.outputs)),
             ),
         ]);
+    }
+
+    /// Sets `Models/<model>/Versions/<version>/...`, adding the nodes of
+    /// versions seen for the first time.
+    pub fn publish_model_versions(&self, model: &str, versions: &[VersionInfo]) {
+        let inner = &self.inner;
+        let Some(model_nodes) = inner.index.models.get(model) else {
+            inner.count_unknown(1);
+            return;
+        };
+        let mut known = match inner.versions.lock() {
+            Ok(guard) => guard,
+            // Only a cache of inserted nodes; still right after a panic.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let known = known.entry(model.to_string()).or_default();
+        let missing: Vec<&VersionInfo> = versions
+            .iter()
+            .filter(|v| !known.contains_key(&v.version))
+            .collect();
+        if !missing.is_empty() {
+            let mut space = inner.node_manager.address_space().write();
+            for info in missing {
+                let nodes = address_space::add_version(
+                    &mut space,
+                    inner.ns,
+                    model,
+                    &model_nodes.versions,
+                    &info.version,
+                );
+                known.insert(info.version.clone(), nodes);
+            }
+        }
+        let now = DateTime::now();
+        let good = |value: Variant| DataValue {
+            value: Some(value),
+            status: Some(StatusCode::Good),
+            source_timestamp: Some(now),
+            server_timestamp: Some(now),
+            ..DataValue::null()
+        };
+        let text = |value: &Option<String>| good(Variant::from(value.clone().unwrap_or_default()));
+        let mut updates = Vec::with_capacity(versions.len() * 7);
+        for info in versions {
+            let Some(nodes) = known.get(&info.version) else {
+                continue;
+            };
+            let created_at = info
+                .created_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map_or_else(|| good(Variant::Empty), |t| good(Variant::from(t)));
+            let acceptance: Vec<String> = info
+                .acceptance
+                .iter()
+                .map(|(name, metric)| format!("{name}={}", metric.value))
+                .collect();
+            updates.push((&nodes.state, good(Variant::from(info.state.as_str()))));
+            updates.push((&nodes.sha256, text(&info.sha256)));
+            updates.push((&nodes.created_at, created_at));
+            updates.push((
+                &nodes.training_data_sha256,
+                text(&info.training_data_sha256),
+            ));
+            updates.push((&nodes.code_commit, text(&info.code_commit)));
+            updates.push((
+                &nodes.acceptance,
+                good(address_space::string_array(&acceptance)),
+            ));
+            updates.push((&nodes.failure_reason, text(&info.failure_reason)));
+        }
+        inner.set_values(updates);
     }
 
     /// Values dropped because the layout has no node for them (for metrics).

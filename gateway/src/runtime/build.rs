@@ -10,8 +10,7 @@ use std::time::{Duration, SystemTime};
 use ironbridge_connectors::influx::InfluxV2Writer;
 use ironbridge_connectors::Source;
 use ironbridge_models::{
-    DeviceChoice, InferenceHandle, InferenceOptions, InferenceService, ModelManifest,
-    ModelRegistry, TorchModel,
+    DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest,
 };
 
 use crate::config::{DeviceSetting, GatewayConfig, ModelConfig};
@@ -20,28 +19,32 @@ use crate::modbus_server::{MapMachine, MapModel, RegisterMap};
 use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
 use crate::GatewayError;
 
-/// One served model: its verified manifest, its inference service and how
-/// its inputs are assembled.
+/// One served model: its versions and the one serving (the lifecycle), the
+/// interface every version must keep (the manifest it started with), and
+/// how its inputs are assembled.
 pub(crate) struct ServedModel {
     pub(crate) config: ModelConfig,
+    /// The manifest of the version activated at start: names, inputs and
+    /// outputs the OPC UA nodes, Modbus registers and features were built for.
     pub(crate) manifest: ModelManifest,
-    pub(crate) loaded_at: SystemTime,
-    pub(crate) handle: InferenceHandle,
+    pub(crate) lifecycle: Arc<ModelLifecycle>,
     pub(crate) features: FeatureMap,
     pub(crate) name: Arc<str>,
-    pub(crate) version: Arc<str>,
     pub(crate) output_names: Vec<Arc<str>>,
 }
 
 impl ServedModel {
+    /// The serving version's own status (its worker's state, not a copy).
     pub(crate) fn status(&self) -> ModelStatusView {
+        let serving = self.lifecycle.serving();
+        let status = serving.handle.status();
         ModelStatusView {
             name: self.manifest.name.clone(),
-            active_version: self.manifest.version.clone(),
-            sha256: self.manifest.sha256.clone(),
-            loaded_at: self.loaded_at,
-            state: self.handle.status().state.as_str().to_string(),
-            inference_count: self.handle.stats().snapshot().inferences,
+            active_version: serving.manifest.version.clone(),
+            sha256: serving.manifest.sha256.clone(),
+            loaded_at: status.loaded_at.unwrap_or(SystemTime::UNIX_EPOCH),
+            state: status.state.as_str().to_string(),
+            inference_count: status.inference_count,
             inputs: self.manifest.input_names(),
             outputs: self.manifest.output_names(),
         }
@@ -109,23 +112,28 @@ fn load_model(config: &GatewayConfig, model: &ModelConfig) -> Result<ServedModel
         model: model.name.clone(),
         source: Box::new(source),
     };
-    let verified = ModelRegistry::open(config.model_dir(model))
-        .and_then(|r| r.load(&model.version))
-        .map_err(err)?;
-    let manifest = verified.manifest().clone();
     let device = match model.device_setting() {
         Some(DeviceSetting::Cuda(i)) => DeviceChoice::Cuda(i),
         _ => DeviceChoice::Cpu,
     };
-    let torch = TorchModel::load(&verified, device).map_err(err)?;
-    let options = InferenceOptions {
-        max_batch: model.max_batch,
-        max_wait: Duration::from_millis(model.max_wait_ms),
-        queue_capacity: model.queue_capacity,
-        rate_limit_per_s: model.rate_limit_per_s.and_then(std::num::NonZeroU32::new),
-        intra_op_threads: model.intra_op_threads,
+    let options = LifecycleOptions {
+        device,
+        inference: InferenceOptions {
+            max_batch: model.max_batch,
+            max_wait: Duration::from_millis(model.max_wait_ms),
+            queue_capacity: model.queue_capacity,
+            rate_limit_per_s: model.rate_limit_per_s.and_then(std::num::NonZeroU32::new),
+            intra_op_threads: model.intra_op_threads,
+        },
     };
-    let handle = InferenceService::spawn(torch, options).map_err(err)?;
+    let lifecycle = ModelLifecycle::start(
+        &model.name,
+        config.model_dir(model),
+        &model.version,
+        options,
+    )
+    .map_err(err)?;
+    let manifest = (*lifecycle.serving().manifest).clone();
     let features = FeatureMap::new(
         manifest
             .inputs
@@ -143,15 +151,13 @@ fn load_model(config: &GatewayConfig, model: &ModelConfig) -> Result<ServedModel
     Ok(ServedModel {
         config: model.clone(),
         name: Arc::from(manifest.name.as_str()),
-        version: Arc::from(manifest.version.as_str()),
         output_names: manifest
             .outputs
             .iter()
             .map(|o| Arc::from(o.name.as_str()))
             .collect(),
-        loaded_at: SystemTime::now(),
         manifest,
-        handle,
+        lifecycle: Arc::new(lifecycle),
         features,
     })
 }

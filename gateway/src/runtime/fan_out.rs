@@ -79,14 +79,17 @@ impl FanOut {
             return false;
         }
         let values = model.features.assemble(state, scan.acquired_at);
-        let row = match prepare_inputs(&model.manifest, &values, model.handle.stats()) {
+        // The version serving now; a swap after this load leaves this
+        // request with it, and the answer is tagged with it.
+        let serving = model.lifecycle.serving_full();
+        let row = match prepare_inputs(&serving.manifest, &values, serving.handle.stats()) {
             Ok(row) => row,
             Err(reason) => {
                 tracing::debug!(machine = %scan.machine, model = %model.name, %reason, "prediction skipped");
                 return false;
             }
         };
-        let pending = match model.handle.submit(row) {
+        let pending = match serving.handle.submit(row) {
             Ok(p) => p,
             Err(e) => {
                 let n = self
@@ -102,6 +105,7 @@ impl FanOut {
         };
         let request = PredictionRequest {
             machine: scan.machine.clone(),
+            version: serving.version.clone(),
             inputs_acquired_at: scan.acquired_at,
             pending,
         };

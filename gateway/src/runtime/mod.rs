@@ -17,7 +17,9 @@
 //! - [`fan_out`]: the scan hand-off, the per-machine last-value cache and
 //!   the prediction requests;
 //! - [`predictions`]: one collector per model turns answers into predictions;
-//! - [`status`]: model state to OPC UA, counters to the log.
+//! - [`status`]: model state to OPC UA, counters to the log;
+//! - [`versions`]: model folders read again while running, lifecycle
+//!   events to the store (`model_event`).
 //!
 //! Shutdown: one `CancellationToken` stops the sources; their dropped senders
 //! end the fan-out, whose dropped senders let the collectors and then the
@@ -27,6 +29,7 @@ mod build;
 mod fan_out;
 mod predictions;
 mod status;
+mod versions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -104,6 +107,7 @@ impl Gateway {
             register_map,
         } = Components::build(&config)?;
 
+        let lifecycles: Vec<_> = models.iter().map(|m| m.lifecycle.clone()).collect();
         // Bound before the OPC UA server starts, so a taken port fails the
         // start with nothing else listening yet.
         let modbus_server = match (&config.modbus_server, &register_map) {
@@ -112,10 +116,11 @@ impl Gateway {
         };
 
         let (publisher, opcua_task) =
-            opcua_server::start(&config.opcua, &layout, cancel.child_token()).await?;
+            opcua_server::start(&config.opcua, &layout, &lifecycles, cancel.child_token()).await?;
         let opcua_endpoint = format!("opc.tcp://{}:{}/", config.opcua.host, config.opcua.port);
         for m in &models {
             publisher.publish_model_status(&m.status());
+            publisher.publish_model_versions(&m.manifest.name, &m.lifecycle.versions());
         }
         let modbus_registers = modbus_server.as_ref().map(ModbusServer::registers);
         let modbus_server_addr = modbus_server.as_ref().map(ModbusServer::local_addr);
@@ -143,7 +148,6 @@ impl Gateway {
             collector_txs.push(tx);
             let collector = PredictionCollector {
                 model: model.name.clone(),
-                version: model.version.clone(),
                 outputs: model.output_names.clone(),
                 publisher: publisher.clone(),
                 modbus: modbus_registers.clone(),
@@ -162,6 +166,22 @@ impl Gateway {
         }
         drop(scan_tx);
 
+        tasks.spawn(versions::watch_version_folders(
+            lifecycles,
+            cancel.child_token(),
+        ));
+        if let Some(sink) = &sink_tx {
+            for m in &models {
+                tasks.spawn(versions::record_model_events(
+                    m.lifecycle.events(),
+                    versions::started(&m.lifecycle),
+                    sink.clone(),
+                    stats.clone(),
+                    cancel.child_token(),
+                ));
+            }
+        }
+
         let models = Arc::new(models);
         let fan_out = FanOut {
             publisher: publisher.clone(),
@@ -173,6 +193,14 @@ impl Gateway {
             stats: stats.clone(),
         };
         tasks.spawn(fan_out.run(scan_rx));
+        for index in 0..models.len() {
+            tasks.spawn(status::publish_on_model_events(
+                publisher.clone(),
+                models.clone(),
+                index,
+                cancel.child_token(),
+            ));
+        }
         tasks.spawn(status::publish_model_status(
             publisher,
             models,

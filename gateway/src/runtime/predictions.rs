@@ -17,6 +17,8 @@ use crate::opcua_server::OpcUaPublisher;
 /// A request the model accepted, waiting for its answer.
 pub(crate) struct PredictionRequest {
     pub(crate) machine: Arc<str>,
+    /// The version the request was submitted to, which computes the answer.
+    pub(crate) version: Arc<str>,
     pub(crate) inputs_acquired_at: SystemTime,
     pub(crate) pending: PendingPrediction,
 }
@@ -24,7 +26,6 @@ pub(crate) struct PredictionRequest {
 /// What a collector needs besides its requests.
 pub(crate) struct PredictionCollector {
     pub(crate) model: Arc<str>,
-    pub(crate) version: Arc<str>,
     pub(crate) outputs: Vec<Arc<str>>,
     pub(crate) publisher: OpcUaPublisher,
     pub(crate) modbus: Option<PredictionRegisters>,
@@ -33,9 +34,10 @@ pub(crate) struct PredictionCollector {
 }
 
 impl PredictionCollector {
-    /// Runs until the fan-out drops its sender and every answer is in. The
-    /// model's one worker answers in submission order, so awaiting in order
-    /// never waits behind an answer that is already there.
+    /// Runs until the fan-out drops its sender and every answer is in. Each
+    /// version's one worker answers in submission order, and requests to a
+    /// newly activated version come after those to the old one, so awaiting
+    /// in order never waits long behind an answer that is already there.
     pub(crate) async fn run(self, mut requests: mpsc::Receiver<PredictionRequest>) {
         while let Some(request) = requests.recv().await {
             match request.pending.wait().await {
@@ -43,7 +45,7 @@ impl PredictionCollector {
                     let prediction = Arc::new(Prediction {
                         machine: request.machine,
                         model: self.model.clone(),
-                        version: self.version.clone(),
+                        version: request.version,
                         inputs_acquired_at: request.inputs_acquired_at,
                         outputs: self
                             .outputs

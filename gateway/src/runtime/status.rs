@@ -31,9 +31,34 @@ pub(crate) async fn publish_model_status(
             _ = tick.tick() => {
                 for m in models.iter() {
                     publisher.publish_model_status(&m.status());
+                    publisher.publish_model_versions(&m.manifest.name, &m.lifecycle.versions());
                 }
             }
         }
+    }
+}
+
+/// Publishes a model's state as soon as its versions change (activation,
+/// rollback, a folder found), not only at the next periodic update.
+pub(crate) async fn publish_on_model_events(
+    publisher: OpcUaPublisher,
+    models: Arc<Vec<ServedModel>>,
+    index: usize,
+    cancel: CancellationToken,
+) {
+    let mut events = models[index].lifecycle.events();
+    loop {
+        let event = tokio::select! {
+            _ = cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        if let Err(tokio::sync::broadcast::error::RecvError::Closed) = event {
+            return;
+        }
+        // Lagged: the state is read fresh anyway.
+        let m = &models[index];
+        publisher.publish_model_status(&m.status());
+        publisher.publish_model_versions(&m.manifest.name, &m.lifecycle.versions());
     }
 }
 

@@ -1,0 +1,287 @@
+//! Model versions on a running gateway, from outside: an independent OPC UA
+//! client (python asyncua) calls `Models/<model>/Activate` and `Rollback`
+//! as different users; the gateway reads the simulated pump and writes to a
+//! real victoria-metrics. A version folder dropped in while running shows
+//! up, a tampered one fails without disturbing the serving version, a
+//! non-admin is refused, and after an activation the stored predictions
+//! carry the new version.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ironbridge::discover::OpcUaClientArgs;
+use ironbridge::model_cli::{self, ModelAction, ModelCommandError};
+use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions};
+use ironbridge_tests::paths::{repo_root, venv_python};
+
+const MODEL: &str = "bearing-wear";
+const MACHINE: &str = "pump-1";
+const ADMIN: (&str, &str) = ("alice", "admin-password-for-tests");
+const OPERATOR: (&str, &str) = ("olga", "operator-password-for-tests");
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// `<to>` as a copy of version folder `from` under another version name.
+fn copy_version(from: &Path, to: &Path, from_version: &str, to_version: &str) -> Result<()> {
+    copy_dir(from, to)?;
+    let manifest = std::fs::read_to_string(to.join("manifest.toml"))?;
+    let edited = manifest.replace(
+        &format!("version = \"{from_version}\""),
+        &format!("version = \"{to_version}\""),
+    );
+    anyhow::ensure!(edited != manifest, "manifest version not found");
+    std::fs::write(to.join("manifest.toml"), edited)?;
+    Ok(())
+}
+
+/// Runs the asyncua client as `user` over SignAndEncrypt.
+async fn client(
+    rig: &GatewayRig,
+    pki: &Path,
+    user: (&str, &str),
+    reads: &[String],
+    calls: &[String],
+) -> Result<serde_json::Value> {
+    let env = "IRONBRIDGE_TEST_LIFECYCLE_CLIENT_PASSWORD";
+    let mut args: Vec<String> = vec![
+        "--url".into(),
+        rig.opcua_url(),
+        "--policy".into(),
+        "Basic256Sha256".into(),
+        "--client-pki".into(),
+        pki.display().to_string(),
+        "--user".into(),
+        user.0.into(),
+        "--password-env".into(),
+        env.into(),
+    ];
+    for read in reads {
+        args.extend(["--read".into(), read.clone()]);
+    }
+    for call in calls {
+        args.extend(["--call".into(), call.clone()]);
+    }
+    let out = tokio::process::Command::new(venv_python()?)
+        .arg(repo_root().join("tests/peers/opcua_client.py"))
+        .args(&args)
+        .env(env, user.1)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "opcua_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    anyhow::ensure!(answer["connected"] == true, "{answer}");
+    Ok(answer)
+}
+
+fn call_statuses(answer: &serde_json::Value) -> Vec<String> {
+    answer["calls"]
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .map(|c| c["status"].as_str().unwrap_or("?").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_activated_by_an_admin_and_a_tampered_one_never_serves() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    let examples = repo_root().join("models/examples");
+    for model in [MODEL, "spindle-wear"] {
+        copy_dir(
+            &examples.join(model).join("1.0.0"),
+            &models.join("examples").join(model).join("1.0.0"),
+        )?;
+    }
+    let versions = models.join("examples").join(MODEL);
+    copy_version(
+        &versions.join("1.0.0"),
+        &versions.join("1.1.0"),
+        "1.0.0",
+        "1.1.0",
+    )?;
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        models_dir: Some(models.clone()),
+        opcua_users: vec![
+            (ADMIN.0.into(), ADMIN.1.into(), "admin".into()),
+            (OPERATOR.0.into(), OPERATOR.1.into(), "operator".into()),
+        ],
+        trust_client_certs: true,
+        ..RigOptions::default()
+    })
+    .await?;
+    let pki = dir.path().join("client-pki");
+    let model_nodes = format!("Models/{MODEL}");
+    let activate = |version: &str| format!("{model_nodes}/Activate={version}");
+    rig.wait_for_samples(
+        &format!("prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"1.0.0\"}}"),
+        3,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // Observers and operators may look, not change.
+    let answer = client(&rig, &pki, OPERATOR, &[], &[activate("1.1.0")]).await?;
+    assert_eq!(call_statuses(&answer), ["BadUserAccessDenied"], "{answer}");
+
+    // A tampered version dropped in while running: found, fails at
+    // activation on its hash, 1.0.0 keeps serving.
+    copy_version(
+        &versions.join("1.0.0"),
+        &versions.join("1.2.0"),
+        "1.0.0",
+        "1.2.0",
+    )?;
+    let model_file = std::fs::read_dir(versions.join("1.2.0"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "pt"))
+        .context("model file")?;
+    let mut bytes = std::fs::read(&model_file)?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&model_file, bytes)?;
+    let state_of = |v: &str| format!("{model_nodes}/Versions/{v}/State");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client(&rig, &pki, OPERATOR, &[state_of("1.2.0")], &[]).await?;
+        if answer["reads"][state_of("1.2.0")]["value"] == "Available" {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "1.2.0 never showed up: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let failure = format!("{model_nodes}/Versions/1.2.0/FailureReason");
+    let active = format!("{model_nodes}/ActiveVersion");
+    let answer = client(
+        &rig,
+        &pki,
+        ADMIN,
+        &[],
+        &[activate("9.9.9"), activate("1.2.0")],
+    )
+    .await?;
+    assert_eq!(
+        call_statuses(&answer),
+        ["BadInvalidArgument", "BadInvalidState"],
+        "{answer}"
+    );
+    let answer = client(
+        &rig,
+        &pki,
+        ADMIN,
+        &[state_of("1.2.0"), failure.clone(), active.clone()],
+        &[],
+    )
+    .await?;
+    assert_eq!(answer["reads"][state_of("1.2.0")]["value"], "Failed");
+    let reason = answer["reads"][&failure]["value"].as_str().unwrap_or("");
+    assert!(reason.contains("sha256"), "{answer}");
+    assert_eq!(answer["reads"][&active]["value"], "1.0.0");
+
+    // The admin activates 1.1.0: it serves, and the store gets its
+    // predictions under its version.
+    let answer = client(&rig, &pki, ADMIN, &[], &[activate("1.1.0")]).await?;
+    assert_eq!(call_statuses(&answer), ["Good"], "{answer}");
+    let answer = client(
+        &rig,
+        &pki,
+        OPERATOR,
+        &[
+            active.clone(),
+            state_of("1.1.0"),
+            state_of("1.0.0"),
+            format!("Machines/{MACHINE}/Predictions/{MODEL}/ModelVersion"),
+        ],
+        &[],
+    )
+    .await?;
+    assert_eq!(answer["reads"][&active]["value"], "1.1.0", "{answer}");
+    assert_eq!(answer["reads"][state_of("1.1.0")]["value"], "Active");
+    assert_eq!(answer["reads"][state_of("1.0.0")]["value"], "Available");
+    rig.wait_for_samples(
+        &format!("prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"1.1.0\"}}"),
+        3,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // Rollback returns to 1.0.0.
+    let answer = client(&rig, &pki, ADMIN, &[], &[format!("{model_nodes}/Rollback")]).await?;
+    assert_eq!(call_statuses(&answer), ["Good"], "{answer}");
+    let answer = client(&rig, &pki, OPERATOR, std::slice::from_ref(&active), &[]).await?;
+    assert_eq!(answer["reads"][&active]["value"], "1.0.0", "{answer}");
+
+    // The same from the command line's code (`ironbridge model ...`).
+    let cli = |user: (&str, &str), action: ModelAction| {
+        let env = format!("IRONBRIDGE_TEST_CLI_PASSWORD_{}", user.0.to_uppercase());
+        std::env::set_var(&env, user.1);
+        let args = OpcUaClientArgs {
+            endpoint: rig.opcua_url(),
+            security: "Aes256Sha256RsaPss".into(),
+            mode: "SignAndEncrypt".into(),
+            username: Some(user.0.into()),
+            password_env: env,
+            trust_server_cert: true,
+            pki_dir: dir.path().join("cli-pki"),
+        };
+        tokio::task::spawn_blocking(move || model_cli::run(&args, MODEL, &action))
+    };
+    let activate_1_1 = || ModelAction::Activate {
+        version: "1.1.0".into(),
+    };
+    match cli(OPERATOR, activate_1_1()).await? {
+        Err(ModelCommandError::Refused(message)) => {
+            assert!(message.contains("admin"), "{message}")
+        }
+        other => panic!("an operator must be refused: {other:?}"),
+    }
+    match cli(ADMIN, activate_1_1()).await? {
+        Ok(outcome) => {
+            assert_eq!(
+                (outcome.before.as_str(), outcome.after.as_str()),
+                ("1.0.0", "1.1.0")
+            )
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+    match cli(
+        ADMIN,
+        ModelAction::Activate {
+            version: "1.2.0".into(),
+        },
+    )
+    .await?
+    {
+        Err(ModelCommandError::Refused(message)) => {
+            assert!(message.contains("sha256"), "{message}")
+        }
+        other => panic!("1.2.0 must fail: {other:?}"),
+    }
+    match cli(ADMIN, ModelAction::Rollback).await? {
+        Ok(outcome) => assert_eq!(outcome.after, "1.0.0"),
+        Err(e) => panic!("{e:?}"),
+    }
+
+    rig.stop().await;
+    Ok(())
+}
