@@ -138,10 +138,25 @@ pub struct ModelEventRecord {
     pub at: SystemTime,
 }
 
+/// Which gateway build with which configuration started, once per start
+/// (lineage: any stored value can be traced to the code and configuration
+/// that produced it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayInfoRecord {
+    /// The gateway's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The git commit it was built from.
+    pub commit: String,
+    /// sha256 of the configuration file's text.
+    pub config_sha256: String,
+    pub started_at: SystemTime,
+}
+
 /// What a sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Scan(Arc<Scan>),
     Prediction(Arc<Prediction>),
     ModelEvent(Arc<ModelEventRecord>),
+    GatewayInfo(Arc<GatewayInfoRecord>),
 }

@@ -87,6 +87,7 @@ async fn an_unreachable_machine_turns_bad_and_recovers_while_another_keeps_flowi
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let config = GatewayConfig {
         file: dir.path().join("gateway.toml"),
+        source_sha256: String::new(),
         opcua: OpcUaServerConfig {
             port,
             pki_dir: dir.path().join("pki"),

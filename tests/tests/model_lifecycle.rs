@@ -137,6 +137,21 @@ async fn versions_are_activated_by_an_admin_and_a_tampered_one_never_serves() ->
     )
     .await?;
 
+    // Lineage: the start is recorded with the build and the configuration.
+    let config_sha = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(std::fs::read(&rig.config_path)?))
+    };
+    rig.wait_for_samples(
+        &format!(
+            "gateway_info_started{{version=\"{}\",config_sha256=\"{config_sha}\"}}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        1,
+        Duration::from_secs(30),
+    )
+    .await?;
+
     // Observers and operators may look, not change.
     let answer = client(&rig, &pki, OPERATOR, &[], &[activate("1.1.0")]).await?;
     assert_eq!(call_statuses(&answer), ["BadUserAccessDenied"], "{answer}");

@@ -21,11 +21,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::ConnectorError;
-use crate::scan::{ModelEventRecord, Prediction, Quality, Record, Scan, TagValue};
+use crate::scan::{
+    GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record, Scan, TagValue,
+};
 
 pub const PROCESS_MEASUREMENT: &str = "process";
 pub const PREDICTION_MEASUREMENT: &str = "prediction";
 pub const MODEL_EVENT_MEASUREMENT: &str = "model_event";
+pub const GATEWAY_INFO_MEASUREMENT: &str = "gateway_info";
 
 /// The line of one record; `Ok(None)` when it has no value to write (no good
 /// reading, or only NaN/infinite values).
@@ -34,7 +37,29 @@ pub fn encode_record(record: &Record) -> Result<Option<String>, ConnectorError> 
         Record::Scan(scan) => encode_scan(scan),
         Record::Prediction(prediction) => encode_prediction(prediction),
         Record::ModelEvent(event) => encode_model_event(event),
+        Record::GatewayInfo(info) => encode_gateway_info(info),
     }
+}
+
+/// `gateway_info,version=<v>,commit=<c>,config_sha256=<h> started=1i <ns>`:
+/// the identifiers are tags (as in a Prometheus info metric) so that stores
+/// which keep only numeric fields, victoria-metrics among them, keep them.
+pub fn encode_gateway_info(info: &GatewayInfoRecord) -> Result<Option<String>, ConnectorError> {
+    let config = if info.config_sha256.is_empty() {
+        "none"
+    } else {
+        info.config_sha256.as_str()
+    };
+    encode_line(
+        GATEWAY_INFO_MEASUREMENT,
+        &[
+            ("version", info.version.as_str()),
+            ("commit", info.commit.as_str()),
+            ("config_sha256", config),
+        ],
+        std::iter::once(("started", TagValue::Int(1))),
+        info.started_at,
+    )
 }
 
 /// `model_event,model=<model> event="activated",version="…",previous="…",user="…"[,reason="…"] <ns>`
@@ -352,6 +377,22 @@ mod tests {
                 .unwrap()
                 .as_deref(),
             Some("prediction,machine=press-7,model=wear,version=1.2.0 rul_h=123.25 1000")
+        );
+    }
+
+    #[test]
+    fn gateway_info_line_names_version_commit_and_config() {
+        let info = GatewayInfoRecord {
+            version: "0.1.0".into(),
+            commit: "abc123".into(),
+            config_sha256: "ff00".into(),
+            started_at: at(3_000),
+        };
+        assert_eq!(
+            encode_record(&Record::GatewayInfo(Arc::new(info)))
+                .unwrap()
+                .as_deref(),
+            Some("gateway_info,version=0.1.0,commit=abc123,config_sha256=ff00 started=1i 3000")
         );
     }
 

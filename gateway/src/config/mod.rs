@@ -22,6 +22,7 @@ use ironbridge_connectors::opcua::OpcUaMachineConfig;
 use ironbridge_connectors::{Problem, SourceConfig};
 use ironbridge_models::ModelRegistry;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 pub use model::{DeviceSetting, ModelConfig};
 pub use source_map::SourceMap;
@@ -34,6 +35,9 @@ use crate::opcua_server::OpcUaServerConfig;
 pub struct GatewayConfig {
     /// The file it was read from; relative paths inside are taken from its folder.
     pub file: PathBuf,
+    /// sha256 of the file's text (lowercase hex), for the `gateway_info`
+    /// lineage point; empty for a configuration built in code.
+    pub source_sha256: String,
     pub opcua: OpcUaServerConfig,
     /// Absent: process values and predictions go to OPC UA only.
     pub influx: Option<InfluxSinkConfig>,
@@ -132,6 +136,7 @@ impl GatewayConfig {
 
         if reader.problems.is_empty() {
             let mut config = config;
+            config.source_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
             config.opcua.pki_dir = resolve(file, &config.opcua.pki_dir);
             for machine in &mut config.machines {
                 if let MachineConfig::OpcUa(c) = machine {
@@ -252,6 +257,7 @@ impl SectionReader {
         };
         let config = GatewayConfig {
             file: file.to_path_buf(),
+            source_sha256: String::new(),
             // A section that failed to read is already a problem; the default
             // only keeps the remaining checks going.
             opcua: opcua.unwrap_or_default(),

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ironbridge_connectors::influx::{InfluxSink, InfluxSinkStats};
-use ironbridge_connectors::{Record, Scan, SourceStats};
+use ironbridge_connectors::{GatewayInfoRecord, Record, Scan, SourceStats};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +139,17 @@ impl Gateway {
         };
 
         let stats = Arc::new(FanOutStats::default());
+        // Lineage: which build with which configuration wrote what follows.
+        send_to_sink(
+            &sink_tx,
+            Record::GatewayInfo(Arc::new(GatewayInfoRecord {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: env!("IRONBRIDGE_GIT_COMMIT").to_string(),
+                config_sha256: config.source_sha256.clone(),
+                started_at: std::time::SystemTime::now(),
+            })),
+            &stats,
+        );
         let mut collectors = JoinSet::new();
         let mut collector_txs = Vec::with_capacity(models.len());
         for model in &models {
