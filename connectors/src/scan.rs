@@ -152,11 +152,34 @@ pub struct GatewayInfoRecord {
     pub started_at: SystemTime,
 }
 
+/// The gate's running statistics for one shadow version (see the models
+/// crate's `gate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateRecord {
+    pub model: Arc<str>,
+    pub active_version: Arc<str>,
+    pub shadow_version: Arc<str>,
+    /// `mae` or `disagreement`.
+    pub metric: &'static str,
+    pub samples: u64,
+    pub mean: f64,
+    pub lower: f64,
+    pub upper: f64,
+    pub margin: f64,
+    pub psi: Option<f64>,
+    /// `Pending`, `Pass` or `Fail`.
+    pub decision: &'static str,
+    pub at: SystemTime,
+}
+
 /// What a sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Scan(Arc<Scan>),
     Prediction(Arc<Prediction>),
+    /// A shadow version's outputs (never the machine's prediction).
+    ShadowPrediction(Arc<Prediction>),
+    Gate(Arc<GateRecord>),
     ModelEvent(Arc<ModelEventRecord>),
     GatewayInfo(Arc<GatewayInfoRecord>),
 }

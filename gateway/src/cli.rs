@@ -1,5 +1,5 @@
 //! The command line: `ironbridge run|validate --config FILE`,
-//! `ironbridge discover URL`, `ironbridge model activate|rollback`,
+//! `ironbridge discover URL`, `ironbridge model activate|rollback|shadow|unshadow`,
 //! `--version`.
 
 use std::path::PathBuf;
@@ -89,6 +89,19 @@ pub enum ModelSubcommand {
     },
     /// Return to the previously active version at once.
     Rollback {
+        #[command(flatten)]
+        target: ModelTarget,
+    },
+    /// Run a version beside the active one on the same inputs, unpublished,
+    /// judged by the model's gate.
+    Shadow {
+        #[command(flatten)]
+        target: ModelTarget,
+        #[arg(long)]
+        version: String,
+    },
+    /// Stop the shadow run.
+    Unshadow {
         #[command(flatten)]
         target: ModelTarget,
     },

@@ -48,6 +48,18 @@ impl MachineState {
     }
 }
 
+impl MachineState {
+    /// The tag's latest value if it is Good and numeric (a label for the
+    /// gate, for instance).
+    pub fn good_value(&self, tag: &str) -> Option<f64> {
+        let latest = self.tags.get(tag)?;
+        match (latest.quality, &latest.value) {
+            (Quality::Good, Some(v)) => v.as_f64(),
+            _ => None,
+        }
+    }
+}
+
 /// Which tag feeds each model input, in the manifest's input order.
 #[derive(Debug, Clone)]
 pub struct FeatureMap {

@@ -79,6 +79,10 @@ fn main() -> ExitCode {
                     (target, ModelAction::Activate { version })
                 }
                 ModelSubcommand::Rollback { target } => (target, ModelAction::Rollback),
+                ModelSubcommand::Shadow { target, version } => {
+                    (target, ModelAction::StartShadow { version })
+                }
+                ModelSubcommand::Unshadow { target } => (target, ModelAction::StopShadow),
             };
             run_model_command(target, action)
         }
@@ -130,10 +134,16 @@ fn run_model_command(target: ModelTarget, action: ModelAction) -> ExitCode {
     };
     match ironbridge::model_cli::run(&client, &target.model, &action) {
         Ok(outcome) => {
-            println!(
-                "model {}: {} serves (was {})",
-                outcome.model, outcome.after, outcome.before
-            );
+            match &outcome.shadow {
+                Some(shadow) => println!(
+                    "model {}: {} serves (was {}), {shadow} runs as shadow",
+                    outcome.model, outcome.after, outcome.before
+                ),
+                None => println!(
+                    "model {}: {} serves (was {}), no shadow",
+                    outcome.model, outcome.after, outcome.before
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(ModelCommandError::Refused(message)) => {

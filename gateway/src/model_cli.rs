@@ -1,6 +1,7 @@
-//! `ironbridge model activate|rollback`: an OPC UA client of a running
-//! gateway that calls the methods on `Models/<model>` (admin role, over
-//! SignAndEncrypt), so operators and pipelines can script version changes.
+//! `ironbridge model activate|rollback|shadow|unshadow`: an OPC UA client of
+//! a running gateway that calls the methods on `Models/<model>` (admin role,
+//! over SignAndEncrypt), so operators and pipelines can script version
+//! changes.
 
 use std::time::Duration;
 
@@ -15,6 +16,20 @@ use crate::opcua_server::NAMESPACE_URI;
 pub enum ModelAction {
     Activate { version: String },
     Rollback,
+    StartShadow { version: String },
+    StopShadow,
+}
+
+impl ModelAction {
+    /// The version the action names, if it names one.
+    fn version(&self) -> Option<&str> {
+        match self {
+            ModelAction::Activate { version } | ModelAction::StartShadow { version } => {
+                Some(version)
+            }
+            ModelAction::Rollback | ModelAction::StopShadow => None,
+        }
+    }
 }
 
 /// Why a model command did not do what it was asked.
@@ -30,8 +45,11 @@ pub enum ModelCommandError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelCommandOutcome {
     pub model: String,
+    /// The active version before and after.
     pub before: String,
     pub after: String,
+    /// The shadow version after, if one runs.
+    pub shadow: Option<String>,
 }
 
 /// Connects, calls the method and reads the result back.
@@ -82,10 +100,17 @@ async fn call(
         .map_err(|e| {
             ModelCommandError::Unusable(format!("model {model:?} on this gateway: {e}"))
         })?;
-    let (method, arguments) = match action {
-        ModelAction::Activate { version } => ("Activate", vec![Variant::from(version.clone())]),
-        ModelAction::Rollback => ("Rollback", Vec::new()),
+    let method = match action {
+        ModelAction::Activate { .. } => "Activate",
+        ModelAction::Rollback => "Rollback",
+        ModelAction::StartShadow { .. } => "StartShadow",
+        ModelAction::StopShadow => "StopShadow",
     };
+    let arguments: Vec<Variant> = action
+        .version()
+        .map(|v| Variant::from(v.to_string()))
+        .into_iter()
+        .collect();
     let request = (
         node(model_path.clone()),
         node(format!("{model_path}/{method}")),
@@ -102,10 +127,15 @@ async fn call(
                 "only a user with the admin role, over SignAndEncrypt, may change versions"
                     .to_string()
             }
-            (s, ModelAction::Activate { version }) if s == StatusCode::BadInvalidArgument => {
-                format!("the gateway has no version {version:?} of {model}")
+            (s, action) if s == StatusCode::BadInvalidArgument && action.version().is_some() => {
+                format!(
+                    "the gateway has no version {:?} of {model}",
+                    action.version().unwrap_or_default()
+                )
             }
-            (s, ModelAction::Activate { version }) if s == StatusCode::BadInvalidState => {
+            (s, ModelAction::Activate { version } | ModelAction::StartShadow { version })
+                if s == StatusCode::BadInvalidState =>
+            {
                 let reason = read_text(
                     live,
                     node(format!("{model_path}/Versions/{version}/FailureReason")),
@@ -117,6 +147,9 @@ async fn call(
             (s, ModelAction::Rollback) if s == StatusCode::BadInvalidState => {
                 "no previous version to roll back to".to_string()
             }
+            (s, ModelAction::StopShadow) if s == StatusCode::BadInvalidState => {
+                "no shadow version is running".to_string()
+            }
             _ => String::new(),
         };
         return Err(ModelCommandError::Refused(format!(
@@ -125,18 +158,20 @@ async fn call(
     }
     // The gateway publishes the new state as the swap happens; allow for
     // that hand-off before reading it back.
-    let expected = match action {
-        ModelAction::Activate { version } => Some(version.clone()),
-        ModelAction::Rollback => None,
-    };
     let mut after = String::new();
+    let mut shadow = String::new();
     for _ in 0..20 {
         after = read_text(live, node(format!("{model_path}/ActiveVersion")))
             .await
             .map_err(ModelCommandError::Unusable)?;
-        let settled = match &expected {
-            Some(version) => &after == version,
-            None => after != before,
+        shadow = read_text(live, node(format!("{model_path}/Shadow/Version")))
+            .await
+            .unwrap_or_default();
+        let settled = match action {
+            ModelAction::Activate { version } => &after == version,
+            ModelAction::Rollback => after != before,
+            ModelAction::StartShadow { version } => &shadow == version,
+            ModelAction::StopShadow => shadow.is_empty(),
         };
         if settled {
             break;
@@ -147,6 +182,7 @@ async fn call(
         model: model.to_string(),
         before,
         after,
+        shadow: (!shadow.is_empty()).then_some(shadow),
     })
 }
 

@@ -73,7 +73,27 @@ fn contract_paths() -> Vec<String> {
         format!("{models}/Versions"),
         format!("{models}/Activate"),
         format!("{models}/Rollback"),
+        format!("{models}/StartShadow"),
+        format!("{models}/StopShadow"),
+        format!("{models}/Shadow"),
+        format!("{models}/Shadow/Version"),
+        format!("{models}/Shadow/{MACHINE}"),
+        format!("{models}/Shadow/{MACHINE}/{OUTPUT}"),
+        format!("{models}/Gate"),
     ];
+    for var in [
+        "ShadowVersion",
+        "Metric",
+        "Samples",
+        "Mean",
+        "Lower",
+        "Upper",
+        "Margin",
+        "Psi",
+        "Decision",
+    ] {
+        paths.push(format!("{models}/Gate/{var}"));
+    }
     for var in [
         "ActiveVersion",
         "Sha256",
@@ -121,6 +141,7 @@ impl RunningServer {
             inference_count: 0,
             inputs: vec![GOOD_TAG.into(), BAD_TAG.into()],
             outputs: vec![OUTPUT.into()],
+            shadow_version: None,
         });
         let published = Published::default();
         let feeder = tokio::spawn(feed(publisher, published.clone(), cancel.clone()));

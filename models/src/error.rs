@@ -104,6 +104,9 @@ pub enum ModelError {
     #[error("model {model}: no previous version to roll back to")]
     NoPreviousVersion { model: String },
 
+    #[error("model {model}: no shadow version is running")]
+    NoShadow { model: String },
+
     #[error("model {model}: version {version} failed, the active version keeps serving: {reason}")]
     ActivationFailed {
         model: String,

@@ -17,6 +17,7 @@
 //!    missing, bad-quality, non-finite and out-of-range values away from it.
 
 mod error;
+mod gate;
 mod lifecycle;
 mod manifest;
 mod registry;
@@ -24,6 +25,7 @@ mod service;
 mod torch_backend;
 
 pub use error::ModelError;
+pub use gate::{normal_quantile, Gate, GateConfig, GateDecision, GateMetric, GateStats};
 pub use lifecycle::{
     LifecycleOptions, ModelEvent, ModelEventKind, ModelLifecycle, ServingModel, VersionInfo,
     VersionState, EVENT_BUFFER,

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::broadcast;
 
 use crate::error::ModelError;
@@ -141,6 +141,8 @@ pub enum ModelEventKind {
     Discovered,
     /// A version folder disappeared.
     Retired,
+    ShadowStarted,
+    ShadowStopped,
 }
 
 impl ModelEventKind {
@@ -152,6 +154,8 @@ impl ModelEventKind {
             ModelEventKind::Failed => "failed",
             ModelEventKind::Discovered => "discovered",
             ModelEventKind::Retired => "retired",
+            ModelEventKind::ShadowStarted => "shadow_started",
+            ModelEventKind::ShadowStopped => "shadow_stopped",
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct ModelLifecycle {
     options: LifecycleOptions,
     serving: ArcSwap<ServingModel>,
     books: Mutex<Books>,
+    /// Runs beside the serving version, unpublished; `None` most of the time.
+    shadow: ArcSwapOption<ServingModel>,
     /// Activations, rollbacks and rescans one at a time (a load takes a
     /// while; the serving slot is never locked by it).
     changes: Mutex<()>,
@@ -225,6 +231,7 @@ impl ModelLifecycle {
             dir,
             options,
             serving: ArcSwap::from_pointee(serving),
+            shadow: ArcSwapOption::empty(),
             books: Mutex::new(Books {
                 versions,
                 previous: None,
@@ -295,7 +302,10 @@ impl ModelLifecycle {
         }
         for info in &mut books.versions {
             let gone = !found.contains(&info.version);
-            if gone && info.state != VersionState::Active && info.state != VersionState::Retired {
+            // A running version (active or shadow) keeps running from its
+            // verified bytes; only idle ones retire.
+            let running = matches!(info.state, VersionState::Active | VersionState::Shadow);
+            if gone && !running && info.state != VersionState::Retired {
                 info.state = VersionState::Retired;
                 events.push(self.event(
                     ModelEventKind::Retired,
@@ -318,7 +328,9 @@ impl ModelLifecycle {
     /// Verifies, loads and warms up `version`, then makes it the serving
     /// one. Blocking (libtorch loads the file): call it off the async
     /// runtime. On failure the serving version is unchanged and the version
-    /// is marked Failed with the reason, which the error carries too.
+    /// is marked Failed with the reason, which the error carries too. A
+    /// version running as the shadow is promoted as it is (already loaded
+    /// and warm), and the shadow slot is emptied.
     pub fn activate(&self, version: &str, user: &str) -> Result<ModelEvent, ModelError> {
         let _one_at_a_time = self.lock_changes();
         let current = self.serving.load_full();
@@ -328,6 +340,97 @@ impl ModelLifecycle {
                 version: version.to_owned(),
             });
         }
+        let promoted = match self.shadow.load_full() {
+            Some(shadow) if &*shadow.version == version => {
+                self.shadow.store(None);
+                Some(shadow)
+            }
+            _ => None,
+        };
+        let serving = match promoted {
+            Some(shadow) => shadow,
+            None => Arc::new(self.load_candidate(version, user, &current)?),
+        };
+        let manifest = serving.manifest.clone();
+        self.serving.store(serving);
+        self.set_state(version, VersionState::Active, None, Some(manifest.as_ref()));
+        self.set_state(&current.version, VersionState::Available, None, None);
+        self.books().previous = Some(current.clone());
+        Ok(self.event(
+            ModelEventKind::Activated,
+            version,
+            Some(current.version.to_string()),
+            user,
+            None,
+        ))
+    }
+
+    /// Runs `version` beside the serving one on the same inputs, without
+    /// publishing its outputs as the machine's predictions (see
+    /// [`ModelLifecycle::shadow`]). Loads it like an activation; a shadow
+    /// already running is replaced.
+    pub fn start_shadow(&self, version: &str, user: &str) -> Result<ModelEvent, ModelError> {
+        let _one_at_a_time = self.lock_changes();
+        let current = self.serving.load_full();
+        if &*current.version == version {
+            return Err(ModelError::AlreadyActive {
+                model: self.name.clone(),
+                version: version.to_owned(),
+            });
+        }
+        if let Some(running) = self.shadow.load_full() {
+            if &*running.version == version {
+                return Ok(self.event(ModelEventKind::ShadowStarted, version, None, user, None));
+            }
+        }
+        let shadow = Arc::new(self.load_candidate(version, user, &current)?);
+        let manifest = shadow.manifest.clone();
+        if let Some(replaced) = self.shadow.swap(Some(shadow)) {
+            self.set_state(&replaced.version, VersionState::Available, None, None);
+        }
+        self.set_state(version, VersionState::Shadow, None, Some(manifest.as_ref()));
+        Ok(self.event(
+            ModelEventKind::ShadowStarted,
+            version,
+            Some(current.version.to_string()),
+            user,
+            None,
+        ))
+    }
+
+    /// Stops the shadow run; its version becomes Available again.
+    pub fn stop_shadow(&self, user: &str) -> Result<ModelEvent, ModelError> {
+        let _one_at_a_time = self.lock_changes();
+        let Some(shadow) = self.shadow.swap(None) else {
+            return Err(ModelError::NoShadow {
+                model: self.name.clone(),
+            });
+        };
+        self.set_state(&shadow.version, VersionState::Available, None, None);
+        Ok(self.event(
+            ModelEventKind::ShadowStopped,
+            &shadow.version,
+            None,
+            user,
+            None,
+        ))
+    }
+
+    /// The shadow version, if one runs: the fan-out gives it the same rows
+    /// as the serving one.
+    pub fn shadow(&self) -> Option<Arc<ServingModel>> {
+        self.shadow.load_full()
+    }
+
+    /// Checks that `version` is known, verifies it, checks its interface
+    /// against the serving one, loads and warms it up. A failure marks it
+    /// Failed (with an event) and is returned as `ActivationFailed`.
+    fn load_candidate(
+        &self,
+        version: &str,
+        user: &str,
+        current: &ServingModel,
+    ) -> Result<ServingModel, ModelError> {
         let known: Vec<String> = self
             .books()
             .versions
@@ -345,39 +448,23 @@ impl ModelLifecycle {
             .map_err(|e| e.to_string())
             .and_then(|verified| {
                 same_interface(&current.manifest, verified.manifest())?;
-                prepare(&verified, &self.options)
-                    .map(|serving| (serving, verified.manifest().clone()))
-                    .map_err(|e| e.to_string())
+                prepare(&verified, &self.options).map_err(|e| e.to_string())
             });
-        let (serving, manifest) = match prepared {
-            Ok(ok) => ok,
-            Err(reason) => {
-                self.set_state(version, VersionState::Failed, Some(reason.clone()), None);
-                self.event(
-                    ModelEventKind::Failed,
-                    version,
-                    Some(current.version.to_string()),
-                    user,
-                    Some(reason.clone()),
-                );
-                return Err(ModelError::ActivationFailed {
-                    model: self.name.clone(),
-                    version: version.to_owned(),
-                    reason,
-                });
+        prepared.map_err(|reason| {
+            self.set_state(version, VersionState::Failed, Some(reason.clone()), None);
+            self.event(
+                ModelEventKind::Failed,
+                version,
+                Some(current.version.to_string()),
+                user,
+                Some(reason.clone()),
+            );
+            ModelError::ActivationFailed {
+                model: self.name.clone(),
+                version: version.to_owned(),
+                reason,
             }
-        };
-        self.serving.store(Arc::new(serving));
-        self.set_state(version, VersionState::Active, None, Some(&manifest));
-        self.set_state(&current.version, VersionState::Available, None, None);
-        self.books().previous = Some(current.clone());
-        Ok(self.event(
-            ModelEventKind::Activated,
-            version,
-            Some(current.version.to_string()),
-            user,
-            None,
-        ))
+        })
     }
 
     /// Swaps the previously serving version back in, at once (it stayed

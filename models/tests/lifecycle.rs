@@ -276,3 +276,60 @@ fn folders_that_appear_are_found_and_those_that_go_are_retired() {
     assert!(lifecycle.rescan().unwrap().is_empty());
     assert_eq!(state_of(&lifecycle, "1.0.0"), VersionState::Active);
 }
+
+#[test]
+fn a_shadow_runs_beside_the_active_version_and_is_promoted_without_a_reload() {
+    let scratch = two_versions("shadow");
+    let lifecycle = ModelLifecycle::start("tiny", scratch.path(), "1.0.0", options()).unwrap();
+    assert!(lifecycle.shadow().is_none());
+    assert!(matches!(
+        lifecycle.stop_shadow("op"),
+        Err(ModelError::NoShadow { .. })
+    ));
+    assert!(matches!(
+        lifecycle.start_shadow("1.0.0", "op"),
+        Err(ModelError::AlreadyActive { .. })
+    ));
+    let event = lifecycle.start_shadow("1.1.0", "op").unwrap();
+    assert_eq!(event.event, ModelEventKind::ShadowStarted);
+    assert_eq!(state_of(&lifecycle, "1.1.0"), VersionState::Shadow);
+
+    // Both answer the same row, each with its own weights.
+    let row = [10.0, 20.0, 3.0];
+    let shadow = lifecycle.shadow().expect("a shadow runs");
+    assert_eq!(&*shadow.version, "1.1.0");
+    let shadow_out = shadow
+        .handle
+        .submit(row.to_vec())
+        .unwrap()
+        .blocking_wait()
+        .unwrap();
+    assert_eq!(shadow_out, expected_next(&row));
+    let active_out = lifecycle
+        .serving()
+        .handle
+        .submit(row.to_vec())
+        .unwrap()
+        .blocking_wait()
+        .unwrap();
+    assert_eq!(active_out, expected_tiny(&row));
+
+    // Promotion swaps the running shadow in: the very same service.
+    lifecycle.activate("1.1.0", "gate").unwrap();
+    let serving = lifecycle.serving_full();
+    assert!(
+        std::sync::Arc::ptr_eq(&serving, &shadow),
+        "promoted, not reloaded"
+    );
+    assert!(lifecycle.shadow().is_none());
+    assert_eq!(state_of(&lifecycle, "1.1.0"), VersionState::Active);
+    assert_eq!(state_of(&lifecycle, "1.0.0"), VersionState::Available);
+
+    // A shadow can be stopped.
+    lifecycle.start_shadow("1.0.0", "op").unwrap();
+    let event = lifecycle.stop_shadow("op").unwrap();
+    assert_eq!(event.event, ModelEventKind::ShadowStopped);
+    assert_eq!(event.version, "1.0.0");
+    assert_eq!(state_of(&lifecycle, "1.0.0"), VersionState::Available);
+    assert!(lifecycle.shadow().is_none());
+}

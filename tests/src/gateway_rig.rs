@@ -59,6 +59,9 @@ pub struct RigOptions {
     pub opcua_users: Vec<(String, String, String)>,
     /// `[opcua] trust_client_certs` (the example's is false).
     pub trust_client_certs: bool,
+    /// The example's spindle-wear gate with this `min_samples` and
+    /// `auto_promote`.
+    pub gate: Option<(u64, bool)>,
 }
 
 impl GatewayRig {
@@ -255,6 +258,12 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
                     .trim_start_matches("path = \"../models/")
                     .trim_end_matches('"');
                 format!("path = {:?}", models_dir.join(rest).display().to_string())
+            }
+            l if l.starts_with("min_samples = 200") && at.options.gate.is_some() => {
+                format!("min_samples = {}", at.options.gate.map_or(200, |g| g.0))
+            }
+            l if l.starts_with("auto_promote = false") && at.options.gate.is_some_and(|g| g.1) => {
+                "auto_promote = true".to_string()
             }
             "# [modbus_server]" if modbus_server.is_some() => "[modbus_server]".to_string(),
             l if l.starts_with("# address = \"127.0.0.1:5502\"") => match modbus_server {

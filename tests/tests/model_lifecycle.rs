@@ -300,3 +300,170 @@ async fn versions_are_activated_by_an_admin_and_a_tampered_one_never_serves() ->
     rig.stop().await;
     Ok(())
 }
+
+/// `to` as a copy of version `from` whose model adds `offset` to every
+/// output: a worse model, made with torch itself (the project's venv).
+fn offset_version(
+    from: &Path,
+    to: &Path,
+    from_version: &str,
+    to_version: &str,
+    offset: f64,
+) -> Result<()> {
+    copy_version(from, to, from_version, to_version)?;
+
+    let out = std::process::Command::new(venv_python()?)
+        .arg(repo_root().join("tests/peers/offset_model.py"))
+        .arg(from)
+        .arg(to)
+        .arg(offset.to_string())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "making {to_version} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The gate on live, labelled data (the simulated spindle's ground truth):
+/// a shadow that is clearly worse fails and is stopped; one as good as the
+/// active version passes and is promoted; shadow predictions and the gate's
+/// statistics reach the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_stops_a_worse_shadow_and_promotes_an_equal_one() -> Result<()> {
+    const SPINDLE_MODEL: &str = "spindle-wear";
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    let examples = repo_root().join("models/examples");
+    for model in [MODEL, SPINDLE_MODEL] {
+        copy_dir(
+            &examples.join(model).join("1.0.0"),
+            &models.join("examples").join(model).join("1.0.0"),
+        )?;
+    }
+    let versions = models.join("examples").join(SPINDLE_MODEL);
+    copy_version(
+        &versions.join("1.0.0"),
+        &versions.join("1.1.0"),
+        "1.0.0",
+        "1.1.0",
+    )?;
+    offset_version(
+        &versions.join("1.0.0"),
+        &versions.join("1.2.0"),
+        "1.0.0",
+        "1.2.0",
+        0.3,
+    )?;
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        models_dir: Some(models.clone()),
+        opcua_users: vec![(ADMIN.0.into(), ADMIN.1.into(), "admin".into())],
+        trust_client_certs: true,
+        gate: Some((30, true)),
+        ..RigOptions::default()
+    })
+    .await?;
+    let pki = dir.path().join("client-pki");
+    let nodes = format!("Models/{SPINDLE_MODEL}");
+    let gate = |name: &str| format!("{nodes}/Gate/{name}");
+    let reads = [
+        format!("{nodes}/ActiveVersion"),
+        format!("{nodes}/Shadow/Version"),
+        gate("ShadowVersion"),
+        gate("Samples"),
+        gate("Decision"),
+        gate("Mean"),
+    ];
+
+    // A worse shadow: Fail, and auto_promote stops it.
+    let answer = client(
+        &rig,
+        &pki,
+        ADMIN,
+        &[],
+        &[format!("{nodes}/StartShadow=1.2.0")],
+    )
+    .await?;
+    assert_eq!(call_statuses(&answer), ["Good"], "{answer}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let answer = loop {
+        let answer = client(&rig, &pki, ADMIN, &reads, &[]).await?;
+        let r = &answer["reads"];
+        if r[gate("ShadowVersion")]["value"] == "1.2.0"
+            && r[gate("Decision")]["value"] == "Fail"
+            && r[format!("{nodes}/Shadow/Version")]["value"] == ""
+        {
+            break answer;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no Fail for 1.2.0: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        answer["reads"][format!("{nodes}/ActiveVersion")]["value"],
+        "1.0.0"
+    );
+    assert!(
+        answer["reads"][gate("Samples")]["value"].as_u64() >= Some(30),
+        "{answer}"
+    );
+    assert!(
+        answer["reads"][gate("Mean")]["value"].as_f64() > Some(0.02),
+        "{answer}"
+    );
+    rig.wait_for_samples(
+        "prediction_shadow_bearing_degradation{model=\"spindle-wear\",version=\"1.2.0\"}",
+        10,
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    // An equal shadow (the same weights): Pass, and it is promoted.
+    let answer = client(
+        &rig,
+        &pki,
+        ADMIN,
+        &[],
+        &[format!("{nodes}/StartShadow=1.1.0")],
+    )
+    .await?;
+    assert_eq!(call_statuses(&answer), ["Good"], "{answer}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let answer = client(&rig, &pki, ADMIN, &reads, &[]).await?;
+        let r = &answer["reads"];
+        if r[format!("{nodes}/ActiveVersion")]["value"] == "1.1.0" {
+            assert_eq!(r[gate("Decision")]["value"], "Pass", "{answer}");
+            assert_eq!(
+                r[format!("{nodes}/Shadow/Version")]["value"],
+                "",
+                "{answer}"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "1.1.0 never promoted: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rig.wait_for_samples(
+        "gate_samples{model=\"spindle-wear\",shadow_version=\"1.1.0\"}",
+        1,
+        Duration::from_secs(30),
+    )
+    .await?;
+    rig.wait_for_samples(
+        "prediction_bearing_degradation{model=\"spindle-wear\",version=\"1.1.0\"}",
+        3,
+        Duration::from_secs(30),
+    )
+    .await?;
+    rig.stop().await;
+    Ok(())
+}

@@ -22,12 +22,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::ConnectorError;
 use crate::scan::{
-    GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record, Scan, TagValue,
+    GateRecord, GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record, Scan, TagValue,
 };
 
 pub const PROCESS_MEASUREMENT: &str = "process";
 pub const PREDICTION_MEASUREMENT: &str = "prediction";
 pub const MODEL_EVENT_MEASUREMENT: &str = "model_event";
+pub const SHADOW_PREDICTION_MEASUREMENT: &str = "prediction_shadow";
+pub const GATE_MEASUREMENT: &str = "gate";
 pub const GATEWAY_INFO_MEASUREMENT: &str = "gateway_info";
 
 /// The line of one record; `Ok(None)` when it has no value to write (no good
@@ -36,6 +38,10 @@ pub fn encode_record(record: &Record) -> Result<Option<String>, ConnectorError> 
     match record {
         Record::Scan(scan) => encode_scan(scan),
         Record::Prediction(prediction) => encode_prediction(prediction),
+        Record::ShadowPrediction(prediction) => {
+            encode_prediction_as(SHADOW_PREDICTION_MEASUREMENT, prediction)
+        }
+        Record::Gate(gate) => encode_gate(gate),
         Record::ModelEvent(event) => encode_model_event(event),
         Record::GatewayInfo(info) => encode_gateway_info(info),
     }
@@ -106,12 +112,46 @@ pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
 /// `prediction,machine=<m>,model=<model>,version=<v> <output>=<value>,... <ns>`
 /// stamped with the acquisition time of the inputs.
 pub fn encode_prediction(prediction: &Prediction) -> Result<Option<String>, ConnectorError> {
+    encode_prediction_as(PREDICTION_MEASUREMENT, prediction)
+}
+
+/// `gate,model=<m>,active_version=<a>,shadow_version=<s> metric="mae",samples=<n>i,mean=…,lower=…,upper=…,margin=…[,psi=…],decision="Pending"`
+/// (bounds that are not finite yet are left out).
+pub fn encode_gate(gate: &GateRecord) -> Result<Option<String>, ConnectorError> {
+    let mut fields = vec![
+        ("metric", TagValue::Text(Arc::from(gate.metric))),
+        ("samples", TagValue::UInt(gate.samples)),
+        ("mean", TagValue::Float(gate.mean)),
+        ("lower", TagValue::Float(gate.lower)),
+        ("upper", TagValue::Float(gate.upper)),
+        ("margin", TagValue::Float(gate.margin)),
+        ("decision", TagValue::Text(Arc::from(gate.decision))),
+    ];
+    if let Some(psi) = gate.psi {
+        fields.push(("psi", TagValue::Float(psi)));
+    }
+    encode_line(
+        GATE_MEASUREMENT,
+        &[
+            ("model", &gate.model),
+            ("active_version", &gate.active_version),
+            ("shadow_version", &gate.shadow_version),
+        ],
+        fields.into_iter(),
+        gate.at,
+    )
+}
+
+fn encode_prediction_as(
+    measurement: &str,
+    prediction: &Prediction,
+) -> Result<Option<String>, ConnectorError> {
     let fields = prediction
         .outputs
         .iter()
         .map(|(name, value)| (&**name, TagValue::Float(*value)));
     encode_line(
-        PREDICTION_MEASUREMENT,
+        measurement,
         &[
             ("machine", &prediction.machine),
             ("model", &prediction.model),
@@ -377,6 +417,46 @@ mod tests {
                 .unwrap()
                 .as_deref(),
             Some("prediction,machine=press-7,model=wear,version=1.2.0 rul_h=123.25 1000")
+        );
+    }
+
+    #[test]
+    fn shadow_predictions_and_gate_statistics_have_their_own_measurements() {
+        let prediction = Prediction {
+            machine: "pump-1".into(),
+            model: "wear".into(),
+            version: "1.1.0".into(),
+            inputs_acquired_at: at(1_000),
+            outputs: vec![("wear".into(), 0.25)],
+        };
+        assert_eq!(
+            encode_record(&Record::ShadowPrediction(Arc::new(prediction)))
+                .unwrap()
+                .as_deref(),
+            Some("prediction_shadow,machine=pump-1,model=wear,version=1.1.0 wear=0.25 1000")
+        );
+        let gate = GateRecord {
+            model: "wear".into(),
+            active_version: "1.0.0".into(),
+            shadow_version: "1.1.0".into(),
+            metric: "mae",
+            samples: 1,
+            mean: 0.5,
+            lower: f64::NEG_INFINITY,
+            upper: f64::INFINITY,
+            margin: 0.1,
+            psi: None,
+            decision: "Pending",
+            at: at(2_000),
+        };
+        assert_eq!(
+            encode_record(&Record::Gate(Arc::new(gate)))
+                .unwrap()
+                .as_deref(),
+            Some(
+                "gate,model=wear,active_version=1.0.0,shadow_version=1.1.0 metric=\"mae\",\
+                 samples=1i,mean=0.5,margin=0.1,decision=\"Pending\" 2000"
+            )
         );
     }
 

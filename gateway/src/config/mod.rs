@@ -415,6 +415,17 @@ impl SectionReader {
                         ));
                     }
                 }
+                if let Some(output) = model.gate.as_ref().and_then(|g| g.output.as_ref()) {
+                    if !manifest.outputs.iter().any(|o| &o.name == output) {
+                        self.problems.push(Problem::new(
+                            format!("{path}.gate.output"),
+                            format!(
+                                "the model has no output {output:?} (outputs: {})",
+                                manifest.output_names().join(", ")
+                            ),
+                        ));
+                    }
+                }
                 for input in model.input_tags.keys() {
                     if !manifest.inputs.iter().any(|i| &i.name == input) {
                         self.problems.push(Problem::new(
@@ -434,6 +445,14 @@ impl SectionReader {
                     )),
                     (Some(machine), Some(manifest)) => {
                         let tags = machine.tag_names();
+                        if let Some(label) = &model.label_tag {
+                            if !tags.contains(&label.as_str()) {
+                                self.problems.push(Problem::new(
+                                    format!("{path}.label_tag"),
+                                    format!("machine {machine_name:?} has no tag {label:?}"),
+                                ));
+                            }
+                        }
                         for input in &manifest.inputs {
                             let tag = model.tag_for_input(&input.name);
                             if !tags.contains(&tag) {

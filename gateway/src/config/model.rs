@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ironbridge_connectors::Problem;
+use ironbridge_models::{GateConfig, GateMetric};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +51,13 @@ pub struct ModelConfig {
     /// value can be the current one.
     #[serde(default)]
     pub max_input_age_ms: Option<u64>,
+    /// A tag carrying the measured truth of the model's (gated) output, e.g.
+    /// wear measured at inspection; the gate's `mae` compares against it.
+    #[serde(default)]
+    pub label_tag: Option<String>,
+    /// The statistical gate a shadow version must pass (`[models.gate]`).
+    #[serde(default)]
+    pub gate: Option<GateConfig>,
 }
 
 fn default_device() -> String {
@@ -114,6 +122,18 @@ impl ModelConfig {
         }
         if self.version.is_empty() {
             problems.push(Problem::new(format!("{path}.version"), "must not be empty"));
+        }
+        if let Some(gate) = &self.gate {
+            for (key, message) in gate.problems() {
+                problems.push(Problem::new(format!("{path}.gate.{key}"), message));
+            }
+            if gate.metric == GateMetric::Mae && self.label_tag.is_none() {
+                problems.push(Problem::new(
+                    format!("{path}.gate.metric"),
+                    "\"mae\" compares against the measured truth: set the model's label_tag \
+                     (or use \"disagreement\")",
+                ));
+            }
         }
         if self.machines.is_empty() {
             problems.push(Problem::new(

@@ -5,7 +5,10 @@
 //!   Machines/<machine>/Tags/<tag>
 //!   Machines/<machine>/Predictions/<model>/<output> | ModelVersion
 //!   Models/<model>/ActiveVersion | Sha256 | LoadedAt | State | InferenceCount | Inputs | Outputs
-//!   Models/<model>/Activate(version) | Rollback()             (methods: admin, SignAndEncrypt)
+//!   Models/<model>/Activate(version) | Rollback() | StartShadow(version) | StopShadow()
+//!                                                             (methods: admin, SignAndEncrypt)
+//!   Models/<model>/Shadow/Version | Shadow/<machine>/<output>
+//!   Models/<model>/Gate/ShadowVersion | Metric | Samples | Mean | Lower | Upper | Margin | Psi | Decision
 //!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
 //!                                     | CodeCommit | Acceptance | FailureReason
 //! ```
@@ -157,6 +160,25 @@ pub(crate) struct ModelNodes {
     /// The `Versions` folder; each version's object is added under it.
     pub(crate) versions: NodeId,
     pub(crate) methods: Vec<(ModelMethod, NodeId)>,
+    /// `Shadow/Version`: the shadow version, empty when none runs.
+    pub(crate) shadow_version: NodeId,
+    /// machine → output → `Shadow/<machine>/<output>`.
+    pub(crate) shadow_outputs: HashMap<String, HashMap<String, NodeId>>,
+    pub(crate) gate: GateNodes,
+}
+
+/// `Models/<model>/Gate/...`: the gate's running statistics.
+#[derive(Debug, Clone)]
+pub(crate) struct GateNodes {
+    pub(crate) shadow_version: NodeId,
+    pub(crate) metric: NodeId,
+    pub(crate) samples: NodeId,
+    pub(crate) mean: NodeId,
+    pub(crate) lower: NodeId,
+    pub(crate) upper: NodeId,
+    pub(crate) margin: NodeId,
+    pub(crate) psi: NodeId,
+    pub(crate) decision: NodeId,
 }
 
 /// The variables of one version folder, `Models/<model>/Versions/<version>/`.
@@ -323,7 +345,43 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
                     )
                 })
                 .collect(),
+            shadow_version: NodeId::null(),
+            shadow_outputs: HashMap::new(),
+            gate: add_gate(space, ns, &model_path, &model_node),
         };
+        let mut nodes = nodes;
+        let shadow_path = format!("{model_path}/Shadow");
+        let shadow = add_folder(space, ns, shadow_path.clone(), "Shadow", &model_node);
+        nodes.shadow_version = add_variable(
+            space,
+            ns,
+            format!("{shadow_path}/Version"),
+            "Version",
+            &shadow,
+            DataTypeId::String,
+            None,
+        );
+        for machine in &model.machines {
+            let machine_path = format!("{shadow_path}/{machine}");
+            let machine_node = add_object(space, ns, machine_path.clone(), machine, &shadow);
+            let outputs = model
+                .outputs
+                .iter()
+                .map(|output| {
+                    let id = add_variable(
+                        space,
+                        ns,
+                        format!("{machine_path}/{output}"),
+                        output,
+                        &machine_node,
+                        DataTypeId::Double,
+                        None,
+                    );
+                    (output.clone(), id)
+                })
+                .collect();
+            nodes.shadow_outputs.insert(machine.clone(), outputs);
+        }
         index.models.insert(model.name.clone(), nodes);
     }
     index
@@ -363,7 +421,35 @@ pub(crate) fn add_version(
     }
 }
 
-/// `Models/<model>/Activate(version: String)` or `.../Rollback()`.
+fn add_gate(space: &mut AddressSpace, ns: u16, model_path: &str, model_node: &NodeId) -> GateNodes {
+    let path = format!("{model_path}/Gate");
+    let gate = add_object(space, ns, path.clone(), "Gate", model_node);
+    let mut var = |name: &str, data_type: DataTypeId| {
+        add_variable(
+            space,
+            ns,
+            format!("{path}/{name}"),
+            name,
+            &gate,
+            data_type,
+            None,
+        )
+    };
+    GateNodes {
+        shadow_version: var("ShadowVersion", DataTypeId::String),
+        metric: var("Metric", DataTypeId::String),
+        samples: var("Samples", DataTypeId::UInt64),
+        mean: var("Mean", DataTypeId::Double),
+        lower: var("Lower", DataTypeId::Double),
+        upper: var("Upper", DataTypeId::Double),
+        margin: var("Margin", DataTypeId::Double),
+        psi: var("Psi", DataTypeId::Double),
+        decision: var("Decision", DataTypeId::String),
+    }
+}
+
+/// `Models/<model>/Activate(version: String)`, `Rollback()`,
+/// `StartShadow(version: String)` or `StopShadow()`.
 fn add_method(
     space: &mut AddressSpace,
     ns: u16,
@@ -378,7 +464,7 @@ fn add_method(
         .executable(true)
         .user_executable(true);
     let builder = match method {
-        ModelMethod::Activate => builder.input_args(
+        ModelMethod::Activate | ModelMethod::StartShadow => builder.input_args(
             space,
             &NodeId::new(ns, format!("{model_path}/{name}/InputArguments")),
             &[Argument {
@@ -386,10 +472,10 @@ fn add_method(
                 data_type: DataTypeId::String.into(),
                 value_rank: -1,
                 array_dimensions: None,
-                description: LocalizedText::new("", "the version folder to activate"),
+                description: LocalizedText::new("", "a version folder of the model"),
             }],
         ),
-        ModelMethod::Rollback => builder,
+        ModelMethod::Rollback | ModelMethod::StopShadow => builder,
     };
     builder.insert(space);
     id

@@ -34,17 +34,32 @@ pub enum ModelMethod {
     Activate,
     /// `Rollback()`.
     Rollback,
+    /// `StartShadow(version: String)`.
+    StartShadow,
+    /// `StopShadow()`.
+    StopShadow,
 }
 
 impl ModelMethod {
-    pub const ALL: [ModelMethod; 2] = [ModelMethod::Activate, ModelMethod::Rollback];
+    pub const ALL: [ModelMethod; 4] = [
+        ModelMethod::Activate,
+        ModelMethod::Rollback,
+        ModelMethod::StartShadow,
+        ModelMethod::StopShadow,
+    ];
 
     /// Browse name.
     pub fn name(self) -> &'static str {
         match self {
             ModelMethod::Activate => "Activate",
             ModelMethod::Rollback => "Rollback",
+            ModelMethod::StartShadow => "StartShadow",
+            ModelMethod::StopShadow => "StopShadow",
         }
+    }
+
+    fn takes_version(self) -> bool {
+        matches!(self, ModelMethod::Activate | ModelMethod::StartShadow)
     }
 }
 
@@ -96,24 +111,24 @@ impl ModelControl {
             method.set_status(StatusCode::BadUserAccessDenied);
             return;
         }
-        let version = match (kind, method.arguments()) {
-            (ModelMethod::Activate, [Variant::String(v)]) if !v.is_null() => {
-                Some(v.as_ref().to_string())
-            }
-            (ModelMethod::Activate, _) => {
+        let version = match (kind.takes_version(), method.arguments()) {
+            (true, [Variant::String(v)]) if !v.is_null() => v.as_ref().to_string(),
+            (true, _) => {
                 method.set_status(StatusCode::BadInvalidArgument);
                 return;
             }
-            (ModelMethod::Rollback, []) => None,
-            (ModelMethod::Rollback, _) => {
+            (false, []) => String::new(),
+            (false, _) => {
                 method.set_status(StatusCode::BadTooManyArguments);
                 return;
             }
         };
         // Loading a model takes a while and blocks: off the runtime's workers.
-        let result = tokio::task::spawn_blocking(move || match version {
-            Some(version) => lifecycle.activate(&version, &user),
-            None => lifecycle.rollback(&user),
+        let result = tokio::task::spawn_blocking(move || match kind {
+            ModelMethod::Activate => lifecycle.activate(&version, &user),
+            ModelMethod::Rollback => lifecycle.rollback(&user),
+            ModelMethod::StartShadow => lifecycle.start_shadow(&version, &user),
+            ModelMethod::StopShadow => lifecycle.stop_shadow(&user),
         })
         .await;
         let status = match result {
@@ -124,6 +139,7 @@ impl ModelControl {
             // The reason is on the version's FailureReason node.
             Ok(Err(ModelError::ActivationFailed { .. })) => StatusCode::BadInvalidState,
             Ok(Err(ModelError::NoPreviousVersion { .. })) => StatusCode::BadInvalidState,
+            Ok(Err(ModelError::NoShadow { .. })) => StatusCode::BadInvalidState,
             Ok(Err(e)) => {
                 tracing::warn!("model method failed: {e}");
                 StatusCode::BadInternalError

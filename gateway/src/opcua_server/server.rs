@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ironbridge_connectors::{Prediction, Quality, Scan, SourceStatus, TagValue};
+use ironbridge_connectors::{GateRecord, Prediction, Quality, Scan, SourceStatus, TagValue};
 use ironbridge_models::{ModelLifecycle, VersionInfo};
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::server::diagnostics::NamespaceMetadata;
@@ -50,6 +50,8 @@ pub struct ModelStatusView {
     pub inference_count: u64,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// The version running as shadow, if any.
+    pub shadow_version: Option<String>,
 }
 
 /// Pushes values into the server's nodes; subscribed clients are notified.
@@ -371,6 +373,93 @@ impl OpcUaPublisher {
                 &nodes.outputs,
                 good(address_space::string_array(&status.outputs)),
             ),
+            (
+                &nodes.shadow_version,
+                good(Variant::from(
+                    status.shadow_version.clone().unwrap_or_default(),
+                )),
+            ),
+        ]);
+    }
+
+    /// Sets `Models/<model>/Shadow/<machine>/<output>`: a shadow version's
+    /// outputs, stamped with its inputs' acquisition time.
+    pub fn publish_shadow_prediction(&self, prediction: &Prediction) {
+        let inner = &self.inner;
+        let Some(outputs) = inner
+            .index
+            .models
+            .get(&*prediction.model)
+            .and_then(|m| m.shadow_outputs.get(&*prediction.machine))
+        else {
+            inner.count_unknown(prediction.outputs.len());
+            return;
+        };
+        let at = ua_date_time(prediction.inputs_acquired_at);
+        let now = DateTime::now();
+        let updates = prediction
+            .outputs
+            .iter()
+            .filter_map(|(name, value)| {
+                outputs.get(&**name).map(|node| {
+                    (
+                        node,
+                        DataValue {
+                            value: Some(Variant::from(*value)),
+                            status: Some(StatusCode::Good),
+                            source_timestamp: Some(at),
+                            server_timestamp: Some(now),
+                            ..DataValue::null()
+                        },
+                    )
+                })
+            })
+            .collect();
+        inner.set_values(updates);
+    }
+
+    /// Sets `Models/<model>/Gate/...`.
+    pub fn publish_gate(&self, gate: &GateRecord) {
+        let inner = &self.inner;
+        let Some(nodes) = inner.index.models.get(&*gate.model).map(|m| &m.gate) else {
+            inner.count_unknown(1);
+            return;
+        };
+        let now = DateTime::now();
+        let value = |value: Variant| DataValue {
+            value: Some(value),
+            status: Some(StatusCode::Good),
+            source_timestamp: Some(now),
+            server_timestamp: Some(now),
+            ..DataValue::null()
+        };
+        // A bound that is not finite yet (too few samples) is not a value.
+        let number = |x: f64| {
+            if x.is_finite() {
+                value(Variant::from(x))
+            } else {
+                DataValue {
+                    value: Some(Variant::Empty),
+                    status: Some(StatusCode::UncertainInitialValue),
+                    source_timestamp: Some(now),
+                    server_timestamp: Some(now),
+                    ..DataValue::null()
+                }
+            }
+        };
+        inner.set_values(vec![
+            (
+                &nodes.shadow_version,
+                value(Variant::from(gate.shadow_version.to_string())),
+            ),
+            (&nodes.metric, value(Variant::from(gate.metric))),
+            (&nodes.samples, value(Variant::from(gate.samples))),
+            (&nodes.mean, number(gate.mean)),
+            (&nodes.lower, number(gate.lower)),
+            (&nodes.upper, number(gate.upper)),
+            (&nodes.margin, number(gate.margin)),
+            (&nodes.psi, number(gate.psi.unwrap_or(f64::NAN))),
+            (&nodes.decision, value(Variant::from(gate.decision))),
         ]);
     }
 

@@ -47,6 +47,7 @@ impl ServedModel {
             inference_count: status.inference_count,
             inputs: self.manifest.input_names(),
             outputs: self.manifest.output_names(),
+            shadow_version: self.lifecycle.shadow().map(|s| s.version.to_string()),
         }
     }
 }

@@ -11,7 +11,7 @@ use ironbridge_models::prepare_inputs;
 use tokio::sync::mpsc;
 
 use super::build::ServedModel;
-use super::predictions::PredictionRequest;
+use super::predictions::{PredictionRequest, ShadowRequest};
 use super::{send_to_sink, FanOutStats};
 use crate::features::MachineState;
 use crate::modbus_server::PredictionRegisters;
@@ -103,9 +103,31 @@ impl FanOut {
                 return false;
             }
         };
+        // The same row to the shadow version, when one runs; its refusals
+        // are counted, never logged per row.
+        let shadow = model.lifecycle.shadow().and_then(|shadow| {
+            let row = prepare_inputs(&shadow.manifest, &values, shadow.handle.stats()).ok()?;
+            match shadow.handle.submit(row) {
+                Ok(pending) => Some(ShadowRequest {
+                    version: shadow.version.clone(),
+                    pending,
+                }),
+                Err(_) => {
+                    self.stats.shadow_rejected.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        });
+        let label = model
+            .config
+            .label_tag
+            .as_deref()
+            .and_then(|tag| state.good_value(tag));
         let request = PredictionRequest {
             machine: scan.machine.clone(),
             version: serving.version.clone(),
+            shadow,
+            label,
             inputs_acquired_at: scan.acquired_at,
             pending,
         };

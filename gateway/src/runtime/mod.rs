@@ -49,7 +49,7 @@ use crate::opcua_server;
 use crate::GatewayError;
 use build::Components;
 use fan_out::FanOut;
-use predictions::PredictionCollector;
+use predictions::{GateSetup, PredictionCollector};
 
 /// Scans waiting for the fan-out. Sources block when it is full; the fan-out
 /// does no I/O, so it only fills if the process is starved.
@@ -71,6 +71,8 @@ pub struct FanOutStats {
     pub inference_rejected: AtomicU64,
     /// Inference requests that failed inside the model.
     pub inference_failed: AtomicU64,
+    /// Rows the shadow version's queue or rate limit refused.
+    pub shadow_rejected: AtomicU64,
 }
 
 /// A running gateway.
@@ -157,8 +159,18 @@ impl Gateway {
             // batch being run: the fan-out rarely waits here.
             let (tx, rx) = mpsc::channel(model.config.queue_capacity + model.config.max_batch);
             collector_txs.push(tx);
+            let gate = model.config.gate.clone().map(|config| GateSetup {
+                output_index: config
+                    .output
+                    .as_ref()
+                    .and_then(|o| model.output_names.iter().position(|n| &**n == o))
+                    .unwrap_or(0),
+                config,
+            });
             let collector = PredictionCollector {
                 model: model.name.clone(),
+                lifecycle: model.lifecycle.clone(),
+                gate,
                 outputs: model.output_names.clone(),
                 publisher: publisher.clone(),
                 modbus: modbus_registers.clone(),
