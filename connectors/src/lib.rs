@@ -20,8 +20,8 @@ pub mod validation;
 pub use backoff::{Backoff, BackoffConfig};
 pub use error::ConnectorError;
 pub use scan::{
-    GateRecord, GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record, Scan,
-    SourceStatus, TagReading, TagValue,
+    DriftRecord, GateRecord, GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record,
+    Scan, SourceStatus, TagReading, TagValue,
 };
 pub use source::{Source, SourceConfig, SourceStats};
 pub use validation::Problem;

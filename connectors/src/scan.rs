@@ -172,6 +172,20 @@ pub struct GateRecord {
     pub at: SystemTime,
 }
 
+/// How far one input (or output) of a model on one machine has moved from
+/// its training distribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftRecord {
+    pub machine: Arc<str>,
+    pub model: Arc<str>,
+    pub version: Arc<str>,
+    /// `input` or `output`: the tag key the name goes under.
+    pub kind: &'static str,
+    pub name: String,
+    pub psi: f64,
+    pub at: SystemTime,
+}
+
 /// What a sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
@@ -180,6 +194,7 @@ pub enum Record {
     /// A shadow version's outputs (never the machine's prediction).
     ShadowPrediction(Arc<Prediction>),
     Gate(Arc<GateRecord>),
+    Drift(Arc<DriftRecord>),
     ModelEvent(Arc<ModelEventRecord>),
     GatewayInfo(Arc<GatewayInfoRecord>),
 }

@@ -80,6 +80,10 @@ fn contract_paths() -> Vec<String> {
         format!("{models}/Shadow/{MACHINE}"),
         format!("{models}/Shadow/{MACHINE}/{OUTPUT}"),
         format!("{models}/Gate"),
+        format!("{models}/Drift"),
+        format!("{models}/Drift/{GOOD_TAG}"),
+        format!("{models}/Drift/{BAD_TAG}"),
+        format!("{models}/Drift/{OUTPUT}"),
     ];
     for var in [
         "ShadowVersion",

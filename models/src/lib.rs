@@ -16,6 +16,7 @@
 //!    rows submitted through an [`InferenceHandle`]; [`prepare_inputs`] keeps
 //!    missing, bad-quality, non-finite and out-of-range values away from it.
 
+mod drift;
 mod error;
 mod gate;
 mod lifecycle;
@@ -24,6 +25,7 @@ mod registry;
 mod service;
 mod torch_backend;
 
+pub use drift::{ReferenceBins, SlidingWindow};
 pub use error::ModelError;
 pub use gate::{normal_quantile, Gate, GateConfig, GateDecision, GateMetric, GateStats};
 pub use lifecycle::{

@@ -47,6 +47,11 @@ pub struct InputSpec {
     pub unit: String,
     pub min: f64,
     pub max: f64,
+    /// The training distribution: quantile edges (e.g. 11 values: the
+    /// minimum, the deciles, the maximum), nondecreasing. Optional; drift is
+    /// measured against it where present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<Vec<f64>>,
 }
 
 /// One model output column.
@@ -56,6 +61,10 @@ pub struct OutputSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The distribution of the model's outputs on its training rows, as for
+    /// [`InputSpec::quantiles`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantiles: Option<Vec<f64>>,
 }
 
 /// Where the model came from.
@@ -156,6 +165,17 @@ impl ModelManifest {
                 problems.push(format!(
                     "{place}: min ({}) is greater than max ({})",
                     input.min, input.max
+                ));
+            }
+            if let Some(problem) = input.quantiles.as_deref().and_then(quantiles_problem) {
+                problems.push(format!("{place}: quantiles {problem}"));
+            }
+        }
+        for (index, output) in self.outputs.iter().enumerate() {
+            if let Some(problem) = output.quantiles.as_deref().and_then(quantiles_problem) {
+                problems.push(format!(
+                    "outputs[{index}] ({}): quantiles {problem}",
+                    output.name
                 ));
             }
         }
@@ -325,6 +345,19 @@ fn datetime_as_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String
         TextOrDatetime::Text(text) => text,
         TextOrDatetime::Datetime(dt) => dt.to_string(),
     })
+}
+
+/// Why a quantile list cannot serve as a reference distribution.
+fn quantiles_problem(q: &[f64]) -> Option<String> {
+    if q.len() < 3 {
+        Some(format!("need at least 3 edges, got {}", q.len()))
+    } else if q.iter().any(|v| !v.is_finite()) {
+        Some("must be finite numbers".to_owned())
+    } else if q.windows(2).any(|w| w[0] > w[1]) {
+        Some("must not decrease".to_owned())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 Verifies, and exits non-zero with every failure listed unless all hold:
 
 - the sha256 of model.pt and of the training data equal the manifest's;
+- each input's and the output's quantiles (the drift reference) are the
+  recording's training rows' (and the model's outputs on them);
 - the manifest's name, inputs (names, units, ranges) and outputs are the
   ones the training script defines for that model;
 - model.pt, run through TorchScript on the holdout lifetime the training
@@ -76,6 +78,17 @@ def check(version_dir: Path) -> list[str]:
     if not tbm.accepted(spec, mae, r2):
         problems.append(f"MAE {mae:.6f} / R² {r2:.6f} miss the bounds "
                         f"(MAE ≤ {spec.mae_max}, R² ≥ {spec.r2_min})")
+    # The training distribution (drift reference), recomputed from the
+    # recording and the model file.
+    input_q, output_q = tbm.distribution(spec, tbm.features(spec, data, parts.train), module)
+    for kind, entries, expected in (("inputs", manifest["inputs"], input_q),
+                                    ("outputs", manifest["outputs"], output_q)):
+        for entry, want in zip(entries, expected):
+            got = entry.get("quantiles")
+            if got is None:
+                problems.append(f"{kind} {entry['name']}: no quantiles (drift reference)")
+            elif any(abs(a - b) > TOLERANCE for a, b in zip(got, want)) or len(got) != len(want):
+                problems.append(f"{kind} {entry['name']}: quantiles {got} differ from the recording's {want}")
     if acceptance.get("mae", {}).get("max") != spec.mae_max or \
             acceptance.get("r2", {}).get("min") != spec.r2_min:
         problems.append("the manifest's bounds differ from the training script's")

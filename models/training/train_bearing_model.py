@@ -268,9 +268,32 @@ def toml_float(value: float) -> str:
     return text if ("." in text or "e" in text or "inf" in text or "nan" in text) else text + ".0"
 
 
+# Quantile edges written into the manifest for drift (docs/manifest-format.md):
+# the minimum, the deciles, the maximum.
+QUANTILE_LEVELS = [i / 10 for i in range(11)]
+
+
+def quantiles(values: np.ndarray) -> list[float]:
+    return [round(float(q), 6) for q in np.quantile(values, QUANTILE_LEVELS)]
+
+
+def distribution(spec: MachineSpec, x_train: torch.Tensor,
+                 module: torch.jit.ScriptModule) -> tuple[list[list[float]], list[list[float]]]:
+    """The training distribution of each input and of the model's output on
+    the training rows, as quantile edges."""
+    inputs = [quantiles(x_train[:, j].numpy().astype(np.float64)) for j in range(x_train.shape[1])]
+    outputs = [quantiles(predict(module, x_train))]
+    return inputs, outputs
+
+
+def toml_list(values: list[float]) -> str:
+    return "[" + ", ".join(toml_float(v) for v in values) + "]"
+
+
 def manifest_text(spec: MachineSpec, version: str, model_sha: str, description: str,
                   data_ref: str, data_sha: str, commit: str, script: str,
-                  mae: float, r2: float) -> str:
+                  mae: float, r2: float,
+                  input_quantiles: list[list[float]], output_quantiles: list[list[float]]) -> str:
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     lines = [
         f"name = {toml_string(spec.model_name)}",
@@ -282,17 +305,19 @@ def manifest_text(spec: MachineSpec, version: str, model_sha: str, description: 
         "",
         "# Inputs in the order the model takes them (one row = one float32 per input).",
     ]
-    for i in spec.inputs:
+    for i, q in zip(spec.inputs, input_quantiles):
         lines += [
             "[[inputs]]",
             f"name = {toml_string(i.name)}",
             f"unit = {toml_string(i.unit)}",
             f"min = {toml_float(i.min)}",
             f"max = {toml_float(i.max)}",
+            f"quantiles = {toml_list(q)}",
             "",
         ]
-    for name, unit in spec.outputs:
-        lines += ["[[outputs]]", f"name = {toml_string(name)}", f"unit = {toml_string(unit)}", ""]
+    for (name, unit), q in zip(spec.outputs, output_quantiles):
+        lines += ["[[outputs]]", f"name = {toml_string(name)}", f"unit = {toml_string(unit)}",
+                  f"quantiles = {toml_list(q)}", ""]
     lines += [
         "[provenance]",
         f"training_data = {toml_string(data_ref)}",
@@ -371,7 +396,9 @@ def main() -> int:
 
     # Metrics come from the exported file itself, loaded back, so what is
     # measured is exactly what is published.
-    mae, r2 = metrics(predict(torch.jit.load(io.BytesIO(model_bytes)), x_hold), y_hold)
+    exported = torch.jit.load(io.BytesIO(model_bytes))
+    mae, r2 = metrics(predict(exported, x_hold), y_hold)
+    input_quantiles, output_quantiles = distribution(spec, x_train, exported)
     print(f"holdout: bearing #{parts.holdout_life}, {len(y_hold)} rows; train: {len(y_train)} rows",
           file=sys.stderr)
     print(f"holdout MAE {mae:.4f} (max {spec.mae_max}), R² {r2:.4f} (min {spec.r2_min})",
@@ -396,6 +423,8 @@ def main() -> int:
         script=repo_relative(script_path),
         mae=mae,
         r2=r2,
+        input_quantiles=input_quantiles,
+        output_quantiles=output_quantiles,
     )
     tomllib.loads(manifest)  # never publish a manifest that does not parse
 

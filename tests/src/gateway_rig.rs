@@ -62,6 +62,12 @@ pub struct RigOptions {
     /// The example's spindle-wear gate with this `min_samples` and
     /// `auto_promote`.
     pub gate: Option<(u64, bool)>,
+    /// The simulated pump's mean ambient temperature (default 25 °C): a
+    /// hotter plant moves its temperatures away from the training data.
+    pub pump_ambient_c: Option<f64>,
+    /// `[models.drift] window_s` of the pump's bearing-wear model (default:
+    /// the model's, one day), with 40 samples over it.
+    pub bearing_wear_drift_window_s: Option<u64>,
 }
 
 impl GatewayRig {
@@ -85,11 +91,15 @@ impl GatewayRig {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let sim_addr = listener.local_addr()?;
         // Fast simulated time so that values (and wear) move during a test.
-        let simulator = std::sync::Arc::new(Simulator::new(SimOptions {
+        let mut sim_options = SimOptions {
             seed: 7,
             time_scale: 600.0,
             ..SimOptions::default()
-        })?);
+        };
+        if let Some(ambient) = options.pump_ambient_c {
+            sim_options.process.ambient_c = ambient;
+        }
+        let simulator = std::sync::Arc::new(Simulator::new(sim_options)?);
         {
             let simulator = simulator.clone();
             let cancel = simulator_cancel.clone();
@@ -264,6 +274,12 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             }
             l if l.starts_with("auto_promote = false") && at.options.gate.is_some_and(|g| g.1) => {
                 "auto_promote = true".to_string()
+            }
+            "name = \"bearing-wear\"" if at.options.bearing_wear_drift_window_s.is_some() => {
+                format!(
+                    "{line}\ndrift = {{ window_s = {}, samples = 40 }}",
+                    at.options.bearing_wear_drift_window_s.unwrap_or(86_400)
+                )
             }
             "# [modbus_server]" if modbus_server.is_some() => "[modbus_server]".to_string(),
             l if l.starts_with("# address = \"127.0.0.1:5502\"") => match modbus_server {

@@ -467,3 +467,76 @@ async fn the_gate_stops_a_worse_shadow_and_promotes_an_equal_one() -> Result<()>
     rig.stop().await;
     Ok(())
 }
+
+/// Drift: the simulated pump in a plant 45 °C hotter than the one its model
+/// was trained in. Its bearing temperature leaves the training
+/// distribution: the store gets `drift` points above the threshold, the
+/// model's State says Drifting and its predictions turn Uncertain (the value
+/// is still there). The window is seconds here (`window_s = 4`) instead of
+/// the default day, so every input of a short run looks drifted; only the
+/// heated one is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_unlike_the_training_data_are_flagged_as_drift() -> Result<()> {
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 50,
+        flush_ms: 500,
+        pump_ambient_c: Some(70.0),
+        bearing_wear_drift_window_s: Some(4),
+        ..RigOptions::default()
+    })
+    .await?;
+    let selector = format!(
+        "drift_psi{{machine=\"{MACHINE}\",model=\"{MODEL}\",version=\"1.0.0\",input=\"bearing_temp_c\"}}"
+    );
+    rig.wait_for_samples(&selector, 1, Duration::from_secs(90))
+        .await?;
+    let series = rig.vm.export(&selector).await?;
+    let psi = series
+        .iter()
+        .flat_map(|s| s.samples())
+        .map(|(_, v)| v)
+        .next_back()
+        .context("a drift sample")?;
+    assert!(psi > 0.25, "bearing_temp_c PSI {psi}");
+
+    let answer = tokio::process::Command::new(venv_python()?)
+        .arg(repo_root().join("tests/peers/opcua_client.py"))
+        .args([
+            "--url".to_string(),
+            rig.opcua_url(),
+            "--read".into(),
+            format!("Models/{MODEL}/State"),
+            "--read".into(),
+            format!("Models/{MODEL}/Drift/bearing_temp_c"),
+            "--read".into(),
+            format!("Machines/{MACHINE}/Predictions/{MODEL}/bearing_wear"),
+        ])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&answer.stdout)?;
+    let read = |path: String| answer["reads"][&path].clone();
+    assert_eq!(
+        read(format!("Models/{MODEL}/State"))["value"],
+        "Drifting",
+        "{answer}"
+    );
+    assert!(
+        read(format!("Models/{MODEL}/Drift/bearing_temp_c"))["value"].as_f64() > Some(0.25),
+        "{answer}"
+    );
+    let prediction = read(format!(
+        "Machines/{MACHINE}/Predictions/{MODEL}/bearing_wear"
+    ));
+    assert_eq!(prediction["status"], "Uncertain", "{answer}");
+    assert!(
+        prediction["value"].as_f64().is_some(),
+        "the value stays: {answer}"
+    );
+    rig.stop().await;
+    Ok(())
+}

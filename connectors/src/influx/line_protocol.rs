@@ -22,7 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::ConnectorError;
 use crate::scan::{
-    GateRecord, GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record, Scan, TagValue,
+    DriftRecord, GateRecord, GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record,
+    Scan, TagValue,
 };
 
 pub const PROCESS_MEASUREMENT: &str = "process";
@@ -30,6 +31,7 @@ pub const PREDICTION_MEASUREMENT: &str = "prediction";
 pub const MODEL_EVENT_MEASUREMENT: &str = "model_event";
 pub const SHADOW_PREDICTION_MEASUREMENT: &str = "prediction_shadow";
 pub const GATE_MEASUREMENT: &str = "gate";
+pub const DRIFT_MEASUREMENT: &str = "drift";
 pub const GATEWAY_INFO_MEASUREMENT: &str = "gateway_info";
 
 /// The line of one record; `Ok(None)` when it has no value to write (no good
@@ -42,6 +44,7 @@ pub fn encode_record(record: &Record) -> Result<Option<String>, ConnectorError> 
             encode_prediction_as(SHADOW_PREDICTION_MEASUREMENT, prediction)
         }
         Record::Gate(gate) => encode_gate(gate),
+        Record::Drift(drift) => encode_drift(drift),
         Record::ModelEvent(event) => encode_model_event(event),
         Record::GatewayInfo(info) => encode_gateway_info(info),
     }
@@ -139,6 +142,22 @@ pub fn encode_gate(gate: &GateRecord) -> Result<Option<String>, ConnectorError> 
         ],
         fields.into_iter(),
         gate.at,
+    )
+}
+
+/// `drift,machine=<m>,model=<model>,version=<v>,input=<name> psi=<psi>` (or
+/// `output=<name>` for a model output).
+pub fn encode_drift(drift: &DriftRecord) -> Result<Option<String>, ConnectorError> {
+    encode_line(
+        DRIFT_MEASUREMENT,
+        &[
+            ("machine", &drift.machine),
+            ("model", &drift.model),
+            ("version", &drift.version),
+            (drift.kind, &drift.name),
+        ],
+        std::iter::once(("psi", TagValue::Float(drift.psi))),
+        drift.at,
     )
 }
 
@@ -457,6 +476,25 @@ mod tests {
                 "gate,model=wear,active_version=1.0.0,shadow_version=1.1.0 metric=\"mae\",\
                  samples=1i,mean=0.5,margin=0.1,decision=\"Pending\" 2000"
             )
+        );
+    }
+
+    #[test]
+    fn drift_line_names_the_input() {
+        let drift = DriftRecord {
+            machine: "pump-1".into(),
+            model: "wear".into(),
+            version: "1.0.0".into(),
+            kind: "input",
+            name: "speed_rpm".into(),
+            psi: 0.5,
+            at: at(5_000),
+        };
+        assert_eq!(
+            encode_record(&Record::Drift(Arc::new(drift)))
+                .unwrap()
+                .as_deref(),
+            Some("drift,machine=pump-1,model=wear,version=1.0.0,input=speed_rpm psi=0.5 5000")
         );
     }
 

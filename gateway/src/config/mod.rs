@@ -24,7 +24,7 @@ use ironbridge_models::ModelRegistry;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use model::{DeviceSetting, ModelConfig};
+pub use model::{DeviceSetting, DriftConfig, ModelConfig};
 pub use source_map::SourceMap;
 
 use crate::modbus_server::{map as modbus_map, ModbusServerConfig};

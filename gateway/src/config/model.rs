@@ -58,6 +58,40 @@ pub struct ModelConfig {
     /// The statistical gate a shadow version must pass (`[models.gate]`).
     #[serde(default)]
     pub gate: Option<GateConfig>,
+    /// Drift of the inputs and outputs from the training distribution
+    /// (`[models.drift]`); measured with these defaults when absent, for a
+    /// model whose manifest has quantiles.
+    #[serde(default)]
+    pub drift: DriftConfig,
+}
+
+/// `[models.drift]`. A PSI against the training distribution only means
+/// something over a period that shows the machine's usual range of
+/// operation (jobs, speeds, the daily temperature cycle): over a few minutes
+/// of one job every input looks drifted. So the window is a time span,
+/// sampled evenly, and nothing is judged before it is half full.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// PSI above which a column counts as drifted (0.25: the usual
+    /// "significant shift").
+    pub threshold: f64,
+    /// The span of operation the PSI covers, in seconds of acquisition
+    /// time (default one day).
+    pub window_s: u64,
+    /// Rows kept per machine over that span (one every window_s / samples
+    /// seconds).
+    pub samples: usize,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.25,
+            window_s: 86_400,
+            samples: 1000,
+        }
+    }
 }
 
 fn default_device() -> String {
@@ -122,6 +156,24 @@ impl ModelConfig {
         }
         if self.version.is_empty() {
             problems.push(Problem::new(format!("{path}.version"), "must not be empty"));
+        }
+        if !(self.drift.threshold.is_finite() && self.drift.threshold > 0.0) {
+            problems.push(Problem::new(
+                format!("{path}.drift.threshold"),
+                "must be a number > 0",
+            ));
+        }
+        if self.drift.window_s == 0 {
+            problems.push(Problem::new(
+                format!("{path}.drift.window_s"),
+                "must be at least 1",
+            ));
+        }
+        if self.drift.samples < 20 {
+            problems.push(Problem::new(
+                format!("{path}.drift.samples"),
+                "must be at least 20 (10 bins need rows to compare)",
+            ));
         }
         if let Some(gate) = &self.gate {
             for (key, message) in gate.problems() {

@@ -9,6 +9,7 @@
 //!                                                             (methods: admin, SignAndEncrypt)
 //!   Models/<model>/Shadow/Version | Shadow/<machine>/<output>
 //!   Models/<model>/Gate/ShadowVersion | Metric | Samples | Mean | Lower | Upper | Margin | Psi | Decision
+//!   Models/<model>/Drift/<input or output>                    (PSI against the training distribution)
 //!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
 //!                                     | CodeCommit | Acceptance | FailureReason
 //! ```
@@ -165,6 +166,8 @@ pub(crate) struct ModelNodes {
     /// machine → output → `Shadow/<machine>/<output>`.
     pub(crate) shadow_outputs: HashMap<String, HashMap<String, NodeId>>,
     pub(crate) gate: GateNodes,
+    /// `Drift/<input or output>` → its PSI variable.
+    pub(crate) drift: HashMap<String, NodeId>,
 }
 
 /// `Models/<model>/Gate/...`: the gate's running statistics.
@@ -348,8 +351,26 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
             shadow_version: NodeId::null(),
             shadow_outputs: HashMap::new(),
             gate: add_gate(space, ns, &model_path, &model_node),
+            drift: HashMap::new(),
         };
         let mut nodes = nodes;
+        let drift_path = format!("{model_path}/Drift");
+        let drift = add_folder(space, ns, drift_path.clone(), "Drift", &model_node);
+        for name in model.inputs.iter().chain(&model.outputs) {
+            if nodes.drift.contains_key(name) {
+                continue; // an output named like an input: the input's PSI
+            }
+            let id = add_variable(
+                space,
+                ns,
+                format!("{drift_path}/{name}"),
+                name,
+                &drift,
+                DataTypeId::Double,
+                None,
+            );
+            nodes.drift.insert(name.clone(), id);
+        }
         let shadow_path = format!("{model_path}/Shadow");
         let shadow = add_folder(space, ns, shadow_path.clone(), "Shadow", &model_node);
         nodes.shadow_version = add_variable(

@@ -302,6 +302,13 @@ impl OpcUaPublisher {
     /// Sets the outputs of one prediction (SourceTimestamp = acquisition
     /// time of its inputs) and the version that made them.
     pub fn publish_prediction(&self, prediction: &Prediction) {
+        self.publish_prediction_with(prediction, false);
+    }
+
+    /// As [`Self::publish_prediction`]; `drifting` (the inputs have moved
+    /// away from the training distribution) marks the outputs Uncertain:
+    /// the value is still there, a client sees it is less trustworthy.
+    pub fn publish_prediction_with(&self, prediction: &Prediction, drifting: bool) {
         let inner = &self.inner;
         let Some(nodes) = inner
             .index
@@ -321,10 +328,21 @@ impl OpcUaPublisher {
             server_timestamp,
             ..DataValue::null()
         };
+        let output_status = if drifting {
+            StatusCode::Uncertain
+        } else {
+            StatusCode::Good
+        };
         let mut updates = Vec::with_capacity(prediction.outputs.len() + 1);
         for (output, value) in &prediction.outputs {
             match nodes.outputs.get(&**output) {
-                Some(node) => updates.push((node, good(Variant::from(*value)))),
+                Some(node) => updates.push((
+                    node,
+                    DataValue {
+                        status: Some(output_status),
+                        ..good(Variant::from(*value))
+                    },
+                )),
                 None => inner.count_unknown(1),
             }
         }
@@ -408,6 +426,34 @@ impl OpcUaPublisher {
                             value: Some(Variant::from(*value)),
                             status: Some(StatusCode::Good),
                             source_timestamp: Some(at),
+                            server_timestamp: Some(now),
+                            ..DataValue::null()
+                        },
+                    )
+                })
+            })
+            .collect();
+        inner.set_values(updates);
+    }
+
+    /// Sets `Models/<model>/Drift/<name>` (an input's or output's PSI).
+    pub fn publish_drift(&self, model: &str, psi: &[(String, f64)]) {
+        let inner = &self.inner;
+        let Some(nodes) = inner.index.models.get(model).map(|m| &m.drift) else {
+            inner.count_unknown(psi.len());
+            return;
+        };
+        let now = DateTime::now();
+        let updates = psi
+            .iter()
+            .filter_map(|(name, value)| {
+                nodes.get(name).map(|node| {
+                    (
+                        node,
+                        DataValue {
+                            value: Some(Variant::from(*value)),
+                            status: Some(StatusCode::Good),
+                            source_timestamp: Some(now),
                             server_timestamp: Some(now),
                             ..DataValue::null()
                         },

@@ -4,13 +4,14 @@
 //! its name, before any machine is read.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ironbridge_connectors::influx::InfluxV2Writer;
 use ironbridge_connectors::Source;
 use ironbridge_models::{
-    DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest,
+    DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest, ModelState,
 };
 
 use crate::config::{DeviceSetting, GatewayConfig, ModelConfig};
@@ -31,6 +32,10 @@ pub(crate) struct ServedModel {
     pub(crate) features: FeatureMap,
     pub(crate) name: Arc<str>,
     pub(crate) output_names: Vec<Arc<str>>,
+    /// The manifest carries a training distribution: drift is measured.
+    pub(crate) monitors_drift: bool,
+    /// Set while any machine's inputs have drifted.
+    pub(crate) drifting: Arc<AtomicBool>,
 }
 
 impl ServedModel {
@@ -43,7 +48,13 @@ impl ServedModel {
             active_version: serving.manifest.version.clone(),
             sha256: serving.manifest.sha256.clone(),
             loaded_at: status.loaded_at.unwrap_or(SystemTime::UNIX_EPOCH),
-            state: status.state.as_str().to_string(),
+            state: match status.state {
+                // Still serving, but on inputs unlike its training data.
+                ModelState::Serving if self.drifting.load(Ordering::Relaxed) => {
+                    "Drifting".to_string()
+                }
+                state => state.as_str().to_string(),
+            },
             inference_count: status.inference_count,
             inputs: self.manifest.input_names(),
             outputs: self.manifest.output_names(),
@@ -157,6 +168,9 @@ fn load_model(config: &GatewayConfig, model: &ModelConfig) -> Result<ServedModel
             .iter()
             .map(|o| Arc::from(o.name.as_str()))
             .collect(),
+        monitors_drift: manifest.inputs.iter().any(|i| i.quantiles.is_some())
+            || manifest.outputs.iter().any(|o| o.quantiles.is_some()),
+        drifting: Arc::new(AtomicBool::new(false)),
         manifest,
         lifecycle: Arc::new(lifecycle),
         features,

@@ -89,6 +89,7 @@ impl FanOut {
                 return false;
             }
         };
+        let inputs = model.monitors_drift.then(|| row.clone());
         let pending = match serving.handle.submit(row) {
             Ok(p) => p,
             Err(e) => {
@@ -128,6 +129,7 @@ impl FanOut {
             version: serving.version.clone(),
             shadow,
             label,
+            inputs,
             inputs_acquired_at: scan.acquired_at,
             pending,
         };

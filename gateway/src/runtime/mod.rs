@@ -26,6 +26,7 @@
 //! InfluxDB sink drain and flush before they exit.
 
 mod build;
+mod drift;
 mod fan_out;
 mod predictions;
 mod status;
@@ -167,10 +168,19 @@ impl Gateway {
                     .unwrap_or(0),
                 config,
             });
+            let drift = model.monitors_drift.then(|| {
+                drift::DriftMonitor::new(
+                    model.name.clone(),
+                    model.config.drift.clone(),
+                    model.lifecycle.clone(),
+                    model.drifting.clone(),
+                )
+            });
             let collector = PredictionCollector {
                 model: model.name.clone(),
                 lifecycle: model.lifecycle.clone(),
                 gate,
+                drift,
                 outputs: model.output_names.clone(),
                 publisher: publisher.clone(),
                 modbus: modbus_registers.clone(),

@@ -11,6 +11,7 @@ use ironbridge_connectors::{GateRecord, Prediction, Record};
 use ironbridge_models::{Gate, GateConfig, GateDecision, ModelLifecycle, PendingPrediction};
 use tokio::sync::mpsc;
 
+use super::drift::DriftMonitor;
 use super::{send_to_sink, FanOutStats};
 use crate::modbus_server::PredictionRegisters;
 use crate::opcua_server::OpcUaPublisher;
@@ -29,6 +30,8 @@ pub(crate) struct PredictionRequest {
     pub(crate) shadow: Option<ShadowRequest>,
     /// The model's label tag at the inputs' time (Good values only).
     pub(crate) label: Option<f64>,
+    /// The row given to the model, when its drift is measured.
+    pub(crate) inputs: Option<Vec<f32>>,
 }
 
 pub(crate) struct ShadowRequest {
@@ -52,6 +55,7 @@ pub(crate) struct PredictionCollector {
     pub(crate) stats: Arc<FanOutStats>,
     pub(crate) lifecycle: Arc<ModelLifecycle>,
     pub(crate) gate: Option<GateSetup>,
+    pub(crate) drift: Option<DriftMonitor>,
 }
 
 /// The gate for the shadow version being judged.
@@ -69,7 +73,7 @@ impl PredictionCollector {
     /// version's one worker answers in submission order, and requests to a
     /// newly activated version come after those to the old one, so awaiting
     /// in order never waits long behind an answer that is already there.
-    pub(crate) async fn run(self, mut requests: mpsc::Receiver<PredictionRequest>) {
+    pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<PredictionRequest>) {
         let mut running: Option<RunningGate> = None;
         while let Some(request) = requests.recv().await {
             let active = match request.pending.wait().await {
@@ -81,7 +85,15 @@ impl PredictionCollector {
                         &values,
                     ));
                     self.stats.predictions.fetch_add(1, Ordering::Relaxed);
-                    self.publisher.publish_prediction(&prediction);
+                    let drifting = self.observe_drift(
+                        &request.machine,
+                        &request.version,
+                        request.inputs_acquired_at,
+                        request.inputs.as_deref(),
+                        &values,
+                    );
+                    self.publisher
+                        .publish_prediction_with(&prediction, drifting);
                     if let Some(registers) = &self.modbus {
                         registers.publish_prediction(&prediction);
                     }
@@ -140,6 +152,28 @@ impl PredictionCollector {
                 }
             }
         }
+    }
+
+    /// Feeds the drift monitor; `true` when this machine's inputs have
+    /// drifted (its predictions are then published Uncertain).
+    fn observe_drift(
+        &mut self,
+        machine: &Arc<str>,
+        version: &Arc<str>,
+        acquired_at: SystemTime,
+        inputs: Option<&[f32]>,
+        outputs: &[f32],
+    ) -> bool {
+        let (Some(monitor), Some(inputs)) = (self.drift.as_mut(), inputs) else {
+            return false;
+        };
+        if let Some(update) = monitor.observe(machine, version, acquired_at, inputs, outputs) {
+            self.publisher.publish_drift(&self.model, &update.worst);
+            for record in update.records {
+                send_to_sink(&self.sink, record, &self.stats);
+            }
+        }
+        monitor.is_drifting(machine)
     }
 
     fn prediction(
