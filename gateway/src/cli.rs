@@ -105,6 +105,31 @@ pub enum ModelSubcommand {
         #[command(flatten)]
         target: ModelTarget,
     },
+    /// Check a version folder the way the edge will (for CI/CD): manifest
+    /// and sha256, libtorch load, output shape, robustness, statistics on
+    /// labelled data with bootstrap intervals, latency. Exit 0 pass, 1
+    /// fail, 2 unusable input.
+    Verify {
+        /// The version folder (`<model>/<version>/`).
+        dir: PathBuf,
+        /// Labelled rows: CSV with a header naming every model input and
+        /// the label column.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The label column (default: the model's first output's name).
+        #[arg(long)]
+        label: Option<String>,
+        /// Another version folder to compare against (paired
+        /// non-inferiority of the MAE on --data).
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// How much worse than --against the MAE may be.
+        #[arg(long, default_value_t = 0.0)]
+        margin: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which gateway and model, and how to log in.

@@ -11,6 +11,7 @@ pub mod error;
 pub mod features;
 pub mod modbus_server;
 pub mod model_cli;
+pub mod model_verify;
 pub mod opcua_server;
 pub mod runtime;
 pub mod shutdown;

@@ -73,19 +73,37 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Model { action } => {
-            let (target, action) = match action {
-                ModelSubcommand::Activate { target, version } => {
-                    (target, ModelAction::Activate { version })
-                }
-                ModelSubcommand::Rollback { target } => (target, ModelAction::Rollback),
-                ModelSubcommand::Shadow { target, version } => {
-                    (target, ModelAction::StartShadow { version })
-                }
-                ModelSubcommand::Unshadow { target } => (target, ModelAction::StopShadow),
-            };
-            run_model_command(target, action)
-        }
+        Command::Model { action } => match action {
+            ModelSubcommand::Verify {
+                dir,
+                data,
+                label,
+                against,
+                margin,
+                json,
+            } => run_verify(
+                ironbridge::model_verify::VerifyRequest {
+                    dir,
+                    data,
+                    label,
+                    against,
+                    margin,
+                },
+                json,
+            ),
+            ModelSubcommand::Activate { target, version } => {
+                run_model_command(target, ModelAction::Activate { version })
+            }
+            ModelSubcommand::Rollback { target } => {
+                run_model_command(target, ModelAction::Rollback)
+            }
+            ModelSubcommand::Shadow { target, version } => {
+                run_model_command(target, ModelAction::StartShadow { version })
+            }
+            ModelSubcommand::Unshadow { target } => {
+                run_model_command(target, ModelAction::StopShadow)
+            }
+        },
         Command::Run { config } => {
             let config = match GatewayConfig::load(&config) {
                 Ok(c) => c,
@@ -152,6 +170,28 @@ fn run_model_command(target: ModelTarget, action: ModelAction) -> ExitCode {
         }
         Err(ModelCommandError::Unusable(message)) => {
             eprintln!("ironbridge model: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `ironbridge model verify`: 0 pass, 1 a check failed, 2 unusable input.
+fn run_verify(request: ironbridge::model_verify::VerifyRequest, json: bool) -> ExitCode {
+    match ironbridge::model_verify::run(&request) {
+        Ok(report) => {
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(message) => {
+            eprintln!("ironbridge model verify: {message}");
             ExitCode::from(2)
         }
     }

@@ -24,6 +24,7 @@ mod manifest;
 mod registry;
 mod service;
 mod torch_backend;
+pub mod verify;
 
 pub use drift::{ReferenceBins, SlidingWindow};
 pub use error::ModelError;
@@ -33,7 +34,8 @@ pub use lifecycle::{
     VersionState, EVENT_BUFFER,
 };
 pub use manifest::{
-    AcceptanceMetric, InputSpec, ModelManifest, OutputSpec, Provenance, MANIFEST_FILE,
+    AcceptanceMetric, InputSpec, LatencyBudget, ModelManifest, OutputSpec, Provenance,
+    MANIFEST_FILE,
 };
 pub use registry::{ModelRegistry, ModelVersion, VerifiedModel};
 pub use service::{

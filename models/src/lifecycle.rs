@@ -555,25 +555,25 @@ impl ModelLifecycle {
     }
 }
 
-/// Loads verified bytes into libtorch, runs one forward pass on a row in
-/// the middle of every input's range (outputs must have the manifest's
-/// shape and be finite), and starts the inference service.
+/// Loads verified bytes into libtorch, warms it up with the structural
+/// checks of `ironbridge model verify` (outputs of the manifest's shape at
+/// batch 1 and 8, finite on valid inputs at the range edges and middle),
+/// and starts the inference service.
 fn prepare(
     verified: &VerifiedModel,
     options: &LifecycleOptions,
 ) -> Result<ServingModel, ModelError> {
     let torch = TorchModel::load(verified, options.device)?;
     let manifest = verified.manifest();
-    let row: Vec<f32> = manifest
-        .inputs
-        .iter()
-        .map(|i| ((i.min + i.max) / 2.0) as f32)
+    let failed: Vec<String> = crate::verify::structural_checks(&torch)
+        .into_iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
-    let out = torch.forward(&row, 1)?;
-    if out.len() != manifest.outputs.len() || out.iter().any(|v| !v.is_finite()) {
+    if !failed.is_empty() {
         return Err(ModelError::Inference {
             model: manifest.name.clone(),
-            message: format!("warm-up on mid-range inputs gave {out:?}"),
+            message: format!("warm-up checks failed: {}", failed.join("; ")),
         });
     }
     let handle = InferenceService::spawn(torch, options.inference.clone())?;

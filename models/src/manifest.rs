@@ -37,6 +37,19 @@ pub struct ModelManifest {
     pub provenance: Provenance,
     /// Acceptance metrics the model passed before it was published.
     pub acceptance: BTreeMap<String, AcceptanceMetric>,
+    /// The latency the model must meet on the target hardware
+    /// (`ironbridge model verify` measures it). Optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<LatencyBudget>,
+}
+
+/// `[latency]`: p99 of one forward pass at batch 1 and at `max_batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyBudget {
+    pub max_batch: usize,
+    pub p99_ms_batch_1: f64,
+    pub p99_ms_max_batch: f64,
 }
 
 /// One model input: a float32 column with a valid range (inclusive).
