@@ -297,6 +297,16 @@ async fn versions_are_activated_by_an_admin_and_a_tampered_one_never_serves() ->
         Err(e) => panic!("{e:?}"),
     }
 
+    // Every change reached the store as a model_event point (victoria-metrics
+    // keeps their times; the text needs InfluxDB): the start, 1.2.0 found,
+    // its two failures, two activations and two rollbacks at least.
+    rig.wait_for_samples(
+        &format!("model_event_event{{model=\"{MODEL}\"}}"),
+        8,
+        Duration::from_secs(30),
+    )
+    .await?;
+
     rig.stop().await;
     Ok(())
 }
