@@ -76,6 +76,11 @@ if [ -z "${IRONBRIDGE_SPINDLE_PASSWORD:-}" ]; then
   IRONBRIDGE_SPINDLE_PASSWORD="demo-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 fi
 export IRONBRIDGE_SPINDLE_PASSWORD
+# The gateway's admin (config/example.toml): changes model versions.
+if [ -z "${IRONBRIDGE_ADMIN_PASSWORD:-}" ]; then
+  IRONBRIDGE_ADMIN_PASSWORD="admin-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+fi
+export IRONBRIDGE_ADMIN_PASSWORD
 # time-scale 600: ten minutes of spindle life per second. The simulator
 # trusts the gateway's new client certificate (demo only).
 target/release/ironbridge-sim serve-opcua --bind "127.0.0.1:$SPINDLE_PORT" --seed 7 \
@@ -111,6 +116,12 @@ IronBridge demo is running.
   Process values  : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query={__name__=~"process_.*"}'
   Machines        : pump-1 (Modbus TCP, 127.0.0.1:$SIM_PORT), spindle-1 (OPC UA, opc.tcp://127.0.0.1:$SPINDLE_PORT/)
   Find variables  : IRONBRIDGE_PASSWORD=$IRONBRIDGE_SPINDLE_PASSWORD target/release/ironbridge discover opc.tcp://127.0.0.1:$SPINDLE_PORT/ --username operator --trust-server-cert --pki-dir $data/pki/client
+  Model versions  : IRONBRIDGE_PASSWORD=$IRONBRIDGE_ADMIN_PASSWORD target/release/ironbridge model shadow|activate|rollback|unshadow
+                      --endpoint opc.tcp://127.0.0.1:$OPCUA_PORT/ --model spindle-wear [--version V] --username admin
+                      --trust-server-cert --pki-dir $data/cli-pki
+                    The first call is refused until you trust the command's certificate:
+                      mv $data/pki/rejected/*.der $data/pki/trusted/   (README.md, "Updating a model")
+  In a new shell, run "source scripts/env.sh" first (libtorch's libraries for target/release/ironbridge).
   Logs            : $data/*.log (the gateway's: tail -f $data/gateway.log)
 Press Ctrl-C to stop.
 EOT

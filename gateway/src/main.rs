@@ -13,7 +13,12 @@ const EXIT_INVALID_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    ironbridge::telemetry::init_logging();
+    // A one-shot command reports through its own output and exit status;
+    // the OPC UA library's connection chatter would bury it.
+    match cli.command {
+        Command::Run { .. } => ironbridge::telemetry::init_logging(),
+        _ => ironbridge::telemetry::init_logging_at("error"),
+    }
     match cli.command {
         Command::Validate { config } => match GatewayConfig::load(&config) {
             Ok(c) => {

@@ -66,9 +66,24 @@ pub fn run(
         .build()
         .map_err(|e| ModelCommandError::Unusable(format!("cannot start a runtime: {e}")))?;
     runtime.block_on(async {
-        let live = open_session(&options)
-            .await
-            .map_err(ModelCommandError::Unusable)?;
+        let live = open_session(&options).await.map_err(|e| {
+            let hint = if e.contains("BadCertificateUntrusted") {
+                format!(
+                    " (the gateway does not trust this command's certificate yet: move it from \
+                     the gateway's pki/rejected/ to pki/trusted/; it is {}/own/cert.der)",
+                    options.pki_dir.display()
+                )
+            } else if e.to_lowercase().contains("certificate") {
+                format!(
+                    " (an unknown gateway certificate lands in {}/rejected/: move it to \
+                     trusted/, or pass --trust-server-cert)",
+                    options.pki_dir.display()
+                )
+            } else {
+                String::new()
+            };
+            ModelCommandError::Unusable(format!("{e}{hint}"))
+        })?;
         let result = call(&live, model, action).await;
         live.close().await;
         result

@@ -53,6 +53,7 @@ fn the_example_configuration_validates() {
         .args(["validate", "--config"])
         .arg(&example)
         .env("IRONBRIDGE_SPINDLE_PASSWORD", "from-the-environment")
+        .env("IRONBRIDGE_ADMIN_PASSWORD", "from-the-environment")
         .output()
         .expect("run");
     assert!(
@@ -65,6 +66,7 @@ fn the_example_configuration_validates() {
         .args(["validate", "--config"])
         .arg(&example)
         .env_remove("IRONBRIDGE_SPINDLE_PASSWORD")
+        .env("IRONBRIDGE_ADMIN_PASSWORD", "from-the-environment")
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));

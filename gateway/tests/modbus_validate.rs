@@ -46,6 +46,7 @@ fn validate_example_with_modbus(address: &str) -> (String, Output) {
         .arg(&file)
         // The example's OPC UA spindle reads its password from here.
         .env("IRONBRIDGE_SPINDLE_PASSWORD", "from-the-environment")
+        .env("IRONBRIDGE_ADMIN_PASSWORD", "from-the-environment")
         .output()
         .expect("run");
     (text, out)

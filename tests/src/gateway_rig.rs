@@ -131,6 +131,9 @@ impl GatewayRig {
             });
         }
         std::env::set_var(SPINDLE_PASSWORD_ENV, SPINDLE_PASSWORD);
+        // The example's admin user (a test that calls model methods adds
+        // its own users).
+        std::env::set_var("IRONBRIDGE_ADMIN_PASSWORD", "rig-admin-password");
         let opcua_port = free_port()?;
         let example = std::fs::read_to_string(repo_root().join("config/example.toml"))?;
         let vm_url = vm.url();
