@@ -84,7 +84,8 @@ export IRONBRIDGE_ADMIN_PASSWORD
 # time-scale 600: ten minutes of spindle life per second. The simulator
 # trusts the gateway's new client certificate (demo only).
 target/release/ironbridge-sim serve-opcua --bind "127.0.0.1:$SPINDLE_PORT" --seed 7 \
-  --time-scale 600 --pki-dir "$data/spindle-pki" --user operator \
+  --time-scale 600 --bearing-signature "${SPINDLE_BEARING_SIGNATURE:-1}" \
+  --pki-dir "$data/spindle-pki" --user operator \
   --password-env IRONBRIDGE_SPINDLE_PASSWORD --trust-client-certs \
   >"$data/spindle.log" 2>&1 &
 pids+=($!)

@@ -72,6 +72,11 @@ enum Command {
         /// Bearing degradation at start, in [0, 1].
         #[arg(long, default_value_t = 0.05)]
         initial_degradation: f64,
+        /// How strongly bearing damage shows in vibration and heat (1: the
+        /// bearings the example model was trained on; e.g. 1.6 for a make
+        /// that wears differently).
+        #[arg(long, default_value_t = 1.0)]
+        bearing_signature: f64,
         /// Folder of the server certificate (made on first start) and of
         /// trusted/rejected client certificates.
         #[arg(long)]
@@ -109,6 +114,9 @@ enum Command {
         /// Simulated seconds between rows.
         #[arg(long, default_value_t = 60.0)]
         step_s: f64,
+        /// The spindle's bearing signature (see serve-opcua); spindle only.
+        #[arg(long, default_value_t = 1.0)]
+        bearing_signature: f64,
         #[arg(long)]
         out: PathBuf,
     },
@@ -186,6 +194,7 @@ fn main() -> anyhow::Result<()> {
             time_scale,
             step_ms,
             initial_degradation,
+            bearing_signature,
             pki_dir,
             user,
             password_env,
@@ -206,6 +215,7 @@ fn main() -> anyhow::Result<()> {
                 start_paused: false,
                 spindle: SpindleConfig {
                     initial_degradation,
+                    bearing_signature,
                     ..SpindleConfig::default()
                 },
                 pki_dir,
@@ -230,8 +240,17 @@ fn main() -> anyhow::Result<()> {
             seed,
             duration_h,
             step_s,
+            bearing_signature,
             out,
         } => {
+            if machine == MachineKind::Pump && bearing_signature != 1.0 {
+                anyhow::bail!("--bearing-signature applies to --machine spindle only");
+            }
+            if !(bearing_signature.is_finite() && bearing_signature > 0.0) {
+                anyhow::bail!(
+                    "--bearing-signature must be a positive number, got {bearing_signature}"
+                );
+            }
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
@@ -253,7 +272,10 @@ fn main() -> anyhow::Result<()> {
                         seed,
                         duration_s,
                         step_s,
-                        spindle: SpindleConfig::default(),
+                        spindle: SpindleConfig {
+                            bearing_signature,
+                            ..SpindleConfig::default()
+                        },
                     };
                     record_spindle(&options, BufWriter::new(file))?
                 }

@@ -365,6 +365,15 @@ impl OpcUaOptions {
                 ),
             ));
         }
+        if !(self.spindle.bearing_signature.is_finite() && self.spindle.bearing_signature > 0.0) {
+            return Err(invalid(
+                "bearing_signature",
+                format!(
+                    "must be a positive number, got {}",
+                    self.spindle.bearing_signature
+                ),
+            ));
+        }
         if self.users.is_empty() {
             return Err(invalid(
                 "users",

@@ -42,6 +42,11 @@ pub struct SpindleConfig {
     pub initial_degradation: f64,
     /// Mean temperature of the shop floor; a ±3 °C daily cycle is added.
     pub ambient_c: f64,
+    /// How strongly bearing damage shows in vibration and heat (1: the
+    /// bearings the example model was trained on). Another bearing make
+    /// wears differently: a model trained on the old one misjudges it, and
+    /// a version trained on a new recording should do better.
+    pub bearing_signature: f64,
 }
 
 impl Default for SpindleConfig {
@@ -49,6 +54,7 @@ impl Default for SpindleConfig {
         Self {
             initial_degradation: 0.05,
             ambient_c: 22.0,
+            bearing_signature: 1.0,
         }
     }
 }
@@ -243,7 +249,11 @@ impl Spindle {
         let heating = if running {
             25.0 * relative_speed.powf(1.5)
                 + 4.0 * self.cutting_load_pct / 100.0
-                + 35.0 * self.degradation * self.degradation * relative_speed
+                + 35.0
+                    * self.config.bearing_signature
+                    * self.degradation
+                    * self.degradation
+                    * relative_speed
         } else {
             0.0
         };
@@ -297,7 +307,7 @@ impl Spindle {
             let clean = 0.3
                 + 1.2 * relative_speed * relative_speed
                 + 0.5 * self.cutting_load_pct / 100.0
-                + 8.0 * degradation.powf(2.5) * relative_speed;
+                + 8.0 * self.config.bearing_signature * degradation.powf(2.5) * relative_speed;
             clean * (1.0 + 0.05 * self.normal()) + 0.02 * self.normal()
         } else {
             0.02 * self.normal().abs()

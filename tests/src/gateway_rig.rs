@@ -68,6 +68,9 @@ pub struct RigOptions {
     /// `[models.drift] window_s` of the pump's bearing-wear model (default:
     /// the model's, one day), with 40 samples over it.
     pub bearing_wear_drift_window_s: Option<u64>,
+    /// The simulated spindle's bearing signature (default 1: the bearings
+    /// the example model was trained on).
+    pub spindle_bearing_signature: Option<f64>,
 }
 
 impl GatewayRig {
@@ -117,6 +120,9 @@ impl GatewayRig {
             },
         );
         spindle_options.time_scale = 600.0;
+        if let Some(signature) = options.spindle_bearing_signature {
+            spindle_options.spindle.bearing_signature = signature;
+        }
         // The gateway's client certificate is new to it.
         spindle_options.trust_client_certs = true;
         let spindle = OpcUaMachine::new(spindle_options)?;

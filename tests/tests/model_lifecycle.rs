@@ -550,3 +550,151 @@ async fn inputs_unlike_the_training_data_are_flagged_as_drift() -> Result<()> {
     rig.stop().await;
     Ok(())
 }
+
+/// The README's "Updating a model", end to end: the spindle gets bearings
+/// that wear differently; a recording of them trains 1.1.0 with the
+/// training script; `model verify` finds it non-inferior to 1.0.0 (better)
+/// on that recording; dropped into the running gateway's model folder it is
+/// found, run as shadow on the live spindle, passes the gate on the
+/// spindle's measured truth and is promoted; its predictions reach the
+/// store under its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_loop_record_train_verify_shadow_gate_promote() -> Result<()> {
+    const SPINDLE_MODEL: &str = "spindle-wear";
+    const SIGNATURE: f64 = 1.6;
+    let dir = tempfile::tempdir()?;
+
+    // 1. Record the new bearings (2000 simulated hours, a row every 240 s).
+    let recording = dir.path().join("spindle-signature-1.6.csv");
+    {
+        let options = ironbridge_simulator::SpindleRecordOptions {
+            seed: 7,
+            duration_s: 2000.0 * 3600.0,
+            step_s: 240.0,
+            spindle: ironbridge_simulator::SpindleConfig {
+                bearing_signature: SIGNATURE,
+                ..Default::default()
+            },
+        };
+        let file = std::io::BufWriter::new(std::fs::File::create(&recording)?);
+        ironbridge_simulator::record_spindle(&options, file)?;
+    }
+
+    // 2. Train 1.1.0 on it with the training script (published only if it
+    //    meets its acceptance bounds).
+    let models = dir.path().join("models");
+    let examples = repo_root().join("models/examples");
+    for model in [MODEL, SPINDLE_MODEL] {
+        copy_dir(
+            &examples.join(model).join("1.0.0"),
+            &models.join("examples").join(model).join("1.0.0"),
+        )?;
+    }
+    let staging = dir.path().join("trained");
+    copy_dir(
+        &examples.join(SPINDLE_MODEL).join("1.0.0"),
+        &staging.join("1.0.0"),
+    )?;
+    let trained = tokio::process::Command::new(venv_python()?)
+        .arg(repo_root().join("models/training/train_bearing_model.py"))
+        .args(["--machine", "spindle", "--version", "1.1.0", "--data"])
+        .arg(&recording)
+        .arg("--out")
+        .arg(&staging)
+        .output()
+        .await?;
+    anyhow::ensure!(
+        trained.status.success(),
+        "training failed: {}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+
+    // 3. Verify it as the edge will, against 1.0.0, on the new recording.
+    let request = ironbridge::model_verify::VerifyRequest {
+        dir: staging.join("1.1.0"),
+        data: Some(recording.clone()),
+        label: None,
+        against: Some(staging.join("1.0.0")),
+        margin: 0.0,
+    };
+    let report = tokio::task::spawn_blocking(move || ironbridge::model_verify::run(&request))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert!(report.passed(), "{}", report.text());
+
+    // 4. The gateway runs 1.0.0 on the spindle with the new bearings.
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        models_dir: Some(models.clone()),
+        opcua_users: vec![(ADMIN.0.into(), ADMIN.1.into(), "admin".into())],
+        trust_client_certs: true,
+        gate: Some((30, true)),
+        spindle_bearing_signature: Some(SIGNATURE),
+        ..RigOptions::default()
+    })
+    .await?;
+    let pki = dir.path().join("client-pki");
+    let nodes = format!("Models/{SPINDLE_MODEL}");
+
+    // 5. Drop 1.1.0 in (staged under a dot name, then renamed whole).
+    let versions = models.join("examples").join(SPINDLE_MODEL);
+    copy_dir(&staging.join("1.1.0"), &versions.join(".1.1.0"))?;
+    std::fs::rename(versions.join(".1.1.0"), versions.join("1.1.0"))?;
+    let state = format!("{nodes}/Versions/1.1.0/State");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client(&rig, &pki, ADMIN, std::slice::from_ref(&state), &[]).await?;
+        if answer["reads"][&state]["value"] == "Available" {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "1.1.0 not found: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // 6. Shadow it; the gate (auto_promote) decides on live labelled data.
+    let answer = client(
+        &rig,
+        &pki,
+        ADMIN,
+        &[],
+        &[format!("{nodes}/StartShadow=1.1.0")],
+    )
+    .await?;
+    assert_eq!(call_statuses(&answer), ["Good"], "{answer}");
+    let reads = [
+        format!("{nodes}/ActiveVersion"),
+        format!("{nodes}/Gate/Decision"),
+        format!("{nodes}/Gate/Mean"),
+        format!("{nodes}/Gate/Samples"),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = client(&rig, &pki, ADMIN, &reads, &[]).await?;
+        let r = &answer["reads"];
+        if r[&reads[0]]["value"] == "1.1.0" {
+            assert_eq!(r[&reads[1]]["value"], "Pass", "{answer}");
+            break;
+        }
+        anyhow::ensure!(
+            r[&reads[1]]["value"] != "Fail",
+            "1.1.0 failed the gate: {answer}"
+        );
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "1.1.0 not promoted: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    rig.wait_for_samples(
+        "prediction_bearing_degradation{model=\"spindle-wear\",version=\"1.1.0\"}",
+        3,
+        Duration::from_secs(30),
+    )
+    .await?;
+    rig.stop().await;
+    Ok(())
+}
