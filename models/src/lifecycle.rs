@@ -555,10 +555,11 @@ impl ModelLifecycle {
     }
 }
 
-/// Loads verified bytes into libtorch, warms it up with the structural
+/// Loads verified bytes into libtorch, warms it up with the non-statistical
 /// checks of `ironbridge model verify` (outputs of the manifest's shape at
-/// batch 1 and 8, finite on valid inputs at the range edges and middle),
-/// and starts the inference service.
+/// batch 1 and 8, finite on valid inputs at the range edges and middle, no
+/// libtorch failure on inputs beyond them), and starts the inference
+/// service.
 fn prepare(
     verified: &VerifiedModel,
     options: &LifecycleOptions,
@@ -567,6 +568,7 @@ fn prepare(
     let manifest = verified.manifest();
     let failed: Vec<String> = crate::verify::structural_checks(&torch)
         .into_iter()
+        .chain(crate::verify::robustness_checks(&torch))
         .filter(|c| !c.passed)
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();

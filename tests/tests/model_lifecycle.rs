@@ -215,7 +215,9 @@ async fn versions_are_activated_by_an_admin_and_a_tampered_one_never_serves() ->
 
     // The admin activates 1.1.0: it serves, and the store gets its
     // predictions under its version.
+    let swap_started = std::time::SystemTime::now();
     let answer = client(&rig, &pki, ADMIN, &[], &[activate("1.1.0")]).await?;
+    let swap_done = std::time::SystemTime::now();
     assert_eq!(call_statuses(&answer), ["Good"], "{answer}");
     let answer = client(
         &rig,
@@ -239,6 +241,7 @@ async fn versions_are_activated_by_an_admin_and_a_tampered_one_never_serves() ->
         Duration::from_secs(60),
     )
     .await?;
+    no_scan_without_a_prediction_across_the_swap(&rig, &versions, swap_started, swap_done).await?;
 
     // Rollback returns to 1.0.0.
     let answer = client(&rig, &pki, ADMIN, &[], &[format!("{model_nodes}/Rollback")]).await?;
@@ -696,5 +699,84 @@ async fn the_readme_loop_record_train_verify_shadow_gate_promote() -> Result<()>
     )
     .await?;
     rig.stop().await;
+    Ok(())
+}
+
+/// Around an activation (2 s either side), every scan of the pump whose
+/// inputs the model takes (all present, Good, in range) has a prediction
+/// stamped with the same acquisition time, and the predictions' version
+/// changes from 1.0.0 to 1.1.0 exactly once: no scan is lost to the swap
+/// and each prediction names the version that was serving.
+async fn no_scan_without_a_prediction_across_the_swap(
+    rig: &GatewayRig,
+    versions: &Path,
+    swap_started: std::time::SystemTime,
+    swap_done: std::time::SystemTime,
+) -> Result<()> {
+    use std::collections::{BTreeMap, HashMap};
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    let (from, to) = (ms(swap_started) - 2000, ms(swap_done) + 2000);
+    // Let the window's last scans reach the store.
+    while ms(std::time::SystemTime::now()) < to + 1500 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let manifest = ironbridge_models::ModelRegistry::open(versions)?
+        .load("1.0.0")?
+        .manifest()
+        .clone();
+    let mut scans: BTreeMap<i64, HashMap<String, f64>> = BTreeMap::new();
+    for series in rig
+        .vm
+        .export(&format!(
+            "{{__name__=~\"process_.*\",machine=\"{MACHINE}\"}}"
+        ))
+        .await?
+    {
+        let tag = series.name().trim_start_matches("process_").to_string();
+        for (t, v) in series.samples() {
+            if (from..=to).contains(&t) {
+                scans.entry(t).or_default().insert(tag.clone(), v);
+            }
+        }
+    }
+    let mut predictions: BTreeMap<i64, String> = BTreeMap::new();
+    for series in rig
+        .vm
+        .export(&format!("prediction_bearing_wear{{machine=\"{MACHINE}\"}}"))
+        .await?
+    {
+        let version = series.label("version").unwrap_or("?").to_string();
+        for (t, _) in series.samples() {
+            if (from..=to).contains(&t) {
+                predictions.insert(t, version.clone());
+            }
+        }
+    }
+    let mut fed = 0;
+    for (t, values) in &scans {
+        let takes = manifest.inputs.iter().all(|i| {
+            values
+                .get(&i.name)
+                .is_some_and(|v| *v >= i.min && *v <= i.max)
+        });
+        if takes {
+            fed += 1;
+            anyhow::ensure!(
+                predictions.contains_key(t),
+                "the scan at {t} ms ({values:?}) has no prediction; predictions: {predictions:?}"
+            );
+        }
+    }
+    anyhow::ensure!(fed >= 10, "only {fed} scans in the window around the swap");
+    let mut order: Vec<&str> = predictions.values().map(String::as_str).collect();
+    order.dedup();
+    anyhow::ensure!(
+        order == ["1.0.0", "1.1.0"],
+        "versions in time order across the swap: {order:?}"
+    );
     Ok(())
 }
