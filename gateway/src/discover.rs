@@ -12,13 +12,7 @@ use ironbridge_connectors::opcua::{
 /// What the command line asked for.
 #[derive(Debug, Clone)]
 pub struct DiscoverRequest {
-    pub endpoint: String,
-    pub security: String,
-    pub mode: String,
-    pub username: Option<String>,
-    pub password_env: String,
-    pub trust_server_cert: bool,
-    pub pki_dir: PathBuf,
+    pub client: OpcUaClientArgs,
     pub max_nodes: usize,
 }
 
@@ -28,16 +22,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 impl DiscoverRequest {
     /// The session options, or what is wrong with the arguments.
     pub fn session_options(&self) -> Result<SessionOptions, String> {
-        OpcUaClientArgs {
-            endpoint: self.endpoint.clone(),
-            security: self.security.clone(),
-            mode: self.mode.clone(),
-            username: self.username.clone(),
-            password_env: self.password_env.clone(),
-            trust_server_cert: self.trust_server_cert,
-            pki_dir: self.pki_dir.clone(),
-        }
-        .session_options("ironbridge discover")
+        self.client.session_options("ironbridge discover")
     }
 }
 
@@ -140,5 +125,5 @@ pub fn run(request: DiscoverRequest) -> Result<String, GatewayError> {
         };
         GatewayError::Discover(format!("{e}{hint}"))
     })?;
-    Ok(found.machine_block(&options, &request.password_env))
+    Ok(found.machine_block(&options, &request.client.password_env))
 }

@@ -58,13 +58,15 @@ fn main() -> ExitCode {
             max_nodes,
         } => {
             let request = ironbridge::discover::DiscoverRequest {
-                endpoint,
-                security,
-                mode,
-                username,
-                password_env,
-                trust_server_cert,
-                pki_dir,
+                client: ironbridge::discover::OpcUaClientArgs {
+                    endpoint,
+                    security,
+                    mode,
+                    username,
+                    password_env,
+                    trust_server_cert,
+                    pki_dir,
+                },
                 max_nodes,
             };
             match ironbridge::discover::run(request) {

@@ -509,13 +509,15 @@ async fn opcua_discover_prints_a_machine_block_the_gateway_accepts() {
     let password_env = "IRONBRIDGE_TEST_DISCOVER_PASSWORD";
     std::env::set_var(password_env, PASSWORD);
     let request = ironbridge::discover::DiscoverRequest {
-        endpoint: spindle.endpoint(),
-        security: "Aes256Sha256RsaPss".into(),
-        mode: "SignAndEncrypt".into(),
-        username: Some(USER.into()),
-        password_env: password_env.into(),
-        trust_server_cert: true,
-        pki_dir: dir.path().join("client"),
+        client: ironbridge::discover::OpcUaClientArgs {
+            endpoint: spindle.endpoint(),
+            security: "Aes256Sha256RsaPss".into(),
+            mode: "SignAndEncrypt".into(),
+            username: Some(USER.into()),
+            password_env: password_env.into(),
+            trust_server_cert: true,
+            pki_dir: dir.path().join("client"),
+        },
         max_nodes: 20_000,
     };
     let block = tokio::task::spawn_blocking(move || ironbridge::discover::run(request))
