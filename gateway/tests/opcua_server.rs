@@ -515,3 +515,66 @@ async fn opcua_start_refuses_invalid_config_before_binding() {
         "{err}"
     );
 }
+
+/// Anything on the network can leave a certificate in `rejected/`: the
+/// folder is kept within `rejected_certs_max` files, the newest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_rejected_certificates_stay_bounded() -> anyhow::Result<()> {
+    const PASSWORD_ENV: &str = "IRONBRIDGE_TEST_OPCUA_PW_REJECTED";
+    std::env::set_var(PASSWORD_ENV, "for-the-bound-test");
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let config = OpcUaServerConfig {
+        port: free_port()?,
+        pki_dir: pki.clone(),
+        users: vec![OpcUaUserConfig {
+            username: "operator".into(),
+            password_env: PASSWORD_ENV.into(),
+            role: Role::Observer,
+        }],
+        rejected_certs_max: 3,
+        ..Default::default()
+    };
+    let server = RunningServer::start(config).await?;
+    // Six clients, each with a certificate of its own, all refused.
+    let mut newest = None;
+    for i in 0..6 {
+        let args = vec![
+            s("--url"),
+            server.url(),
+            s("--policy"),
+            s("Basic256Sha256"),
+            s("--client-pki"),
+            dir.path().join(format!("client-{i}")).display().to_string(),
+            s("--app-uri"),
+            format!("urn:ironbridge:test-client-{i}"),
+        ];
+        let answer = run_client(&args, &[]).await?;
+        assert_eq!(answer["connected"], false, "untrusted: {answer}");
+        newest = Some(format!("urn:ironbridge:test-client-{i}"));
+        // Distinct modification times for "oldest first".
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let count = || std::fs::read_dir(pki.join("rejected")).map_or(0, |d| d.count());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while count() > 3 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "rejected/ still holds {} certificates",
+            count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(count(), 3);
+    // The newest client's certificate is among those kept.
+    let newest = newest.unwrap_or_default();
+    let kept_newest = std::fs::read_dir(pki.join("rejected"))?
+        .filter_map(Result::ok)
+        .any(|e| {
+            std::fs::read(e.path())
+                .map(|der| der.windows(newest.len()).any(|w| w == newest.as_bytes()))
+                .unwrap_or(false)
+        });
+    assert!(kept_newest, "the newest refused certificate is kept");
+    server.stop().await
+}

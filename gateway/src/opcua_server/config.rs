@@ -40,6 +40,11 @@ pub struct OpcUaServerConfig {
     /// Add a SecurityPolicy None, anonymous endpoint. Only for a loopback
     /// `host` (local tools, tests); every node is read-only anyway.
     pub insecure_loopback_endpoint: bool,
+    /// Most files kept in `pki_dir/rejected/` (oldest deleted first): any
+    /// client on the network can leave a certificate there.
+    pub rejected_certs_max: usize,
+    /// Most bytes kept in `pki_dir/rejected/`.
+    pub rejected_certs_max_bytes: u64,
 }
 
 /// A username/password user. The password never sits in the file: it is read
@@ -95,6 +100,8 @@ impl Default for OpcUaServerConfig {
             allow_anonymous: false,
             users: Vec::new(),
             insecure_loopback_endpoint: false,
+            rejected_certs_max: 100,
+            rejected_certs_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -195,6 +202,13 @@ impl OpcUaServerConfig {
             }
         }
 
+        if self.rejected_certs_max == 0 || self.rejected_certs_max_bytes == 0 {
+            problems.push(Problem::new(
+                at("rejected_certs_max"),
+                "rejected_certs_max and rejected_certs_max_bytes must be at least 1 \
+                 (an administrator needs to see the certificate to trust it)",
+            ));
+        }
         if self.insecure_loopback_endpoint && !is_loopback_host(&self.host) {
             problems.push(Problem::new(
                 at("insecure_loopback_endpoint"),

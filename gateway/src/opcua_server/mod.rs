@@ -15,6 +15,7 @@
 pub mod address_space;
 pub mod config;
 pub mod nodes;
+pub mod rejected;
 pub mod server;
 
 pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPACE_URI};

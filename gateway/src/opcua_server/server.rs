@@ -220,6 +220,14 @@ pub async fn start(
         insecure_loopback_endpoint = config.insecure_loopback_endpoint,
         "OPC UA server listening"
     );
+    tokio::spawn(super::rejected::keep_bounded(
+        config.pki_dir.join("rejected"),
+        super::rejected::RejectedLimits {
+            max_files: config.rejected_certs_max,
+            max_bytes: config.rejected_certs_max_bytes,
+        },
+        cancel.child_token(),
+    ));
     let task = tokio::spawn(async move {
         match server.run_with(listener).await {
             Ok(()) => tracing::info!("OPC UA server stopped"),
