@@ -40,7 +40,7 @@ pub fn sweep(dir: &Path, limits: RejectedLimits) -> std::io::Result<usize> {
     }
     // Newest first: what is kept is what an administrator most likely
     // looks for (the client that just failed to connect).
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     let mut kept_bytes = 0u64;
     let mut deleted = 0;
     for (i, (_, len, path)) in files.iter().enumerate() {
