@@ -13,6 +13,7 @@
 //! for users with the `admin` role over SignAndEncrypt ([`nodes`]).
 
 pub mod address_space;
+pub mod auth;
 pub mod config;
 pub mod nodes;
 pub mod rejected;

@@ -131,6 +131,7 @@ pub async fn start(
 
     let mut secure_token_ids = Vec::new();
     let mut roles = HashMap::new();
+    let mut user_tokens = std::collections::BTreeMap::new();
     for (i, user) in config.users.iter().enumerate() {
         let password =
             password_from_env(&user.password_env).ok_or_else(|| GatewayError::MissingPassword {
@@ -139,15 +140,19 @@ pub async fn start(
             })?;
         let token_id = format!("user{i}");
         roles.insert(token_id.clone(), (user.username.clone(), user.role));
-        builder = builder.add_user_token(
-            token_id.clone(),
-            ServerUserToken::user_pass(user.username.clone(), password),
-        );
+        let token = ServerUserToken::user_pass(user.username.clone(), password);
+        user_tokens.insert(token_id.clone(), token.clone());
+        builder = builder.add_user_token(token_id.clone(), token);
         secure_token_ids.push(token_id);
     }
     if config.allow_anonymous {
         secure_token_ids.push(ANONYMOUS_USER_TOKEN_ID.to_string());
     }
+    // Logins are checked by our authenticator (constant-time passwords),
+    // over the same users the builder knows.
+    builder = builder.with_authenticator(Arc::new(super::auth::GatewayAuthenticator::new(
+        user_tokens,
+    )));
     let control = Arc::new(ModelControl::new(roles));
     builder = builder.with_node_manager(InMemoryNodeManagerBuilder::new(GatewayNodesBuilder::new(
         NamespaceMetadata {
