@@ -480,3 +480,23 @@ async fn cancel_drains_the_channel_and_flushes() -> Result<()> {
     assert_eq!(only_series(&series)?.samples(), expected);
     Ok(())
 }
+
+/// Stopping while the server is unreachable: what could not be delivered is
+/// counted as lost (the buffer is in memory), none of it is hidden.
+#[tokio::test]
+async fn lines_undeliverable_at_shutdown_are_counted() -> Result<()> {
+    init_logs();
+    let mut vm = VictoriaMetrics::start().await?;
+    let sink = RunningSink::start(config(&vm.url()))?;
+    sink.send((0..5).map(numbered_scan)).await?;
+    wait_for("first 5 lines written", || sink.stats.lines_written() == 5).await?;
+
+    vm.stop().await?;
+    sink.send((5..35).map(numbered_scan)).await?;
+    wait_for("30 lines buffered", || sink.stats.buffered_lines() == 30).await?;
+    let stats = within("sink stop", sink.stop()).await??;
+    assert_eq!(stats.lines_written(), 5);
+    assert_eq!(stats.lines_lost_at_shutdown(), 30);
+    assert_eq!(stats.buffered_lines(), 0);
+    Ok(())
+}

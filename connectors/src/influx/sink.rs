@@ -42,6 +42,7 @@ struct StatsCounters {
     lines_dropped_rejected: AtomicU64,
     records_unencodable: AtomicU64,
     buffered_lines: AtomicU64,
+    lines_lost_at_shutdown: AtomicU64,
 }
 
 impl InfluxSinkStats {
@@ -77,6 +78,11 @@ impl InfluxSinkStats {
     /// Lines waiting in memory now (gauge).
     pub fn buffered_lines(&self) -> u64 {
         self.0.buffered_lines.load(Ordering::Relaxed)
+    }
+    /// Lines still buffered when the sink stopped (the server unreachable
+    /// or the final flush out of time): lost, as the buffer is in memory.
+    pub fn lines_lost_at_shutdown(&self) -> u64 {
+        self.0.lines_lost_at_shutdown.load(Ordering::Relaxed)
     }
 
     fn add(counter: &AtomicU64, n: usize) {
@@ -310,6 +316,7 @@ impl<W: LineWriter> SinkTask<W> {
         // A write cut off by the deadline counts as failed.
         let settled = self.buffer.finish_batch(BatchOutcome::Failed);
         let lost = self.buffer.clear() + settled.dropped_overflow;
+        InfluxSinkStats::add(&self.stats.0.lines_lost_at_shutdown, lost);
         self.update_gauge();
         if lost > 0 {
             tracing::warn!(
