@@ -180,9 +180,10 @@ impl Gate {
         true
     }
 
-    pub fn stats(&self) -> GateStats {
+    /// Mean of `d` and its one-sided bounds (running moments: cheap).
+    fn bounds(&self) -> (f64, f64, f64) {
         let n = self.n;
-        let (mean, lower, upper) = if n == 0 {
+        if n == 0 {
             (f64::NAN, f64::NAN, f64::NAN)
         } else if n == 1 {
             (self.mean, f64::NEG_INFINITY, f64::INFINITY)
@@ -190,8 +191,14 @@ impl Gate {
             let sd = (self.m2 / (n - 1) as f64).sqrt();
             let half = self.z * sd / (n as f64).sqrt();
             (self.mean, self.mean - half, self.mean + half)
-        };
-        let decision = if n < self.config.min_samples {
+        }
+    }
+
+    /// The decision alone: constant time, for every observation (the PSI
+    /// in [`Gate::stats`] sorts the whole window).
+    pub fn decision(&self) -> GateDecision {
+        let (_, lower, upper) = self.bounds();
+        if self.n < self.config.min_samples {
             GateDecision::Pending
         } else if upper < self.config.margin {
             GateDecision::Pass
@@ -199,16 +206,21 @@ impl Gate {
             GateDecision::Fail
         } else {
             GateDecision::Pending
-        };
+        }
+    }
+
+    /// Everything, the PSI included (for publishing and reports).
+    pub fn stats(&self) -> GateStats {
+        let (mean, lower, upper) = self.bounds();
         GateStats {
             metric: self.config.metric,
-            samples: n,
+            samples: self.n,
             mean,
             lower,
             upper,
             margin: self.config.margin,
             psi: psi(&self.pairs),
-            decision,
+            decision: self.decision(),
         }
     }
 }

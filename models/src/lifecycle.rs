@@ -265,14 +265,6 @@ impl ModelLifecycle {
         self.books().versions.clone()
     }
 
-    /// The version that served before the current one, if still loaded.
-    pub fn previous_version(&self) -> Option<String> {
-        self.books()
-            .previous
-            .as_ref()
-            .map(|p| p.version.to_string())
-    }
-
     /// Reads the folder again: new version folders become Available (or
     /// Failed when their manifest is unusable), vanished ones Retired. The
     /// serving version keeps serving even if its folder goes: it was loaded

@@ -19,7 +19,6 @@
 use std::time::Instant;
 
 use crate::error::ModelError;
-use crate::gate::normal_quantile;
 use crate::manifest::ModelManifest;
 use crate::torch_backend::TorchModel;
 
@@ -298,11 +297,6 @@ pub fn latency(
     times.sort_by(f64::total_cmp);
     let at = |q: f64| times[((q * (times.len() - 1) as f64).round() as usize).min(times.len() - 1)];
     Ok((at(0.5), at(0.99)))
-}
-
-/// The z of a one-sided bound at `confidence` (re-exported for reports).
-pub fn one_sided_z(confidence: f64) -> f64 {
-    normal_quantile(confidence)
 }
 
 #[cfg(test)]

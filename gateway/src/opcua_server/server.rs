@@ -374,13 +374,7 @@ impl OpcUaPublisher {
             return;
         };
         let now = DateTime::now();
-        let good = |value: Variant| DataValue {
-            value: Some(value),
-            status: Some(StatusCode::Good),
-            source_timestamp: Some(now),
-            server_timestamp: Some(now),
-            ..DataValue::null()
-        };
+        let good = |value: Variant| status_now(value, StatusCode::Good, now);
         inner.set_values(vec![
             (
                 &nodes.active_version,
@@ -463,13 +457,7 @@ impl OpcUaPublisher {
                 nodes.get(name).map(|node| {
                     (
                         node,
-                        DataValue {
-                            value: Some(Variant::from(*value)),
-                            status: Some(StatusCode::Good),
-                            source_timestamp: Some(now),
-                            server_timestamp: Some(now),
-                            ..DataValue::null()
-                        },
+                        status_now(Variant::from(*value), StatusCode::Good, now),
                     )
                 })
             })
@@ -485,25 +473,13 @@ impl OpcUaPublisher {
             return;
         };
         let now = DateTime::now();
-        let value = |value: Variant| DataValue {
-            value: Some(value),
-            status: Some(StatusCode::Good),
-            source_timestamp: Some(now),
-            server_timestamp: Some(now),
-            ..DataValue::null()
-        };
+        let value = |value: Variant| status_now(value, StatusCode::Good, now);
         // A bound that is not finite yet (too few samples) is not a value.
         let number = |x: f64| {
             if x.is_finite() {
                 value(Variant::from(x))
             } else {
-                DataValue {
-                    value: Some(Variant::Empty),
-                    status: Some(StatusCode::UncertainInitialValue),
-                    source_timestamp: Some(now),
-                    server_timestamp: Some(now),
-                    ..DataValue::null()
-                }
+                status_now(Variant::Empty, StatusCode::UncertainInitialValue, now)
             }
         };
         inner.set_values(vec![
@@ -554,13 +530,7 @@ impl OpcUaPublisher {
             }
         }
         let now = DateTime::now();
-        let good = |value: Variant| DataValue {
-            value: Some(value),
-            status: Some(StatusCode::Good),
-            source_timestamp: Some(now),
-            server_timestamp: Some(now),
-            ..DataValue::null()
-        };
+        let good = |value: Variant| status_now(value, StatusCode::Good, now);
         let text = |value: &Option<String>| good(Variant::from(value.clone().unwrap_or_default()));
         let mut updates = Vec::with_capacity(versions.len() * 7);
         for info in versions {
@@ -597,6 +567,18 @@ impl OpcUaPublisher {
     /// Values dropped because the layout has no node for them (for metrics).
     pub fn unknown_values(&self) -> u64 {
         self.inner.unknown_values.load(Ordering::Relaxed)
+    }
+}
+
+/// A value with its status, stamped `now` as both source and server time
+/// (for values the gateway itself produces: model state, gate, drift).
+fn status_now(value: Variant, status: StatusCode, now: DateTime) -> DataValue {
+    DataValue {
+        value: Some(value),
+        status: Some(status),
+        source_timestamp: Some(now),
+        server_timestamp: Some(now),
+        ..DataValue::null()
     }
 }
 

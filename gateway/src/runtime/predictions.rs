@@ -200,12 +200,15 @@ impl PredictionCollector {
     /// Publishes the gate's statistics now and then, and acts on a decision
     /// when `auto_promote` is set: Pass activates the shadow, Fail stops it.
     fn after_observation(&self, running: &mut RunningGate, active_version: &Arc<str>) {
-        let stats = running.gate.stats();
-        let changed = stats.decision != running.decision;
+        let decision = running.gate.decision();
+        let changed = decision != running.decision;
         let due = running
             .published_at
             .is_none_or(|t| t.elapsed() >= GATE_PUBLISH_PERIOD);
         if changed || due {
+            // The full statistics (the PSI sorts the window) only when
+            // published, not for every row.
+            let stats = running.gate.stats();
             let record = Arc::new(GateRecord {
                 model: self.model.clone(),
                 active_version: active_version.clone(),
@@ -223,22 +226,21 @@ impl PredictionCollector {
             self.publisher.publish_gate(&record);
             send_to_sink(&self.sink, Record::Gate(record), &self.stats);
             running.published_at = Some(Instant::now());
+            if changed {
+                tracing::info!(
+                    model = %self.model, shadow = %running.shadow_version,
+                    decision = stats.decision.as_str(), samples = stats.samples,
+                    mean = stats.mean, lower = stats.lower, upper = stats.upper,
+                    margin = stats.margin, "gate decision"
+                );
+            }
         }
-        if changed {
-            tracing::info!(
-                model = %self.model, shadow = %running.shadow_version,
-                decision = stats.decision.as_str(), samples = stats.samples,
-                mean = stats.mean, lower = stats.lower, upper = stats.upper,
-                margin = stats.margin, "gate decision"
-            );
-            running.decision = stats.decision;
-        }
+        running.decision = decision;
         let auto = self.gate.as_ref().is_some_and(|g| g.config.auto_promote);
-        if auto && !running.acted && stats.decision != GateDecision::Pending {
+        if auto && !running.acted && decision != GateDecision::Pending {
             running.acted = true;
             let lifecycle = self.lifecycle.clone();
             let version = running.shadow_version.to_string();
-            let decision = stats.decision;
             // Loading happens in the shadow run already; activation of the
             // shadow is a swap. Still off the collector, which must not wait.
             tokio::task::spawn_blocking(move || {
