@@ -172,7 +172,9 @@ async def run(args):
         result["calls"] = calls
 
         if args.subscribe:
-            result["subscription"] = await collect_changes(client, node(args.subscribe), args.count)
+            result["subscription"] = await collect_changes(
+                client, node(args.subscribe), args.count, args.sampling_interval
+            )
     finally:
         await client.disconnect()
     return result
@@ -238,12 +240,12 @@ class Collector:
         )
 
 
-async def collect_changes(client, node, count):
+async def collect_changes(client, node, count, sampling_interval):
     """Gathers notifications until `count` distinct values arrived after the
     first one (the current value a new monitored item always reports)."""
     collector = Collector()
     sub = await client.create_subscription(100, collector)
-    await sub.subscribe_data_change(node)
+    await sub.subscribe_data_change(node, sampling_interval=sampling_interval)
     seen = []
     first = await asyncio.wait_for(collector.changes.get(), 30)
     seen.append(first)
@@ -273,6 +275,9 @@ def main():
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--subscribe")
     p.add_argument("--count", type=int, default=3)
+    # The monitored item's sampling interval in ms; -1 asks for the
+    # publishing interval (OPC UA Part 4, 7.16).
+    p.add_argument("--sampling-interval", type=float, default=0.0)
     args = p.parse_args()
     result = asyncio.run(run(args))
     json.dump(result, sys.stdout)

@@ -196,6 +196,9 @@ async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
         prediction.clone(),
         "--count".into(),
         "3".into(),
+        // "At the publishing interval", as many HMIs ask.
+        "--sampling-interval".into(),
+        "-1".into(),
     ]);
     let out = tokio::process::Command::new(venv_python()?)
         .arg(repo_root().join("tests/peers/opcua_client.py"))
@@ -356,6 +359,14 @@ async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> R
             .flat_map(|s| s.samples())
             .collect();
         samples.sort_by_key(|(t, _)| *t);
+        // Every value keeps its own acquisition time: two different values
+        // at one timestamp would overwrite each other in InfluxDB.
+        if let Some(pair) = samples
+            .windows(2)
+            .find(|pair| pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1)
+        {
+            anyhow::bail!("two values of one tag stored at one timestamp: {pair:?}");
+        }
         let stored = samples.last().map(|(_, v)| *v);
         let answer = read_gateway_nodes(&rig, std::slice::from_ref(&node)).await?;
         let served = answer["reads"][&node].clone();

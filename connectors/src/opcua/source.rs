@@ -526,8 +526,14 @@ impl OpcUaSource {
             requested_parameters: MonitoringParameters {
                 // The tag's index, so notifications map to tags without a lookup.
                 client_handle: handle_of(index),
-                // -1: the publishing interval (OPC UA Part 4, 7.16).
-                sampling_interval: tag.sampling_interval_ms.unwrap_or(-1.0),
+                // The publishing interval as a number, not -1 (which Part 4,
+                // 7.16 defines as the same): async-opcua servers (0.19)
+                // stamp every value sampled "at the publishing interval"
+                // with the SourceTimestamp of the first one, so a whole
+                // history would land on one timestamp.
+                sampling_interval: tag
+                    .sampling_interval_ms
+                    .unwrap_or(self.config.publishing_interval_ms as f64),
                 filter,
                 queue_size: tag.queue_size,
                 discard_oldest: true,
