@@ -71,6 +71,19 @@ pub struct RigOptions {
     /// The simulated spindle's bearing signature (default 1: the bearings
     /// the example model was trained on).
     pub spindle_bearing_signature: Option<f64>,
+    /// Write to this InfluxDB 1.x (`api = "v1"`) instead of the rig's
+    /// victoria-metrics.
+    pub influx_v1: Option<InfluxV1Target>,
+}
+
+/// An InfluxDB 1.x for the gateway to write to.
+#[derive(Debug, Clone, Default)]
+pub struct InfluxV1Target {
+    pub url: String,
+    pub database: String,
+    pub username: String,
+    /// Environment variable holding the password (the test sets it).
+    pub password_env: String,
 }
 
 impl GatewayRig {
@@ -247,6 +260,7 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         .clone()
         .unwrap_or_else(|| repo_root().join("models"));
     let modbus_server = at.options.modbus_server.as_deref();
+    let influx_v1 = at.options.influx_v1.as_ref();
     let mut out = String::new();
     for line in example.lines() {
         let replaced = match line.trim_start() {
@@ -257,8 +271,19 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             l if l.starts_with("pki_dir =") => {
                 format!("pki_dir = {:?}", at.pki_dir.display().to_string())
             }
-            l if l.starts_with("url = \"http://127.0.0.1:8428\"") => {
-                format!("url = {:?}", at.vm_url)
+            l if l.starts_with("url = \"http://127.0.0.1:8428\"") => match influx_v1 {
+                Some(v1) => format!("url = {:?}", v1.url),
+                None => format!("url = {:?}", at.vm_url),
+            },
+            l if l.starts_with("api = \"v2\"") => match influx_v1 {
+                Some(v1) => format!(
+                    "api = \"v1\"\ndatabase = {:?}\nusername = {:?}\npassword_env = {:?}",
+                    v1.database, v1.username, v1.password_env
+                ),
+                None => line.to_string(),
+            },
+            l if (l.starts_with("org = ") || l.starts_with("bucket = ")) && influx_v1.is_some() => {
+                format!("# {line}")
             }
             l if l.starts_with("address = \"127.0.0.1:5020\"") => {
                 format!("address = {:?}", at.sim_addr)
@@ -307,11 +332,14 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             "\n[[opcua.users]]\nusername = {username:?}\npassword_env = {env:?}\nrole = {role:?}\n"
         ));
     }
-    let mut musts = vec![
-        at.vm_url.to_string(),
-        at.sim_addr.to_string(),
-        at.spindle_endpoint.to_string(),
-    ];
+    let mut musts = vec![at.sim_addr.to_string(), at.spindle_endpoint.to_string()];
+    match influx_v1 {
+        Some(v1) => {
+            musts.push(v1.url.clone());
+            musts.push("api = \"v1\"".to_string());
+        }
+        None => musts.push(at.vm_url.to_string()),
+    }
     if let Some(address) = modbus_server {
         musts.push("\n[modbus_server]\n".to_string());
         musts.push(format!("address = {address:?}"));

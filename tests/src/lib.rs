@@ -6,6 +6,7 @@
 //! Nothing here replaces a server with a mock.
 
 pub mod gateway_rig;
+pub mod influxdb1;
 pub mod modbus_line;
 pub mod modbus_peer;
 pub mod opcua_peer;

@@ -176,8 +176,8 @@ async fn scans_and_predictions_arrive_with_acquisition_times_exact_values_and_es
     let vm = VictoriaMetrics::start().await?;
     let sink = RunningSink::start(config(&vm.url()))?;
 
-    // Space, comma, equals sign and a trailing backslash: all must survive.
-    let machine = "press 7,line=2\\";
+    // Space, comma, equals sign and a backslash: all must survive.
+    let machine = "C:\\press 7,line=2";
     let readings = vec![
         good("temp_c", TagValue::Float(21.5)),
         good("count", TagValue::Int(-3)),

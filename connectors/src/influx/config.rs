@@ -7,22 +7,62 @@ use serde::Deserialize;
 pub use crate::backoff::BackoffConfig;
 use crate::validation::Problem;
 
-/// Where and how the sink writes. The token itself never sits in the file:
-/// `token_env` names the environment variable that holds it.
+/// Which write API the server speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    /// `POST /api/v2/write?org=…&bucket=…`, token authentication: InfluxDB
+    /// 2.x and 3.x, victoria-metrics.
+    #[default]
+    V2,
+    /// `POST /write?db=…&rp=…`, user and password: InfluxDB 1.x.
+    V1,
+}
+
+impl InfluxApi {
+    /// The path writes go to.
+    pub fn write_path(self) -> &'static str {
+        match self {
+            InfluxApi::V2 => "/api/v2/write",
+            InfluxApi::V1 => "/write",
+        }
+    }
+}
+
+/// Where and how the sink writes. Secrets never sit in the file:
+/// `token_env` (v2) and `password_env` (v1) name the environment variables
+/// that hold them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxSinkConfig {
+    /// `"v2"` (default) or `"v1"` (InfluxDB 1.x).
+    #[serde(default)]
+    pub api: InfluxApi,
     /// Base URL of the server, e.g. `http://influxdb:8086`. Writes go to
-    /// `<url>/api/v2/write`.
+    /// `<url>/api/v2/write` (v2) or `<url>/write` (v1).
     pub url: String,
-    /// Organization (InfluxDB 2); servers without organizations ignore it.
+    /// Organization (v2); servers without organizations ignore it.
     #[serde(default)]
     pub org: String,
+    /// Bucket (v2 only, required there).
+    #[serde(default)]
     pub bucket: String,
-    /// Name of the environment variable holding the API token. Absent or
-    /// empty (or an empty token) means requests carry no authentication.
+    /// Name of the environment variable holding the API token (v2). Absent
+    /// or empty (or an empty token) means requests carry no authentication.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Database (v1 only, required there).
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Retention policy (v1; default: the database's default policy).
+    #[serde(default)]
+    pub retention_policy: Option<String>,
+    /// User name (v1, with `password_env`; absent: no authentication).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Name of the environment variable holding the user's password (v1).
+    #[serde(default)]
+    pub password_env: Option<String>,
     /// A batch is written once this many lines are buffered...
     #[serde(default = "default_batch_max_lines")]
     pub batch_max_lines: usize,
@@ -64,15 +104,30 @@ impl InfluxSinkConfig {
     /// A configuration with every optional key at its default.
     pub fn new(url: impl Into<String>, bucket: impl Into<String>) -> Self {
         Self {
+            api: InfluxApi::V2,
             url: url.into(),
             org: String::new(),
             bucket: bucket.into(),
             token_env: None,
+            database: None,
+            retention_policy: None,
+            username: None,
+            password_env: None,
             batch_max_lines: default_batch_max_lines(),
             flush_interval_ms: default_flush_interval_ms(),
             buffer_max_lines: default_buffer_max_lines(),
             request_timeout_ms: default_request_timeout_ms(),
             backoff: default_backoff(),
+        }
+    }
+
+    /// An InfluxDB 1.x configuration (`api = "v1"`) writing to `database`,
+    /// every optional key at its default.
+    pub fn v1(url: impl Into<String>, database: impl Into<String>) -> Self {
+        Self {
+            api: InfluxApi::V1,
+            database: Some(database.into()),
+            ..Self::new(url, "")
         }
     }
 
@@ -102,14 +157,16 @@ impl InfluxSinkConfig {
                 if url.host_str().is_none_or(str::is_empty) {
                     problems.push(Problem::new(at("url"), "has no host"));
                 }
-                // The client always posts to /api/v2/write at the root, so a
-                // path (e.g. behind a reverse proxy) would be silently ignored.
+                // The client always posts to the write path at the root, so
+                // a path (e.g. behind a reverse proxy) would be silently
+                // ignored.
                 if !matches!(url.path(), "" | "/") {
                     problems.push(Problem::new(
                         at("url"),
                         format!(
-                            "a path ({}) is not supported: writes always go to /api/v2/write",
-                            url.path()
+                            "a path ({}) is not supported: writes always go to {}",
+                            url.path(),
+                            self.api.write_path()
                         ),
                     ));
                 }
@@ -119,20 +176,96 @@ impl InfluxSinkConfig {
                 if !url.username().is_empty() || url.password().is_some() {
                     problems.push(Problem::new(
                         at("url"),
-                        "must not carry credentials: use token_env",
+                        match self.api {
+                            InfluxApi::V2 => "must not carry credentials: use token_env",
+                            InfluxApi::V1 => {
+                                "must not carry credentials: use username and password_env"
+                            }
+                        },
                     ));
                 }
             }
         }
-        if self.bucket.trim().is_empty() {
-            problems.push(Problem::new(at("bucket"), "must not be empty"));
+        match self.api {
+            InfluxApi::V2 => {
+                if self.bucket.trim().is_empty() {
+                    problems.push(Problem::new(at("bucket"), "must not be empty"));
+                }
+                let v1_only = [
+                    ("database", self.database.is_some()),
+                    ("retention_policy", self.retention_policy.is_some()),
+                    ("username", self.username.is_some()),
+                    ("password_env", self.password_env.is_some()),
+                ];
+                for (key, set) in v1_only {
+                    if set {
+                        problems.push(Problem::new(
+                            at(key),
+                            "only with api = \"v1\" (InfluxDB 1.x)",
+                        ));
+                    }
+                }
+            }
+            InfluxApi::V1 => {
+                match self.database.as_deref() {
+                    None => {
+                        problems.push(Problem::new(at("database"), "required with api = \"v1\""))
+                    }
+                    Some(db) if db.trim().is_empty() => {
+                        problems.push(Problem::new(at("database"), "must not be empty"));
+                    }
+                    Some(_) => {}
+                }
+                if self
+                    .retention_policy
+                    .as_deref()
+                    .is_some_and(|rp| rp.trim().is_empty())
+                {
+                    problems.push(Problem::new(
+                        at("retention_policy"),
+                        "must not be empty (leave it out for the database's default)",
+                    ));
+                }
+                let v2_only = [
+                    ("bucket", !self.bucket.is_empty()),
+                    ("org", !self.org.is_empty()),
+                    ("token_env", self.token_env.is_some()),
+                ];
+                for (key, set) in v2_only {
+                    if set {
+                        problems.push(Problem::new(
+                            at(key),
+                            "only with api = \"v2\" (InfluxDB 1.x writes to `database`)",
+                        ));
+                    }
+                }
+                match (&self.username, &self.password_env) {
+                    (Some(user), _) if user.trim().is_empty() => {
+                        problems.push(Problem::new(at("username"), "must not be empty"));
+                    }
+                    (Some(_), None) => {
+                        problems.push(Problem::new(at("password_env"), "required with username"))
+                    }
+                    (None, Some(_)) => {
+                        problems.push(Problem::new(at("username"), "required with password_env"))
+                    }
+                    _ => {}
+                }
+            }
         }
-        if let Some(name) = self.token_env.as_deref() {
-            if name.contains('=') || name.contains('\0') {
-                problems.push(Problem::new(
-                    at("token_env"),
-                    format!("{name:?} is not an environment variable name"),
-                ));
+        for (key, name) in [
+            ("token_env", self.token_env.as_deref()),
+            ("password_env", self.password_env.as_deref()),
+        ] {
+            if let Some(name) = name {
+                // An empty token_env means "no token" (documented above).
+                let empty_refused = key == "password_env" && name.is_empty();
+                if empty_refused || name.contains('=') || name.contains('\0') {
+                    problems.push(Problem::new(
+                        at(key),
+                        format!("{name:?} is not an environment variable name"),
+                    ));
+                }
             }
         }
         if self.batch_max_lines == 0 {
@@ -289,6 +422,74 @@ mod tests {
         };
         let problems = config.validate("x");
         assert_eq!(paths(&problems), ["x.batch_max_lines", "x.backoff.max_ms"]);
+    }
+
+    #[test]
+    fn v1_file_parses_and_validates() {
+        let config: InfluxSinkConfig = toml::from_str(
+            r#"
+            api = "v1"
+            url = "http://influx1:8086"
+            database = "plant"
+            retention_policy = "one_year"
+            username = "gateway"
+            password_env = "INFLUX_PASSWORD"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.api, InfluxApi::V1);
+        assert_eq!(config.database.as_deref(), Some("plant"));
+        assert_eq!(config.retention_policy.as_deref(), Some("one_year"));
+        assert!(config.validate("influx").is_empty());
+        assert!(InfluxSinkConfig::v1("http://h:8086", "plant")
+            .validate("influx")
+            .is_empty());
+    }
+
+    #[test]
+    fn keys_of_the_other_api_and_missing_ones_are_problems() {
+        let mut v1 = InfluxSinkConfig::v1("http://h:8086/x", " ");
+        v1.bucket = "b".into();
+        v1.org = "o".into();
+        v1.token_env = Some("T".into());
+        v1.password_env = Some(String::new());
+        v1.retention_policy = Some(String::new());
+        let problems = v1.validate("influx");
+        assert_eq!(
+            paths(&problems),
+            [
+                "influx.url",
+                "influx.database",
+                "influx.retention_policy",
+                "influx.bucket",
+                "influx.org",
+                "influx.token_env",
+                "influx.username",
+                "influx.password_env",
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[0].message.contains("/write"), "{problems:?}");
+
+        let mut v1 = InfluxSinkConfig::v1("http://h:8086", "plant");
+        v1.database = None;
+        v1.username = Some("u".into());
+        assert_eq!(
+            paths(&v1.validate("influx")),
+            ["influx.database", "influx.password_env"]
+        );
+
+        let mut v2 = InfluxSinkConfig::new("http://h:8086", "b");
+        v2.database = Some("d".into());
+        v2.username = Some("u".into());
+        let problems = v2.validate("influx");
+        assert_eq!(paths(&problems), ["influx.database", "influx.username"]);
+        assert!(problems[0].message.contains("v1"), "{problems:?}");
+
+        let unknown_api = toml::from_str::<InfluxSinkConfig>(
+            "api = \"v3\"\nurl = \"http://h\"\nbucket = \"b\"\n",
+        );
+        assert!(unknown_api.is_err());
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!   rounds them to 53 bits of mantissa;
 //! - booleans as `true` / `false`;
 //! - text as a double-quoted string field (`"` and `\` escaped);
+//! - in names (measurement, tag keys and values, field keys) `,`, `=` and
+//!   spaces are escaped and a backslash is written as it is; a name with a
+//!   backslash at its end or before one of those is refused (InfluxDB could
+//!   not read it back);
 //! - NaN and infinities are skipped: InfluxDB rejects the whole batch for them.
 
 use std::fmt::Write as _;
@@ -188,14 +192,14 @@ fn encode_line<'a>(
     time: SystemTime,
 ) -> Result<Option<String>, ConnectorError> {
     let mut line = String::with_capacity(128);
-    escape_measurement(measurement, &mut line);
+    escape_measurement(measurement, &mut line)?;
     for (key, value) in tags {
         check_identifier("tag key", key)?;
         check_identifier(key, value)?;
         line.push(',');
-        escape_key(key, &mut line);
+        escape_key("tag key", key, &mut line)?;
         line.push('=');
-        escape_key(value, &mut line);
+        escape_key(key, value, &mut line)?;
     }
     let mut field_count = 0;
     for (key, value) in fields {
@@ -204,7 +208,7 @@ fn encode_line<'a>(
         }
         check_identifier("field key", key)?;
         line.push(if field_count == 0 { ' ' } else { ',' });
-        escape_key(key, &mut line);
+        escape_key("field key", key, &mut line)?;
         line.push('=');
         write_value(&value, &mut line);
         field_count += 1;
@@ -251,27 +255,52 @@ pub fn timestamp_ns(time: SystemTime) -> Result<i64, ConnectorError> {
     }
 }
 
+const MEASUREMENT_SPECIAL: &[char] = &[',', ' '];
+const KEY_SPECIAL: &[char] = &[',', '=', ' '];
+
 /// Measurements escape commas and spaces.
-fn escape_measurement(text: &str, out: &mut String) {
-    escape(text, &[',', ' '], out);
+fn escape_measurement(text: &str, out: &mut String) -> Result<(), ConnectorError> {
+    escape("measurement", text, MEASUREMENT_SPECIAL, out)
 }
 
 /// Tag keys, tag values and field keys escape commas, equals signs and
-/// spaces.
-fn escape_key(text: &str, out: &mut String) {
-    escape(text, &[',', '=', ' '], out);
+/// spaces; `what` names the text in an error.
+fn escape_key(what: &str, text: &str, out: &mut String) -> Result<(), ConnectorError> {
+    escape(what, text, KEY_SPECIAL, out)
 }
 
-/// Besides the special characters, a backslash is doubled: the protocol reads
-/// two backslashes as one, and an undoubled trailing backslash would escape
-/// the separator that follows it (`a\` then ` ` reads as `a ` ...).
-fn escape(text: &str, special: &[char], out: &mut String) {
+/// A backslash itself is written as it is: InfluxDB (1.x and 2.x) reads
+/// `\\` in a name as two backslashes (victoria-metrics as one), and a lone
+/// one as itself everywhere. A backslash at the end, or before a character
+/// that must be escaped, is refused: InfluxDB's parser would take it as
+/// escaping what follows (its line protocol has no escape for a backslash).
+fn escape(
+    what: &str,
+    text: &str,
+    special: &[char],
+    out: &mut String,
+) -> Result<(), ConnectorError> {
+    let unreadable = || {
+        ConnectorError::Unencodable(format!(
+            "{what} {text:?} has a backslash at its end or before `,`, `=` or a space, \
+             which InfluxDB line protocol cannot carry"
+        ))
+    };
+    let mut after_backslash = false;
     for c in text.chars() {
-        if c == '\\' || special.contains(&c) {
+        if special.contains(&c) {
+            if after_backslash {
+                return Err(unreadable());
+            }
             out.push('\\');
         }
         out.push(c);
+        after_backslash = c == '\\';
     }
+    if after_backslash {
+        return Err(unreadable());
+    }
+    Ok(())
 }
 
 /// InfluxDB's limit on one string field.
@@ -292,8 +321,14 @@ fn write_value(value: &TagValue, out: &mut String) {
         },
         TagValue::Float(f) => write_float(f, out),
         TagValue::Text(ref text) => {
+            // Inside a string field both servers read `\\` and `\"`.
             out.push('"');
-            escape(text, &['"'], out);
+            for c in text.chars() {
+                if matches!(c, '"' | '\\') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
             out.push('"');
         }
     }
@@ -537,22 +572,42 @@ mod tests {
     }
 
     #[test]
-    fn tags_and_field_keys_escape_comma_equals_space_and_backslash() {
+    fn tags_and_field_keys_escape_comma_equals_and_space_and_keep_backslashes() {
         let line = encode_scan(&scan(
-            "press 7,a=b\\",
+            "C:\\press 7,a=b",
             vec![good("flow rate,l=min", TagValue::Int(1))],
         ))
         .unwrap();
         assert_eq!(
             line.as_deref(),
-            Some(r"process,machine=press\ 7\,a\=b\\ flow\ rate\,l\=min=1i 1700000000123456789")
+            Some(r"process,machine=C:\press\ 7\,a\=b flow\ rate\,l\=min=1i 1700000000123456789")
         );
+    }
+
+    #[test]
+    fn a_backslash_no_server_can_read_is_refused() {
+        for machine in ["press\\", "a\\ b", "a\\,b", "a\\=b"] {
+            let error = encode_scan(&scan(machine, vec![good("x", TagValue::Int(1))]));
+            assert!(
+                matches!(error, Err(ConnectorError::Unencodable(_))),
+                "{machine:?}: {error:?}"
+            );
+        }
+        let error = encode_scan(&scan("m", vec![good("x\\", TagValue::Int(1))]));
+        assert!(
+            matches!(error, Err(ConnectorError::Unencodable(_))),
+            "{error:?}"
+        );
+        // In a measurement `=` needs no escape, so a backslash before it is fine.
+        let mut out = String::new();
+        escape_measurement("a\\=b", &mut out).unwrap();
+        assert_eq!(out, "a\\=b");
     }
 
     #[test]
     fn measurement_escapes_comma_and_space_only() {
         let mut out = String::new();
-        escape_measurement("a b,c=d", &mut out);
+        escape_measurement("a b,c=d", &mut out).unwrap();
         assert_eq!(out, r"a\ b\,c=d");
     }
 

@@ -1,6 +1,6 @@
 //! InfluxDB sink: scans and predictions as line protocol (see README.md's
 //! contract), batched, buffered in memory through outages, written over the
-//! InfluxDB v2 write API.
+//! InfluxDB v2 or 1.x write API.
 
 pub mod buffer;
 pub mod config;
@@ -8,6 +8,6 @@ pub mod line_protocol;
 pub mod sink;
 pub mod writer;
 
-pub use config::{BackoffConfig, InfluxSinkConfig};
+pub use config::{BackoffConfig, InfluxApi, InfluxSinkConfig};
 pub use sink::{InfluxSink, InfluxSinkStats};
-pub use writer::{InfluxV2Writer, LineWriter, WriteError};
+pub use writer::{InfluxV1Writer, InfluxV2Writer, InfluxWriter, LineWriter, WriteError};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ironbridge_connectors::influx::InfluxV2Writer;
+use ironbridge_connectors::influx::InfluxWriter;
 use ironbridge_connectors::Source;
 use ironbridge_models::{
     DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest, ModelState,
@@ -67,7 +67,7 @@ impl ServedModel {
 pub(crate) struct Components {
     pub(crate) models: Vec<ServedModel>,
     pub(crate) sources: Vec<Box<dyn Source>>,
-    pub(crate) influx: Option<InfluxV2Writer>,
+    pub(crate) influx: Option<InfluxWriter>,
     pub(crate) layout: AddressSpaceLayout,
     /// Only when `[modbus_server]` is configured.
     pub(crate) register_map: Option<RegisterMap>,
@@ -97,7 +97,7 @@ impl Components {
             .influx
             .as_ref()
             .map(|influx| {
-                InfluxV2Writer::new(influx).map_err(|e| GatewayError::Machine {
+                InfluxWriter::new(influx).map_err(|e| GatewayError::Machine {
                     machine: "influx".into(),
                     source: e,
                 })
