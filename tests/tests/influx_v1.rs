@@ -317,36 +317,116 @@ async fn server_down_buffers_and_restart_delivers_everything() -> Result<()> {
 }
 
 #[tokio::test]
-async fn wrong_password_and_unknown_database_are_rejected_not_retried() -> Result<()> {
+async fn a_user_not_yet_created_keeps_the_data_until_it_is() -> Result<()> {
+    init_logs();
+    let server = InfluxDb1::start().await?;
+    server.execute("CREATE DATABASE plant").await?;
+    server
+        .execute("CREATE RETENTION POLICY long_term ON plant DURATION 5200w REPLICATION 1")
+        .await?;
+    std::env::set_var(PASSWORD_ENV, PASSWORD);
+    let sink = RunningSink::start(config(&server.url()))?;
+    sink.send((0..3).map(|i| scan("m", T0_NS + i, vec![good("seq", TagValue::Int(i))])))
+        .await?;
+    wait_for("401 answered and retried", || {
+        sink.stats.auth_failures() >= 2
+    })
+    .await?;
+    assert_eq!(sink.stats.buffered_lines(), 3);
+
+    // The administrator creates the user: everything kept arrives.
+    server
+        .execute(&format!("CREATE USER {USER} WITH PASSWORD '{PASSWORD}'"))
+        .await?;
+    server
+        .execute(&format!("GRANT WRITE ON plant TO {USER}"))
+        .await?;
+    wait_for("the 3 kept lines written", || {
+        sink.stats.lines_written() == 3
+    })
+    .await?;
+    let stored = rows(
+        &server,
+        r#"SELECT "seq" FROM "plant"."long_term"."process""#,
+    )
+    .await?;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_dropped_rejected(), 0);
+    assert_eq!(stats.lines_lost_at_shutdown(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_field_type_conflict_dead_letters_that_line_only() -> Result<()> {
     init_logs();
     let server = plant_server().await?;
+    let dir = tempfile::tempdir()?;
+    let dead_letter = dir.path().join("influx.lp");
+    let mut config = config(&server.url());
+    config.dead_letter_path = Some(dead_letter.clone());
+    config.flush_interval_ms = 300;
+    let sink = RunningSink::start(config)?;
+    let seq = |i: i64, value: TagValue| scan("m", T0_NS + i, vec![good("seq", value)]);
 
-    std::env::set_var("IRONBRIDGE_TEST_INFLUX1_WRONG", "not-the-password");
-    let mut wrong_password = config(&server.url());
-    wrong_password.password_env = Some("IRONBRIDGE_TEST_INFLUX1_WRONG".into());
+    sink.send([seq(0, TagValue::Int(0))]).await?;
+    wait_for("the first line written", || sink.stats.lines_written() == 1).await?;
+    // A PLC reconfigured: the same tag now reads as text. InfluxDB refuses
+    // the line (400, field type conflict) and writes the others.
+    sink.send([
+        seq(1, TagValue::Int(1)),
+        seq(2, TagValue::Int(2)),
+        seq(3, TagValue::Text("3".into())),
+        seq(4, TagValue::Int(4)),
+        seq(5, TagValue::Int(5)),
+    ])
+    .await?;
+    wait_for(
+        "the conflicting line dead-lettered, the rest written",
+        || sink.stats.lines_dead_lettered() == 1 && sink.stats.lines_written() == 5,
+    )
+    .await?;
+    let stored = rows(
+        &server,
+        r#"SELECT "seq" FROM "plant"."long_term"."process""#,
+    )
+    .await?;
+    let found: Vec<(i64, i64)> = stored
+        .iter()
+        .map(|r| {
+            (
+                r["time"].as_i64().unwrap_or(0),
+                r["seq"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(found, [0, 1, 2, 4, 5].map(|i| (T0_NS + i, i)).to_vec());
+    let text = std::fs::read_to_string(&dead_letter)?;
+    assert!(text.contains("field type conflict"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == format!("process,machine=m seq=\"3\" {}", T0_NS + 3)),
+        "{text}"
+    );
+    sink.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unknown_database_is_rejected_not_retried() -> Result<()> {
+    init_logs();
+    let server = plant_server().await?;
     let mut unknown_database = config(&server.url());
     unknown_database.database = Some("no_such_db".into());
     unknown_database.retention_policy = None;
-
-    for config in [wrong_password, unknown_database] {
-        let database = config.database.clone().unwrap_or_default();
-        let sink = RunningSink::start(config)?;
-        sink.send([scan("m", T0_NS, vec![good("seq", TagValue::Int(1))])])
-            .await?;
-        wait_for(&format!("rejection ({database})"), || {
-            sink.stats.batches_rejected() == 1
-        })
+    let sink = RunningSink::start(unknown_database)?;
+    sink.send([scan("m", T0_NS, vec![good("seq", TagValue::Int(1))])])
         .await?;
-        let stats = sink.stop().await?;
-        assert_eq!(stats.lines_written(), 0);
-        assert_eq!(stats.lines_dropped_rejected(), 1);
-        assert_eq!(stats.write_failures(), 0, "a rejection is not retried");
-    }
-    assert!(
-        rows(&server, r#"SELECT * FROM "plant"."long_term"."process""#)
-            .await?
-            .is_empty()
-    );
+    wait_for("rejection", || sink.stats.batches_rejected() == 1).await?;
+    let stats = sink.stop().await?;
+    assert_eq!(stats.lines_written(), 0);
+    assert_eq!(stats.lines_dropped_rejected(), 1);
+    assert_eq!(stats.write_failures(), 0, "a rejection is not retried");
     Ok(())
 }
 

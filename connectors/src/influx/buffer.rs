@@ -65,6 +65,16 @@ impl LineBuffer {
         self.lines.is_empty()
     }
 
+    /// Lines of the batch being written still in the buffer.
+    pub fn batch_len(&self) -> usize {
+        self.batch_lines
+    }
+
+    /// The lines of the batch being written still in the buffer.
+    pub fn batch(&self) -> impl Iterator<Item = &str> {
+        self.lines.iter().take(self.batch_lines).map(String::as_str)
+    }
+
     pub fn is_batch_in_flight(&self) -> bool {
         self.batch_lines > 0 || self.batch_evicted > 0
     }

@@ -1,5 +1,6 @@
 //! Configuration of the InfluxDB sink.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -79,6 +80,27 @@ pub struct InfluxSinkConfig {
     /// Retry delay after a failed write (default 500 ms doubling up to 60 s).
     #[serde(default = "default_backoff")]
     pub backoff: BackoffConfig,
+    /// gzip the request bodies (default true; every InfluxDB and
+    /// victoria-metrics accepts it).
+    #[serde(default = "default_gzip")]
+    pub gzip: bool,
+    /// Where lines the server refuses one by one go, each after a comment
+    /// with the time and the server's answer (default: `dead-letter/influx.lp`
+    /// beside the configuration file; absent in a configuration built in
+    /// code: refused lines are only logged and counted).
+    #[serde(default)]
+    pub dead_letter_path: Option<PathBuf>,
+    /// The dead-letter file's limit; beyond it refused lines are only
+    /// counted (default 16 MiB).
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
+}
+
+fn default_gzip() -> bool {
+    true
+}
+fn default_dead_letter_max_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 fn default_backoff() -> BackoffConfig {
@@ -118,6 +140,9 @@ impl InfluxSinkConfig {
             buffer_max_lines: default_buffer_max_lines(),
             request_timeout_ms: default_request_timeout_ms(),
             backoff: default_backoff(),
+            gzip: default_gzip(),
+            dead_letter_path: None,
+            dead_letter_max_bytes: default_dead_letter_max_bytes(),
         }
     }
 

@@ -10,4 +10,4 @@ pub mod writer;
 
 pub use config::{BackoffConfig, InfluxApi, InfluxSinkConfig};
 pub use sink::{InfluxSink, InfluxSinkStats};
-pub use writer::{InfluxV1Writer, InfluxV2Writer, InfluxWriter, LineWriter, WriteError};
+pub use writer::{InfluxWriter, LineWriter, WriteError};

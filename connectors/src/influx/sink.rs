@@ -27,6 +27,10 @@ pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 /// so a long outage does not flood the log.
 const LOSS_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The longest Retry-After honoured; a server asking for more is retried
+/// after this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 /// Counters of one sink, cheap to clone and read from anywhere (metrics,
 /// health, tests).
 #[derive(Debug, Clone, Default)]
@@ -43,6 +47,9 @@ struct StatsCounters {
     records_unencodable: AtomicU64,
     buffered_lines: AtomicU64,
     lines_lost_at_shutdown: AtomicU64,
+    lines_dead_lettered: AtomicU64,
+    auth_failures: AtomicU64,
+    batches_split: AtomicU64,
 }
 
 impl InfluxSinkStats {
@@ -55,7 +62,7 @@ impl InfluxSinkStats {
         self.0.batches_written.load(Ordering::Relaxed)
     }
     /// Write attempts that failed in a retryable way (unreachable, timeout,
-    /// 5xx, 429); the batch was kept.
+    /// 5xx, 429, 401/403); the batch was kept.
     pub fn write_failures(&self) -> u64 {
         self.0.write_failures.load(Ordering::Relaxed)
     }
@@ -85,6 +92,22 @@ impl InfluxSinkStats {
         self.0.lines_lost_at_shutdown.load(Ordering::Relaxed)
     }
 
+    /// Lines the server refused one by one (400/422, or 413 alone), put in
+    /// the dead-letter file (or, past its limit or without one, only
+    /// logged).
+    pub fn lines_dead_lettered(&self) -> u64 {
+        self.0.lines_dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Writes answered 401 or 403; their batches were kept.
+    pub fn auth_failures(&self) -> u64 {
+        self.0.auth_failures.load(Ordering::Relaxed)
+    }
+    /// Batches split in two after a 400, 422 or 413 to isolate what the
+    /// server refused.
+    pub fn batches_split(&self) -> u64 {
+        self.0.batches_split.load(Ordering::Relaxed)
+    }
+
     fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -94,11 +117,15 @@ impl InfluxSinkStats {
 ///
 /// Lines accumulate in a bounded in-memory buffer; a batch is written when
 /// `batch_max_lines` are buffered or the oldest has waited
-/// `flush_interval_ms`. A batch that failed in a retryable way stays at the
-/// head of the buffer and is retried with capped exponential backoff and
-/// jitter, while new records keep being accepted; when the buffer is full the
-/// oldest lines are dropped and counted. A rejected batch is logged with the
-/// server's answer, counted and dropped.
+/// `flush_interval_ms`. Every answer has its action ([`WriteError`]): a
+/// batch that failed in a retryable way (or with 401/403, raised as an
+/// alarm) stays at the head of the buffer and is retried with capped
+/// exponential backoff and jitter, no sooner than a Retry-After, while new
+/// records keep being accepted; when the buffer is full the oldest lines are
+/// dropped and counted. A batch refused for its content (400, 422, 413) is
+/// split in halves until the refused line is alone, which goes to the
+/// dead-letter file. A batch rejected otherwise is logged with the server's
+/// answer, counted and dropped.
 pub struct InfluxSink;
 
 impl InfluxSink {
@@ -123,6 +150,9 @@ impl InfluxSink {
             retry_at: None,
             overflow_warned_at: None,
             unencodable_warned_at: None,
+            split_limit: None,
+            dead_letter_bytes: None,
+            auth_alarm: false,
         };
         let handle = tokio::spawn(task.run(rx, cancel));
         (stats, handle)
@@ -145,6 +175,12 @@ struct SinkTask<W> {
     backoff: Backoff,
     overflow_warned_at: Option<Instant>,
     unencodable_warned_at: Option<Instant>,
+    /// While isolating a refused line: the size of the next batches.
+    split_limit: Option<usize>,
+    /// Size of the dead-letter file, read on first use.
+    dead_letter_bytes: Option<u64>,
+    /// A 401/403 alarm is raised (logged once until a write succeeds).
+    auth_alarm: bool,
 }
 
 impl<W: LineWriter> SinkTask<W> {
@@ -215,7 +251,8 @@ impl<W: LineWriter> SinkTask<W> {
     }
 
     fn start_write(&mut self) -> Option<WriteFuture> {
-        let body = self.buffer.start_batch(self.config.batch_max_lines)?;
+        let max_lines = self.split_limit.unwrap_or(self.config.batch_max_lines);
+        let body = self.buffer.start_batch(max_lines)?;
         self.retry_at = None;
         self.flush_at = None;
         let writer = Arc::clone(&self.writer);
@@ -225,7 +262,9 @@ impl<W: LineWriter> SinkTask<W> {
     /// Books the outcome of the batch being written. Returns whether the
     /// failure was retryable.
     fn settle(&mut self, result: Result<(), WriteError>) -> bool {
-        let counters = &self.stats.0;
+        let stats = self.stats.clone();
+        let counters = &stats.0;
+        let batch_len = self.buffer.batch_len();
         let retryable = match result {
             Ok(()) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Delivered);
@@ -238,6 +277,33 @@ impl<W: LineWriter> SinkTask<W> {
                         "InfluxDB write succeeded again"
                     );
                 }
+                self.backoff.reset();
+                if self.auth_alarm {
+                    self.auth_alarm = false;
+                    tracing::info!("InfluxDB accepts the gateway's credentials again");
+                }
+                false
+            }
+            Err(WriteError::BadLines(reason) | WriteError::TooLarge(reason)) if batch_len > 1 => {
+                // Halve until the refused line is alone; the good halves
+                // are written on the way (a line written twice overwrites
+                // itself: same series, same timestamp).
+                let settled = self.buffer.finish_batch(BatchOutcome::Failed);
+                self.count_overflow(settled.dropped_overflow);
+                InfluxSinkStats::add(&counters.batches_split, 1);
+                let half = batch_len.div_ceil(2);
+                tracing::debug!(lines = batch_len, next = half, server_answer = %reason, "InfluxDB refused a batch; splitting it");
+                self.split_limit = Some(half);
+                false
+            }
+            Err(WriteError::BadLines(reason) | WriteError::TooLarge(reason)) => {
+                let line = self.buffer.batch().next().map(str::to_string);
+                let settled = self.buffer.finish_batch(BatchOutcome::Rejected);
+                InfluxSinkStats::add(&counters.lines_dead_lettered, settled.settled);
+                if let Some(line) = line {
+                    self.dead_letter(&line, &reason);
+                }
+                self.split_limit = None;
                 self.backoff.reset();
                 false
             }
@@ -254,14 +320,34 @@ impl<W: LineWriter> SinkTask<W> {
                 self.backoff.reset();
                 false
             }
-            Err(WriteError::Retryable(reason)) => {
+            Err(
+                error @ (WriteError::Retryable(_)
+                | WriteError::Throttled { .. }
+                | WriteError::Unauthorized(_)),
+            ) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Failed);
                 InfluxSinkStats::add(&counters.write_failures, 1);
                 self.count_overflow(settled.dropped_overflow);
-                let delay = self.backoff.next_delay();
+                let mut delay = self.backoff.next_delay();
+                if let WriteError::Throttled { retry_after, .. } = &error {
+                    // The server's word, within reason.
+                    delay = delay.max((*retry_after).min(MAX_RETRY_AFTER));
+                }
                 self.retry_at = Some(Instant::now() + delay);
+                if let WriteError::Unauthorized(reason) = &error {
+                    InfluxSinkStats::add(&counters.auth_failures, 1);
+                    if !self.auth_alarm {
+                        self.auth_alarm = true;
+                        tracing::error!(
+                            server_answer = %reason,
+                            buffered = self.buffer.len(),
+                            "ALARM: InfluxDB refuses the gateway's credentials; data is kept and \
+                             retried, and lost only when the buffer overflows"
+                        );
+                    }
+                }
                 tracing::warn!(
-                    error = %reason,
+                    error = %error,
                     attempt = self.backoff.failures(),
                     retry_in = ?delay,
                     buffered = self.buffer.len(),
@@ -275,6 +361,49 @@ impl<W: LineWriter> SinkTask<W> {
         }
         self.update_gauge();
         retryable
+    }
+
+    /// Appends a refused line to the dead-letter file after a comment with
+    /// the time and the server's answer; past the file's limit (or without
+    /// one) the line is only logged.
+    fn dead_letter(&mut self, line: &str, reason: &str) {
+        let written = self.config.dead_letter_path.as_deref().and_then(|path| {
+            let size = *self.dead_letter_bytes.get_or_insert_with(|| {
+                std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+            });
+            let answer = reason.replace(['\n', '\r'], " ");
+            let entry = format!(
+                "# {} {answer}\n{line}\n",
+                httpdate::fmt_http_date(std::time::SystemTime::now())
+            );
+            if size + entry.len() as u64 > self.config.dead_letter_max_bytes {
+                return None;
+            }
+            match append(path, &entry) {
+                Ok(()) => {
+                    self.dead_letter_bytes = Some(size + entry.len() as u64);
+                    Some(path)
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot write the dead-letter file");
+                    None
+                }
+            }
+        });
+        match written {
+            Some(path) => tracing::error!(
+                server_answer = %reason,
+                dead_letter = %path.display(),
+                total = self.stats.lines_dead_lettered(),
+                "InfluxDB refused a line; it is in the dead-letter file"
+            ),
+            None => tracing::error!(
+                server_answer = %reason,
+                line,
+                total = self.stats.lines_dead_lettered(),
+                "InfluxDB refused a line; dropped (no room in a dead-letter file)"
+            ),
+        }
     }
 
     fn count_overflow(&mut self, dropped: usize) {
@@ -305,7 +434,10 @@ impl<W: LineWriter> SinkTask<W> {
             if let Some(write) = in_flight {
                 self.settle(write.await);
             }
-            while let Some(body) = self.buffer.start_batch(self.config.batch_max_lines) {
+            while let Some(body) = self
+                .buffer
+                .start_batch(self.split_limit.unwrap_or(self.config.batch_max_lines))
+            {
                 let result = self.writer.write(body).await;
                 if self.settle(result) {
                     break;
@@ -331,6 +463,18 @@ impl<W: LineWriter> SinkTask<W> {
             );
         }
     }
+}
+
+fn append(path: &std::path::Path, entry: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(entry.as_bytes())
 }
 
 /// True (and restarts the interval) if the last warning is old enough.

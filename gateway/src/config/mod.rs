@@ -138,6 +138,13 @@ impl GatewayConfig {
             let mut config = config;
             config.source_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
             config.opcua.pki_dir = resolve(file, &config.opcua.pki_dir);
+            if let Some(influx) = &mut config.influx {
+                let path = influx
+                    .dead_letter_path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("dead-letter/influx.lp"));
+                influx.dead_letter_path = Some(resolve(file, &path));
+            }
             for machine in &mut config.machines {
                 if let MachineConfig::OpcUa(c) = machine {
                     // One client certificate for every OPC UA machine, kept
