@@ -21,7 +21,8 @@ data="$root/demo-data"
 
 log() { printf '[demo] %s\n' "$*" >&2; }
 
-for port in $VM_PORT $SIM_PORT $SPINDLE_PORT $OPCUA_PORT; do
+# 9184: [http] in config/example.toml (health and metrics).
+for port in $VM_PORT $SIM_PORT $SPINDLE_PORT $OPCUA_PORT 9184; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     log "port $port on 127.0.0.1 is already in use; stop what uses it (maybe an earlier demo) and retry"
     exit 1
@@ -115,6 +116,7 @@ IronBridge demo is running.
   Store (InfluxDB v2 write API, victoria-metrics): http://127.0.0.1:$VM_PORT/
   Predictions     : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query=prediction_bearing_wear'
   Process values  : curl -s 'http://127.0.0.1:$VM_PORT/api/v1/query?query={__name__=~"process_.*"}'
+  Health, metrics : curl -s http://127.0.0.1:9184/ready ; curl -s http://127.0.0.1:9184/metrics
   Machines        : pump-1 (Modbus TCP, 127.0.0.1:$SIM_PORT), spindle-1 (OPC UA, opc.tcp://127.0.0.1:$SPINDLE_PORT/)
   Find variables  : IRONBRIDGE_PASSWORD=$IRONBRIDGE_SPINDLE_PASSWORD target/release/ironbridge discover opc.tcp://127.0.0.1:$SPINDLE_PORT/ --username operator --trust-server-cert --pki-dir $data/pki/client
   Model versions  : IRONBRIDGE_PASSWORD=$IRONBRIDGE_ADMIN_PASSWORD target/release/ironbridge model shadow|activate|rollback|unshadow

@@ -5,7 +5,8 @@
 #
 #   - Debian packages: victoria-metrics (an InfluxDB-v2-write-API store used by
 #     the demo and the tests), influxdb (a real InfluxDB 1.x for the tests of
-#     `api = "v1"`), socat (pseudo-terminal pairs: the serial line
+#     `api = "v1"`), prometheus (scrapes the gateway's /metrics in the
+#     tests), socat (pseudo-terminal pairs: the serial line
 #     of the Modbus RTU tests), and python3-venv where python3 lacks ensurepip
 #   - .venv/: a Python virtual environment with torch (pinned to the libtorch
 #     version `tch` links against), asyncua and pymodbus (independent protocol
@@ -30,7 +31,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-debian_packages=(victoria-metrics influxdb socat)
+debian_packages=(victoria-metrics influxdb prometheus socat)
 # Debian's own python3 makes venvs only with python3-venv (ensurepip).
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   debian_packages+=(python3-venv)
@@ -50,6 +51,7 @@ fi
 # use their own ports, so it is harmless, but say so once.
 command -v victoria-metrics >/dev/null || { log "victoria-metrics not on PATH after install"; exit 1; }
 command -v influxd >/dev/null || { log "influxd not on PATH after install"; exit 1; }
+command -v prometheus >/dev/null || { log "prometheus not on PATH after install"; exit 1; }
 command -v socat >/dev/null || { log "socat not on PATH after install"; exit 1; }
 
 venv="$root/.venv"

@@ -7,7 +7,7 @@
 //! configuration into a boxed source; nothing else in the gateway names a
 //! protocol.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -51,6 +51,8 @@ struct SourceCounters {
     reconnects: AtomicU64,
     outages: AtomicU64,
     device_errors: AtomicU64,
+    /// The machine answers now (a scan got through, or a session is open).
+    up: AtomicBool,
 }
 
 impl SourceStats {
@@ -78,6 +80,16 @@ impl SourceStats {
     /// codes, OPC UA bad status codes of single values.
     pub fn device_errors(&self) -> u64 {
         self.0.device_errors.load(Ordering::Relaxed)
+    }
+
+    /// Whether the machine answers now: set when a link or session is
+    /// up (or a poll got an answer), cleared when it is lost. False until
+    /// the first contact.
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::Relaxed)
+    }
+    pub fn set_up(&self, up: bool) {
+        self.0.up.store(up, Ordering::Relaxed);
     }
 
     pub fn count_scan(&self) {

@@ -52,6 +52,14 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("invalid [http] configuration: {}", join_problems(.0))]
+    HttpConfig(Vec<Problem>),
+    #[error("health and metrics server ([http] address) cannot listen on {addr}: {source}")]
+    HttpBind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn join_problems(problems: &[Problem]) -> String {

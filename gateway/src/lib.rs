@@ -9,6 +9,7 @@ pub mod config;
 pub mod discover;
 pub mod error;
 pub mod features;
+pub mod http;
 pub mod modbus_server;
 pub mod model_cli;
 pub mod model_verify;

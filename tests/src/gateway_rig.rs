@@ -190,6 +190,19 @@ impl GatewayRig {
         })
     }
 
+    /// The gateway's own count of scans from `machine`.
+    pub fn gateway_source_scans(&self, machine: &str) -> Option<u64> {
+        self.gateway
+            .as_ref()
+            .and_then(|g| g.source_stats.get(machine))
+            .map(|s| s.scans())
+    }
+
+    /// Where the gateway serves /health, /ready and /metrics.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway.as_ref().and_then(|g| g.http_addr)
+    }
+
     pub fn opcua_url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.opcua_port)
     }
@@ -315,6 +328,10 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
                     at.options.bearing_wear_drift_window_s.unwrap_or(86_400)
                 )
             }
+            // Port 0: several rigs run at once.
+            l if l.starts_with("address = \"127.0.0.1:9184\"") => {
+                "address = \"127.0.0.1:0\"".to_string()
+            }
             "# [modbus_server]" if modbus_server.is_some() => "[modbus_server]".to_string(),
             l if l.starts_with("# address = \"127.0.0.1:5502\"") => match modbus_server {
                 Some(address) => format!("address = {address:?}"),
@@ -332,7 +349,11 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             "\n[[opcua.users]]\nusername = {username:?}\npassword_env = {env:?}\nrole = {role:?}\n"
         ));
     }
-    let mut musts = vec![at.sim_addr.to_string(), at.spindle_endpoint.to_string()];
+    let mut musts = vec![
+        at.sim_addr.to_string(),
+        at.spindle_endpoint.to_string(),
+        "address = \"127.0.0.1:0\"".to_string(),
+    ];
     match influx_v1 {
         Some(v1) => {
             musts.push(v1.url.clone());

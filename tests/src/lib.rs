@@ -14,5 +14,6 @@ pub mod opcua_probe;
 pub mod paths;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod tcp_proxy;
 pub mod victoria;

@@ -96,6 +96,7 @@ async fn an_unreachable_machine_turns_bad_and_recovers_while_another_keeps_flowi
         },
         influx: None,
         modbus_server: None,
+        http: None,
         machines: vec![MachineConfig::ModbusTcp(a), MachineConfig::ModbusTcp(b)],
         models: Vec::new(),
     };

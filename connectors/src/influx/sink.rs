@@ -50,6 +50,8 @@ struct StatsCounters {
     lines_dead_lettered: AtomicU64,
     auth_failures: AtomicU64,
     batches_split: AtomicU64,
+    /// The last write attempt failed and its batch waits for a retry.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl InfluxSinkStats {
@@ -106,6 +108,12 @@ impl InfluxSinkStats {
     /// server refused.
     pub fn batches_split(&self) -> u64 {
         self.0.batches_split.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last write attempt failed in a way that keeps the data
+    /// (unreachable, 5xx, 401/403...): the server is not taking data now.
+    pub fn is_failing(&self) -> bool {
+        self.0.failing.load(Ordering::Relaxed)
     }
 
     fn add(counter: &AtomicU64, n: usize) {
@@ -265,6 +273,13 @@ impl<W: LineWriter> SinkTask<W> {
         let stats = self.stats.clone();
         let counters = &stats.0;
         let batch_len = self.buffer.batch_len();
+        let keeps_data = matches!(
+            result,
+            Err(WriteError::Retryable(_)
+                | WriteError::Throttled { .. }
+                | WriteError::Unauthorized(_))
+        );
+        counters.failing.store(keeps_data, Ordering::Relaxed);
         let retryable = match result {
             Ok(()) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Delivered);

@@ -188,12 +188,14 @@ impl ModbusSource {
                         }
                     }
                     backoff.reset();
+                    self.stats.set_up(true);
                     self.stats.count_scan();
                     if !send(&self.machine, scan, &out, &cancel).await {
                         return;
                     }
                 }
                 PollEnd::Unreachable(failure, status) => {
+                    self.stats.set_up(false);
                     if status.is_none() {
                         self.stats.count_link_failure();
                     }

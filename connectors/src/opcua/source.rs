@@ -163,7 +163,9 @@ impl OpcUaSource {
                     ever_connected = true;
                     outage_reported = false;
                     backoff.reset();
+                    self.stats.set_up(true);
                     let end = self.serve(&live, &out, &cancel, &mut reported).await;
+                    self.stats.set_up(false);
                     live.close().await;
                     match end {
                         SessionEnd::Stop => return,

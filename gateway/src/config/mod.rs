@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub use model::{DeviceSetting, DriftConfig, ModelConfig};
 pub use source_map::SourceMap;
 
+use crate::http::HttpConfig;
 use crate::modbus_server::{map as modbus_map, ModbusServerConfig};
 use crate::opcua_server::OpcUaServerConfig;
 
@@ -43,6 +44,8 @@ pub struct GatewayConfig {
     pub influx: Option<InfluxSinkConfig>,
     /// Absent: no Modbus server.
     pub modbus_server: Option<ModbusServerConfig>,
+    /// Absent: no health and metrics endpoint.
+    pub http: Option<HttpConfig>,
     pub machines: Vec<MachineConfig>,
     pub models: Vec<ModelConfig>,
 }
@@ -53,7 +56,14 @@ pub use ironbridge_connectors::SourceConfig as MachineConfig;
 
 /// Protocols a `[[machines]]` entry may name.
 const PROTOCOLS: &[&str] = SourceConfig::PROTOCOLS;
-const SECTIONS: &[&str] = &["opcua", "influx", "modbus_server", "machines", "models"];
+const SECTIONS: &[&str] = &[
+    "opcua",
+    "influx",
+    "modbus_server",
+    "http",
+    "machines",
+    "models",
+];
 
 /// A problem with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +235,9 @@ impl SectionReader {
         let modbus_server = root
             .remove("modbus_server")
             .and_then(|v| self.section::<ModbusServerConfig>(v, "modbus_server"));
+        let http = root
+            .remove("http")
+            .and_then(|v| self.section::<HttpConfig>(v, "http"));
         let machines = match root.remove("machines") {
             Some(toml::Value::Array(items)) => {
                 let read: Vec<(usize, MachineConfig)> = items
@@ -270,10 +283,14 @@ impl SectionReader {
             opcua: opcua.unwrap_or_default(),
             influx,
             modbus_server,
+            http,
             machines,
             models,
         };
         self.problems.extend(config.opcua.validate("opcua"));
+        if let Some(http) = &config.http {
+            self.problems.extend(http.validate("http"));
+        }
         if let Some(influx) = &config.influx {
             self.problems.extend(influx.validate("influx"));
         }

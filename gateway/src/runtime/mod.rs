@@ -26,6 +26,7 @@
 //! InfluxDB sink drain and flush before they exit.
 
 mod build;
+pub(crate) use build::ServedModel;
 mod drift;
 mod fan_out;
 mod predictions;
@@ -45,6 +46,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
+use crate::http::{GatewayProbe, HttpServer};
 use crate::modbus_server::ModbusServer;
 use crate::opcua_server;
 use crate::GatewayError;
@@ -91,6 +93,10 @@ pub struct Gateway {
     pub opcua_endpoint: String,
     /// Where the Modbus server listens (the actual port if 0 was configured).
     pub modbus_server_addr: Option<SocketAddr>,
+    /// Where health and metrics are served (the actual port if 0 was
+    /// configured).
+    pub http_addr: Option<SocketAddr>,
+    http_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -117,6 +123,12 @@ impl Gateway {
             (Some(c), Some(map)) => Some(ModbusServer::bind(c, map).await?),
             _ => None,
         };
+
+        let http_server = match &config.http {
+            Some(c) => Some(HttpServer::bind(c).await?),
+            None => None,
+        };
+        let http_addr = http_server.as_ref().map(HttpServer::local_addr);
 
         let (publisher, opcua_task) =
             opcua_server::start(&config.opcua, &layout, &lifecycles, cancel.child_token()).await?;
@@ -234,6 +246,19 @@ impl Gateway {
                 cancel.child_token(),
             ));
         }
+        let http_task = http_server.map(|server| {
+            let probe = GatewayProbe {
+                started: std::time::Instant::now(),
+                sources: source_stats
+                    .iter()
+                    .map(|(m, s)| (m.clone(), s.clone()))
+                    .collect(),
+                sink: sink_stats.clone(),
+                models: models.clone(),
+                fan_out: stats.clone(),
+            };
+            server.serve(probe, cancel.child_token())
+        });
         tasks.spawn(status::publish_model_status(
             publisher,
             models,
@@ -251,6 +276,7 @@ impl Gateway {
             models = config.models.len(),
             opcua = %opcua_endpoint,
             modbus = %modbus_server_addr.map_or_else(|| "(none)".to_string(), |a| a.to_string()),
+            http = %http_addr.map_or_else(|| "(none)".to_string(), |a| format!("http://{a}/metrics")),
             influx = config.influx.as_ref().map(|i| i.url.as_str()).unwrap_or("(none)"),
             "gateway running"
         );
@@ -265,6 +291,8 @@ impl Gateway {
             sink_stats,
             opcua_endpoint,
             modbus_server_addr,
+            http_addr,
+            http_task,
         })
     }
 
@@ -282,6 +310,9 @@ impl Gateway {
         let _ = self.opcua_task.await;
         if let Some(modbus) = self.modbus_task.take() {
             let _ = modbus.await;
+        }
+        if let Some(http) = self.http_task.take() {
+            let _ = http.await;
         }
     }
 }

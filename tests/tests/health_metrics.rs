@@ -1,0 +1,132 @@
+//! `[http]`: /health, /ready and /metrics of the example gateway, scraped
+//! by a real Prometheus (Debian's `prometheus`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ironbridge_tests::gateway_rig::{GatewayRig, MACHINE, MODEL, SPINDLE};
+use ironbridge_tests::prometheus::Prometheus;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn get(url: &str) -> Result<(u16, String)> {
+    let response = reqwest::get(url).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// Polls `probe` until it returns `Some`; fails with `what` after
+/// [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = probe().await? {
+            return Ok(found);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<()> {
+    let mut rig = GatewayRig::start(200, 200).await?;
+    let addr = rig.http_addr().context("the example serves [http]")?;
+    assert!(addr.ip().is_loopback());
+    let base = format!("http://{addr}");
+
+    let (status, body) = get(&format!("{base}/health")).await?;
+    assert_eq!(status, 200, "{body}");
+
+    // Ready once both machines answer, the store takes data and the models
+    // serve.
+    eventually("/ready 200", || async {
+        let (status, body) = get(&format!("{base}/ready")).await?;
+        Ok((status == 200).then_some(body))
+    })
+    .await?;
+
+    let prometheus = Prometheus::scraping(&[addr]).await?;
+    let scans = eventually("scans scraped", || async {
+        let found = prometheus
+            .query(&format!(
+                r#"ironbridge_source_scans_total{{machine="{MACHINE}"}}"#
+            ))
+            .await?;
+        Ok(found.first().map(|(_, v)| *v).filter(|v| *v > 0.0))
+    })
+    .await?;
+    // Prometheus holds what the gateway counted (it only grows after).
+    let now = rig.gateway_source_scans(MACHINE).context("pump stats")?;
+    assert!(scans <= now as f64, "scraped {scans}, gateway {now}");
+    for (query, wanted) in [
+        (
+            format!(r#"ironbridge_source_up{{machine="{SPINDLE}"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"ironbridge_source_up{{machine="{MACHINE}"}}"#),
+            1.0,
+        ),
+        ("ironbridge_sink_up".to_string(), 1.0),
+        (
+            format!(r#"ironbridge_model_state{{model="{MODEL}",state="Serving"}}"#),
+            1.0,
+        ),
+        (
+            r#"ironbridge_sink_points_dropped_total{reason="overflow"}"#.to_string(),
+            0.0,
+        ),
+    ] {
+        let found = prometheus.query(&query).await?;
+        assert_eq!(
+            found.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            [wanted],
+            "{query}: {found:?}\n{}",
+            prometheus.log()
+        );
+    }
+    let written = prometheus
+        .query("ironbridge_sink_lines_written_total")
+        .await?;
+    assert!(
+        written.first().is_some_and(|(_, v)| *v > 0.0),
+        "{written:?}"
+    );
+
+    // The spindle goes away: /ready names it, Prometheus sees it down.
+    rig.stop_spindle();
+    let body = eventually("/ready 503", || async {
+        let (status, body) = get(&format!("{base}/ready")).await?;
+        Ok((status == 503).then_some(body))
+    })
+    .await?;
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(answer["ready"], false, "{answer}");
+    let components: Vec<&str> = answer["not_ready"]
+        .as_array()
+        .context("not_ready")?
+        .iter()
+        .filter_map(|n| n["component"].as_str())
+        .collect();
+    assert_eq!(components, [format!("machine {SPINDLE}")], "{answer}");
+    eventually("spindle down in Prometheus", || async {
+        let found = prometheus
+            .query(&format!(r#"ironbridge_source_up{{machine="{SPINDLE}"}}"#))
+            .await?;
+        Ok(found.first().filter(|(_, v)| *v == 0.0).map(|_| ()))
+    })
+    .await?;
+
+    let (status, _) = get(&format!("{base}/nothing-here")).await?;
+    assert_eq!(status, 404);
+    rig.stop().await;
+    Ok(())
+}
