@@ -198,6 +198,31 @@ impl GatewayRig {
             .map(|s| s.scans())
     }
 
+    /// Reads `paths` (below `Objects/IronBridge`) from the gateway's OPC UA
+    /// server with the independent asyncua client
+    /// (`tests/peers/opcua_client.py`); the answer's `reads` maps each path
+    /// to its value and status.
+    pub async fn read_opcua(&self, paths: &[String]) -> Result<serde_json::Value> {
+        let mut args: Vec<String> = vec!["--url".into(), self.opcua_url()];
+        for path in paths {
+            args.push("--read".into());
+            args.push(path.clone());
+        }
+        let out = tokio::process::Command::new(crate::paths::venv_python()?)
+            .arg(repo_root().join("tests/peers/opcua_client.py"))
+            .args(&args)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "opcua_client.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        anyhow::ensure!(answer["connected"] == true, "{answer}");
+        Ok(answer)
+    }
+
     /// Where the gateway serves /health, /ready and /metrics.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.gateway.as_ref().and_then(|g| g.http_addr)

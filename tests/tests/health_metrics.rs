@@ -1,5 +1,6 @@
 //! `[http]`: /health, /ready and /metrics of the example gateway, scraped
-//! by a real Prometheus (Debian's `prometheus`).
+//! by a real Prometheus (Debian's `prometheus`), and the same state under
+//! `Gateway/` in OPC UA.
 
 use std::time::Duration;
 
@@ -101,6 +102,42 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         "{written:?}"
     );
 
+    // The same state in OPC UA, beside the machines.
+    let gateway_nodes = [
+        "Gateway/Version".to_string(),
+        "Gateway/Ready".to_string(),
+        "Gateway/NotReady".to_string(),
+        "Gateway/UptimeSeconds".to_string(),
+        format!("Gateway/Machines/{SPINDLE}/Up"),
+        "Gateway/Sink/State".to_string(),
+    ];
+    let answer = eventually("Gateway/Ready true in OPC UA", || async {
+        let answer = rig.read_opcua(&gateway_nodes).await?;
+        Ok((answer["reads"]["Gateway/Ready"]["value"] == true).then_some(answer))
+    })
+    .await?;
+    let reads = &answer["reads"];
+    assert_eq!(
+        reads["Gateway/Version"]["value"],
+        env!("CARGO_PKG_VERSION"),
+        "{answer}"
+    );
+    assert_eq!(
+        reads[format!("Gateway/Machines/{SPINDLE}/Up")]["value"],
+        true,
+        "{answer}"
+    );
+    assert_eq!(
+        reads["Gateway/Sink/State"]["value"], "Delivering",
+        "{answer}"
+    );
+    assert!(
+        reads["Gateway/UptimeSeconds"]["value"]
+            .as_f64()
+            .is_some_and(|u| u > 0.0),
+        "{answer}"
+    );
+
     // The spindle goes away: /ready names it, Prometheus sees it down.
     rig.stop_spindle();
     let body = eventually("/ready 503", || async {
@@ -117,6 +154,26 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         .filter_map(|n| n["component"].as_str())
         .collect();
     assert_eq!(components, [format!("machine {SPINDLE}")], "{answer}");
+    let answer = eventually("Gateway/Ready false in OPC UA", || async {
+        let answer = rig.read_opcua(&gateway_nodes).await?;
+        Ok((answer["reads"]["Gateway/Ready"]["value"] == false).then_some(answer))
+    })
+    .await?;
+    let reads = &answer["reads"];
+    assert_eq!(
+        reads[format!("Gateway/Machines/{SPINDLE}/Up")]["value"],
+        false,
+        "{answer}"
+    );
+    let spindle_named = format!("machine {SPINDLE}:");
+    assert!(
+        reads["Gateway/NotReady"]["value"]
+            .as_array()
+            .is_some_and(|a| a
+                .iter()
+                .any(|v| v.as_str().is_some_and(|s| s.starts_with(&spindle_named)))),
+        "{answer}"
+    );
     eventually("spindle down in Prometheus", || async {
         let found = prometheus
             .query(&format!(r#"ironbridge_source_up{{machine="{SPINDLE}"}}"#))

@@ -52,6 +52,8 @@ struct StatsCounters {
     batches_split: AtomicU64,
     /// The last write attempt failed and its batch waits for a retry.
     failing: std::sync::atomic::AtomicBool,
+    /// The last answer was 401 or 403.
+    unauthorized: std::sync::atomic::AtomicBool,
 }
 
 impl InfluxSinkStats {
@@ -114,6 +116,11 @@ impl InfluxSinkStats {
     /// (unreachable, 5xx, 401/403...): the server is not taking data now.
     pub fn is_failing(&self) -> bool {
         self.0.failing.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last answer was 401 or 403 (credentials refused).
+    pub fn is_unauthorized(&self) -> bool {
+        self.0.unauthorized.load(Ordering::Relaxed)
     }
 
     fn add(counter: &AtomicU64, n: usize) {
@@ -280,6 +287,10 @@ impl<W: LineWriter> SinkTask<W> {
                 | WriteError::Unauthorized(_))
         );
         counters.failing.store(keeps_data, Ordering::Relaxed);
+        counters.unauthorized.store(
+            matches!(result, Err(WriteError::Unauthorized(_))),
+            Ordering::Relaxed,
+        );
         let retryable = match result {
             Ok(()) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Delivered);

@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
+use crate::opcua_server::GatewayStatusView;
 use crate::runtime::{FanOutStats, ServedModel};
 
 /// Read-only handles on everything the endpoints report.
@@ -44,6 +45,34 @@ pub struct NotReady {
 }
 
 impl GatewayProbe {
+    /// `Gateway/...` in OPC UA: the same state as `/ready`.
+    pub fn gateway_status(&self, started_at: std::time::SystemTime) -> GatewayStatusView {
+        GatewayStatusView {
+            started_at,
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            not_ready: self
+                .not_ready()
+                .into_iter()
+                .map(|n| format!("{}: {}", n.component, n.reason))
+                .collect(),
+            machines_up: self
+                .sources
+                .iter()
+                .map(|(m, s)| (m.clone(), s.is_up()))
+                .collect(),
+            sink_state: match &self.sink {
+                None => "Off",
+                Some(s) if s.is_unauthorized() => "Unauthorized",
+                Some(s) if s.is_failing() => "Failing",
+                Some(_) => "Delivering",
+            },
+            sink_buffered_lines: self
+                .sink
+                .as_ref()
+                .map_or(0, InfluxSinkStats::buffered_lines),
+        }
+    }
+
     /// Every component that is not working now; empty when all are.
     pub fn not_ready(&self) -> Vec<NotReady> {
         let mut out = Vec::new();

@@ -12,6 +12,10 @@
 //!   Models/<model>/Drift/<input or output>                    (PSI against the training distribution)
 //!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
 //!                                     | CodeCommit | Acceptance | FailureReason
+//!   Gateway/Version | Commit | StartedAt | UptimeSeconds | Ready | NotReady
+//!   Gateway/Machines/<machine>/Up
+//!   Gateway/Sink/State | BufferedLines                      (State: Delivering, Failing,
+//!                                                            Unauthorized, Off)
 //! ```
 //!
 //! Version folders found while running get their nodes when they are found.
@@ -197,9 +201,23 @@ pub(crate) struct VersionNodes {
     pub(crate) failure_reason: NodeId,
 }
 
+/// `Gateway/...`: the gateway's own health, as `/ready` reports it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GatewayNodes {
+    pub(crate) started_at: NodeId,
+    pub(crate) uptime_seconds: NodeId,
+    pub(crate) ready: NodeId,
+    pub(crate) not_ready: NodeId,
+    /// machine → `Gateway/Machines/<machine>/Up`
+    pub(crate) machines_up: HashMap<String, NodeId>,
+    pub(crate) sink_state: NodeId,
+    pub(crate) sink_buffered_lines: NodeId,
+}
+
 /// Where each published value goes, so publishing never formats a path.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeIndex {
+    pub(crate) gateway: GatewayNodes,
     /// machine → tag → variable
     pub(crate) tags: HashMap<String, HashMap<String, NodeId>>,
     /// machine → model → variables
@@ -257,6 +275,8 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
             &machine_node,
         );
     }
+
+    index.gateway = add_gateway(space, ns, &root, layout);
 
     for model in &layout.models {
         for machine in &model.machines {
@@ -406,6 +426,85 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
         index.models.insert(model.name.clone(), nodes);
     }
     index
+}
+
+/// `Gateway/`: version and commit (known now), the rest published.
+fn add_gateway(
+    space: &mut AddressSpace,
+    ns: u16,
+    root: &NodeId,
+    layout: &AddressSpaceLayout,
+) -> GatewayNodes {
+    let gateway = add_object(space, ns, "Gateway".to_string(), "Gateway", root);
+    let mut var = |name: &str, data_type: DataTypeId, initial: Option<Variant>| {
+        add_variable(
+            space,
+            ns,
+            format!("Gateway/{name}"),
+            name,
+            &gateway,
+            data_type,
+            initial,
+        )
+    };
+    var(
+        "Version",
+        DataTypeId::String,
+        Some(Variant::from(env!("CARGO_PKG_VERSION"))),
+    );
+    var(
+        "Commit",
+        DataTypeId::String,
+        Some(Variant::from(env!("IRONBRIDGE_GIT_COMMIT"))),
+    );
+    let mut nodes = GatewayNodes {
+        started_at: var("StartedAt", DataTypeId::DateTime, None),
+        uptime_seconds: var("UptimeSeconds", DataTypeId::Double, None),
+        ready: var("Ready", DataTypeId::Boolean, None),
+        not_ready: var("NotReady", DataTypeId::String, None),
+        ..GatewayNodes::default()
+    };
+    let machines = add_folder(
+        space,
+        ns,
+        "Gateway/Machines".to_string(),
+        "Machines",
+        &gateway,
+    );
+    for machine in &layout.machines {
+        let path = format!("Gateway/Machines/{}", machine.name);
+        let node = add_object(space, ns, path.clone(), &machine.name, &machines);
+        let up = add_variable(
+            space,
+            ns,
+            format!("{path}/Up"),
+            "Up",
+            &node,
+            DataTypeId::Boolean,
+            None,
+        );
+        nodes.machines_up.insert(machine.name.clone(), up);
+    }
+    let sink = add_object(space, ns, "Gateway/Sink".to_string(), "Sink", &gateway);
+    nodes.sink_state = add_variable(
+        space,
+        ns,
+        "Gateway/Sink/State".to_string(),
+        "State",
+        &sink,
+        DataTypeId::String,
+        None,
+    );
+    nodes.sink_buffered_lines = add_variable(
+        space,
+        ns,
+        "Gateway/Sink/BufferedLines".to_string(),
+        "BufferedLines",
+        &sink,
+        DataTypeId::UInt64,
+        None,
+    );
+    nodes
 }
 
 /// Adds `Models/<model>/Versions/<version>/` and its variables (values

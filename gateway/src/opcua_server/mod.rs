@@ -21,4 +21,4 @@ pub mod server;
 
 pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPACE_URI};
 pub use config::{OpcUaServerConfig, OpcUaUserConfig, Role, SUPPORTED_SECURITY_POLICIES};
-pub use server::{start, ModelStatusView, OpcUaPublisher};
+pub use server::{start, GatewayStatusView, ModelStatusView, OpcUaPublisher};

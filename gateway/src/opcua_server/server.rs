@@ -54,6 +54,19 @@ pub struct ModelStatusView {
     pub shadow_version: Option<String>,
 }
 
+/// The gateway's own health for `Gateway/...` (what `/ready` says).
+#[derive(Debug, Clone)]
+pub struct GatewayStatusView {
+    pub started_at: SystemTime,
+    pub uptime_seconds: f64,
+    /// `component: reason` for each component that is not working.
+    pub not_ready: Vec<String>,
+    pub machines_up: Vec<(String, bool)>,
+    /// Delivering, Failing, Unauthorized or Off (no `[influx]`).
+    pub sink_state: &'static str,
+    pub sink_buffered_lines: u64,
+}
+
 /// Pushes values into the server's nodes; subscribed clients are notified.
 /// Cheap to clone; every method is synchronous and only takes a short lock,
 /// so it can be called from the gateway's fan-out task.
@@ -367,6 +380,43 @@ impl OpcUaPublisher {
     }
 
     /// Sets the `Models/<model>` variables.
+    pub fn publish_gateway_status(&self, status: &GatewayStatusView) {
+        let inner = &self.inner;
+        let nodes = &inner.index.gateway;
+        let now = DateTime::now();
+        let good = |value: Variant| status_now(value, StatusCode::Good, now);
+        let mut updates = vec![
+            (
+                &nodes.started_at,
+                good(Variant::from(ua_date_time(status.started_at))),
+            ),
+            (
+                &nodes.uptime_seconds,
+                good(Variant::from(status.uptime_seconds)),
+            ),
+            (
+                &nodes.ready,
+                good(Variant::from(status.not_ready.is_empty())),
+            ),
+            (
+                &nodes.not_ready,
+                good(address_space::string_array(&status.not_ready)),
+            ),
+            (&nodes.sink_state, good(Variant::from(status.sink_state))),
+            (
+                &nodes.sink_buffered_lines,
+                good(Variant::from(status.sink_buffered_lines)),
+            ),
+        ];
+        for (machine, up) in &status.machines_up {
+            match nodes.machines_up.get(machine) {
+                Some(node) => updates.push((node, good(Variant::from(*up)))),
+                None => inner.count_unknown(1),
+            }
+        }
+        inner.set_values(updates);
+    }
+
     pub fn publish_model_status(&self, status: &ModelStatusView) {
         let inner = &self.inner;
         let Some(nodes) = inner.index.models.get(&status.name) else {

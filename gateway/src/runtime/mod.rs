@@ -246,19 +246,22 @@ impl Gateway {
                 cancel.child_token(),
             ));
         }
-        let http_task = http_server.map(|server| {
-            let probe = GatewayProbe {
-                started: std::time::Instant::now(),
-                sources: source_stats
-                    .iter()
-                    .map(|(m, s)| (m.clone(), s.clone()))
-                    .collect(),
-                sink: sink_stats.clone(),
-                models: models.clone(),
-                fan_out: stats.clone(),
-            };
-            server.serve(probe, cancel.child_token())
-        });
+        let probe = GatewayProbe {
+            started: std::time::Instant::now(),
+            sources: source_stats
+                .iter()
+                .map(|(m, s)| (m.clone(), s.clone()))
+                .collect(),
+            sink: sink_stats.clone(),
+            models: models.clone(),
+            fan_out: stats.clone(),
+        };
+        tasks.spawn(status::publish_gateway_status(
+            publisher.clone(),
+            probe.clone(),
+            cancel.child_token(),
+        ));
+        let http_task = http_server.map(|server| server.serve(probe, cancel.child_token()));
         tasks.spawn(status::publish_model_status(
             publisher,
             models,

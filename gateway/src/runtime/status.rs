@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::ServedModel;
 use super::FanOutStats;
+use crate::http::GatewayProbe;
 use crate::opcua_server::OpcUaPublisher;
 
 /// How often model state (inference counts) is pushed to OPC UA.
@@ -59,6 +60,22 @@ pub(crate) async fn publish_on_model_events(
         let m = &models[index];
         publisher.publish_model_status(&m.status());
         publisher.publish_model_versions(&m.manifest.name, &m.lifecycle.versions());
+    }
+}
+
+/// Publishes the gateway's own health (`Gateway/...`) every second.
+pub(crate) async fn publish_gateway_status(
+    publisher: OpcUaPublisher,
+    probe: GatewayProbe,
+    cancel: CancellationToken,
+) {
+    let started_at = std::time::SystemTime::now();
+    let mut tick = tokio::time::interval(MODEL_STATUS_PERIOD);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => publisher.publish_gateway_status(&probe.gateway_status(started_at)),
+        }
     }
 }
 
