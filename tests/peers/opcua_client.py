@@ -109,11 +109,33 @@ async def run(args):
     result = {"connected": False}
     if args.force_none_session:
         return await force_none_session(client, args, result)
+    # Sessions of other (anonymous, SecurityPolicy None) clients kept open
+    # while this one connects, to meet the server's session limit.
+    held = []
+    hold_errors = []
+    for _ in range(args.hold_sessions):
+        other = Client(url=args.url, timeout=10)
+        try:
+            await other.connect()
+            held.append(other)
+        except Exception as e:  # noqa: BLE001 - a refusal is an answer here
+            hold_errors.append(f"{type(e).__name__}: {e}")
+    if args.hold_sessions:
+        result["held_sessions"] = len(held)
+        result["hold_errors"] = hold_errors
     try:
-        await client.connect()
-    except Exception as e:  # noqa: BLE001 - any refusal is an answer here
-        result["error"] = f"{type(e).__name__}: {e}"
-        return result
+        try:
+            await client.connect()
+        except Exception as e:  # noqa: BLE001 - any refusal is an answer here
+            result["error"] = f"{type(e).__name__}: {e}"
+            return result
+        return await connected_run(client, args, result)
+    finally:
+        for other in held:
+            await other.disconnect()
+
+
+async def connected_run(client, args, result):
     result["connected"] = True
     try:
         ns_array = await client.get_namespace_array()
@@ -275,6 +297,8 @@ def main():
     p.add_argument("--call", action="append", default=[])
     p.add_argument("--subscribe")
     p.add_argument("--count", type=int, default=3)
+    # Open this many other sessions first and keep them while connecting.
+    p.add_argument("--hold-sessions", type=int, default=0)
     # The monitored item's sampling interval in ms; -1 asks for the
     # publishing interval (OPC UA Part 4, 7.16).
     p.add_argument("--sampling-interval", type=float, default=0.0)

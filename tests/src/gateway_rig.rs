@@ -74,6 +74,9 @@ pub struct RigOptions {
     /// Write to this InfluxDB 1.x (`api = "v1"`) instead of the rig's
     /// victoria-metrics.
     pub influx_v1: Option<InfluxV1Target>,
+    /// Keys of the example's `[opcua.limits]` to change (e.g.
+    /// `max_sessions = 2`, one per line).
+    pub opcua_limits: Option<String>,
 }
 
 /// An InfluxDB 1.x for the gateway to write to.
@@ -203,7 +206,20 @@ impl GatewayRig {
     /// (`tests/peers/opcua_client.py`); the answer's `reads` maps each path
     /// to its value and status.
     pub async fn read_opcua(&self, paths: &[String]) -> Result<serde_json::Value> {
+        let answer = self.opcua_client(paths, &[]).await?;
+        anyhow::ensure!(answer["connected"] == true, "{answer}");
+        Ok(answer)
+    }
+
+    /// Like [`GatewayRig::read_opcua`] with more arguments for the client,
+    /// whether it connected or not.
+    pub async fn opcua_client(
+        &self,
+        paths: &[String],
+        extra_args: &[&str],
+    ) -> Result<serde_json::Value> {
         let mut args: Vec<String> = vec!["--url".into(), self.opcua_url()];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
         for path in paths {
             args.push("--read".into());
             args.push(path.clone());
@@ -218,9 +234,7 @@ impl GatewayRig {
             "opcua_client.py failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        anyhow::ensure!(answer["connected"] == true, "{answer}");
-        Ok(answer)
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Where the gateway serves /health, /ready and /metrics.
@@ -299,9 +313,23 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         .unwrap_or_else(|| repo_root().join("models"));
     let modbus_server = at.options.modbus_server.as_deref();
     let influx_v1 = at.options.influx_v1.as_ref();
+    let limits: Vec<(&str, &str)> = at
+        .options
+        .opcua_limits
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k.trim())
+        .zip(at.options.opcua_limits.as_deref().unwrap_or("").lines())
+        .collect();
     let mut out = String::new();
     for line in example.lines() {
+        let limit = limits
+            .iter()
+            .find(|(key, _)| line.split_once('=').is_some_and(|(k, _)| k.trim() == *key));
         let replaced = match line.trim_start() {
+            _ if limit.is_some() => limit.map_or_else(String::new, |(_, l)| l.to_string()),
             l if l.starts_with("port = 4840") => format!("port = {}", at.opcua_port),
             l if l.starts_with("trust_client_certs = false") && at.options.trust_client_certs => {
                 "trust_client_certs = true".to_string()
@@ -379,6 +407,7 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         at.spindle_endpoint.to_string(),
         "address = \"127.0.0.1:0\"".to_string(),
     ];
+    musts.extend(limits.iter().map(|(_, line)| line.to_string()));
     match influx_v1 {
         Some(v1) => {
             musts.push(v1.url.clone());

@@ -45,6 +45,69 @@ pub struct OpcUaServerConfig {
     pub rejected_certs_max: usize,
     /// Most bytes kept in `pki_dir/rejected/`.
     pub rejected_certs_max_bytes: u64,
+    /// What one client (or many) may take of the server (`[opcua.limits]`).
+    pub limits: OpcUaLimits,
+}
+
+/// `[opcua.limits]`: bounds on what clients may open, so no client (or
+/// scanner) can take the gateway's memory. Defaults are async-opcua's, sized
+/// for a handful of HMIs and SCADA connections.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpcUaLimits {
+    /// Sessions open at once; more are refused with BadTooManySessions.
+    pub max_sessions: usize,
+    /// Subscriptions per session (BadTooManySubscriptions beyond).
+    pub max_subscriptions_per_session: usize,
+    /// Monitored items per subscription (BadTooManyMonitoredItems beyond).
+    pub max_monitored_items_per_subscription: usize,
+    /// Largest message in bytes, all chunks together.
+    pub max_message_size: usize,
+    /// Most chunks of one message.
+    pub max_chunk_count: usize,
+}
+
+impl Default for OpcUaLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 20,
+            max_subscriptions_per_session: 10,
+            max_monitored_items_per_subscription: 1000,
+            max_message_size: 5 * 65_535,
+            max_chunk_count: 5,
+        }
+    }
+}
+
+/// OPC UA Part 6: a peer must accept messages of at least 8192 bytes.
+const MIN_MESSAGE_SIZE: usize = 8192;
+
+impl OpcUaLimits {
+    fn validate(&self, path: &str, problems: &mut Vec<Problem>) {
+        let at = |key: &str| format!("{path}.{key}");
+        for (key, value) in [
+            ("max_sessions", self.max_sessions),
+            (
+                "max_subscriptions_per_session",
+                self.max_subscriptions_per_session,
+            ),
+            (
+                "max_monitored_items_per_subscription",
+                self.max_monitored_items_per_subscription,
+            ),
+            ("max_chunk_count", self.max_chunk_count),
+        ] {
+            if value == 0 {
+                problems.push(Problem::new(at(key), "must be greater than 0"));
+            }
+        }
+        if self.max_message_size < MIN_MESSAGE_SIZE {
+            problems.push(Problem::new(
+                at("max_message_size"),
+                format!("must be at least {MIN_MESSAGE_SIZE} (OPC UA's smallest buffer)"),
+            ));
+        }
+    }
 }
 
 /// A username/password user. The password never sits in the file: it is read
@@ -102,6 +165,7 @@ impl Default for OpcUaServerConfig {
             insecure_loopback_endpoint: false,
             rejected_certs_max: 100,
             rejected_certs_max_bytes: 1024 * 1024,
+            limits: OpcUaLimits::default(),
         }
     }
 }
@@ -131,6 +195,8 @@ impl OpcUaServerConfig {
         if self.application_name.trim().is_empty() {
             problems.push(Problem::new(at("application_name"), "must not be empty"));
         }
+
+        self.limits.validate(&at("limits"), &mut problems);
 
         let mut seen_policies = HashSet::new();
         for (i, policy) in self.security_policies.iter().enumerate() {
@@ -258,6 +324,36 @@ mod tests {
 
     fn paths(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn limits_default_to_async_opcuas_and_refuse_zero_and_tiny_messages() {
+        let config = parse("").expect("empty table");
+        assert_eq!(config.limits.max_sessions, 20);
+        assert_eq!(config.limits.max_message_size, 327_675);
+        let config = parse("[limits]\nmax_sessions = 3\nmax_chunk_count = 2\n").expect("limits");
+        assert_eq!(config.limits.max_sessions, 3);
+        assert_eq!(config.limits.max_chunk_count, 2);
+        assert_eq!(config.limits.max_subscriptions_per_session, 10);
+        let bad = parse(
+            "[limits]\nmax_sessions = 0\nmax_monitored_items_per_subscription = 0\n\
+             max_message_size = 100\n",
+        )
+        .expect("parses");
+        let problems = bad.validate("opcua");
+        let limit_problems: Vec<&str> = paths(&problems)
+            .into_iter()
+            .filter(|p| p.starts_with("opcua.limits"))
+            .collect();
+        assert_eq!(
+            limit_problems,
+            [
+                "opcua.limits.max_sessions",
+                "opcua.limits.max_monitored_items_per_subscription",
+                "opcua.limits.max_message_size"
+            ]
+        );
+        assert!(parse("[limits]\nmax_session = 3\n").is_err());
     }
 
     fn parse(toml_text: &str) -> Result<OpcUaServerConfig, toml::de::Error> {

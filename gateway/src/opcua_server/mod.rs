@@ -20,5 +20,7 @@ pub mod rejected;
 pub mod server;
 
 pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPACE_URI};
-pub use config::{OpcUaServerConfig, OpcUaUserConfig, Role, SUPPORTED_SECURITY_POLICIES};
+pub use config::{
+    OpcUaLimits, OpcUaServerConfig, OpcUaUserConfig, Role, SUPPORTED_SECURITY_POLICIES,
+};
 pub use server::{start, GatewayStatusView, ModelStatusView, OpcUaPublisher};

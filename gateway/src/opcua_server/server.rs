@@ -140,7 +140,16 @@ pub async fn start(
             "opc.tcp://{advertised_host}:{}{ENDPOINT_PATH}",
             config.port
         )])
-        .token(cancel.child_token());
+        .token(cancel.child_token())
+        .max_sessions(config.limits.max_sessions)
+        .max_message_size(config.limits.max_message_size)
+        .max_chunk_count(config.limits.max_chunk_count);
+    {
+        let subscriptions = &mut builder.limits_mut().subscriptions;
+        subscriptions.max_subscriptions_per_session = config.limits.max_subscriptions_per_session;
+        subscriptions.max_monitored_items_per_sub =
+            config.limits.max_monitored_items_per_subscription;
+    }
 
     let mut secure_token_ids = Vec::new();
     let mut roles = HashMap::new();
