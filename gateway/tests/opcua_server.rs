@@ -109,6 +109,24 @@ fn contract_paths() -> Vec<String> {
     ] {
         paths.push(format!("{models}/{var}"));
     }
+    // The gateway's own health.
+    for path in [
+        "Gateway",
+        "Gateway/Version",
+        "Gateway/Commit",
+        "Gateway/StartedAt",
+        "Gateway/UptimeSeconds",
+        "Gateway/Ready",
+        "Gateway/NotReady",
+        "Gateway/Machines",
+        "Gateway/Sink",
+        "Gateway/Sink/State",
+        "Gateway/Sink/BufferedLines",
+    ] {
+        paths.push(path.to_string());
+    }
+    paths.push(format!("Gateway/Machines/{MACHINE}"));
+    paths.push(format!("Gateway/Machines/{MACHINE}/Up"));
     paths
 }
 
