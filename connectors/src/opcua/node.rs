@@ -46,11 +46,17 @@ impl NodeAddress {
             }
             None => (None, text),
         };
-        let identifier = Identifier::from_str(id).map_err(|()| {
+        let unknown = || {
             format!(
                 "`{id}` is not an identifier: use i=<number>, s=<string>, g=<guid> or b=<base64>"
             )
-        })?;
+        };
+        // async-opcua's parser slices the first two bytes, and panics when
+        // they split a character (found by tests/tests/parser_properties.rs).
+        if id.get(..2).is_none() {
+            return Err(unknown());
+        }
+        let identifier = Identifier::from_str(id).map_err(|()| unknown())?;
         if matches!(&identifier, Identifier::String(s) if s.is_empty()) {
             return Err(format!("`{text}` has an empty string identifier"));
         }
@@ -83,6 +89,12 @@ impl std::fmt::Display for NodeAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_character_across_the_prefix_is_refused_not_a_panic() {
+        assert!(NodeAddress::parse("𝒥x").is_err());
+        assert!(NodeAddress::parse("nsu=urn:a;é=1").is_err());
+    }
 
     fn namespaces(uris: &[&str]) -> NamespaceMap {
         let mut map = NamespaceMap::new();
