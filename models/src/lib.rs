@@ -39,8 +39,8 @@ pub use manifest::{
 };
 pub use registry::{ModelRegistry, ModelVersion, VerifiedModel};
 pub use service::{
-    prepare_inputs, InferenceHandle, InferenceMonitor, InferenceOptions, InferenceService,
-    InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus, PendingPrediction,
-    SkipReason, SubmitError,
+    prepare_inputs, HistogramSnapshot, InferenceHandle, InferenceMonitor, InferenceOptions,
+    InferenceService, InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus,
+    PendingPrediction, SkipReason, SubmitError,
 };
 pub use torch_backend::{DeviceChoice, TorchModel};

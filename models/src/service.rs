@@ -158,7 +158,7 @@ pub struct InferenceStats {
     counters: Arc<Counters>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     requests: AtomicU64,
     inferences: AtomicU64,
@@ -171,6 +171,95 @@ struct Counters {
     skipped_out_of_range: AtomicU64,
     skipped_input_count: AtomicU64,
     failures: AtomicU64,
+    /// Seconds per forward call.
+    latency: BucketCounts,
+    /// Rows per forward call.
+    batch_sizes: BucketCounts,
+}
+
+/// Upper bounds of the forward-call latency buckets, in seconds.
+pub const LATENCY_BUCKETS_S: [f64; 13] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Upper bounds of the batch size buckets, in rows.
+pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A histogram for the hot path: one relaxed atomic add per observation
+/// (and one for the sum), no lock. The bucket bounds are fixed.
+#[derive(Debug)]
+struct BucketCounts {
+    bounds: &'static [f64],
+    /// One per bound, plus the overflow (+Inf) bucket.
+    counts: Vec<AtomicU64>,
+    /// Sum of the observations in nanounits (ns, or rows x 1e9).
+    sum_nano: AtomicU64,
+}
+
+impl BucketCounts {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nano: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, value: f64) {
+        let i = self.bounds.partition_point(|&b| b < value);
+        if let Some(count) = self.counts.get(i) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_nano
+            .fetch_add((value * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        HistogramSnapshot {
+            buckets: self
+                .bounds
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(counts.iter().copied())
+                .collect(),
+            count: counts.iter().sum(),
+            sum: self.sum_nano.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+/// A histogram at one moment: `(upper bound, observations in this bucket)`
+/// (not cumulative; the last bound is +Inf), their count and sum.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::default(),
+            inferences: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            rejected_queue_full: AtomicU64::default(),
+            rejected_rate_limited: AtomicU64::default(),
+            skipped_missing: AtomicU64::default(),
+            skipped_bad_quality: AtomicU64::default(),
+            skipped_not_finite: AtomicU64::default(),
+            skipped_out_of_range: AtomicU64::default(),
+            skipped_input_count: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            latency: BucketCounts::new(&LATENCY_BUCKETS_S),
+            batch_sizes: BucketCounts::new(&BATCH_SIZE_BUCKETS),
+        }
+    }
 }
 
 /// The counters at one moment.
@@ -213,6 +302,16 @@ impl InferenceStats {
             skipped_input_count: get(&c.skipped_input_count),
             failures: get(&c.failures),
         }
+    }
+
+    /// Seconds per forward call (failed ones included).
+    pub fn latency(&self) -> HistogramSnapshot {
+        self.counters.latency.snapshot()
+    }
+
+    /// Rows per forward call.
+    pub fn batch_sizes(&self) -> HistogramSnapshot {
+        self.counters.batch_sizes.snapshot()
     }
 
     fn add(counter: &AtomicU64, n: u64) {
@@ -703,7 +802,11 @@ impl Worker {
         let c = &*self.shared.stats.counters;
         let n_rows = batch.len();
         // forward runs under tch::no_grad (grad mode is per thread).
-        match self.model.forward(rows, n_rows) {
+        let started = std::time::Instant::now();
+        let result = self.model.forward(rows, n_rows);
+        c.latency.observe(started.elapsed().as_secs_f64());
+        c.batch_sizes.observe(n_rows as f64);
+        match result {
             Ok(values) => {
                 InferenceStats::add(&c.batches, 1);
                 InferenceStats::add(&c.inferences, n_rows as u64);
@@ -764,6 +867,22 @@ fn copy_of(error: &ModelError) -> ModelError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds_and_the_rest_overflows() {
+        let h = BucketCounts::new(&BATCH_SIZE_BUCKETS);
+        for rows in [1.0, 1.0, 3.0, 256.0, 300.0] {
+            h.observe(rows);
+        }
+        let snap = h.snapshot();
+        assert_eq!(snap.count, 5);
+        assert_eq!(snap.sum, 561.0);
+        let count_at = |bound: f64| snap.buckets.iter().find(|b| b.0 == bound).map(|b| b.1);
+        assert_eq!(count_at(1.0), Some(2));
+        assert_eq!(count_at(4.0), Some(1));
+        assert_eq!(count_at(256.0), Some(1));
+        assert_eq!(count_at(f64::INFINITY), Some(1));
+    }
     use crate::registry::ModelRegistry;
     use crate::torch_backend::DeviceChoice;
 

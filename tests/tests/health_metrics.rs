@@ -102,6 +102,39 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         "{written:?}"
     );
 
+    // Inference histograms: every forward call counted once in each, and
+    // the rows in the batch sizes sum to the model's inferences.
+    eventually("forward calls counted", || async {
+        let found = prometheus
+            .query(&format!(
+                r#"ironbridge_inference_latency_seconds_count{{model="{MODEL}"}}"#
+            ))
+            .await?;
+        Ok(found.first().filter(|(_, v)| *v > 0.0).map(|_| ()))
+    })
+    .await?;
+    // One scrape answers both sides of each difference.
+    let calls = prometheus
+        .query(&format!(
+            r#"ironbridge_inference_latency_seconds_count{{model="{MODEL}"}} - on(model, version) ironbridge_inference_batch_size_count{{model="{MODEL}"}}"#
+        ))
+        .await?;
+    assert_eq!(
+        calls.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        [0.0],
+        "one observation per forward call in both"
+    );
+    let rows = prometheus
+        .query(&format!(
+            r#"ironbridge_inference_batch_size_sum{{model="{MODEL}"}} - on(model, version) ironbridge_inferences_total{{model="{MODEL}"}}"#
+        ))
+        .await?;
+    assert_eq!(
+        rows.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        [0.0],
+        "rows in batches = inferences (no failure here)"
+    );
+
     // The same state in OPC UA, beside the machines.
     let gateway_nodes = [
         "Gateway/Version".to_string(),

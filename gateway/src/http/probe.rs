@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use ironbridge_connectors::influx::InfluxSinkStats;
 use ironbridge_connectors::SourceStats;
+use ironbridge_models::HistogramSnapshot;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -137,6 +138,21 @@ fn gauge(
     Ok(())
 }
 
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, HistogramSnapshot)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in series {
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
+    }
+    Ok(())
+}
+
 impl Collector for GatewayProbe {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
@@ -256,6 +272,34 @@ impl Collector for GatewayProbe {
                     1.0,
                 )
             }),
+        )?;
+
+        let serving: Vec<_> = self
+            .models
+            .iter()
+            .map(|m| m.lifecycle.serving_full())
+            .collect();
+        let model_labels = |v: &Arc<ironbridge_models::ServingModel>| {
+            vec![
+                ("model", v.manifest.name.clone()),
+                ("version", v.manifest.version.clone()),
+            ]
+        };
+        histogram(
+            e,
+            "ironbridge_inference_latency_seconds",
+            "Seconds per forward call of each model's serving version.",
+            serving
+                .iter()
+                .map(|v| (model_labels(v), v.handle.stats().latency())),
+        )?;
+        histogram(
+            e,
+            "ironbridge_inference_batch_size",
+            "Rows per forward call of each model's serving version.",
+            serving
+                .iter()
+                .map(|v| (model_labels(v), v.handle.stats().batch_sizes())),
         )?;
 
         if let Some(sink) = &self.sink {
