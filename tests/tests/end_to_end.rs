@@ -299,28 +299,6 @@ async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
     Ok(())
 }
 
-/// Reads gateway OPC UA nodes with the independent asyncua client.
-async fn read_gateway_nodes(rig: &GatewayRig, paths: &[String]) -> Result<serde_json::Value> {
-    let mut args: Vec<String> = vec!["--url".into(), rig.opcua_url()];
-    for path in paths {
-        args.push("--read".into());
-        args.push(path.clone());
-    }
-    let out = tokio::process::Command::new(venv_python()?)
-        .arg(repo_root().join("tests/peers/opcua_client.py"))
-        .args(&args)
-        .output()
-        .await?;
-    anyhow::ensure!(
-        out.status.success(),
-        "opcua_client.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    anyhow::ensure!(answer["connected"] == true, "{answer}");
-    Ok(answer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> Result<()> {
     use ironbridge_simulator::SpindleVariable;
@@ -368,7 +346,7 @@ async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> R
             anyhow::bail!("two values of one tag stored at one timestamp: {pair:?}");
         }
         let stored = samples.last().map(|(_, v)| *v);
-        let answer = read_gateway_nodes(&rig, std::slice::from_ref(&node)).await?;
+        let answer = rig.read_opcua(std::slice::from_ref(&node)).await?;
         let served = answer["reads"][&node].clone();
         let close = |v: f64| (v - expected).abs() <= 1e-9 * expected.abs().max(1.0);
         if stored.is_some_and(close)
@@ -391,7 +369,7 @@ async fn an_opcua_machine_reaches_the_store_and_the_gateways_opcua_server() -> R
     let pump_node = format!("Machines/{MACHINE}/Tags/speed_rpm");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let answer = read_gateway_nodes(&rig, &[node.clone(), pump_node.clone()]).await?;
+        let answer = rig.read_opcua(&[node.clone(), pump_node.clone()]).await?;
         let served = &answer["reads"][&node];
         if served["is_good"] == false {
             assert_eq!(served["status"], "BadNoCommunication", "{served}");

@@ -216,7 +216,8 @@ impl LineWriter for InfluxWriter {
     }
 }
 
-fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// The request body as the writer sends it with `gzip = true`.
+pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write as _;
     // Level 1: most of the saving on line protocol (repetitive text) for a
     // fraction of the CPU of the default level.
