@@ -85,6 +85,7 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
             r#"ironbridge_sink_points_dropped_total{reason="overflow"}"#.to_string(),
             0.0,
         ),
+        ("ironbridge_shadow_rejected_total".to_string(), 0.0),
     ] {
         let found = prometheus.query(&query).await?;
         assert_eq!(
@@ -94,6 +95,11 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
             prometheus.log()
         );
     }
+    let fan_out_scans = prometheus.query("ironbridge_scans_total").await?;
+    assert!(
+        fan_out_scans.first().is_some_and(|(_, v)| *v > 0.0),
+        "{fan_out_scans:?}"
+    );
     let written = prometheus
         .query("ironbridge_sink_lines_written_total")
         .await?;

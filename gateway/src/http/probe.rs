@@ -224,6 +224,18 @@ impl Collector for GatewayProbe {
         let fan_out = &self.fan_out;
         counter(
             e,
+            "ironbridge_scans",
+            "Scans the fan-out handed on (every machine).",
+            [(Vec::new(), fan_out.scans.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            e,
+            "ironbridge_shadow_rejected",
+            "Rows a shadow version's queue or rate limit refused.",
+            [(Vec::new(), fan_out.shadow_rejected.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            e,
             "ironbridge_predictions",
             "Predictions made (every model, every machine).",
             [(Vec::new(), fan_out.predictions.load(Ordering::Relaxed))],
@@ -308,6 +320,18 @@ impl Collector for GatewayProbe {
                 "ironbridge_sink_lines_written",
                 "Lines InfluxDB accepted.",
                 [(Vec::new(), sink.lines_written())],
+            )?;
+            counter(
+                e,
+                "ironbridge_sink_batches_written",
+                "Batches InfluxDB accepted.",
+                [(Vec::new(), sink.batches_written())],
+            )?;
+            counter(
+                e,
+                "ironbridge_sink_batches_split",
+                "Batches split in two after a 400, 422 or 413.",
+                [(Vec::new(), sink.batches_split())],
             )?;
             counter(
                 e,

@@ -97,6 +97,7 @@ pub(crate) async fn log_stats(
                     sink_channel_full = stats.sink_channel_full.load(Ordering::Relaxed),
                     inference_rejected = stats.inference_rejected.load(Ordering::Relaxed),
                     inference_failed = stats.inference_failed.load(Ordering::Relaxed),
+                    shadow_rejected = stats.shadow_rejected.load(Ordering::Relaxed),
                     "gateway counters"
                 );
                 for (machine, s) in &sources {
