@@ -15,5 +15,6 @@ pub mod paths;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
+pub mod sink_rig;
 pub mod tcp_proxy;
 pub mod victoria;

@@ -7,42 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use ironbridge_connectors::influx::{
-    InfluxSink, InfluxSinkConfig, InfluxSinkStats, InfluxWriter, LineWriter, WriteError,
-};
+use ironbridge_connectors::influx::{InfluxSinkConfig, InfluxWriter, LineWriter, WriteError};
 use ironbridge_connectors::{Prediction, Quality, Record, Scan, TagReading, TagValue};
+use ironbridge_tests::sink_rig::{good, init_logs, wait_for, RunningSink, DEADLINE};
 use ironbridge_tests::tcp_proxy::{ProxyMode, TcpProxy};
 use ironbridge_tests::victoria::{ExportedSeries, VictoriaMetrics};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// Generous: conditions are awaited, never timed.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// 2020-09-13T12:26:40.123456789Z: old, so the data can only carry the
 /// acquisition time, never the time it was sent.
 const T0_NS: u64 = 1_600_000_000_123_456_789;
 const T0_MS: i64 = 1_600_000_000_123;
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("ironbridge_connectors=debug")
-        .with_test_writer()
-        .try_init();
-}
-
 fn at(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
-}
-
-fn good(tag: &str, value: TagValue) -> TagReading {
-    TagReading {
-        tag: tag.into(),
-        value: Some(value),
-        quality: Quality::Good,
-        status: None,
-    }
 }
 
 fn scan(machine: &str, acquired_at_ns: u64, readings: Vec<TagReading>) -> Record {
@@ -78,58 +55,6 @@ fn config(url: &str) -> InfluxSinkConfig {
     config.backoff.initial_ms = 50;
     config.backoff.max_ms = 400;
     config
-}
-
-struct RunningSink {
-    tx: mpsc::Sender<Record>,
-    stats: InfluxSinkStats,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl RunningSink {
-    fn start(config: InfluxSinkConfig) -> Result<Self> {
-        assert!(
-            config.validate("influx").is_empty(),
-            "{:?}",
-            config.validate("influx")
-        );
-        let writer = InfluxWriter::new(&config)?;
-        let (tx, rx) = mpsc::channel(1024);
-        let cancel = CancellationToken::new();
-        let (stats, task) = InfluxSink::spawn(config, writer, rx, cancel.clone());
-        Ok(Self {
-            tx,
-            stats,
-            cancel,
-            task,
-        })
-    }
-
-    async fn send(&self, records: impl IntoIterator<Item = Record>) -> Result<()> {
-        for record in records {
-            self.tx.send(record).await?;
-        }
-        Ok(())
-    }
-
-    async fn stop(self) -> Result<InfluxSinkStats> {
-        self.cancel.cancel();
-        self.task.await?;
-        Ok(self.stats)
-    }
-}
-
-/// Polls `condition` until it holds; fails with `what` after [`DEADLINE`].
-async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition() {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("gave up waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 /// Polls the server until the export of `selector` has `samples` samples.
@@ -567,18 +492,8 @@ fn start_injected(
         max_lines,
         calls: std::sync::Mutex::new(Vec::new()),
     });
-    let (tx, rx) = mpsc::channel(1024);
-    let cancel = CancellationToken::new();
-    let (stats, task) = InfluxSink::spawn(config, Injected(injector.clone()), rx, cancel.clone());
-    Ok((
-        RunningSink {
-            tx,
-            stats,
-            cancel,
-            task,
-        },
-        injector,
-    ))
+    let sink = RunningSink::start_with(config, Injected(injector.clone()));
+    Ok((sink, injector))
 }
 
 #[tokio::test]

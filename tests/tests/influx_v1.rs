@@ -5,17 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
-use ironbridge_connectors::influx::{InfluxSink, InfluxSinkConfig, InfluxSinkStats, InfluxWriter};
+use anyhow::{Context, Result};
+use ironbridge_connectors::influx::InfluxSinkConfig;
 use ironbridge_connectors::{Prediction, Quality, Record, Scan, TagReading, TagValue};
 use ironbridge_tests::influxdb1::InfluxDb1;
+use ironbridge_tests::sink_rig::{good, init_logs, wait_for, RunningSink, DEADLINE};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// Generous: conditions are awaited, never timed.
-const DEADLINE: Duration = Duration::from_secs(60);
 
 /// 2020-09-13T12:26:40.123456789Z: older than the data's arrival, so only
 /// the acquisition time can be stored; nanoseconds must survive.
@@ -25,24 +20,8 @@ const USER: &str = "gateway";
 const PASSWORD_ENV: &str = "IRONBRIDGE_TEST_INFLUX1_PASSWORD";
 const PASSWORD: &str = "gateway-password";
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("ironbridge_connectors=debug")
-        .with_test_writer()
-        .try_init();
-}
-
 fn at(ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns.unsigned_abs())
-}
-
-fn good(tag: &str, value: TagValue) -> TagReading {
-    TagReading {
-        tag: tag.into(),
-        value: Some(value),
-        quality: Quality::Good,
-        status: None,
-    }
 }
 
 fn scan(machine: &str, acquired_at_ns: i64, readings: Vec<TagReading>) -> Record {
@@ -83,54 +62,6 @@ fn config(url: &str) -> InfluxSinkConfig {
     config.backoff.initial_ms = 50;
     config.backoff.max_ms = 400;
     config
-}
-
-struct RunningSink {
-    tx: mpsc::Sender<Record>,
-    stats: InfluxSinkStats,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl RunningSink {
-    fn start(config: InfluxSinkConfig) -> Result<Self> {
-        let problems = config.validate("influx");
-        assert!(problems.is_empty(), "{problems:?}");
-        let writer = InfluxWriter::new(&config)?;
-        let (tx, rx) = mpsc::channel(1024);
-        let cancel = CancellationToken::new();
-        let (stats, task) = InfluxSink::spawn(config, writer, rx, cancel.clone());
-        Ok(Self {
-            tx,
-            stats,
-            cancel,
-            task,
-        })
-    }
-
-    async fn send(&self, records: impl IntoIterator<Item = Record>) -> Result<()> {
-        for record in records {
-            self.tx.send(record).await?;
-        }
-        Ok(())
-    }
-
-    async fn stop(self) -> Result<InfluxSinkStats> {
-        self.cancel.cancel();
-        self.task.await?;
-        Ok(self.stats)
-    }
-}
-
-async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition() {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("gave up waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 /// The rows of `query`'s only series as `{column: value}` objects.
