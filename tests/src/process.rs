@@ -35,6 +35,22 @@ impl ChildGuard {
         }
     }
 
+    /// Asks the child to stop (SIGTERM, so a server writes what it
+    /// acknowledged), waits up to `deadline`, then stops it for good.
+    pub async fn terminate(mut self, deadline: std::time::Duration) -> anyhow::Result<()> {
+        if let Some(pid) = self.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let until = tokio::time::Instant::now() + deadline;
+            while self.try_exited()?.is_none() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        self.stop();
+        Ok(())
+    }
+
     /// `Some(status)` if the child already exited.
     pub fn try_exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
         match self.child.as_mut() {

@@ -98,20 +98,10 @@ impl VictoriaMetrics {
     /// on disk), falling back to SIGKILL after a deadline. The port is then
     /// closed: clients get "connection refused".
     pub async fn stop(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
-            while child.try_exited()?.is_none() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        match self.child.take() {
+            Some(child) => child.terminate(STOP_DEADLINE).await,
+            None => Ok(()),
         }
-        child.stop();
-        Ok(())
     }
 
     /// Starts the server again on the same port with the same data.

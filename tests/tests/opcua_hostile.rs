@@ -198,10 +198,14 @@ async fn hostile_traffic_leaves_the_server_serving() -> Result<()> {
     let pki = tempfile::tempdir()?;
     let pki_dir = pki.path().display().to_string();
     std::env::set_var("IRONBRIDGE_TEST_WRONG_PASSWORD", "not-the-password");
-    for attempt in 0..8 {
-        let answer = rig
-            .opcua_client(
-                &[],
+    std::env::set_var("IRONBRIDGE_TEST_RIGHT_PASSWORD", "rig-admin-password");
+    let admin_login = |password_env: &'static str, reads: &'static [&'static str]| {
+        let paths: Vec<String> = reads.iter().map(|r| r.to_string()).collect();
+        let pki_dir = pki_dir.clone();
+        let rig = &rig;
+        async move {
+            rig.opcua_client(
+                &paths,
                 &[
                     "--policy",
                     "Basic256Sha256",
@@ -210,28 +214,17 @@ async fn hostile_traffic_leaves_the_server_serving() -> Result<()> {
                     "--user",
                     "admin",
                     "--password-env",
-                    "IRONBRIDGE_TEST_WRONG_PASSWORD",
+                    password_env,
                 ],
             )
-            .await?;
+            .await
+        }
+    };
+    for attempt in 0..8 {
+        let answer = admin_login("IRONBRIDGE_TEST_WRONG_PASSWORD", &[]).await?;
         assert_eq!(answer["connected"], false, "attempt {attempt}: {answer}");
     }
-    std::env::set_var("IRONBRIDGE_TEST_RIGHT_PASSWORD", "rig-admin-password");
-    let answer = rig
-        .opcua_client(
-            &["Gateway/Version".to_string()],
-            &[
-                "--policy",
-                "Basic256Sha256",
-                "--client-pki",
-                &pki_dir,
-                "--user",
-                "admin",
-                "--password-env",
-                "IRONBRIDGE_TEST_RIGHT_PASSWORD",
-            ],
-        )
-        .await?;
+    let answer = admin_login("IRONBRIDGE_TEST_RIGHT_PASSWORD", &["Gateway/Version"]).await?;
     assert_eq!(answer["connected"], true, "{answer}");
 
     // Writes to read-only nodes are refused and change nothing.

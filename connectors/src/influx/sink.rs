@@ -265,9 +265,13 @@ impl<W: LineWriter> SinkTask<W> {
         }
     }
 
+    /// Lines in the next batch: fewer while a refused line is being isolated.
+    fn next_batch_lines(&self) -> usize {
+        self.split_limit.unwrap_or(self.config.batch_max_lines)
+    }
+
     fn start_write(&mut self) -> Option<WriteFuture> {
-        let max_lines = self.split_limit.unwrap_or(self.config.batch_max_lines);
-        let body = self.buffer.start_batch(max_lines)?;
+        let body = self.buffer.start_batch(self.next_batch_lines())?;
         self.retry_at = None;
         self.flush_at = None;
         let writer = Arc::clone(&self.writer);
@@ -460,10 +464,7 @@ impl<W: LineWriter> SinkTask<W> {
             if let Some(write) = in_flight {
                 self.settle(write.await);
             }
-            while let Some(body) = self
-                .buffer
-                .start_batch(self.split_limit.unwrap_or(self.config.batch_max_lines))
-            {
+            while let Some(body) = self.buffer.start_batch(self.next_batch_lines()) {
                 let result = self.writer.write(body).await;
                 if self.settle(result) {
                     break;

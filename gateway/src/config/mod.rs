@@ -195,6 +195,16 @@ impl GatewayConfig {
 }
 
 /// `path` relative to the folder of the configuration `file`.
+/// A listen address from the configuration, or why `text` is not one.
+/// Only literal addresses: a name would need a DNS lookup before the gateway
+/// starts, and could resolve to a non-loopback address nobody meant to
+/// expose. `examples` go into the message.
+pub fn listen_address(text: &str, examples: &str) -> Result<std::net::SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not an ip:port address (e.g. {examples})"))
+}
+
 pub fn resolve(file: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()

@@ -36,12 +36,7 @@ impl HttpConfig {
     /// The listen address, or why `address` is not one (a literal address:
     /// a name could resolve to an address nobody meant to expose).
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
-        self.address.trim().parse().map_err(|_| {
-            format!(
-                "{:?} is not an ip:port address (e.g. \"127.0.0.1:9184\", \"0.0.0.0:9184\")",
-                self.address
-            )
-        })
+        crate::config::listen_address(&self.address, r#""127.0.0.1:9184", "0.0.0.0:9184""#)
     }
 }
 

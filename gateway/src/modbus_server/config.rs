@@ -46,13 +46,10 @@ impl ModbusServerConfig {
     /// addresses: a name would need a DNS lookup before the gateway starts,
     /// and could resolve to a non-loopback address nobody meant to expose.
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
-        self.address.trim().parse().map_err(|_| {
-            format!(
-                "{:?} is not an ip:port address (e.g. \"127.0.0.1:5502\", \"0.0.0.0:502\", \
-                 \"[::1]:5502\")",
-                self.address
-            )
-        })
+        crate::config::listen_address(
+            &self.address,
+            r#""127.0.0.1:5502", "0.0.0.0:502", "[::1]:5502""#,
+        )
     }
 }
 

@@ -1,7 +1,8 @@
 //! The [NodeManager] trait, as well as utilities related to
 //! calling services on this, and tooling for implementing custom node managers.
 //!
-//! See docs/advanced_server.md for help on how to implement custom node managers.
+//! Upstream documents custom node managers in its repository (not vendored
+//! here; see third_party/README.md).
 
 use std::{
     any::{Any, TypeId},
