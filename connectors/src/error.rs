@@ -17,6 +17,10 @@ pub enum ConnectorError {
     },
     #[error("InfluxDB write failed: {0}")]
     InfluxWrite(String),
+    /// The disk spool's folder cannot be used (not its content: damage is
+    /// quarantined, never a reason to fail).
+    #[error("InfluxDB spool folder {dir} cannot be used: {reason}")]
+    Spool { dir: String, reason: String },
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A record that line protocol cannot carry (e.g. a line break in a

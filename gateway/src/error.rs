@@ -20,6 +20,8 @@ pub enum GatewayError {
         #[source]
         source: ironbridge_connectors::ConnectorError,
     },
+    #[error("InfluxDB sink: {0}")]
+    Sink(#[source] ironbridge_connectors::ConnectorError),
     #[error("invalid OPC UA server configuration: {}", join_problems(.0))]
     OpcUaConfig(Vec<Problem>),
     #[error("invalid OPC UA address space layout: {0}")]

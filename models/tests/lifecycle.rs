@@ -88,7 +88,7 @@ async fn activation_under_load_misses_no_request_and_each_answer_names_its_versi
             .expect("every request is accepted across the swap");
         pending.push((row, p));
         k += 1;
-        if k % 20 == 0 {
+        if k.is_multiple_of(20) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

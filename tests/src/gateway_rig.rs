@@ -334,6 +334,11 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             l if l.starts_with("trust_client_certs = false") && at.options.trust_client_certs => {
                 "trust_client_certs = true".to_string()
             }
+            // Beside the rig's configuration, in its own folder.
+            l if l.starts_with("spool_dir =") => "spool_dir = \"spool/influx\"".to_string(),
+            l if l.starts_with("dead_letter_path =") => {
+                "dead_letter_path = \"dead-letter/influx.lp\"".to_string()
+            }
             l if l.starts_with("pki_dir =") => {
                 format!("pki_dir = {:?}", at.pki_dir.display().to_string())
             }
@@ -406,6 +411,8 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         at.sim_addr.to_string(),
         at.spindle_endpoint.to_string(),
         "address = \"127.0.0.1:0\"".to_string(),
+        "spool_dir = \"spool/influx\"".to_string(),
+        "dead_letter_path = \"dead-letter/influx.lp\"".to_string(),
     ];
     musts.extend(limits.iter().map(|(_, line)| line.to_string()));
     match influx_v1 {

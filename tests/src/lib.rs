@@ -5,8 +5,11 @@
 //!
 //! Nothing here replaces a server with a mock.
 
+pub mod counter_device;
+pub mod gateway_process;
 pub mod gateway_rig;
 pub mod influxdb1;
+pub mod kill_loop;
 pub mod modbus_line;
 pub mod modbus_peer;
 pub mod opcua_peer;
@@ -16,5 +19,6 @@ pub mod ports;
 pub mod process;
 pub mod prometheus;
 pub mod sink_rig;
+pub mod small_fs;
 pub mod tcp_proxy;
 pub mod victoria;

@@ -49,20 +49,20 @@ impl RunningSink {
         let problems = config.validate("influx");
         assert!(problems.is_empty(), "{problems:?}");
         let writer = InfluxWriter::new(&config)?;
-        Ok(Self::start_with(config, writer))
+        Self::start_with(config, writer)
     }
 
     /// Starts the sink with `writer` in front of the server.
-    pub fn start_with<W: LineWriter>(config: InfluxSinkConfig, writer: W) -> Self {
+    pub fn start_with<W: LineWriter>(config: InfluxSinkConfig, writer: W) -> Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
-        let (stats, task) = InfluxSink::spawn(config, writer, rx, cancel.clone());
-        Self {
+        let (stats, task) = InfluxSink::spawn(config, writer, rx, cancel.clone())?;
+        Ok(Self {
             tx,
             stats,
             cancel,
             task,
-        }
+        })
     }
 
     pub async fn send(&self, records: impl IntoIterator<Item = Record>) -> Result<()> {

@@ -492,7 +492,7 @@ fn start_injected(
         max_lines,
         calls: std::sync::Mutex::new(Vec::new()),
     });
-    let sink = RunningSink::start_with(config, Injected(injector.clone()));
+    let sink = RunningSink::start_with(config, Injected(injector.clone()))?;
     Ok((sink, injector))
 }
 

@@ -1,7 +1,137 @@
-//! The sink's bounded in-memory buffer of lines, as plain data so its
-//! policies are testable without a server or a clock.
+//! The sink's outage buffer: lines waiting for the server, in memory
+//! ([`LineBuffer`]) or on disk ([`DiskSpool`]), behind one interface
+//! ([`OutageBuffer`]). Plain data, so the policies are testable without a
+//! server or a clock.
 
 use std::collections::VecDeque;
+use std::io;
+use std::time::Instant;
+
+use super::spool::{CommitOutcome, DiskSpool};
+
+/// Where the lines wait: chosen by `[influx] buffer`.
+#[derive(Debug)]
+pub enum OutageBuffer {
+    /// Bounded by lines; lost when the process ends.
+    Memory(LineBuffer),
+    /// Bounded by bytes; kept across restarts.
+    Disk(DiskSpool),
+}
+
+impl OutageBuffer {
+    /// Appends a line; returns how many lines are now known to be lost to
+    /// make room (the oldest).
+    pub fn push(&mut self, line: String) -> usize {
+        match self {
+            OutageBuffer::Memory(b) => b.push(line),
+            OutageBuffer::Disk(s) => s.push(&line),
+        }
+    }
+
+    /// Makes the lines pushed so far durable as the policy says (disk).
+    pub fn commit(&mut self) -> CommitOutcome {
+        match self {
+            OutageBuffer::Memory(_) => CommitOutcome::default(),
+            OutageBuffer::Disk(s) => s.commit(),
+        }
+    }
+
+    /// When a commit is due although no line came (disk, fsync interval).
+    pub fn sync_due_at(&self) -> Option<Instant> {
+        match self {
+            OutageBuffer::Memory(_) => None,
+            OutageBuffer::Disk(s) => s.sync_due_at(),
+        }
+    }
+
+    /// Forces written lines to disk now (disk, fsync interval).
+    pub fn sync(&mut self) -> io::Result<()> {
+        match self {
+            OutageBuffer::Memory(_) => Ok(()),
+            OutageBuffer::Disk(s) => s.sync(),
+        }
+    }
+
+    pub fn start_batch(&mut self, max_lines: usize) -> io::Result<Option<String>> {
+        match self {
+            OutageBuffer::Memory(b) => Ok(b.start_batch(max_lines)),
+            OutageBuffer::Disk(s) => s.start_batch(max_lines),
+        }
+    }
+
+    pub fn finish_batch(&mut self, outcome: BatchOutcome) -> BatchSettled {
+        match self {
+            OutageBuffer::Memory(b) => b.finish_batch(outcome),
+            OutageBuffer::Disk(s) => s.finish_batch(outcome),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            OutageBuffer::Memory(b) => b.len(),
+            OutageBuffer::Disk(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lines of the batch being written still in the buffer.
+    pub fn batch_len(&self) -> usize {
+        match self {
+            OutageBuffer::Memory(b) => b.batch_len(),
+            OutageBuffer::Disk(s) => s.batch_len(),
+        }
+    }
+
+    /// The line of a batch of one line.
+    pub fn single_batch_line(&self) -> Option<String> {
+        match self {
+            OutageBuffer::Memory(b) if b.batch_len() == 1 => b.batch().next().map(str::to_string),
+            OutageBuffer::Memory(_) => None,
+            OutageBuffer::Disk(s) => s.single_batch_line().map(str::to_string),
+        }
+    }
+
+    /// Bytes the spool takes on disk (0 in memory).
+    pub fn spool_bytes(&self) -> u64 {
+        match self {
+            OutageBuffer::Memory(_) => 0,
+            OutageBuffer::Disk(s) => s.bytes(),
+        }
+    }
+
+    /// At shutdown: lines still waiting are lost (memory) or forced to disk
+    /// for the next start (disk).
+    pub fn close(&mut self) -> Closed {
+        match self {
+            OutageBuffer::Memory(b) => Closed {
+                lost: b.clear(),
+                kept: 0,
+                error: None,
+            },
+            OutageBuffer::Disk(s) => {
+                let outcome = s.close();
+                Closed {
+                    lost: outcome.dropped,
+                    kept: s.len(),
+                    error: outcome.error,
+                }
+            }
+        }
+    }
+}
+
+/// What [`OutageBuffer::close`] left behind.
+#[derive(Debug)]
+pub struct Closed {
+    /// Lines that will never be delivered.
+    pub lost: usize,
+    /// Lines kept in the spool for the next start.
+    pub kept: usize,
+    pub error: Option<io::Error>,
+}
 
 /// Lines waiting to be written, oldest first, at most `capacity` of them.
 ///

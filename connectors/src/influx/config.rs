@@ -30,6 +30,29 @@ impl InfluxApi {
     }
 }
 
+/// Where the outage buffer keeps its lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferKind {
+    /// A spool on disk (`spool_dir`): survives restarts and crashes. The
+    /// default in a configuration file.
+    #[default]
+    Disk,
+    /// In memory (`buffer_max_lines`): lost when the process ends.
+    Memory,
+}
+
+/// When the spool forces what it wrote to disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolFsync {
+    /// After every batch of records the sink takes in (default).
+    #[default]
+    Batch,
+    /// Every `spool_fsync_interval_ms`.
+    IntervalMs,
+}
+
 /// Where and how the sink writes. Secrets never sit in the file:
 /// `token_env` (v2) and `password_env` (v1) name the environment variables
 /// that hold them.
@@ -70,10 +93,28 @@ pub struct InfluxSinkConfig {
     /// ...or once the oldest buffered line has waited this long.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
-    /// Lines kept in memory while the server is unreachable; beyond this the
-    /// oldest are dropped (and counted).
+    /// `"disk"` (default: the spool) or `"memory"`.
+    #[serde(default)]
+    pub buffer: BufferKind,
+    /// Lines kept in memory (`buffer = "memory"`) while the server is
+    /// unreachable; beyond this the oldest are dropped (and counted).
     #[serde(default = "default_buffer_max_lines")]
     pub buffer_max_lines: usize,
+    /// The spool's folder (default: `spool/influx` beside the configuration
+    /// file). One gateway per folder.
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// The spool's limit; beyond it the oldest lines are dropped (and
+    /// counted), a segment (an eighth) at a time. Default 512 MiB.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// `"batch"` (default: forced to disk before the sink takes the next
+    /// records) or `"interval_ms"` (every `spool_fsync_interval_ms`).
+    #[serde(default)]
+    pub spool_fsync: SpoolFsync,
+    /// With `spool_fsync = "interval_ms"` (default 1000).
+    #[serde(default = "default_spool_fsync_interval_ms")]
+    pub spool_fsync_interval_ms: u64,
     /// Deadline of one write request, connecting included.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -95,6 +136,15 @@ pub struct InfluxSinkConfig {
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: u64,
 }
+
+fn default_spool_max_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_spool_fsync_interval_ms() -> u64 {
+    1000
+}
+/// The smallest spool: a few segments of the smallest size.
+pub const MIN_SPOOL_MAX_BYTES: u64 = 256 * 1024;
 
 fn default_gzip() -> bool {
     true
@@ -123,7 +173,9 @@ fn default_request_timeout_ms() -> u64 {
 }
 
 impl InfluxSinkConfig {
-    /// A configuration with every optional key at its default.
+    /// A configuration with every optional key at its default, but for the
+    /// buffer: in memory, as there is no configuration file to put a spool
+    /// beside (see [`InfluxSinkConfig::with_spool`]).
     pub fn new(url: impl Into<String>, bucket: impl Into<String>) -> Self {
         Self {
             api: InfluxApi::V2,
@@ -137,7 +189,12 @@ impl InfluxSinkConfig {
             password_env: None,
             batch_max_lines: default_batch_max_lines(),
             flush_interval_ms: default_flush_interval_ms(),
+            buffer: BufferKind::Memory,
             buffer_max_lines: default_buffer_max_lines(),
+            spool_dir: None,
+            spool_max_bytes: default_spool_max_bytes(),
+            spool_fsync: SpoolFsync::Batch,
+            spool_fsync_interval_ms: default_spool_fsync_interval_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             backoff: default_backoff(),
             gzip: default_gzip(),
@@ -153,6 +210,15 @@ impl InfluxSinkConfig {
             api: InfluxApi::V1,
             database: Some(database.into()),
             ..Self::new(url, "")
+        }
+    }
+
+    /// The same, buffering in a disk spool in `dir`.
+    pub fn with_spool(self, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            buffer: BufferKind::Disk,
+            spool_dir: Some(dir.into()),
+            ..self
         }
     }
 
@@ -305,7 +371,37 @@ impl InfluxSinkConfig {
                 "must be greater than 0",
             ));
         }
-        if self.batch_max_lines > self.buffer_max_lines && self.buffer_max_lines > 0 {
+        match self.buffer {
+            BufferKind::Disk => {
+                if self.spool_dir.is_none() {
+                    problems.push(Problem::new(
+                        at("spool_dir"),
+                        "required with buffer = \"disk\"",
+                    ));
+                }
+                if self.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
+                    problems.push(Problem::new(
+                        at("spool_max_bytes"),
+                        format!("must be at least {MIN_SPOOL_MAX_BYTES}"),
+                    ));
+                }
+                if self.spool_fsync == SpoolFsync::IntervalMs && self.spool_fsync_interval_ms == 0 {
+                    problems.push(Problem::new(
+                        at("spool_fsync_interval_ms"),
+                        "must be greater than 0",
+                    ));
+                }
+            }
+            BufferKind::Memory => {
+                if self.spool_dir.is_some() {
+                    problems.push(Problem::new(at("spool_dir"), "only with buffer = \"disk\""));
+                }
+            }
+        }
+        if self.buffer == BufferKind::Memory
+            && self.batch_max_lines > self.buffer_max_lines
+            && self.buffer_max_lines > 0
+        {
             problems.push(Problem::new(
                 at("batch_max_lines"),
                 format!(
@@ -350,8 +446,17 @@ mod tests {
         .unwrap();
         assert_eq!(
             config,
-            InfluxSinkConfig::new("http://localhost:8086", "plant")
+            InfluxSinkConfig {
+                buffer: BufferKind::Disk,
+                ..InfluxSinkConfig::new("http://localhost:8086", "plant")
+            }
         );
+        assert_eq!(config.spool_max_bytes, 512 * 1024 * 1024);
+        assert_eq!(config.spool_fsync, SpoolFsync::Batch);
+        // The gateway puts the spool beside the configuration file; without
+        // one, a disk buffer has no place.
+        assert_eq!(paths(&config.validate("influx")), ["influx.spool_dir"]);
+        let config = config.with_spool("/var/lib/ironbridge/spool");
         assert_eq!(config.batch_max_lines, 5000);
         assert_eq!(config.flush_interval_ms, 1000);
         assert_eq!(config.buffer_max_lines, 100_000);
@@ -379,10 +484,16 @@ mod tests {
             buffer_max_lines = 1000
             request_timeout_ms = 2000
             backoff = { initial_ms = 100, max_ms = 5000 }
+            spool_dir = "spool"
+            spool_max_bytes = 1048576
+            spool_fsync = "interval_ms"
+            spool_fsync_interval_ms = 200
             "#,
         )
         .unwrap();
         assert_eq!(config.token_env.as_deref(), Some("INFLUX_TOKEN"));
+        assert_eq!(config.spool_fsync, SpoolFsync::IntervalMs);
+        assert_eq!(config.spool_fsync_interval_ms, 200);
         assert_eq!(
             config.backoff,
             BackoffConfig {
@@ -459,6 +570,7 @@ mod tests {
             retention_policy = "one_year"
             username = "gateway"
             password_env = "INFLUX_PASSWORD"
+            buffer = "memory"
             "#,
         )
         .unwrap();
@@ -515,6 +627,25 @@ mod tests {
             "api = \"v3\"\nurl = \"http://h\"\nbucket = \"b\"\n",
         );
         assert!(unknown_api.is_err());
+    }
+
+    #[test]
+    fn spool_keys_are_checked() {
+        let mut config = InfluxSinkConfig::new("http://h:8086", "b").with_spool("s");
+        config.spool_max_bytes = 1000;
+        config.spool_fsync = SpoolFsync::IntervalMs;
+        config.spool_fsync_interval_ms = 0;
+        assert_eq!(
+            paths(&config.validate("influx")),
+            ["influx.spool_max_bytes", "influx.spool_fsync_interval_ms"]
+        );
+        let mut memory = InfluxSinkConfig::new("http://h:8086", "b");
+        memory.spool_dir = Some("s".into());
+        assert_eq!(paths(&memory.validate("influx")), ["influx.spool_dir"]);
+        for bad in ["buffer = \"ssd\"", "spool_fsync = \"always\""] {
+            let text = format!("url = \"http://h\"\nbucket = \"b\"\n{bad}\n");
+            assert!(toml::from_str::<InfluxSinkConfig>(&text).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -6,8 +6,9 @@ pub mod buffer;
 pub mod config;
 pub mod line_protocol;
 pub mod sink;
+pub mod spool;
 pub mod writer;
 
-pub use config::{BackoffConfig, InfluxApi, InfluxSinkConfig};
+pub use config::{BackoffConfig, BufferKind, InfluxApi, InfluxSinkConfig, SpoolFsync};
 pub use sink::{InfluxSink, InfluxSinkStats};
 pub use writer::{InfluxWriter, LineWriter, WriteError};

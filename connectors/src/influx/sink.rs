@@ -12,12 +12,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::buffer::{BatchOutcome, LineBuffer};
-use super::config::InfluxSinkConfig;
+use super::buffer::{BatchOutcome, LineBuffer, OutageBuffer};
+use super::config::{BufferKind, InfluxSinkConfig, SpoolFsync};
 use super::line_protocol::encode_record;
+use super::spool::{DiskSpool, FsyncPolicy};
 use super::writer::{LineWriter, WriteError};
 use crate::backoff::Backoff;
+use crate::error::ConnectorError;
 use crate::scan::Record;
+
+/// Records taken from the queue before one commit to the spool (one write,
+/// one fsync with `spool_fsync = "batch"`).
+const MAX_RECORDS_PER_COMMIT: usize = 4096;
 
 /// How long the final flush on shutdown may take: long enough for a few
 /// batches to a reachable server, short enough not to hold up a restart.
@@ -50,6 +56,11 @@ struct StatsCounters {
     lines_dead_lettered: AtomicU64,
     auth_failures: AtomicU64,
     batches_split: AtomicU64,
+    spool_bytes: AtomicU64,
+    spool_corrupt_regions: AtomicU64,
+    spool_errors: AtomicU64,
+    lines_recovered: AtomicU64,
+    lines_kept_at_shutdown: AtomicU64,
     /// The last write attempt failed and its batch waits for a retry.
     failing: std::sync::atomic::AtomicBool,
     /// The last answer was 401 or 403.
@@ -90,8 +101,9 @@ impl InfluxSinkStats {
     pub fn buffered_lines(&self) -> u64 {
         self.0.buffered_lines.load(Ordering::Relaxed)
     }
-    /// Lines still buffered when the sink stopped (the server unreachable
-    /// or the final flush out of time): lost, as the buffer is in memory.
+    /// Lines still buffered in memory when the sink stopped (the server
+    /// unreachable or the final flush out of time): lost. (A disk spool
+    /// keeps them: [`InfluxSinkStats::lines_kept_at_shutdown`].)
     pub fn lines_lost_at_shutdown(&self) -> u64 {
         self.0.lines_lost_at_shutdown.load(Ordering::Relaxed)
     }
@@ -112,6 +124,28 @@ impl InfluxSinkStats {
         self.0.batches_split.load(Ordering::Relaxed)
     }
 
+    /// Bytes the disk spool takes now (gauge; 0 with a memory buffer).
+    pub fn spool_bytes(&self) -> u64 {
+        self.0.spool_bytes.load(Ordering::Relaxed)
+    }
+    /// Corrupt regions of the spool cut out into its `quarantine/` folder.
+    pub fn spool_corrupt_regions(&self) -> u64 {
+        self.0.spool_corrupt_regions.load(Ordering::Relaxed)
+    }
+    /// Spool reads and writes that failed for another reason than a full
+    /// disk (a write's lines are then dropped and counted as overflow).
+    pub fn spool_errors(&self) -> u64 {
+        self.0.spool_errors.load(Ordering::Relaxed)
+    }
+    /// Lines found in the spool at start, delivered first.
+    pub fn lines_recovered(&self) -> u64 {
+        self.0.lines_recovered.load(Ordering::Relaxed)
+    }
+    /// Lines left in the spool when the sink stopped, for the next start.
+    pub fn lines_kept_at_shutdown(&self) -> u64 {
+        self.0.lines_kept_at_shutdown.load(Ordering::Relaxed)
+    }
+
     /// Whether the last write attempt failed in a way that keeps the data
     /// (unreachable, 5xx, 401/403...): the server is not taking data now.
     pub fn is_failing(&self) -> bool {
@@ -130,7 +164,8 @@ impl InfluxSinkStats {
 
 /// Writes scans and predictions to InfluxDB in batches.
 ///
-/// Lines accumulate in a bounded in-memory buffer; a batch is written when
+/// Lines accumulate in a bounded outage buffer, a disk spool or memory
+/// ([`OutageBuffer`]); a batch is written when
 /// `batch_max_lines` are buffered or the oldest has waited
 /// `flush_interval_ms`. Every answer has its action ([`WriteError`]): a
 /// batch that failed in a retryable way (or with 401/403, raised as an
@@ -144,19 +179,60 @@ impl InfluxSinkStats {
 pub struct InfluxSink;
 
 impl InfluxSink {
-    /// Starts the sink task. It ends when `cancel` fires or every sender of
-    /// `rx` is gone: it then takes what is already in `rx`, tries a final
-    /// flush for at most [`SHUTDOWN_FLUSH_DEADLINE`] and logs how many lines
-    /// could not be delivered.
+    /// Starts the sink task, after opening the spool (with
+    /// `buffer = "disk"`), whose recovered lines are delivered first. It
+    /// ends when `cancel` fires or every sender of `rx` is gone: it then
+    /// takes what is already in `rx`, tries a final flush for at most
+    /// [`SHUTDOWN_FLUSH_DEADLINE`], and leaves what is left in the spool
+    /// (or, in memory, logs and counts it as lost).
+    ///
+    /// Fails only if the spool folder cannot be used (permissions, another
+    /// process holds it); never because of what is in it.
     pub fn spawn<W: LineWriter>(
         config: InfluxSinkConfig,
         writer: W,
         rx: mpsc::Receiver<Record>,
         cancel: CancellationToken,
-    ) -> (InfluxSinkStats, JoinHandle<()>) {
+    ) -> Result<(InfluxSinkStats, JoinHandle<()>), ConnectorError> {
         let stats = InfluxSinkStats::default();
+        let buffer = match (config.buffer, &config.spool_dir) {
+            (BufferKind::Disk, Some(dir)) => {
+                let fsync = match config.spool_fsync {
+                    SpoolFsync::Batch => FsyncPolicy::EveryCommit,
+                    SpoolFsync::IntervalMs => {
+                        FsyncPolicy::Interval(Duration::from_millis(config.spool_fsync_interval_ms))
+                    }
+                };
+                let (spool, recovery) = DiskSpool::open(dir, config.spool_max_bytes, fsync)
+                    .map_err(|e| ConnectorError::Spool {
+                        dir: dir.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                InfluxSinkStats::add(&stats.0.lines_recovered, recovery.lines);
+                InfluxSinkStats::add(&stats.0.spool_corrupt_regions, recovery.corrupt_regions);
+                if recovery.lines > 0 || recovery.corrupt_regions > 0 || recovery.torn_bytes > 0 {
+                    tracing::info!(
+                        spool = %dir.display(),
+                        lines = recovery.lines,
+                        corrupt_regions = recovery.corrupt_regions,
+                        torn_bytes = recovery.torn_bytes,
+                        ack_lost = recovery.ack_lost,
+                        "InfluxDB spool opened with lines from before; they are delivered first"
+                    );
+                }
+                OutageBuffer::Disk(spool)
+            }
+            (BufferKind::Disk, None) => {
+                return Err(ConnectorError::Config(
+                    "influx.spool_dir: required with buffer = \"disk\"".into(),
+                ))
+            }
+            (BufferKind::Memory, _) => {
+                OutageBuffer::Memory(LineBuffer::new(config.buffer_max_lines))
+            }
+        };
         let task = SinkTask {
-            buffer: LineBuffer::new(config.buffer_max_lines),
+            buffer,
             backoff: Backoff::new(config.backoff),
             config,
             writer: Arc::new(writer),
@@ -165,12 +241,14 @@ impl InfluxSink {
             retry_at: None,
             overflow_warned_at: None,
             unencodable_warned_at: None,
+            spool_error_warned_at: None,
             split_limit: None,
             dead_letter_bytes: None,
             auth_alarm: false,
         };
+        task.update_gauge();
         let handle = tokio::spawn(task.run(rx, cancel));
-        (stats, handle)
+        Ok((stats, handle))
     }
 }
 
@@ -179,7 +257,7 @@ type WriteFuture = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send>>;
 struct SinkTask<W> {
     config: InfluxSinkConfig,
     writer: Arc<W>,
-    buffer: LineBuffer,
+    buffer: OutageBuffer,
     stats: InfluxSinkStats,
     /// When the buffered lines are due even if no full batch has gathered.
     flush_at: Option<Instant>,
@@ -190,6 +268,7 @@ struct SinkTask<W> {
     backoff: Backoff,
     overflow_warned_at: Option<Instant>,
     unencodable_warned_at: Option<Instant>,
+    spool_error_warned_at: Option<Instant>,
     /// While isolating a refused line: the size of the next batches.
     split_limit: Option<usize>,
     /// Size of the dead-letter file, read on first use.
@@ -206,6 +285,7 @@ impl<W: LineWriter> SinkTask<W> {
                 Some(_) => None,
                 None => self.next_write_at(),
             };
+            let sync_at = self.buffer.sync_due_at().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -214,9 +294,24 @@ impl<W: LineWriter> SinkTask<W> {
                     self.settle(result);
                 }
                 record = rx.recv() => match record {
-                    Some(record) => self.accept(&record),
+                    Some(record) => {
+                        self.accept(&record);
+                        // Whatever else is queued goes in the same commit.
+                        for _ in 1..MAX_RECORDS_PER_COMMIT {
+                            match rx.try_recv() {
+                                Ok(record) => self.accept(&record),
+                                Err(_) => break,
+                            }
+                        }
+                        self.commit();
+                    }
                     None => break,
                 },
+                _ = sleep_until_if_some(sync_at) => {
+                    if let Err(e) = self.buffer.sync() {
+                        self.spool_error(&e, 0);
+                    }
+                }
                 _ = sleep_until_if_some(next_write) => {
                     in_flight = self.start_write();
                 }
@@ -225,6 +320,7 @@ impl<W: LineWriter> SinkTask<W> {
         while let Ok(record) = rx.try_recv() {
             self.accept(&record);
         }
+        self.commit();
         self.final_flush(in_flight).await;
     }
 
@@ -240,6 +336,7 @@ impl<W: LineWriter> SinkTask<W> {
             Ok(None) => {}
             Err(e) => {
                 InfluxSinkStats::add(&self.stats.0.records_unencodable, 1);
+                self.update_gauge();
                 if due(&mut self.unencodable_warned_at) {
                     tracing::warn!(
                         error = %e,
@@ -249,7 +346,29 @@ impl<W: LineWriter> SinkTask<W> {
                 }
             }
         }
+    }
+
+    /// Makes the accepted lines durable (disk spool); a full disk makes
+    /// room by dropping the oldest lines, like a full spool.
+    fn commit(&mut self) {
+        let outcome = self.buffer.commit();
+        self.count_overflow(outcome.evicted + outcome.dropped);
+        if let Some(error) = outcome.error {
+            self.spool_error(&error, outcome.dropped);
+        }
         self.update_gauge();
+    }
+
+    fn spool_error(&mut self, error: &std::io::Error, lines_dropped: usize) {
+        InfluxSinkStats::add(&self.stats.0.spool_errors, 1);
+        if due(&mut self.spool_error_warned_at) {
+            tracing::error!(
+                error = %error,
+                lines_dropped,
+                total_errors = self.stats.spool_errors(),
+                "InfluxDB spool cannot write or read its folder"
+            );
+        }
     }
 
     fn next_write_at(&self) -> Option<Instant> {
@@ -271,7 +390,18 @@ impl<W: LineWriter> SinkTask<W> {
     }
 
     fn start_write(&mut self) -> Option<WriteFuture> {
-        let body = self.buffer.start_batch(self.next_batch_lines())?;
+        let body = match self.buffer.start_batch(self.next_batch_lines()) {
+            Ok(body) => body,
+            Err(e) => {
+                // Reading the spool failed: try again later, as after a
+                // failed write.
+                self.spool_error(&e, 0);
+                self.retry_at = Some(Instant::now() + self.backoff.next_delay());
+                None
+            }
+        };
+        self.update_gauge();
+        let body = body?;
         self.retry_at = None;
         self.flush_at = None;
         let writer = Arc::clone(&self.writer);
@@ -327,7 +457,7 @@ impl<W: LineWriter> SinkTask<W> {
                 false
             }
             Err(WriteError::BadLines(reason) | WriteError::TooLarge(reason)) => {
-                let line = self.buffer.batch().next().map(str::to_string);
+                let line = self.buffer.single_batch_line();
                 let settled = self.buffer.finish_batch(BatchOutcome::Rejected);
                 InfluxSinkStats::add(&counters.lines_dead_lettered, settled.settled);
                 if let Some(line) = line {
@@ -451,10 +581,13 @@ impl<W: LineWriter> SinkTask<W> {
     }
 
     fn update_gauge(&self) {
-        self.stats
-            .0
+        let counters = &self.stats.0;
+        counters
             .buffered_lines
             .store(self.buffer.len() as u64, Ordering::Relaxed);
+        counters
+            .spool_bytes
+            .store(self.buffer.spool_bytes(), Ordering::Relaxed);
     }
 
     /// Waits for the write under way, then writes what is left until the
@@ -464,7 +597,7 @@ impl<W: LineWriter> SinkTask<W> {
             if let Some(write) = in_flight {
                 self.settle(write.await);
             }
-            while let Some(body) = self.buffer.start_batch(self.next_batch_lines()) {
+            while let Ok(Some(body)) = self.buffer.start_batch(self.next_batch_lines()) {
                 let result = self.writer.write(body).await;
                 if self.settle(result) {
                     break;
@@ -474,8 +607,13 @@ impl<W: LineWriter> SinkTask<W> {
         .await;
         // A write cut off by the deadline counts as failed.
         let settled = self.buffer.finish_batch(BatchOutcome::Failed);
-        let lost = self.buffer.clear() + settled.dropped_overflow;
+        let closed = self.buffer.close();
+        let lost = closed.lost + settled.dropped_overflow;
         InfluxSinkStats::add(&self.stats.0.lines_lost_at_shutdown, lost);
+        InfluxSinkStats::add(&self.stats.0.lines_kept_at_shutdown, closed.kept);
+        if let Some(error) = &closed.error {
+            self.spool_error(error, closed.lost);
+        }
         self.update_gauge();
         if lost > 0 {
             tracing::warn!(
@@ -483,7 +621,14 @@ impl<W: LineWriter> SinkTask<W> {
                 deadline_reached = flushed.is_err(),
                 "InfluxDB sink stopped with lines that could not be delivered"
             );
-        } else {
+        }
+        if closed.kept > 0 {
+            tracing::info!(
+                lines = closed.kept,
+                deadline_reached = flushed.is_err(),
+                "InfluxDB sink stopped; undelivered lines stay in the spool for the next start"
+            );
+        } else if lost == 0 {
             tracing::info!(
                 lines_written = self.stats.lines_written(),
                 "InfluxDB sink stopped with everything delivered"

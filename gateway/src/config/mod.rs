@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use ironbridge_connectors::influx::InfluxSinkConfig;
+use ironbridge_connectors::influx::{BufferKind, InfluxSinkConfig};
 use ironbridge_connectors::modbus::{ModbusMachineConfig, ModbusRtuMachineConfig};
 use ironbridge_connectors::opcua::OpcUaMachineConfig;
 use ironbridge_connectors::{Problem, SourceConfig};
@@ -154,6 +154,9 @@ impl GatewayConfig {
                     .clone()
                     .unwrap_or_else(|| PathBuf::from("dead-letter/influx.lp"));
                 influx.dead_letter_path = Some(resolve(file, &path));
+                if let Some(dir) = &influx.spool_dir {
+                    influx.spool_dir = Some(resolve(file, dir));
+                }
             }
             for machine in &mut config.machines {
                 if let MachineConfig::OpcUa(c) = machine {
@@ -285,7 +288,7 @@ impl SectionReader {
             }
             None => Vec::new(),
         };
-        let config = GatewayConfig {
+        let mut config = GatewayConfig {
             file: file.to_path_buf(),
             source_sha256: String::new(),
             // A section that failed to read is already a problem; the default
@@ -301,7 +304,11 @@ impl SectionReader {
         if let Some(http) = &config.http {
             self.problems.extend(http.validate("http"));
         }
-        if let Some(influx) = &config.influx {
+        if let Some(influx) = &mut config.influx {
+            // The default spool folder (resolved beside the file later).
+            if influx.buffer == BufferKind::Disk && influx.spool_dir.is_none() {
+                influx.spool_dir = Some(PathBuf::from("spool/influx"));
+            }
             self.problems.extend(influx.validate("influx"));
         }
         if let Some(modbus_server) = &config.modbus_server {

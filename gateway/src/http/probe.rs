@@ -370,6 +370,30 @@ impl Collector for GatewayProbe {
             )?;
             gauge(
                 e,
+                "ironbridge_spool_bytes",
+                "Bytes the InfluxDB disk spool takes (0 with buffer = \"memory\").",
+                [(Vec::new(), sink.spool_bytes() as f64)],
+            )?;
+            counter(
+                e,
+                "ironbridge_spool_corrupt_regions",
+                "Corrupt spool records cut out into the spool's quarantine/ folder.",
+                [(Vec::new(), sink.spool_corrupt_regions())],
+            )?;
+            counter(
+                e,
+                "ironbridge_spool_errors",
+                "Spool reads and writes that failed (not counting a full disk).",
+                [(Vec::new(), sink.spool_errors())],
+            )?;
+            counter(
+                e,
+                "ironbridge_spool_lines_recovered",
+                "Lines found in the spool at start, delivered first.",
+                [(Vec::new(), sink.lines_recovered())],
+            )?;
+            gauge(
+                e,
                 "ironbridge_sink_up",
                 "1 while InfluxDB takes data, 0 while writes fail.",
                 [(Vec::new(), if sink.is_failing() { 0.0 } else { 1.0 })],

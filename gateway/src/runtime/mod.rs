@@ -147,7 +147,8 @@ impl Gateway {
                 // The sink is not cancelled with the rest: it stops when the
                 // fan-out and the collectors drop their senders, after draining.
                 let (stats, task) =
-                    InfluxSink::spawn(influx_config.clone(), writer, rx, CancellationToken::new());
+                    InfluxSink::spawn(influx_config.clone(), writer, rx, CancellationToken::new())
+                        .map_err(GatewayError::Sink)?;
                 (Some(tx), Some(task), Some(stats))
             }
             _ => (None, None, None),
