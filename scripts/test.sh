@@ -26,4 +26,12 @@ awk '/^test result:/ {
        }
      }
      END { printf "Total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# What may enter the build (deny.toml): licenses, bans, sources. Advisories
+# need github.com, which CI cannot reach (deny.toml says more).
+echo "== cargo deny check licenses bans sources"
+deny_status=0
+cargo deny --locked check --hide-inclusion-graph licenses bans sources || deny_status=$?
+if [ "$status" -eq 0 ]; then
+  status=$deny_status
+fi
 exit "$status"

@@ -281,6 +281,18 @@ async def collect_changes(client, node, count, sampling_interval):
     return seen
 
 
+def bind_source_address(address):
+    """Makes every TCP connection of this process start from `address`
+    (asyncua has no option for it)."""
+    original = asyncio.BaseEventLoop.create_connection
+
+    async def create_connection(self, protocol_factory, host=None, port=None, **kwargs):
+        kwargs.setdefault("local_addr", (address, 0))
+        return await original(self, protocol_factory, host, port, **kwargs)
+
+    asyncio.BaseEventLoop.create_connection = create_connection
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
@@ -302,7 +314,12 @@ def main():
     # The monitored item's sampling interval in ms; -1 asks for the
     # publishing interval (OPC UA Part 4, 7.16).
     p.add_argument("--sampling-interval", type=float, default=0.0)
+    # Connect from this local address (e.g. 127.0.0.2): another client
+    # address on the same machine, for the per-address login throttle.
+    p.add_argument("--source-address")
     args = p.parse_args()
+    if args.source_address:
+        bind_source_address(args.source_address)
     result = asyncio.run(run(args))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

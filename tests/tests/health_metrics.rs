@@ -177,6 +177,36 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         "{answer}"
     );
 
+    // An HMI's session shows in ironbridge_opcua_sessions while it is open,
+    // and leaves it when it closes.
+    let sessions = || async {
+        let (_, body) = get(&format!("{base}/metrics")).await?;
+        let value = body
+            .lines()
+            .find(|l| l.starts_with("ironbridge_opcua_sessions"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no ironbridge_opcua_sessions in {body}"))?;
+        anyhow::Ok(value)
+    };
+    let speed = format!("Machines/{MACHINE}/Tags/speed_rpm");
+    let hmi_args = ["--subscribe", &speed, "--count", "25"];
+    let hmi = rig.opcua_client(&[], &hmi_args);
+    let seen_open = async {
+        eventually("a session counted", || async {
+            Ok((sessions().await? >= 1.0).then_some(()))
+        })
+        .await
+    };
+    let (hmi, seen_open) = tokio::join!(hmi, seen_open);
+    let hmi = hmi?;
+    assert_eq!(hmi["connected"], true, "{hmi}");
+    seen_open?;
+    eventually("the session no longer counted", || async {
+        Ok((sessions().await? == 0.0).then_some(()))
+    })
+    .await?;
+
     // The spindle goes away: /ready names it, Prometheus sees it down.
     rig.stop_spindle();
     let body = eventually("/ready 503", || async {

@@ -99,6 +99,9 @@ async fn hostile_traffic_leaves_the_server_serving() -> Result<()> {
         poll_ms: 200,
         flush_ms: 200,
         trust_client_certs: true,
+        // Long enough that the attempts below (a Python client each) all
+        // fall within the first lockout.
+        opcua_limits: Some("login_lockout_ms = 20000".into()),
         ..RigOptions::default()
     })
     .await?;
@@ -193,19 +196,20 @@ async fn hostile_traffic_leaves_the_server_serving() -> Result<()> {
     }
     still_serving(&rig, "300 churning connections").await?;
 
-    // Wrong passwords in a loop over SignAndEncrypt; the right one still
-    // gets in (no lockout of others).
+    // Wrong passwords in a loop over SignAndEncrypt: after 5 the address is
+    // locked out (even the right password is refused from it), another
+    // address still gets in (no lockout of others), and the locked one gets
+    // in again once its lockout has passed.
     let pki = tempfile::tempdir()?;
     let pki_dir = pki.path().display().to_string();
     std::env::set_var("IRONBRIDGE_TEST_WRONG_PASSWORD", "not-the-password");
     std::env::set_var("IRONBRIDGE_TEST_RIGHT_PASSWORD", "rig-admin-password");
-    let admin_login = |password_env: &'static str, reads: &'static [&'static str]| {
-        let paths: Vec<String> = reads.iter().map(|r| r.to_string()).collect();
+    let admin_login = |password_env: &'static str, from: &'static str| {
         let pki_dir = pki_dir.clone();
         let rig = &rig;
         async move {
             rig.opcua_client(
-                &paths,
+                &["Gateway/Version".to_string()],
                 &[
                     "--policy",
                     "Basic256Sha256",
@@ -215,17 +219,39 @@ async fn hostile_traffic_leaves_the_server_serving() -> Result<()> {
                     "admin",
                     "--password-env",
                     password_env,
+                    "--source-address",
+                    from,
                 ],
             )
             .await
         }
     };
     for attempt in 0..8 {
-        let answer = admin_login("IRONBRIDGE_TEST_WRONG_PASSWORD", &[]).await?;
+        let answer = admin_login("IRONBRIDGE_TEST_WRONG_PASSWORD", "127.0.0.1").await?;
         assert_eq!(answer["connected"], false, "attempt {attempt}: {answer}");
     }
-    let answer = admin_login("IRONBRIDGE_TEST_RIGHT_PASSWORD", &["Gateway/Version"]).await?;
-    assert_eq!(answer["connected"], true, "{answer}");
+    let answer = admin_login("IRONBRIDGE_TEST_RIGHT_PASSWORD", "127.0.0.1").await?;
+    assert_eq!(answer["connected"], false, "locked out: {answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("BadUserAccessDenied")),
+        "{answer}"
+    );
+    let answer = admin_login("IRONBRIDGE_TEST_RIGHT_PASSWORD", "127.0.0.2").await?;
+    assert_eq!(answer["connected"], true, "another address: {answer}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = admin_login("IRONBRIDGE_TEST_RIGHT_PASSWORD", "127.0.0.1").await?;
+        if answer["connected"] == true {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the lockout did not end: {answer}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     // Writes to read-only nodes are refused and change nothing.
     let speed = format!("Machines/{MACHINE}/Tags/speed_rpm");

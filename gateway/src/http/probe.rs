@@ -27,6 +27,7 @@ pub struct GatewayProbe {
     pub(crate) sink: Option<InfluxSinkStats>,
     pub(crate) models: Arc<Vec<ServedModel>>,
     pub(crate) fan_out: Arc<FanOutStats>,
+    pub(crate) opcua: Option<crate::opcua_server::OpcUaPublisher>,
 }
 
 impl std::fmt::Debug for GatewayProbe {
@@ -174,6 +175,14 @@ impl Collector for GatewayProbe {
             "Seconds since the gateway started.",
             [(Vec::new(), self.started.elapsed().as_secs_f64())],
         )?;
+        if let Some(opcua) = &self.opcua {
+            gauge(
+                e,
+                "ironbridge_opcua_sessions",
+                "Sessions open on the gateway's OPC UA server.",
+                [(Vec::new(), opcua.session_count() as f64)],
+            )?;
+        }
 
         let machine = |m: &String| vec![("machine", m.clone())];
         let per_source = |f: fn(&SourceStats) -> u64| {

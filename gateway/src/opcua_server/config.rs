@@ -65,6 +65,14 @@ pub struct OpcUaLimits {
     pub max_message_size: usize,
     /// Most chunks of one message.
     pub max_chunk_count: usize,
+    /// Failed logins from one client address before it is locked out
+    /// (0: no throttling). Only that address: the throttle cannot lock out
+    /// another client.
+    pub failed_logins_before_lockout: u32,
+    /// The first lockout; each further failure doubles it...
+    pub login_lockout_ms: u64,
+    /// ...up to this.
+    pub max_login_lockout_ms: u64,
 }
 
 impl Default for OpcUaLimits {
@@ -75,6 +83,9 @@ impl Default for OpcUaLimits {
             max_monitored_items_per_subscription: 1000,
             max_message_size: 5 * 65_535,
             max_chunk_count: 5,
+            failed_logins_before_lockout: 5,
+            login_lockout_ms: 1_000,
+            max_login_lockout_ms: 60_000,
         }
     }
 }
@@ -100,6 +111,21 @@ impl OpcUaLimits {
             if value == 0 {
                 problems.push(Problem::new(at(key), "must be greater than 0"));
             }
+        }
+        if self.failed_logins_before_lockout > 0 && self.login_lockout_ms == 0 {
+            problems.push(Problem::new(
+                at("login_lockout_ms"),
+                "must be greater than 0",
+            ));
+        }
+        if self.max_login_lockout_ms < self.login_lockout_ms {
+            problems.push(Problem::new(
+                at("max_login_lockout_ms"),
+                format!(
+                    "must be at least login_lockout_ms ({})",
+                    self.login_lockout_ms
+                ),
+            ));
         }
         if self.max_message_size < MIN_MESSAGE_SIZE {
             problems.push(Problem::new(
@@ -335,9 +361,12 @@ mod tests {
         assert_eq!(config.limits.max_sessions, 3);
         assert_eq!(config.limits.max_chunk_count, 2);
         assert_eq!(config.limits.max_subscriptions_per_session, 10);
+        assert_eq!(config.limits.failed_logins_before_lockout, 5);
+        assert_eq!(config.limits.login_lockout_ms, 1_000);
+        assert_eq!(config.limits.max_login_lockout_ms, 60_000);
         let bad = parse(
             "[limits]\nmax_sessions = 0\nmax_monitored_items_per_subscription = 0\n\
-             max_message_size = 100\n",
+             max_message_size = 100\nlogin_lockout_ms = 0\n",
         )
         .expect("parses");
         let problems = bad.validate("opcua");
@@ -350,9 +379,13 @@ mod tests {
             [
                 "opcua.limits.max_sessions",
                 "opcua.limits.max_monitored_items_per_subscription",
+                "opcua.limits.login_lockout_ms",
                 "opcua.limits.max_message_size"
             ]
         );
+        let inverted = parse("[limits]\nlogin_lockout_ms = 5000\nmax_login_lockout_ms = 1000\n")
+            .expect("parses");
+        assert!(paths(&inverted.validate("opcua")).contains(&"opcua.limits.max_login_lockout_ms"));
         assert!(parse("[limits]\nmax_session = 3\n").is_err());
     }
 

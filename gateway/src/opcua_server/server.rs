@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ironbridge_connectors::{GateRecord, Prediction, Quality, Scan, SourceStatus, TagValue};
 use ironbridge_models::{ModelLifecycle, VersionInfo};
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::server::diagnostics::NamespaceMetadata;
+use opcua::server::login_throttle::LoginThrottleConfig;
 use opcua::server::node_manager::memory::{InMemoryNodeManager, InMemoryNodeManagerBuilder};
 use opcua::server::{
     ServerBuilder, ServerEndpoint, ServerUserToken, SubscriptionCache, ANONYMOUS_USER_TOKEN_ID,
@@ -77,6 +78,8 @@ pub struct OpcUaPublisher {
 
 struct PublisherInner {
     node_manager: Arc<GatewayNodeManager>,
+    /// The server's own state (diagnostics: the session count).
+    server_info: Arc<opcua::server::ServerInfo>,
     subscriptions: Arc<SubscriptionCache>,
     index: NodeIndex,
     /// The namespace of every IronBridge node (for nodes added later).
@@ -143,7 +146,17 @@ pub async fn start(
         .token(cancel.child_token())
         .max_sessions(config.limits.max_sessions)
         .max_message_size(config.limits.max_message_size)
-        .max_chunk_count(config.limits.max_chunk_count);
+        .max_chunk_count(config.limits.max_chunk_count)
+        // Failed logins throttled per client address (our patch of
+        // async-opcua-server, third_party/README.md).
+        .login_throttle(LoginThrottleConfig {
+            free_failures: config.limits.failed_logins_before_lockout,
+            lockout: Duration::from_millis(config.limits.login_lockout_ms),
+            max_lockout: Duration::from_millis(config.limits.max_login_lockout_ms),
+            ..LoginThrottleConfig::default()
+        })
+        // The session count for ironbridge_opcua_sessions.
+        .diagnostics_enabled(true);
     {
         let subscriptions = &mut builder.limits_mut().subscriptions;
         subscriptions.max_subscriptions_per_session = config.limits.max_subscriptions_per_session;
@@ -267,6 +280,7 @@ pub async fn start(
     let publisher = OpcUaPublisher {
         inner: Arc::new(PublisherInner {
             node_manager,
+            server_info: handle.info().clone(),
             subscriptions: handle.subscriptions().clone(),
             index,
             ns,
@@ -279,6 +293,20 @@ pub async fn start(
 }
 
 impl OpcUaPublisher {
+    /// Sessions open on the gateway's OPC UA server now (from the server's
+    /// diagnostics summary, which the server keeps enabled for this).
+    pub fn session_count(&self) -> u64 {
+        use opcua::types::{VariableId, Variant};
+        let value =
+            self.inner.server_info.diagnostics.get(
+                VariableId::Server_ServerDiagnostics_ServerDiagnosticsSummary_CurrentSessionCount,
+            );
+        match value.and_then(|v| v.value) {
+            Some(Variant::UInt32(n)) => u64::from(n),
+            _ => 0,
+        }
+    }
+
     /// Sets every tag of the scan: value, SourceTimestamp = acquisition time,
     /// StatusCode from the quality.
     pub fn publish_scan(&self, scan: &Scan) {

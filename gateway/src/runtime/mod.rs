@@ -256,6 +256,7 @@ impl Gateway {
             sink: sink_stats.clone(),
             models: models.clone(),
             fan_out: stats.clone(),
+            opcua: Some(publisher.clone()),
         };
         tasks.spawn(status::publish_gateway_status(
             publisher.clone(),

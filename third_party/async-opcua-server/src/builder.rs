@@ -24,6 +24,8 @@ pub struct ServerBuilder {
     pub(crate) type_loaders: TypeLoaderCollection,
     pub(crate) token: CancellationToken,
     pub(crate) build_info: BuildInfo,
+    /// IronBridge patch.
+    pub(crate) login_throttle: crate::login_throttle::LoginThrottleConfig,
 }
 
 impl Default for ServerBuilder {
@@ -36,6 +38,7 @@ impl Default for ServerBuilder {
             type_tree_getter: None,
             build_info: BuildInfo::default(),
             type_loaders: TypeLoaderCollection::new(),
+            login_throttle: Default::default(),
         };
         #[cfg(feature = "generated-address-space")]
         {
@@ -262,6 +265,13 @@ impl ServerBuilder {
     /// If you remove the core node manager you must implement the core namespace yourself.
     pub fn without_node_managers(mut self) -> Self {
         self.node_managers.clear();
+        self
+    }
+
+    /// IronBridge patch: how failed logins are throttled per client
+    /// address (default: 5 free, then 1 s doubling up to 60 s).
+    pub fn login_throttle(mut self, config: crate::login_throttle::LoginThrottleConfig) -> Self {
+        self.login_throttle = config;
         self
     }
 

@@ -91,6 +91,8 @@ pub struct ServerInfo {
     pub type_loaders: RwLock<TypeLoaderCollection>,
     /// Current server diagnostics.
     pub diagnostics: ServerDiagnostics,
+    /// IronBridge patch: failed logins per client address.
+    pub login_throttle: crate::login_throttle::LoginThrottle,
 }
 
 impl ServerInfo {

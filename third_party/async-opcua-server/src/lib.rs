@@ -19,6 +19,8 @@ pub mod diagnostics;
 mod discovery;
 mod identity_token;
 mod info;
+// IronBridge patch: failed logins throttled per client address.
+pub mod login_throttle;
 pub mod node_manager;
 mod reverse_connect;
 mod server;

@@ -183,6 +183,7 @@ impl Server {
                 enabled: config.diagnostics,
                 ..Default::default()
             },
+            login_throttle: crate::login_throttle::LoginThrottle::new(builder.login_throttle),
         };
 
         let certificate_store = Arc::new(RwLock::new(certificate_store));
@@ -387,7 +388,9 @@ impl Server {
                                 self.certificate_store.clone(),
                                 self.node_managers.clone(),
                                 self.subscriptions.clone()
-                            );
+                            )
+                            // IronBridge patch: the peer, for the login throttle.
+                            .with_peer(addr);
 
                             let (send, recv) = tokio::sync::mpsc::channel(5);
                             let handle = tokio::spawn(async move {

@@ -81,6 +81,8 @@ pub(crate) struct SessionController {
     pending_messages: FuturesUnordered<Pin<Box<PendingMessageResponse>>>,
     info: Arc<ServerInfo>,
     deadline: Instant,
+    /// IronBridge patch: the client's address, for the login throttle.
+    peer: Option<std::net::SocketAddr>,
 }
 
 enum RequestProcessResult {
@@ -95,9 +97,16 @@ pub(crate) struct SessionStarter<T> {
     certificate_store: Arc<RwLock<CertificateStore>>,
     node_managers: NodeManagers,
     subscriptions: Arc<SubscriptionCache>,
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl<T: Connector> SessionStarter<T> {
+    /// IronBridge patch: the client's address (for the login throttle).
+    pub(crate) fn with_peer(mut self, peer: std::net::SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
     pub(crate) fn new(
         connector: T,
         info: Arc<ServerInfo>,
@@ -113,6 +122,7 @@ impl<T: Connector> SessionStarter<T> {
             certificate_store,
             node_managers,
             subscriptions,
+            peer: None,
         }
     }
 
@@ -152,7 +162,7 @@ impl<T: Connector> SessionStarter<T> {
             }
         };
 
-        let controller = SessionController::new(
+        let mut controller = SessionController::new(
             transport,
             self.session_manager,
             self.certificate_store,
@@ -160,6 +170,7 @@ impl<T: Connector> SessionStarter<T> {
             self.node_managers,
             self.subscriptions,
         );
+        controller.peer = self.peer;
         controller.run(command).await
     }
 }
@@ -190,6 +201,7 @@ impl SessionController {
                 + Duration::from_secs(info.config.tcp_config.hello_timeout as u64),
             info,
             pending_messages: FuturesUnordered::new(),
+            peer: None,
         }
     }
 
@@ -342,14 +354,46 @@ impl SessionController {
             }
 
             RequestMessage::ActivateSession(request) => {
-                let res = activate_session(
-                    &self.session_manager,
-                    &mut self.channel,
-                    &request,
-                    &mut self.message_handler,
-                )
-                .instrument(span.clone())
-                .await;
+                // IronBridge patch: a locked-out address is refused without
+                // its credentials being looked at; failures and successes
+                // are booked per address.
+                let ip = self.peer.map(|p| p.ip());
+                let throttle = &self.info.login_throttle;
+                let locked = ip.and_then(|ip| throttle.check(ip, Instant::now()).err());
+                let res = match locked {
+                    Some(remaining) => {
+                        warn!(
+                            "ActivateSession from {:?} refused: locked out for {remaining:?} after failed logins",
+                            self.peer
+                        );
+                        Err(StatusCode::BadUserAccessDenied)
+                    }
+                    None => {
+                        activate_session(
+                            &self.session_manager,
+                            &mut self.channel,
+                            &request,
+                            &mut self.message_handler,
+                        )
+                        .instrument(span.clone())
+                        .await
+                    }
+                };
+                if let (Some(ip), None) = (ip, locked) {
+                    match &res {
+                        Ok(_) => throttle.succeeded(ip),
+                        Err(
+                            StatusCode::BadIdentityTokenRejected
+                            | StatusCode::BadIdentityTokenInvalid
+                            | StatusCode::BadUserAccessDenied,
+                        ) => {
+                            if let Some(lockout) = throttle.failed(ip, Instant::now()) {
+                                warn!("failed OPC UA logins from {ip}: locked out for {lockout:?}");
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
                 let _h = span.enter();
                 self.process_service_result(res, request.request_header.request_handle, id)
             }
