@@ -252,11 +252,11 @@ impl Collector for GatewayProbe {
         counter(
             e,
             "ironbridge_inference_rejected",
-            "Inference requests refused (queue full, rate limit, unusable inputs).",
-            [(
-                Vec::new(),
-                fan_out.inference_rejected.load(Ordering::Relaxed),
-            )],
+            "Inference requests the serving version refused, by reason.",
+            fan_out
+                .inference_rejected
+                .by_reason()
+                .map(|(reason, n)| (vec![("reason", reason.to_string())], n)),
         )?;
         counter(
             e,

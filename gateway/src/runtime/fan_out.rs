@@ -93,11 +93,7 @@ impl FanOut {
         let pending = match serving.handle.submit(row) {
             Ok(p) => p,
             Err(e) => {
-                let n = self
-                    .stats
-                    .inference_rejected
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1;
+                let n = self.stats.inference_rejected.count(&e);
                 if n.is_power_of_two() {
                     tracing::warn!(model = %model.name, total = n, "inference request refused: {e}");
                 }

@@ -70,12 +70,56 @@ pub struct FanOutStats {
     pub predictions: AtomicU64,
     /// Records dropped because the InfluxDB sink's channel was full.
     pub sink_channel_full: AtomicU64,
-    /// Prediction requests the inference queue refused (queue full or rate).
-    pub inference_rejected: AtomicU64,
+    /// Prediction requests the serving version refused, by reason.
+    pub inference_rejected: InferenceRefusals,
     /// Inference requests that failed inside the model.
     pub inference_failed: AtomicU64,
     /// Rows the shadow version's queue or rate limit refused.
     pub shadow_rejected: AtomicU64,
+}
+
+/// Inference requests the serving version refused, one counter per reason
+/// (`ironbridge_inference_rejected_total{reason}`).
+#[derive(Debug, Default)]
+pub struct InferenceRefusals {
+    /// The bounded queue was full (the newest request is refused).
+    pub queue_full: AtomicU64,
+    /// Over the model's `max_rate`.
+    pub rate_limited: AtomicU64,
+    /// The row did not have one value per model input.
+    pub row_length: AtomicU64,
+    /// The inference worker is gone.
+    pub stopped: AtomicU64,
+}
+
+impl InferenceRefusals {
+    /// Counts `error`; returns the total over every reason.
+    pub fn count(&self, error: &ironbridge_models::SubmitError) -> u64 {
+        use ironbridge_models::SubmitError;
+        let counter = match error {
+            SubmitError::QueueFull => &self.queue_full,
+            SubmitError::RateLimited => &self.rate_limited,
+            SubmitError::RowLength { .. } => &self.row_length,
+            SubmitError::Stopped => &self.stopped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.total()
+    }
+
+    /// Each reason, as the `reason` label names it, with its count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("queue_full", get(&self.queue_full)),
+            ("rate_limited", get(&self.rate_limited)),
+            ("row_length", get(&self.row_length)),
+            ("stopped", get(&self.stopped)),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// A running gateway.
@@ -332,5 +376,35 @@ fn send_to_sink(sink: &Option<mpsc::Sender<Record>>, record: Record, stats: &Fan
         if n.is_power_of_two() {
             tracing::warn!(total = n, "InfluxDB sink channel full: record dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InferenceRefusals;
+    use ironbridge_models::SubmitError;
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let refusals = InferenceRefusals::default();
+        assert_eq!(refusals.count(&SubmitError::QueueFull), 1);
+        assert_eq!(refusals.count(&SubmitError::QueueFull), 2);
+        assert_eq!(
+            refusals.count(&SubmitError::RowLength {
+                expected: 5,
+                actual: 4
+            }),
+            3
+        );
+        assert_eq!(refusals.count(&SubmitError::Stopped), 4);
+        assert_eq!(
+            refusals.by_reason(),
+            [
+                ("queue_full", 2),
+                ("rate_limited", 0),
+                ("row_length", 1),
+                ("stopped", 1)
+            ]
+        );
     }
 }

@@ -95,7 +95,7 @@ pub(crate) async fn log_stats(
                     scans = stats.scans.load(Ordering::Relaxed),
                     predictions = stats.predictions.load(Ordering::Relaxed),
                     sink_channel_full = stats.sink_channel_full.load(Ordering::Relaxed),
-                    inference_rejected = stats.inference_rejected.load(Ordering::Relaxed),
+                    inference_rejected = ?stats.inference_rejected.by_reason(),
                     inference_failed = stats.inference_failed.load(Ordering::Relaxed),
                     shadow_rejected = stats.shadow_rejected.load(Ordering::Relaxed),
                     "gateway counters"
