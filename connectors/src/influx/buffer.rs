@@ -28,6 +28,11 @@ impl OutageBuffer {
         }
     }
 
+    /// Whether commits do disk I/O.
+    pub fn is_on_disk(&self) -> bool {
+        matches!(self, OutageBuffer::Disk(_))
+    }
+
     /// Makes the lines pushed so far durable as the policy says (disk).
     pub fn commit(&mut self) -> CommitOutcome {
         match self {

@@ -308,7 +308,8 @@ impl<W: LineWriter> SinkTask<W> {
                     None => break,
                 },
                 _ = sleep_until_if_some(sync_at) => {
-                    if let Err(e) = self.buffer.sync() {
+                    let buffer = &mut self.buffer;
+                    if let Err(e) = off_the_runtime(true, || buffer.sync()) {
                         self.spool_error(&e, 0);
                     }
                 }
@@ -351,7 +352,8 @@ impl<W: LineWriter> SinkTask<W> {
     /// Makes the accepted lines durable (disk spool); a full disk makes
     /// room by dropping the oldest lines, like a full spool.
     fn commit(&mut self) {
-        let outcome = self.buffer.commit();
+        let buffer = &mut self.buffer;
+        let outcome = off_the_runtime(buffer.is_on_disk(), || buffer.commit());
         self.count_overflow(outcome.evicted + outcome.dropped);
         if let Some(error) = outcome.error {
             self.spool_error(&error, outcome.dropped);
@@ -647,6 +649,20 @@ fn append(path: &std::path::Path, entry: &str) -> std::io::Result<()> {
         .append(true)
         .open(path)?
         .write_all(entry.as_bytes())
+}
+
+/// Runs `io` (a write or an fsync to the spool, which can take tens of ms
+/// on an SD card) so that it does not hold up the runtime's other tasks:
+/// on a multi-threaded runtime they move to another worker meanwhile. On a
+/// current-thread runtime (tests) it simply runs.
+fn off_the_runtime<T>(blocks: bool, io: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if blocks && multi_thread {
+        tokio::task::block_in_place(io)
+    } else {
+        io()
+    }
 }
 
 /// True (and restarts the interval) if the last warning is old enough.
