@@ -7,6 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
+# The aarch64 edge build, run under qemu by tests/tests/aarch64_edge_build.rs.
+bash scripts/build-aarch64.sh
 source scripts/env.sh
 
 log=$(mktemp)
