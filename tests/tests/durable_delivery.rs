@@ -137,6 +137,28 @@ async fn a_filesystem_that_fills_up_drops_the_oldest_lines_and_keeps_the_sink_ru
 }
 
 #[tokio::test]
+async fn a_disk_already_full_at_start_buffers_in_memory_instead_of_failing() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let disk = SmallFilesystem::mount(64)?;
+    // Something else took every block.
+    {
+        use std::io::Write as _;
+        let mut filler = std::fs::File::create(disk.path().join("filler"))?;
+        while filler.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let sink = RunningSink::start(config(&vm.url()).with_spool(disk.path().join("spool")))?;
+    sink.send((0..100).map(|i| numbered_scan(i, 0))).await?;
+    wait_for("100 lines written", || sink.stats.lines_written() == 100).await?;
+    assert!(sink.stats.spool_errors() >= 1, "the full disk is reported");
+    assert_eq!(sink.stats.spool_bytes(), 0, "buffering in memory");
+    let (seqs, _) = stored_seqs(&vm, "m").await?;
+    assert_eq!(seqs, (0..100).collect(), "every line delivered");
+    sink.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn kill_9_in_a_loop_during_an_outage_loses_nothing_beyond_the_fsync_window() -> Result<()> {
     init_logs();
     // 5 kills, about a second of scans each (20 a second), during one

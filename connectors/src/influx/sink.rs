@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::buffer::{BatchOutcome, LineBuffer, OutageBuffer};
 use super::config::{BufferKind, InfluxSinkConfig, SpoolFsync};
 use super::line_protocol::encode_record;
-use super::spool::{DiskSpool, FsyncPolicy};
+use super::spool::{is_disk_full, DiskSpool, FsyncPolicy};
 use super::writer::{LineWriter, WriteError};
 use crate::backoff::Backoff;
 use crate::error::ConnectorError;
@@ -203,11 +203,29 @@ impl InfluxSink {
                         FsyncPolicy::Interval(Duration::from_millis(config.spool_fsync_interval_ms))
                     }
                 };
-                let (spool, recovery) = DiskSpool::open(dir, config.spool_max_bytes, fsync)
-                    .map_err(|e| ConnectorError::Spool {
-                        dir: dir.display().to_string(),
-                        reason: e.to_string(),
-                    })?;
+                let (spool, recovery) = match DiskSpool::open(dir, config.spool_max_bytes, fsync) {
+                    Ok(opened) => opened,
+                    // A full disk is a full spool, not a reason to stop the
+                    // gateway: buffer in memory until the next start.
+                    Err(e) if is_disk_full(&e) => {
+                        InfluxSinkStats::add(&stats.0.spool_errors, 1);
+                        tracing::error!(
+                            spool = %dir.display(),
+                            error = %e,
+                            buffer_max_lines = config.buffer_max_lines,
+                            "ALARM: the disk of the InfluxDB spool is full; buffering in memory \
+                             until the gateway restarts (lines still in the spool wait for then)"
+                        );
+                        let buffer = OutageBuffer::Memory(LineBuffer::new(config.buffer_max_lines));
+                        return Ok(Self::start(config, writer, rx, cancel, stats, buffer));
+                    }
+                    Err(e) => {
+                        return Err(ConnectorError::Spool {
+                            dir: dir.display().to_string(),
+                            reason: e.to_string(),
+                        })
+                    }
+                };
                 InfluxSinkStats::add(&stats.0.lines_recovered, recovery.lines);
                 InfluxSinkStats::add(&stats.0.spool_corrupt_regions, recovery.corrupt_regions);
                 if recovery.lines > 0 || recovery.corrupt_regions > 0 || recovery.torn_bytes > 0 {
@@ -231,6 +249,17 @@ impl InfluxSink {
                 OutageBuffer::Memory(LineBuffer::new(config.buffer_max_lines))
             }
         };
+        Ok(Self::start(config, writer, rx, cancel, stats, buffer))
+    }
+
+    fn start<W: LineWriter>(
+        config: InfluxSinkConfig,
+        writer: W,
+        rx: mpsc::Receiver<Record>,
+        cancel: CancellationToken,
+        stats: InfluxSinkStats,
+        buffer: OutageBuffer,
+    ) -> (InfluxSinkStats, JoinHandle<()>) {
         let task = SinkTask {
             buffer,
             backoff: Backoff::new(config.backoff),
@@ -248,7 +277,7 @@ impl InfluxSink {
         };
         task.update_gauge();
         let handle = tokio::spawn(task.run(rx, cancel));
-        Ok((stats, handle))
+        (stats, handle)
     }
 }
 

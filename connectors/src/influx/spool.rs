@@ -659,7 +659,9 @@ impl DiskSpool {
     }
 }
 
-fn is_disk_full(e: &io::Error) -> bool {
+/// Whether `e` says the disk (or the quota, or the file size limit) is
+/// full: the spool treats it like a full spool.
+pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
