@@ -138,6 +138,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=int, default=0, help="the gateway default is 0")
+    ap.add_argument("--buffer", choices=["disk", "memory"], default="disk",
+                    help="[influx] buffer (the gateway default is disk: the spool)")
     args = ap.parse_args()
 
     target = os.path.join(ROOT, "target", "release")
@@ -169,6 +171,7 @@ insecure_loopback_endpoint = true
 url = "{vm}"
 bucket = "bench"
 flush_interval_ms = 1000
+buffer = "{args.buffer}"
 """]
         for m in machines:
             config.append(f"""
@@ -213,6 +216,7 @@ max_wait_ms = {args.max_wait_ms}
         polls_expected = args.machines * window * 1000 / args.poll_ms
         result = {
             "machines": args.machines,
+            "buffer": args.buffer,
             "poll_ms": args.poll_ms,
             "window_s": round(window, 1),
             "process_values_per_s": round(process / window),
