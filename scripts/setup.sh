@@ -8,7 +8,6 @@
 #     `api = "v1"`), prometheus (scrapes the gateway's /metrics in the
 #     tests), socat (pseudo-terminal pairs: the serial line
 #     of the Modbus RTU tests), and python3-venv where python3 lacks ensurepip
-#   - cargo-deny (dependency licenses, bans and sources; deny.toml)
 #   - .venv/: a Python virtual environment with torch (pinned to the libtorch
 #     version `tch` links against), asyncua and pymodbus (independent protocol
 #     peers for the tests; pyserial lets pymodbus serve a serial line), numpy
@@ -76,12 +75,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # space the install needs and is never used again by a one-shot setup.
   "$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
   printf '%s' "$want" > "$stamp"
-fi
-# cargo-deny (licenses, bans and sources of every dependency; deny.toml),
-# built once from crates.io into ~/.cargo/bin.
-DENY_VERSION=0.20.2
-if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
-  log "installing cargo-deny $DENY_VERSION (built from crates.io, a few minutes)"
-  cargo install --quiet --locked cargo-deny --version "$DENY_VERSION"
 fi
 log "ready"

@@ -9,6 +9,13 @@ cd "$root"
 bash scripts/setup.sh
 # The aarch64 edge build, run under qemu by tests/tests/aarch64_edge_build.rs.
 bash scripts/build-aarch64.sh
+# cargo-deny (licenses, bans and sources of every dependency; deny.toml),
+# built once from crates.io into ~/.cargo/bin; only the tests need it.
+DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
+  echo "[test] installing cargo-deny $DENY_VERSION (built from crates.io, a few minutes)"
+  cargo install --quiet --locked cargo-deny --version "$DENY_VERSION"
+fi
 source scripts/env.sh
 
 log=$(mktemp)

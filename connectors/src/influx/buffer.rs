@@ -14,8 +14,9 @@ use super::spool::{CommitOutcome, DiskSpool};
 pub enum OutageBuffer {
     /// Bounded by lines; lost when the process ends.
     Memory(LineBuffer),
-    /// Bounded by bytes; kept across restarts.
-    Disk(DiskSpool),
+    /// Bounded by bytes; kept across restarts. (Boxed: one per sink, and
+    /// far larger than the memory variant.)
+    Disk(Box<DiskSpool>),
 }
 
 impl OutageBuffer {

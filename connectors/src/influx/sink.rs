@@ -238,7 +238,7 @@ impl InfluxSink {
                         "InfluxDB spool opened with lines from before; they are delivered first"
                     );
                 }
-                OutageBuffer::Disk(spool)
+                OutageBuffer::Disk(Box::new(spool))
             }
             (BufferKind::Disk, None) => {
                 return Err(ConnectorError::Config(

@@ -112,6 +112,8 @@ pub struct DiskSpool {
     fsync: FsyncPolicy,
     /// Oldest first; the last one is written to.
     segments: VecDeque<Segment>,
+    /// Bytes of every segment together (kept, not summed per line).
+    on_disk: u64,
     write_file: File,
     /// Read handle of the front segment.
     read_file: Option<(u64, File)>,
@@ -252,8 +254,10 @@ impl DiskSpool {
             .truncate(false)
             .write(true)
             .open(dir.join(ACK_FILE))?;
+        let on_disk = segments.iter().map(|s| s.bytes).sum();
         let mut spool = Self {
             dir: dir.to_path_buf(),
+            on_disk,
             max_bytes: max_bytes.max(1),
             // Several segments per spool, so that deleting the oldest frees
             // a part of it, not all of it; small enough that a full disk
@@ -293,7 +297,7 @@ impl DiskSpool {
 
     /// Bytes of the spool on disk, and pending.
     pub fn bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.bytes).sum::<u64>() + self.pending.len() as u64
+        self.on_disk + self.pending.len() as u64
     }
 
     /// Corrupt regions found so far (at open and while reading).
@@ -442,7 +446,6 @@ impl DiskSpool {
         let max_lines = max_lines.max(1);
         let mut body = String::new();
         let mut lines = 0;
-        let mut single = None;
         let mut at = self.head_offset;
         let mut corrupt = 0;
         let mut buf = Vec::new();
@@ -453,16 +456,11 @@ impl DiskSpool {
             let mut pos = 0;
             while lines < max_lines && pos < buf.len() {
                 match parse_record(&buf[pos..]) {
-                    Parsed::Record(len) => {
-                        let line = std::str::from_utf8(&buf[pos + HEADER..pos + len])
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    Parsed::Record(len, line) => {
                         if lines > 0 {
                             body.push('\n');
                         }
                         body.push_str(line);
-                        if lines == 0 {
-                            single = Some(line.to_string());
-                        }
                         lines += 1;
                         pos += len;
                     }
@@ -503,7 +501,8 @@ impl DiskSpool {
             end: at,
             lines,
             evicted: false,
-            single: if lines == 1 { single } else { None },
+            // With one line the body is that line.
+            single: (lines == 1).then(|| body.clone()),
         });
         Ok(Some(body))
     }
@@ -575,6 +574,7 @@ impl DiskSpool {
             self.unsynced_since = Some(Instant::now());
         }
         let written = self.pending.len() as u64;
+        self.on_disk += written;
         if let Some(back) = self.segments.back_mut() {
             back.bytes += written;
             back.lines += self.pending_lines;
@@ -631,6 +631,7 @@ impl DiskSpool {
         let Some(front) = self.segments.pop_front() else {
             return Ok(());
         };
+        self.on_disk = self.on_disk.saturating_sub(front.bytes);
         if self
             .read_file
             .as_ref()
@@ -739,15 +740,15 @@ fn quarantine(dir: &Path, segment: u64, offset: u64, bytes: &[u8]) -> io::Result
     std::fs::write(path, bytes)
 }
 
-enum Parsed {
-    /// A whole, valid record of this many bytes.
-    Record(usize),
+enum Parsed<'a> {
+    /// A whole, valid record of this many bytes, and its line.
+    Record(usize, &'a str),
     /// Valid so far, but the record needs this many bytes.
     Short(usize),
     Corrupt,
 }
 
-fn parse_record(buf: &[u8]) -> Parsed {
+fn parse_record(buf: &[u8]) -> Parsed<'_> {
     if buf.len() < HEADER {
         return if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
             Parsed::Short(HEADER)
@@ -770,10 +771,13 @@ fn parse_record(buf: &[u8]) -> Parsed {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&buf[4..8]);
     hasher.update(&buf[HEADER..total]);
-    if hasher.finalize() != crc || std::str::from_utf8(&buf[HEADER..total]).is_err() {
+    if hasher.finalize() != crc {
         return Parsed::Corrupt;
     }
-    Parsed::Record(total)
+    match std::str::from_utf8(&buf[HEADER..total]) {
+        Ok(line) => Parsed::Record(total, line),
+        Err(_) => Parsed::Corrupt,
+    }
 }
 
 /// Bytes from the start of `buf` (a corrupt record) to the next valid
@@ -781,7 +785,7 @@ fn parse_record(buf: &[u8]) -> Parsed {
 fn resync(buf: &[u8]) -> Option<usize> {
     (1..buf.len().saturating_sub(3))
         .filter(|&at| buf[at..at + 4] == MAGIC)
-        .find(|&at| matches!(parse_record(&buf[at..]), Parsed::Record(_)))
+        .find(|&at| matches!(parse_record(&buf[at..]), Parsed::Record(..)))
 }
 
 struct Scan {
@@ -801,7 +805,7 @@ fn scan(content: &[u8], newest: bool) -> Scan {
     let mut pos = 0;
     while pos < content.len() {
         match parse_record(&content[pos..]) {
-            Parsed::Record(len) => {
+            Parsed::Record(len, _) => {
                 scan.records.push(pos..pos + len);
                 pos += len;
             }
