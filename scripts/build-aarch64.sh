@@ -42,7 +42,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-qemu_major=$(qemu-aarch64 --version 2>/dev/null | sed -n 's/^qemu-aarch64 version \([0-9]*\).*/\1/p')
+# (`|| true`: on a fresh machine there is no qemu-aarch64 yet, and with
+# pipefail its "command not found" would end the script here.)
+qemu_major=$({ qemu-aarch64 --version 2>/dev/null || true; } | sed -n 's/^qemu-aarch64 version \([0-9]*\).*/\1/p')
 if [ "${qemu_major:-0}" -lt 8 ]; then
   log "installing qemu-user from bookworm-backports (qemu >= 8 emulates aarch64's /proc/cpuinfo)"
   list=/etc/apt/sources.list.d/ironbridge-bookworm-backports.list
