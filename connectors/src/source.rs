@@ -7,10 +7,10 @@
 //! configuration into a boxed source; nothing else in the gateway names a
 //! protocol.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use ironbridge_metrics::{Counter, Gauge, MetricsRegistry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,72 +40,128 @@ pub trait Source: Send + 'static {
     ) -> BoxFuture<'static, ()>;
 }
 
-/// Counters every source keeps, whatever its protocol. Cheap to clone.
+/// Counters every source keeps, whatever its protocol: handles of the
+/// gateway's metrics facade (`ironbridge_metrics`), registered with the
+/// machine's name by [`SourceStats::register`]. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct SourceStats(Arc<SourceCounters>);
-
-#[derive(Debug, Default)]
-struct SourceCounters {
-    scans: AtomicU64,
-    link_failures: AtomicU64,
-    reconnects: AtomicU64,
-    outages: AtomicU64,
-    device_errors: AtomicU64,
-    /// The machine answers now (a scan got through, or a session is open).
-    up: AtomicBool,
+pub struct SourceStats {
+    scans: Counter,
+    link_failures: Counter,
+    reconnects: Counter,
+    outages: Counter,
+    device_errors: Counter,
+    notifications_dropped: Counter,
+    /// 1 while the machine answers (a scan got through, or a session is
+    /// open).
+    up: Gauge,
 }
 
 impl SourceStats {
+    /// Puts these counters into `registry` as the series of `machine`.
+    pub fn register(&self, registry: &MetricsRegistry, machine: &str) {
+        let labels = || vec![("machine", machine.to_string())];
+        let counters: [(&'static str, &'static str, &Counter); 6] = [
+            (
+                "ironbridge_source_scans",
+                "Scans delivered with data from the machine.",
+                &self.scans,
+            ),
+            (
+                "ironbridge_source_link_failures",
+                "Connection attempts or open links that failed.",
+                &self.link_failures,
+            ),
+            (
+                "ironbridge_source_reconnects",
+                "Links re-established after one was lost.",
+                &self.reconnects,
+            ),
+            (
+                "ironbridge_source_outages",
+                "Periods of unreachability (once per outage, not per retry).",
+                &self.outages,
+            ),
+            (
+                "ironbridge_source_device_errors",
+                "Answers without a usable value (Modbus exceptions, OPC UA bad statuses).",
+                &self.device_errors,
+            ),
+            (
+                "ironbridge_source_notifications_dropped",
+                "OPC UA notifications dropped because the gateway did not take them fast enough.",
+                &self.notifications_dropped,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.add_counter(name, help, labels(), counter);
+        }
+        registry.add_gauge(
+            "ironbridge_source_up",
+            "1 while the machine answers, 0 while it does not.",
+            labels(),
+            &self.up,
+        );
+    }
+
     /// Scans delivered with data from the machine (a poll whose requests all
     /// got an answer, or one notification batch).
     pub fn scans(&self) -> u64 {
-        self.0.scans.load(Ordering::Relaxed)
+        self.scans.get()
     }
     /// Connection attempts or open links that failed (broken link, timeout,
     /// closed session).
     pub fn link_failures(&self) -> u64 {
-        self.0.link_failures.load(Ordering::Relaxed)
+        self.link_failures.get()
     }
     /// Links re-established after one was lost (the first connect is not
     /// counted).
     pub fn reconnects(&self) -> u64 {
-        self.0.reconnects.load(Ordering::Relaxed)
+        self.reconnects.get()
     }
     /// Periods of unreachability: counted once when a link is lost (or the
     /// first connect fails), not once per retry.
     pub fn outages(&self) -> u64 {
-        self.0.outages.load(Ordering::Relaxed)
+        self.outages.get()
     }
     /// Answers the device gave that carry no usable value: Modbus exception
     /// codes, OPC UA bad status codes of single values.
     pub fn device_errors(&self) -> u64 {
-        self.0.device_errors.load(Ordering::Relaxed)
+        self.device_errors.get()
+    }
+    /// OPC UA notifications (each one or more scans) dropped because the
+    /// gateway did not take them fast enough (Modbus polls wait instead).
+    pub fn notifications_dropped(&self) -> u64 {
+        self.notifications_dropped.get()
     }
 
     /// Whether the machine answers now: set when a link or session is
     /// up (or a poll got an answer), cleared when it is lost. False until
     /// the first contact.
     pub fn is_up(&self) -> bool {
-        self.0.up.load(Ordering::Relaxed)
+        self.up.get_bool()
     }
     pub fn set_up(&self, up: bool) {
-        self.0.up.store(up, Ordering::Relaxed);
+        self.up.set_bool(up);
     }
 
     pub fn count_scan(&self) {
-        self.0.scans.fetch_add(1, Ordering::Relaxed);
+        self.scans.inc();
     }
     pub fn count_link_failure(&self) {
-        self.0.link_failures.fetch_add(1, Ordering::Relaxed);
+        self.link_failures.inc();
     }
     pub fn count_reconnect(&self) {
-        self.0.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.reconnects.inc();
     }
     pub fn count_outage(&self) {
-        self.0.outages.fetch_add(1, Ordering::Relaxed);
+        self.outages.inc();
     }
     pub fn count_device_errors(&self, n: u64) {
-        self.0.device_errors.fetch_add(n, Ordering::Relaxed);
+        self.device_errors.add(n);
+    }
+    /// Counts a dropped notification; returns the total (to warn at powers of two).
+    pub fn count_notification_dropped(&self) -> u64 {
+        self.notifications_dropped.inc_get()
     }
 }
 

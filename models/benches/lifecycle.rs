@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rate_limit_per_s: None,
             intra_op_threads: 1,
         },
+        metrics: Default::default(),
     };
     let lifecycle = std::sync::Arc::new(ModelLifecycle::start(
         &manifest.name,

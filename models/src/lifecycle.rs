@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use ironbridge_metrics::MetricsRegistry;
 use tokio::sync::broadcast;
 
 use crate::error::ModelError;
@@ -165,6 +166,8 @@ impl ModelEventKind {
 pub struct LifecycleOptions {
     pub device: DeviceChoice,
     pub inference: InferenceOptions,
+    /// Where each loaded version's counters go (labels `model`, `version`).
+    pub metrics: MetricsRegistry,
 }
 
 /// The versions of one model folder and the slot that serves.
@@ -571,6 +574,9 @@ fn prepare(
         });
     }
     let handle = InferenceService::spawn(torch, options.inference.clone())?;
+    handle
+        .stats()
+        .register(&options.metrics, &manifest.name, &manifest.version);
     Ok(ServingModel {
         handle,
         version: Arc::from(manifest.version.as_str()),

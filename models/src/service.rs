@@ -9,12 +9,14 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+pub use ironbridge_metrics::HistogramSnapshot;
+use ironbridge_metrics::{Counter, Histogram, MetricsRegistry};
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -160,21 +162,21 @@ pub struct InferenceStats {
 
 #[derive(Debug)]
 struct Counters {
-    requests: AtomicU64,
-    inferences: AtomicU64,
-    batches: AtomicU64,
-    rejected_queue_full: AtomicU64,
-    rejected_rate_limited: AtomicU64,
-    skipped_missing: AtomicU64,
-    skipped_bad_quality: AtomicU64,
-    skipped_not_finite: AtomicU64,
-    skipped_out_of_range: AtomicU64,
-    skipped_input_count: AtomicU64,
-    failures: AtomicU64,
+    requests: Counter,
+    inferences: Counter,
+    batches: Counter,
+    rejected_queue_full: Counter,
+    rejected_rate_limited: Counter,
+    skipped_missing: Counter,
+    skipped_bad_quality: Counter,
+    skipped_not_finite: Counter,
+    skipped_out_of_range: Counter,
+    skipped_input_count: Counter,
+    failures: Counter,
     /// Seconds per forward call.
-    latency: BucketCounts,
+    latency: Histogram,
     /// Rows per forward call.
-    batch_sizes: BucketCounts,
+    batch_sizes: Histogram,
 }
 
 /// Upper bounds of the forward-call latency buckets, in seconds.
@@ -184,80 +186,22 @@ pub const LATENCY_BUCKETS_S: [f64; 13] = [
 /// Upper bounds of the batch size buckets, in rows.
 pub const BATCH_SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// A histogram for the hot path: one relaxed atomic add per observation
-/// (and one for the sum), no lock. The bucket bounds are fixed.
-#[derive(Debug)]
-struct BucketCounts {
-    bounds: &'static [f64],
-    /// One per bound, plus the overflow (+Inf) bucket.
-    counts: Vec<AtomicU64>,
-    /// Sum of the observations in nanounits (ns, or rows x 1e9).
-    sum_nano: AtomicU64,
-}
-
-impl BucketCounts {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_nano: AtomicU64::new(0),
-        }
-    }
-
-    fn observe(&self, value: f64) {
-        let i = self.bounds.partition_point(|&b| b < value);
-        if let Some(count) = self.counts.get(i) {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_nano
-            .fetch_add((value * 1e9) as u64, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> HistogramSnapshot {
-        let counts: Vec<u64> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        HistogramSnapshot {
-            buckets: self
-                .bounds
-                .iter()
-                .copied()
-                .chain(std::iter::once(f64::INFINITY))
-                .zip(counts.iter().copied())
-                .collect(),
-            count: counts.iter().sum(),
-            sum: self.sum_nano.load(Ordering::Relaxed) as f64 / 1e9,
-        }
-    }
-}
-
-/// A histogram at one moment: `(upper bound, observations in this bucket)`
-/// (not cumulative; the last bound is +Inf), their count and sum.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct HistogramSnapshot {
-    pub buckets: Vec<(f64, u64)>,
-    pub count: u64,
-    pub sum: f64,
-}
-
 impl Default for Counters {
     fn default() -> Self {
         Self {
-            requests: AtomicU64::default(),
-            inferences: AtomicU64::default(),
-            batches: AtomicU64::default(),
-            rejected_queue_full: AtomicU64::default(),
-            rejected_rate_limited: AtomicU64::default(),
-            skipped_missing: AtomicU64::default(),
-            skipped_bad_quality: AtomicU64::default(),
-            skipped_not_finite: AtomicU64::default(),
-            skipped_out_of_range: AtomicU64::default(),
-            skipped_input_count: AtomicU64::default(),
-            failures: AtomicU64::default(),
-            latency: BucketCounts::new(&LATENCY_BUCKETS_S),
-            batch_sizes: BucketCounts::new(&BATCH_SIZE_BUCKETS),
+            requests: Counter::default(),
+            inferences: Counter::default(),
+            batches: Counter::default(),
+            rejected_queue_full: Counter::default(),
+            rejected_rate_limited: Counter::default(),
+            skipped_missing: Counter::default(),
+            skipped_bad_quality: Counter::default(),
+            skipped_not_finite: Counter::default(),
+            skipped_out_of_range: Counter::default(),
+            skipped_input_count: Counter::default(),
+            failures: Counter::default(),
+            latency: Histogram::new(&LATENCY_BUCKETS_S),
+            batch_sizes: Histogram::new(&BATCH_SIZE_BUCKETS),
         }
     }
 }
@@ -286,9 +230,61 @@ pub struct InferenceStatsSnapshot {
 }
 
 impl InferenceStats {
+    /// Puts the counters of one model version into `registry`, labelled
+    /// `model` and `version` (serving and shadow versions alike).
+    pub fn register(&self, registry: &MetricsRegistry, model: &str, version: &str) {
+        let c = &*self.counters;
+        let labels = || {
+            vec![
+                ("model", model.to_string()),
+                ("version", version.to_string()),
+            ]
+        };
+        registry.add_counter(
+            "ironbridge_inferences",
+            "Rows run through each model version (serving or shadow).",
+            labels(),
+            &c.inferences,
+        );
+        registry.add_counter(
+            "ironbridge_inference_batches",
+            "Forward calls of each model version that succeeded.",
+            labels(),
+            &c.batches,
+        );
+        for (reason, counter) in [
+            ("missing", &c.skipped_missing),
+            ("bad_quality", &c.skipped_bad_quality),
+            ("not_finite", &c.skipped_not_finite),
+            ("out_of_range", &c.skipped_out_of_range),
+            ("input_count", &c.skipped_input_count),
+        ] {
+            let mut labels = labels();
+            labels.push(("reason", reason.to_string()));
+            registry.add_counter(
+                "ironbridge_inference_rows_skipped",
+                "Rows not fed to a model version, by the first reason (an input missing, Bad, not finite, out of the manifest's range).",
+                labels,
+                counter,
+            );
+        }
+        registry.add_histogram(
+            "ironbridge_inference_latency_seconds",
+            "Seconds per forward call of each model version.",
+            labels(),
+            &c.latency,
+        );
+        registry.add_histogram(
+            "ironbridge_inference_batch_size",
+            "Rows per forward call of each model version.",
+            labels(),
+            &c.batch_sizes,
+        );
+    }
+
     pub fn snapshot(&self) -> InferenceStatsSnapshot {
         let c = &*self.counters;
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let get = |counter: &Counter| counter.get();
         InferenceStatsSnapshot {
             requests: get(&c.requests),
             inferences: get(&c.inferences),
@@ -312,10 +308,6 @@ impl InferenceStats {
     /// Rows per forward call.
     pub fn batch_sizes(&self) -> HistogramSnapshot {
         self.counters.batch_sizes.snapshot()
-    }
-
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -389,7 +381,7 @@ pub fn prepare_inputs(
 ) -> Result<Vec<f32>, SkipReason> {
     let c = &*stats.counters;
     if values.len() != manifest.inputs.len() {
-        InferenceStats::add(&c.skipped_input_count, 1);
+        c.skipped_input_count.inc();
         return Err(SkipReason::InputCount {
             expected: manifest.inputs.len(),
             actual: values.len(),
@@ -400,24 +392,24 @@ pub fn prepare_inputs(
         let input = || spec.name.clone();
         let value = match *value {
             InputValue::Missing => {
-                InferenceStats::add(&c.skipped_missing, 1);
+                c.skipped_missing.inc();
                 return Err(SkipReason::Missing { input: input() });
             }
             InputValue::BadQuality => {
-                InferenceStats::add(&c.skipped_bad_quality, 1);
+                c.skipped_bad_quality.inc();
                 return Err(SkipReason::BadQuality { input: input() });
             }
             InputValue::Value(value) => value,
         };
         if !value.is_finite() {
-            InferenceStats::add(&c.skipped_not_finite, 1);
+            c.skipped_not_finite.inc();
             return Err(SkipReason::NotFinite {
                 input: input(),
                 value,
             });
         }
         if value < spec.min || value > spec.max {
-            InferenceStats::add(&c.skipped_out_of_range, 1);
+            c.skipped_out_of_range.inc();
             return Err(SkipReason::OutOfRange {
                 input: input(),
                 unit: spec.unit.clone(),
@@ -573,9 +565,9 @@ impl InferenceHandle {
     /// Never waits: a full queue or the rate limit rejects this request.
     pub fn submit(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
         let c = &*self.shared.stats.counters;
-        InferenceStats::add(&c.requests, 1);
+        c.requests.inc();
         if row.len() != self.shared.inputs.len() {
-            InferenceStats::add(&c.failures, 1);
+            c.failures.inc();
             return Err(SubmitError::RowLength {
                 expected: self.shared.inputs.len(),
                 actual: row.len(),
@@ -583,7 +575,7 @@ impl InferenceHandle {
         }
         if let Some(limiter) = &self.shared.limiter {
             if limiter.check().is_err() {
-                InferenceStats::add(&c.rejected_rate_limited, 1);
+                c.rejected_rate_limited.inc();
                 return Err(SubmitError::RateLimited);
             }
         }
@@ -594,11 +586,11 @@ impl InferenceHandle {
                 shared: Arc::clone(&self.shared),
             }),
             Err(TrySendError::Full(_)) => {
-                InferenceStats::add(&c.rejected_queue_full, 1);
+                c.rejected_queue_full.inc();
                 Err(SubmitError::QueueFull)
             }
             Err(TrySendError::Closed(_)) => {
-                InferenceStats::add(&c.failures, 1);
+                c.failures.inc();
                 Err(SubmitError::Stopped)
             }
         }
@@ -808,8 +800,8 @@ impl Worker {
         c.batch_sizes.observe(n_rows as f64);
         match result {
             Ok(values) => {
-                InferenceStats::add(&c.batches, 1);
-                InferenceStats::add(&c.inferences, n_rows as u64);
+                c.batches.inc();
+                c.inferences.add(n_rows as u64);
                 let n_outputs = self.model.n_outputs();
                 for (request, output) in batch.drain(..).zip(values.chunks_exact(n_outputs)) {
                     // A caller that gave up meanwhile is no concern.
@@ -817,7 +809,7 @@ impl Worker {
                 }
             }
             Err(error) => {
-                InferenceStats::add(&c.failures, n_rows as u64);
+                c.failures.add(n_rows as u64);
                 tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(copy_of(&error)));
@@ -870,7 +862,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_upper_bounds_and_the_rest_overflows() {
-        let h = BucketCounts::new(&BATCH_SIZE_BUCKETS);
+        let h = Histogram::new(&BATCH_SIZE_BUCKETS);
         for rows in [1.0, 1.0, 3.0, 256.0, 300.0] {
             h.observe(rows);
         }

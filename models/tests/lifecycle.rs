@@ -27,6 +27,7 @@ fn options() -> LifecycleOptions {
             queue_capacity: 4096,
             ..InferenceOptions::default()
         },
+        metrics: Default::default(),
     }
 }
 
@@ -280,7 +281,9 @@ fn folders_that_appear_are_found_and_those_that_go_are_retired() {
 #[test]
 fn a_shadow_runs_beside_the_active_version_and_is_promoted_without_a_reload() {
     let scratch = two_versions("shadow");
-    let lifecycle = ModelLifecycle::start("tiny", scratch.path(), "1.0.0", options()).unwrap();
+    let options = options();
+    let metrics = options.metrics.clone();
+    let lifecycle = ModelLifecycle::start("tiny", scratch.path(), "1.0.0", options).unwrap();
     assert!(lifecycle.shadow().is_none());
     assert!(matches!(
         lifecycle.stop_shadow("op"),
@@ -313,6 +316,39 @@ fn a_shadow_runs_beside_the_active_version_and_is_promoted_without_a_reload() {
         .blocking_wait()
         .unwrap();
     assert_eq!(active_out, expected_tiny(&row));
+    // Each version counts its own rows under its own labels (what
+    // /metrics shows as ironbridge_inferences_total{model,version}).
+    let inferences: Vec<(String, u64)> = metrics
+        .snapshot()
+        .into_iter()
+        .filter(|f| f.name == "ironbridge_inferences")
+        .flat_map(|f| f.series)
+        .map(|s| {
+            let version = s.labels.iter().find(|(k, _)| *k == "version");
+            let n = match s.value {
+                ironbridge_metrics::Value::Counter(n) => n,
+                _ => u64::MAX,
+            };
+            (version.map_or(String::new(), |(_, v)| v.clone()), n)
+        })
+        .collect();
+    // Loading runs warm-up rows through each version: at least our one.
+    assert_eq!(
+        inferences
+            .iter()
+            .map(|(v, _)| v.as_str())
+            .collect::<Vec<_>>(),
+        ["1.0.0", "1.1.0"]
+    );
+    for (version, n) in &inferences {
+        let stats = if version == "1.0.0" {
+            lifecycle.serving().handle.stats().snapshot()
+        } else {
+            shadow.handle.stats().snapshot()
+        };
+        assert_eq!(*n, stats.inferences, "{version}");
+        assert!(*n >= 1, "{version}");
+    }
 
     // Promotion swaps the running shadow in: the very same service.
     lifecycle.activate("1.1.0", "gate").unwrap();

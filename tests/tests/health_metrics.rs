@@ -141,6 +141,36 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         "rows in batches = inferences (no failure here)"
     );
 
+    // One facade: the log line and /metrics show the same series (every
+    // counter that is logged is exported, and nothing is exported that the
+    // log leaves out), from one snapshot of the gateway's registry.
+    let registry = rig
+        .gateway
+        .as_ref()
+        .context("gateway running")?
+        .metrics
+        .clone();
+    let (_, body) = get(&format!("{base}/metrics")).await?;
+    let logged = logged_series(&ironbridge_metrics::log_lines(&registry.snapshot()));
+    let exported = exported_series(&body);
+    assert_eq!(logged, exported, "log vs /metrics\n{body}");
+    for wanted in [
+        format!("ironbridge_source_notifications_dropped_total|machine={MACHINE}"),
+        "ironbridge_sink_unauthorized|".to_string(),
+        "ironbridge_sink_points_dropped_total|reason=channel_full".to_string(),
+    ] {
+        assert!(exported.contains(&wanted), "{wanted} not in\n{body}");
+    }
+    // Rows a model did not get, by reason, per version.
+    assert!(
+        exported.iter().any(
+            |s| s.starts_with("ironbridge_inference_rows_skipped_total|")
+                && s.contains(&format!("model={MODEL}"))
+                && s.contains("reason=out_of_range")
+        ),
+        "{body}"
+    );
+
     // The same state in OPC UA, beside the machines.
     let gateway_nodes = [
         "Gateway/Version".to_string(),
@@ -255,4 +285,53 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
     assert_eq!(status, 404);
     rig.stop().await;
     Ok(())
+}
+
+/// `name|label=value,...` (labels sorted) of every series in the log lines
+/// (`name{reason=x}=v` entries grouped under `machine=a,...`).
+fn logged_series(lines: &[(String, String)]) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (group, values) in lines {
+        for entry in values.split(' ') {
+            let Some((series, _value)) = entry.rsplit_once('=') else {
+                continue;
+            };
+            let (name, own) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}').replace("}{", ",")),
+                None => (series, String::new()),
+            };
+            let mut labels: Vec<&str> = group
+                .split(',')
+                .chain(own.split(','))
+                .filter(|l| !l.is_empty())
+                .collect();
+            labels.sort_unstable();
+            out.insert(format!("{name}|{}", labels.join(",")));
+        }
+    }
+    out
+}
+
+/// The same form for every sample line of an OpenMetrics body (histogram
+/// buckets left out: the log gives a histogram's count and sum).
+fn exported_series(body: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if name.ends_with("_bucket") || name.ends_with("_created") {
+            continue;
+        }
+        let mut labels: Vec<String> = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.replace('"', ""))
+            .collect();
+        labels.sort_unstable();
+        out.insert(format!("{name}|{}", labels.join(",")));
+    }
+    out
 }

@@ -10,5 +10,5 @@ pub mod spool;
 pub mod writer;
 
 pub use config::{BackoffConfig, BufferKind, InfluxApi, InfluxSinkConfig, SpoolFsync};
-pub use sink::{InfluxSink, InfluxSinkStats};
+pub use sink::{InfluxSink, InfluxSinkStats, POINTS_DROPPED, POINTS_DROPPED_HELP};
 pub use writer::{InfluxWriter, LineWriter, WriteError};

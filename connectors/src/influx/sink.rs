@@ -3,10 +3,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ironbridge_metrics::{Counter, Gauge, MetricsRegistry};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -37,128 +37,230 @@ const LOSS_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// after this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// The family of every line that will never reach InfluxDB, by `reason`.
+pub const POINTS_DROPPED: &str = "ironbridge_sink_points_dropped";
+pub const POINTS_DROPPED_HELP: &str = "Lines that will never reach InfluxDB, by reason.";
+
 /// Counters of one sink, cheap to clone and read from anywhere (metrics,
-/// health, tests).
+/// health, tests): handles of the gateway's metrics facade, put into its
+/// registry by [`InfluxSinkStats::register`].
 #[derive(Debug, Clone, Default)]
 pub struct InfluxSinkStats(Arc<StatsCounters>);
 
 #[derive(Debug, Default)]
 struct StatsCounters {
-    lines_written: AtomicU64,
-    batches_written: AtomicU64,
-    write_failures: AtomicU64,
-    batches_rejected: AtomicU64,
-    lines_dropped_overflow: AtomicU64,
-    lines_dropped_rejected: AtomicU64,
-    records_unencodable: AtomicU64,
-    buffered_lines: AtomicU64,
-    lines_lost_at_shutdown: AtomicU64,
-    lines_dead_lettered: AtomicU64,
-    auth_failures: AtomicU64,
-    batches_split: AtomicU64,
-    spool_bytes: AtomicU64,
-    spool_corrupt_regions: AtomicU64,
-    spool_errors: AtomicU64,
-    lines_recovered: AtomicU64,
-    lines_kept_at_shutdown: AtomicU64,
-    /// The last write attempt failed and its batch waits for a retry.
-    failing: std::sync::atomic::AtomicBool,
-    /// The last answer was 401 or 403.
-    unauthorized: std::sync::atomic::AtomicBool,
+    lines_written: Counter,
+    batches_written: Counter,
+    write_failures: Counter,
+    batches_rejected: Counter,
+    lines_dropped_overflow: Counter,
+    lines_dropped_rejected: Counter,
+    records_unencodable: Counter,
+    buffered_lines: Gauge,
+    lines_lost_at_shutdown: Counter,
+    lines_dead_lettered: Counter,
+    auth_failures: Counter,
+    batches_split: Counter,
+    spool_bytes: Gauge,
+    spool_corrupt_regions: Counter,
+    spool_errors: Counter,
+    lines_recovered: Counter,
+    lines_kept_at_shutdown: Counter,
+    /// 1 while the last write attempt failed and its batch waits for a
+    /// retry.
+    failing: Gauge,
+    /// 1 while the last answer was 401 or 403.
+    unauthorized: Gauge,
 }
 
 impl InfluxSinkStats {
+    /// Puts these counters into `registry` (the points dropped go into
+    /// `ironbridge_sink_points_dropped{reason}`, where the gateway adds its
+    /// own `channel_full`).
+    pub fn register(&self, registry: &MetricsRegistry) {
+        let c = &*self.0;
+        let counters: [(&'static str, &'static str, &Counter); 10] = [
+            (
+                "ironbridge_sink_lines_written",
+                "Lines InfluxDB accepted.",
+                &c.lines_written,
+            ),
+            (
+                "ironbridge_sink_batches_written",
+                "Batches InfluxDB accepted.",
+                &c.batches_written,
+            ),
+            (
+                "ironbridge_sink_batches_split",
+                "Batches split in two after a 400, 422 or 413.",
+                &c.batches_split,
+            ),
+            (
+                "ironbridge_sink_batches_rejected",
+                "Batches InfluxDB refused for good (their lines are dropped, reason rejected).",
+                &c.batches_rejected,
+            ),
+            (
+                "ironbridge_sink_write_failures",
+                "Write attempts that failed and kept their batch for a retry.",
+                &c.write_failures,
+            ),
+            (
+                "ironbridge_sink_auth_failures",
+                "Writes answered 401 or 403 (batch kept).",
+                &c.auth_failures,
+            ),
+            (
+                "ironbridge_spool_corrupt_regions",
+                "Corrupt spool records cut out into the spool's quarantine/ folder.",
+                &c.spool_corrupt_regions,
+            ),
+            (
+                "ironbridge_spool_errors",
+                "Spool reads and writes that failed (not counting a full disk).",
+                &c.spool_errors,
+            ),
+            (
+                "ironbridge_spool_lines_recovered",
+                "Lines found in the spool at start, delivered first.",
+                &c.lines_recovered,
+            ),
+            (
+                "ironbridge_spool_lines_kept_at_shutdown",
+                "Lines left in the spool at shutdown for the next start.",
+                &c.lines_kept_at_shutdown,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.add_counter(name, help, Vec::new(), counter);
+        }
+        for (reason, counter) in [
+            ("overflow", &c.lines_dropped_overflow),
+            ("rejected", &c.lines_dropped_rejected),
+            ("dead_letter", &c.lines_dead_lettered),
+            ("unencodable", &c.records_unencodable),
+            ("shutdown", &c.lines_lost_at_shutdown),
+        ] {
+            registry.add_counter(
+                POINTS_DROPPED,
+                POINTS_DROPPED_HELP,
+                vec![("reason", reason.to_string())],
+                counter,
+            );
+        }
+        registry.add_gauge(
+            "ironbridge_sink_buffered_lines",
+            "Lines waiting in the outage buffer.",
+            Vec::new(),
+            &c.buffered_lines,
+        );
+        registry.add_gauge(
+            "ironbridge_spool_bytes",
+            "Bytes the InfluxDB disk spool takes (0 with buffer = \"memory\").",
+            Vec::new(),
+            &c.spool_bytes,
+        );
+        let failing = c.failing.clone();
+        registry.add_computed_gauge(
+            "ironbridge_sink_up",
+            "1 while InfluxDB takes data, 0 while writes fail.",
+            move || vec![(Vec::new(), if failing.get_bool() { 0.0 } else { 1.0 })],
+        );
+        registry.add_gauge(
+            "ironbridge_sink_unauthorized",
+            "1 while InfluxDB refuses the credentials (401/403; data kept), an alarm.",
+            Vec::new(),
+            &c.unauthorized,
+        );
+    }
+
     /// Lines the server accepted.
     pub fn lines_written(&self) -> u64 {
-        self.0.lines_written.load(Ordering::Relaxed)
+        self.0.lines_written.get()
     }
     /// Batches the server accepted.
     pub fn batches_written(&self) -> u64 {
-        self.0.batches_written.load(Ordering::Relaxed)
+        self.0.batches_written.get()
     }
     /// Write attempts that failed in a retryable way (unreachable, timeout,
     /// 5xx, 429, 401/403); the batch was kept.
     pub fn write_failures(&self) -> u64 {
-        self.0.write_failures.load(Ordering::Relaxed)
+        self.0.write_failures.get()
     }
     /// Batches the server refused for good (4xx).
     pub fn batches_rejected(&self) -> u64 {
-        self.0.batches_rejected.load(Ordering::Relaxed)
+        self.0.batches_rejected.get()
     }
     /// Oldest lines dropped because the buffer was full.
     pub fn lines_dropped_overflow(&self) -> u64 {
-        self.0.lines_dropped_overflow.load(Ordering::Relaxed)
+        self.0.lines_dropped_overflow.get()
     }
     /// Lines in batches the server refused for good.
     pub fn lines_dropped_rejected(&self) -> u64 {
-        self.0.lines_dropped_rejected.load(Ordering::Relaxed)
+        self.0.lines_dropped_rejected.get()
     }
     /// Records that line protocol cannot carry (e.g. a line break in a name).
     pub fn records_unencodable(&self) -> u64 {
-        self.0.records_unencodable.load(Ordering::Relaxed)
+        self.0.records_unencodable.get()
     }
     /// Lines waiting in memory now (gauge).
     pub fn buffered_lines(&self) -> u64 {
-        self.0.buffered_lines.load(Ordering::Relaxed)
+        self.0.buffered_lines.get_u64()
     }
     /// Lines still buffered in memory when the sink stopped (the server
     /// unreachable or the final flush out of time): lost. (A disk spool
     /// keeps them: [`InfluxSinkStats::lines_kept_at_shutdown`].)
     pub fn lines_lost_at_shutdown(&self) -> u64 {
-        self.0.lines_lost_at_shutdown.load(Ordering::Relaxed)
+        self.0.lines_lost_at_shutdown.get()
     }
 
     /// Lines the server refused one by one (400/422, or 413 alone), put in
     /// the dead-letter file (or, past its limit or without one, only
     /// logged).
     pub fn lines_dead_lettered(&self) -> u64 {
-        self.0.lines_dead_lettered.load(Ordering::Relaxed)
+        self.0.lines_dead_lettered.get()
     }
     /// Writes answered 401 or 403; their batches were kept.
     pub fn auth_failures(&self) -> u64 {
-        self.0.auth_failures.load(Ordering::Relaxed)
+        self.0.auth_failures.get()
     }
     /// Batches split in two after a 400, 422 or 413 to isolate what the
     /// server refused.
     pub fn batches_split(&self) -> u64 {
-        self.0.batches_split.load(Ordering::Relaxed)
+        self.0.batches_split.get()
     }
 
     /// Bytes the disk spool takes now (gauge; 0 with a memory buffer).
     pub fn spool_bytes(&self) -> u64 {
-        self.0.spool_bytes.load(Ordering::Relaxed)
+        self.0.spool_bytes.get_u64()
     }
     /// Corrupt regions of the spool cut out into its `quarantine/` folder.
     pub fn spool_corrupt_regions(&self) -> u64 {
-        self.0.spool_corrupt_regions.load(Ordering::Relaxed)
+        self.0.spool_corrupt_regions.get()
     }
     /// Spool reads and writes that failed for another reason than a full
     /// disk (a write's lines are then dropped and counted as overflow).
     pub fn spool_errors(&self) -> u64 {
-        self.0.spool_errors.load(Ordering::Relaxed)
+        self.0.spool_errors.get()
     }
     /// Lines found in the spool at start, delivered first.
     pub fn lines_recovered(&self) -> u64 {
-        self.0.lines_recovered.load(Ordering::Relaxed)
+        self.0.lines_recovered.get()
     }
     /// Lines left in the spool when the sink stopped, for the next start.
     pub fn lines_kept_at_shutdown(&self) -> u64 {
-        self.0.lines_kept_at_shutdown.load(Ordering::Relaxed)
+        self.0.lines_kept_at_shutdown.get()
     }
 
     /// Whether the last write attempt failed in a way that keeps the data
     /// (unreachable, 5xx, 401/403...): the server is not taking data now.
     pub fn is_failing(&self) -> bool {
-        self.0.failing.load(Ordering::Relaxed)
+        self.0.failing.get_bool()
     }
 
     /// Whether the last answer was 401 or 403 (credentials refused).
     pub fn is_unauthorized(&self) -> bool {
-        self.0.unauthorized.load(Ordering::Relaxed)
-    }
-
-    fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.0.unauthorized.get_bool()
     }
 }
 
@@ -208,7 +310,7 @@ impl InfluxSink {
                     // A full disk is a full spool, not a reason to stop the
                     // gateway: buffer in memory until the next start.
                     Err(e) if is_disk_full(&e) => {
-                        InfluxSinkStats::add(&stats.0.spool_errors, 1);
+                        stats.0.spool_errors.inc();
                         tracing::error!(
                             spool = %dir.display(),
                             error = %e,
@@ -226,8 +328,11 @@ impl InfluxSink {
                         })
                     }
                 };
-                InfluxSinkStats::add(&stats.0.lines_recovered, recovery.lines);
-                InfluxSinkStats::add(&stats.0.spool_corrupt_regions, recovery.corrupt_regions);
+                stats.0.lines_recovered.add(recovery.lines as u64);
+                stats
+                    .0
+                    .spool_corrupt_regions
+                    .add(recovery.corrupt_regions as u64);
                 if recovery.lines > 0 || recovery.corrupt_regions > 0 || recovery.torn_bytes > 0 {
                     tracing::info!(
                         spool = %dir.display(),
@@ -365,7 +470,7 @@ impl<W: LineWriter> SinkTask<W> {
             }
             Ok(None) => {}
             Err(e) => {
-                InfluxSinkStats::add(&self.stats.0.records_unencodable, 1);
+                self.stats.0.records_unencodable.inc();
                 self.update_gauge();
                 if due(&mut self.unencodable_warned_at) {
                     tracing::warn!(
@@ -391,7 +496,7 @@ impl<W: LineWriter> SinkTask<W> {
     }
 
     fn spool_error(&mut self, error: &std::io::Error, lines_dropped: usize) {
-        InfluxSinkStats::add(&self.stats.0.spool_errors, 1);
+        self.stats.0.spool_errors.inc();
         if due(&mut self.spool_error_warned_at) {
             tracing::error!(
                 error = %error,
@@ -451,16 +556,15 @@ impl<W: LineWriter> SinkTask<W> {
                 | WriteError::Throttled { .. }
                 | WriteError::Unauthorized(_))
         );
-        counters.failing.store(keeps_data, Ordering::Relaxed);
-        counters.unauthorized.store(
-            matches!(result, Err(WriteError::Unauthorized(_))),
-            Ordering::Relaxed,
-        );
+        counters.failing.set_bool(keeps_data);
+        counters
+            .unauthorized
+            .set_bool(matches!(result, Err(WriteError::Unauthorized(_))));
         let retryable = match result {
             Ok(()) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Delivered);
-                InfluxSinkStats::add(&counters.lines_written, settled.settled);
-                InfluxSinkStats::add(&counters.batches_written, 1);
+                counters.lines_written.add(settled.settled as u64);
+                counters.batches_written.inc();
                 if self.backoff.failures() > 0 {
                     tracing::info!(
                         failed_attempts = self.backoff.failures(),
@@ -481,7 +585,7 @@ impl<W: LineWriter> SinkTask<W> {
                 // itself: same series, same timestamp).
                 let settled = self.buffer.finish_batch(BatchOutcome::Failed);
                 self.count_overflow(settled.dropped_overflow);
-                InfluxSinkStats::add(&counters.batches_split, 1);
+                counters.batches_split.inc();
                 let half = batch_len.div_ceil(2);
                 tracing::debug!(lines = batch_len, next = half, server_answer = %reason, "InfluxDB refused a batch; splitting it");
                 self.split_limit = Some(half);
@@ -490,7 +594,7 @@ impl<W: LineWriter> SinkTask<W> {
             Err(WriteError::BadLines(reason) | WriteError::TooLarge(reason)) => {
                 let line = self.buffer.single_batch_line();
                 let settled = self.buffer.finish_batch(BatchOutcome::Rejected);
-                InfluxSinkStats::add(&counters.lines_dead_lettered, settled.settled);
+                counters.lines_dead_lettered.add(settled.settled as u64);
                 if let Some(line) = line {
                     self.dead_letter(&line, &reason);
                 }
@@ -500,8 +604,8 @@ impl<W: LineWriter> SinkTask<W> {
             }
             Err(WriteError::Rejected(reason)) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Rejected);
-                InfluxSinkStats::add(&counters.lines_dropped_rejected, settled.settled);
-                InfluxSinkStats::add(&counters.batches_rejected, 1);
+                counters.lines_dropped_rejected.add(settled.settled as u64);
+                counters.batches_rejected.inc();
                 tracing::error!(
                     lines = settled.settled,
                     total_rejected = self.stats.lines_dropped_rejected(),
@@ -517,7 +621,7 @@ impl<W: LineWriter> SinkTask<W> {
                 | WriteError::Unauthorized(_)),
             ) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Failed);
-                InfluxSinkStats::add(&counters.write_failures, 1);
+                counters.write_failures.inc();
                 self.count_overflow(settled.dropped_overflow);
                 let mut delay = self.backoff.next_delay();
                 if let WriteError::Throttled { retry_after, .. } = &error {
@@ -526,7 +630,7 @@ impl<W: LineWriter> SinkTask<W> {
                 }
                 self.retry_at = Some(Instant::now() + delay);
                 if let WriteError::Unauthorized(reason) = &error {
-                    InfluxSinkStats::add(&counters.auth_failures, 1);
+                    counters.auth_failures.inc();
                     if !self.auth_alarm {
                         self.auth_alarm = true;
                         tracing::error!(
@@ -601,7 +705,7 @@ impl<W: LineWriter> SinkTask<W> {
         if dropped == 0 {
             return;
         }
-        InfluxSinkStats::add(&self.stats.0.lines_dropped_overflow, dropped);
+        self.stats.0.lines_dropped_overflow.add(dropped as u64);
         if due(&mut self.overflow_warned_at) {
             tracing::warn!(
                 total_dropped = self.stats.lines_dropped_overflow(),
@@ -613,12 +717,8 @@ impl<W: LineWriter> SinkTask<W> {
 
     fn update_gauge(&self) {
         let counters = &self.stats.0;
-        counters
-            .buffered_lines
-            .store(self.buffer.len() as u64, Ordering::Relaxed);
-        counters
-            .spool_bytes
-            .store(self.buffer.spool_bytes(), Ordering::Relaxed);
+        counters.buffered_lines.set_u64(self.buffer.len() as u64);
+        counters.spool_bytes.set_u64(self.buffer.spool_bytes());
     }
 
     /// Waits for the write under way, then writes what is left until the
@@ -640,8 +740,8 @@ impl<W: LineWriter> SinkTask<W> {
         let settled = self.buffer.finish_batch(BatchOutcome::Failed);
         let closed = self.buffer.close();
         let lost = closed.lost + settled.dropped_overflow;
-        InfluxSinkStats::add(&self.stats.0.lines_lost_at_shutdown, lost);
-        InfluxSinkStats::add(&self.stats.0.lines_kept_at_shutdown, closed.kept);
+        self.stats.0.lines_lost_at_shutdown.add(lost as u64);
+        self.stats.0.lines_kept_at_shutdown.add(closed.kept as u64);
         if let Some(error) = &closed.error {
             self.spool_error(error, closed.lost);
         }

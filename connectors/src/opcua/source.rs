@@ -10,7 +10,6 @@
 //! the subscription.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -56,8 +55,6 @@ pub struct OpcUaSource {
     tag_names: Vec<Arc<str>>,
     nodes: Vec<NodeAddress>,
     stats: SourceStats,
-    /// Scans dropped because the notification queue was full.
-    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for OpcUaSource {
@@ -107,14 +104,14 @@ impl OpcUaSource {
                 .collect(),
             nodes,
             stats: SourceStats::default(),
-            dropped: Arc::default(),
             config,
         })
     }
 
-    /// Scans dropped because the gateway did not take them fast enough.
-    pub fn dropped_scans(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// Notifications dropped because the gateway did not take them fast
+    /// enough.
+    pub fn dropped_notifications(&self) -> u64 {
+        self.stats.notifications_dropped()
     }
 
     fn link_error(&self, reason: impl Into<String>) -> ConnectorError {
@@ -298,7 +295,6 @@ impl OpcUaSource {
             nodes: self.nodes.iter().map(ToString::to_string).collect(),
             tx,
             stats: self.stats.clone(),
-            dropped: self.dropped.clone(),
             unreadable: HashSet::new(),
         };
         let session = &live.session;
@@ -684,7 +680,6 @@ struct NotificationReceiver {
     nodes: Vec<String>,
     tx: mpsc::Sender<Notification>,
     stats: SourceStats,
-    dropped: Arc<AtomicU64>,
     unreadable: HashSet<usize>,
 }
 
@@ -729,7 +724,7 @@ impl NotificationReceiver {
 
     fn forward(&self, notification: Notification) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(notification) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.stats.count_notification_dropped();
             if n.is_power_of_two() {
                 warn!(machine = %self.machine, total = n, "OPC UA notification queue full: notification dropped");
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use ironbridge_connectors::influx::InfluxWriter;
 use ironbridge_connectors::Source;
+use ironbridge_metrics::MetricsRegistry;
 use ironbridge_models::{
     DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest, ModelState,
 };
@@ -74,11 +75,15 @@ pub(crate) struct Components {
 }
 
 impl Components {
-    pub(crate) fn build(config: &GatewayConfig) -> Result<Self, GatewayError> {
+    /// Model versions register their counters in `metrics` as they load.
+    pub(crate) fn build(
+        config: &GatewayConfig,
+        metrics: &MetricsRegistry,
+    ) -> Result<Self, GatewayError> {
         let models = config
             .models
             .iter()
-            .map(|m| load_model(config, m))
+            .map(|m| load_model(config, m, metrics))
             .collect::<Result<Vec<_>, _>>()?;
         let sources = config
             .machines
@@ -119,7 +124,11 @@ impl Components {
     }
 }
 
-fn load_model(config: &GatewayConfig, model: &ModelConfig) -> Result<ServedModel, GatewayError> {
+fn load_model(
+    config: &GatewayConfig,
+    model: &ModelConfig,
+    metrics: &MetricsRegistry,
+) -> Result<ServedModel, GatewayError> {
     let err = |source| GatewayError::Model {
         model: model.name.clone(),
         source: Box::new(source),
@@ -137,6 +146,7 @@ fn load_model(config: &GatewayConfig, model: &ModelConfig) -> Result<ServedModel
             rate_limit_per_s: model.rate_limit_per_s.and_then(std::num::NonZeroU32::new),
             intra_op_threads: model.intra_op_threads,
         },
+        metrics: metrics.clone(),
     };
     let lifecycle = ModelLifecycle::start(
         &model.name,

@@ -3,7 +3,6 @@
 //! a prediction.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ironbridge_connectors::{Record, Scan};
@@ -34,7 +33,7 @@ impl FanOut {
     pub(crate) async fn run(self, mut scans: mpsc::Receiver<Scan>) {
         let mut machines: HashMap<Arc<str>, MachineEntry> = HashMap::new();
         while let Some(scan) = scans.recv().await {
-            self.stats.scans.fetch_add(1, Ordering::Relaxed);
+            self.stats.scans.inc();
             let scan = Arc::new(scan);
             self.publisher.publish_scan(&scan);
             if let Some(registers) = &self.modbus {
@@ -110,7 +109,7 @@ impl FanOut {
                     pending,
                 }),
                 Err(_) => {
-                    self.stats.shadow_rejected.fetch_add(1, Ordering::Relaxed);
+                    self.stats.shadow_rejected.inc();
                     None
                 }
             }

@@ -35,12 +35,14 @@ mod versions;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironbridge_connectors::influx::{InfluxSink, InfluxSinkStats};
+use ironbridge_connectors::influx::{
+    InfluxSink, InfluxSinkStats, POINTS_DROPPED, POINTS_DROPPED_HELP,
+};
 use ironbridge_connectors::{GatewayInfoRecord, Record, Scan, SourceStats};
+use ironbridge_metrics::{Counter, MetricsRegistry};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -63,19 +65,63 @@ const SINK_CHANNEL: usize = 4096;
 /// How long shutdown waits for the sink's final flush.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// Counters of the gateway's own hand-offs.
+/// Counters of the gateway's own hand-offs (handles of the metrics facade,
+/// put into the registry by [`FanOutStats::register`]).
 #[derive(Debug, Default)]
 pub struct FanOutStats {
-    pub scans: AtomicU64,
-    pub predictions: AtomicU64,
+    pub scans: Counter,
+    pub predictions: Counter,
     /// Records dropped because the InfluxDB sink's channel was full.
-    pub sink_channel_full: AtomicU64,
+    pub sink_channel_full: Counter,
     /// Prediction requests the serving version refused, by reason.
     pub inference_rejected: InferenceRefusals,
     /// Inference requests that failed inside the model.
-    pub inference_failed: AtomicU64,
+    pub inference_failed: Counter,
     /// Rows the shadow version's queue or rate limit refused.
-    pub shadow_rejected: AtomicU64,
+    pub shadow_rejected: Counter,
+}
+
+impl FanOutStats {
+    pub fn register(&self, registry: &MetricsRegistry) {
+        registry.add_counter(
+            "ironbridge_scans",
+            "Scans the fan-out handed on (every machine).",
+            Vec::new(),
+            &self.scans,
+        );
+        registry.add_counter(
+            "ironbridge_predictions",
+            "Predictions made (every model, every machine).",
+            Vec::new(),
+            &self.predictions,
+        );
+        registry.add_counter(
+            "ironbridge_shadow_rejected",
+            "Rows a shadow version's queue or rate limit refused.",
+            Vec::new(),
+            &self.shadow_rejected,
+        );
+        registry.add_counter(
+            "ironbridge_inference_failed",
+            "Inference requests whose forward call failed.",
+            Vec::new(),
+            &self.inference_failed,
+        );
+        for (reason, counter) in self.inference_rejected.counters() {
+            registry.add_counter(
+                "ironbridge_inference_rejected",
+                "Inference requests the serving version refused, by reason.",
+                vec![("reason", reason.to_string())],
+                counter,
+            );
+        }
+        registry.add_counter(
+            POINTS_DROPPED,
+            POINTS_DROPPED_HELP,
+            vec![("reason", "channel_full".to_string())],
+            &self.sink_channel_full,
+        );
+    }
 }
 
 /// Inference requests the serving version refused, one counter per reason
@@ -83,13 +129,13 @@ pub struct FanOutStats {
 #[derive(Debug, Default)]
 pub struct InferenceRefusals {
     /// The bounded queue was full (the newest request is refused).
-    pub queue_full: AtomicU64,
+    pub queue_full: Counter,
     /// Over the model's `max_rate`.
-    pub rate_limited: AtomicU64,
+    pub rate_limited: Counter,
     /// The row did not have one value per model input.
-    pub row_length: AtomicU64,
+    pub row_length: Counter,
     /// The inference worker is gone.
-    pub stopped: AtomicU64,
+    pub stopped: Counter,
 }
 
 impl InferenceRefusals {
@@ -102,19 +148,23 @@ impl InferenceRefusals {
             SubmitError::RowLength { .. } => &self.row_length,
             SubmitError::Stopped => &self.stopped,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.inc();
         self.total()
+    }
+
+    /// Each reason, as the `reason` label names it, with its counter.
+    fn counters(&self) -> [(&'static str, &Counter); 4] {
+        [
+            ("queue_full", &self.queue_full),
+            ("rate_limited", &self.rate_limited),
+            ("row_length", &self.row_length),
+            ("stopped", &self.stopped),
+        ]
     }
 
     /// Each reason, as the `reason` label names it, with its count.
     pub fn by_reason(&self) -> [(&'static str, u64); 4] {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("queue_full", get(&self.queue_full)),
-            ("rate_limited", get(&self.rate_limited)),
-            ("row_length", get(&self.row_length)),
-            ("stopped", get(&self.stopped)),
-        ]
+        self.counters().map(|(reason, c)| (reason, c.get()))
     }
 
     pub fn total(&self) -> u64 {
@@ -133,6 +183,8 @@ pub struct Gateway {
     pub stats: Arc<FanOutStats>,
     pub source_stats: HashMap<String, SourceStats>,
     pub sink_stats: Option<InfluxSinkStats>,
+    /// Every counter above and the models' own, as /metrics shows them.
+    pub metrics: MetricsRegistry,
     /// Where the OPC UA server listens.
     pub opcua_endpoint: String,
     /// Where the Modbus server listens (the actual port if 0 was configured).
@@ -152,13 +204,17 @@ impl Gateway {
         config: GatewayConfig,
         cancel: CancellationToken,
     ) -> Result<Self, GatewayError> {
+        // The one place every counter is registered (README, "Health and
+        // metrics"): /metrics and the log read it.
+        let metrics = MetricsRegistry::new();
+        register_gateway_metrics(&metrics);
         let Components {
             models,
             sources,
             influx,
             layout,
             register_map,
-        } = Components::build(&config)?;
+        } = Components::build(&config, &metrics)?;
 
         let lifecycles: Vec<_> = models.iter().map(|m| m.lifecycle.clone()).collect();
         // Bound before the OPC UA server starts, so a taken port fails the
@@ -193,12 +249,14 @@ impl Gateway {
                 let (stats, task) =
                     InfluxSink::spawn(influx_config.clone(), writer, rx, CancellationToken::new())
                         .map_err(GatewayError::Sink)?;
+                stats.register(&metrics);
                 (Some(tx), Some(task), Some(stats))
             }
             _ => (None, None, None),
         };
 
         let stats = Arc::new(FanOutStats::default());
+        stats.register(&metrics);
         // Lineage: which build with which configuration wrote what follows.
         send_to_sink(
             &sink_tx,
@@ -251,7 +309,9 @@ impl Gateway {
         let (scan_tx, scan_rx) = mpsc::channel::<Scan>(SCAN_CHANNEL);
         let mut source_stats = HashMap::new();
         for source in sources {
-            source_stats.insert(source.machine().to_string(), source.stats());
+            let source_stats_of = source.stats();
+            source_stats_of.register(&metrics, source.machine());
+            source_stats.insert(source.machine().to_string(), source_stats_of);
             tasks.spawn(source.run(scan_tx.clone(), cancel.child_token()));
         }
         drop(scan_tx);
@@ -291,7 +351,17 @@ impl Gateway {
                 cancel.child_token(),
             ));
         }
+        register_model_states(&metrics, &models);
+        {
+            let publisher = publisher.clone();
+            metrics.add_computed_gauge(
+                "ironbridge_opcua_sessions",
+                "Sessions open on the gateway's OPC UA server.",
+                move || vec![(Vec::new(), publisher.session_count() as f64)],
+            );
+        }
         let probe = GatewayProbe {
+            metrics: metrics.clone(),
             started: std::time::Instant::now(),
             sources: source_stats
                 .iter()
@@ -299,8 +369,6 @@ impl Gateway {
                 .collect(),
             sink: sink_stats.clone(),
             models: models.clone(),
-            fan_out: stats.clone(),
-            opcua: Some(publisher.clone()),
         };
         tasks.spawn(status::publish_gateway_status(
             publisher.clone(),
@@ -313,12 +381,7 @@ impl Gateway {
             models,
             cancel.child_token(),
         ));
-        tasks.spawn(status::log_stats(
-            stats.clone(),
-            source_stats.clone(),
-            sink_stats.clone(),
-            cancel.child_token(),
-        ));
+        tasks.spawn(status::log_stats(metrics.clone(), cancel.child_token()));
 
         tracing::info!(
             machines = config.machines.len(),
@@ -338,6 +401,7 @@ impl Gateway {
             stats,
             source_stats,
             sink_stats,
+            metrics,
             opcua_endpoint,
             modbus_server_addr,
             http_addr,
@@ -366,13 +430,62 @@ impl Gateway {
     }
 }
 
+/// The gateway's own series: which build runs, for how long.
+fn register_gateway_metrics(metrics: &MetricsRegistry) {
+    metrics.add_computed_gauge(
+        "ironbridge_build_info",
+        "The gateway's version and commit (value 1).",
+        || {
+            vec![(
+                vec![
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("commit", env!("IRONBRIDGE_GIT_COMMIT").to_string()),
+                ],
+                1.0,
+            )]
+        },
+    );
+    let started = std::time::Instant::now();
+    metrics.add_computed_gauge(
+        "ironbridge_uptime_seconds",
+        "Seconds since the gateway started.",
+        move || vec![(Vec::new(), started.elapsed().as_secs_f64())],
+    );
+}
+
+/// `ironbridge_model_state{model,version,state}`: its labels change with
+/// the serving version and its state, so it is read at each scrape.
+fn register_model_states(metrics: &MetricsRegistry, models: &Arc<Vec<ServedModel>>) {
+    let models = models.clone();
+    metrics.add_computed_gauge(
+        "ironbridge_model_state",
+        "1 for each model's serving version and its state (Serving, Drifting, Failed...).",
+        move || {
+            models
+                .iter()
+                .map(|m| {
+                    let s = m.status();
+                    (
+                        vec![
+                            ("model", s.name),
+                            ("version", s.active_version),
+                            ("state", s.state),
+                        ],
+                        1.0,
+                    )
+                })
+                .collect()
+        },
+    );
+}
+
 /// Policy when the sink's channel is full: drop the newest record and count
 /// it (the sink has its own bounded buffer for outages; a full channel means
 /// the sink task itself is stalled).
 fn send_to_sink(sink: &Option<mpsc::Sender<Record>>, record: Record, stats: &FanOutStats) {
     let Some(sink) = sink else { return };
     if let Err(mpsc::error::TrySendError::Full(_)) = sink.try_send(record) {
-        let n = stats.sink_channel_full.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = stats.sink_channel_full.inc_get();
         if n.is_power_of_two() {
             tracing::warn!(total = n, "InfluxDB sink channel full: record dropped");
         }

@@ -3,7 +3,6 @@
 //! and the sink (no task per prediction). A shadow version's answer to the
 //! same row goes to its own nodes and measurement, and into the gate.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -84,7 +83,7 @@ impl PredictionCollector {
                         request.inputs_acquired_at,
                         &values,
                     ));
-                    self.stats.predictions.fetch_add(1, Ordering::Relaxed);
+                    self.stats.predictions.inc();
                     let drifting = self.observe_drift(
                         &request.machine,
                         &request.version,
@@ -101,7 +100,7 @@ impl PredictionCollector {
                     Some(values)
                 }
                 Err(e) => {
-                    self.stats.inference_failed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.inference_failed.inc();
                     tracing::warn!(model = %self.model, "inference failed: {e}");
                     None
                 }
@@ -112,7 +111,7 @@ impl PredictionCollector {
             let shadow_values = match shadow.pending.wait().await {
                 Ok(values) => values,
                 Err(e) => {
-                    self.stats.inference_failed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.inference_failed.inc();
                     tracing::warn!(model = %self.model, version = %shadow.version, "shadow inference failed: {e}");
                     continue;
                 }

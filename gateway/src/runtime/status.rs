@@ -1,17 +1,13 @@
 //! Periodic work beside the data path: model state to OPC UA, counters to
 //! the log.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironbridge_connectors::influx::InfluxSinkStats;
-use ironbridge_connectors::SourceStats;
+use ironbridge_metrics::MetricsRegistry;
 use tokio_util::sync::CancellationToken;
 
 use super::build::ServedModel;
-use super::FanOutStats;
 use crate::http::GatewayProbe;
 use crate::opcua_server::OpcUaPublisher;
 
@@ -79,40 +75,18 @@ pub(crate) async fn publish_gateway_status(
     }
 }
 
-pub(crate) async fn log_stats(
-    stats: Arc<FanOutStats>,
-    sources: HashMap<String, SourceStats>,
-    sink: Option<InfluxSinkStats>,
-    cancel: CancellationToken,
-) {
+/// Every minute, the registry's values in the log, one line per label set
+/// (`metrics machine=press-1: ironbridge_source_scans_total=1200 ...`), under
+/// the names `/metrics` gives them.
+pub(crate) async fn log_stats(metrics: MetricsRegistry, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(STATS_LOG_PERIOD);
     tick.tick().await;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                tracing::info!(
-                    scans = stats.scans.load(Ordering::Relaxed),
-                    predictions = stats.predictions.load(Ordering::Relaxed),
-                    sink_channel_full = stats.sink_channel_full.load(Ordering::Relaxed),
-                    inference_rejected = ?stats.inference_rejected.by_reason(),
-                    inference_failed = stats.inference_failed.load(Ordering::Relaxed),
-                    shadow_rejected = stats.shadow_rejected.load(Ordering::Relaxed),
-                    "gateway counters"
-                );
-                for (machine, s) in &sources {
-                    tracing::info!(
-                        machine = %machine,
-                        scans = s.scans(),
-                        link_failures = s.link_failures(),
-                        reconnects = s.reconnects(),
-                        outages = s.outages(),
-                        device_errors = s.device_errors(),
-                        "source counters"
-                    );
-                }
-                if let Some(s) = &sink {
-                    tracing::info!(stats = ?s, "InfluxDB sink counters");
+                for (labels, values) in ironbridge_metrics::log_lines(&metrics.snapshot()) {
+                    tracing::info!("metrics {labels}: {values}");
                 }
             }
         }
