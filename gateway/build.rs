@@ -13,7 +13,13 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // A build without .git (the Docker image) is told the commit instead.
+    println!("cargo:rerun-if-env-changed=IRONBRIDGE_GIT_COMMIT");
+    let commit = std::env::var("IRONBRIDGE_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty() && c != "unknown")
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=IRONBRIDGE_GIT_COMMIT={commit}");
     // Rebuild when HEAD moves. HEAD itself usually only names a branch, so
     // also watch the branch refs (a folder: the ref may not exist yet before

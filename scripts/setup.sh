@@ -11,7 +11,17 @@
 #   - .venv/: a Python virtual environment with torch (pinned to the libtorch
 #     version `tch` links against), asyncua and pymodbus (independent protocol
 #     peers for the tests; pyserial lets pymodbus serve a serial line), numpy
+#
+# `setup.sh --build-only` installs only what building the gateway needs (the
+# venv with torch, whose libtorch `tch` links): the Dockerfile's builder
+# stage runs it, so the image and this machine take libtorch from one place.
 set -euo pipefail
+build_only=false
+case "${1:-}" in
+  --build-only) build_only=true ;;
+  "") ;;
+  *) echo "usage: $0 [--build-only]" >&2; exit 2 ;;
+esac
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
@@ -24,6 +34,9 @@ PY_REQUIREMENTS=(
   "pymodbus==3.11.4"
   "pyserial==3.5"
 )
+if $build_only; then
+  PY_REQUIREMENTS=("torch==${TORCH_VERSION}")
+fi
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -32,12 +45,15 @@ as_root() {
 }
 
 debian_packages=(victoria-metrics influxdb prometheus socat)
+if $build_only; then
+  debian_packages=()
+fi
 # Debian's own python3 makes venvs only with python3-venv (ensurepip).
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   debian_packages+=(python3-venv)
 fi
 missing=()
-for p in "${debian_packages[@]}"; do
+for p in ${debian_packages[@]+"${debian_packages[@]}"}; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -49,10 +65,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The Debian package may start a system instance on :8428; the demo and tests
 # use their own ports, so it is harmless, but say so once.
-command -v victoria-metrics >/dev/null || { log "victoria-metrics not on PATH after install"; exit 1; }
-command -v influxd >/dev/null || { log "influxd not on PATH after install"; exit 1; }
-command -v prometheus >/dev/null || { log "prometheus not on PATH after install"; exit 1; }
-command -v socat >/dev/null || { log "socat not on PATH after install"; exit 1; }
+$build_only || command -v victoria-metrics >/dev/null || { log "victoria-metrics not on PATH after install"; exit 1; }
+$build_only || command -v influxd >/dev/null || { log "influxd not on PATH after install"; exit 1; }
+$build_only || command -v prometheus >/dev/null || { log "prometheus not on PATH after install"; exit 1; }
+$build_only || command -v socat >/dev/null || { log "socat not on PATH after install"; exit 1; }
 
 venv="$root/.venv"
 stamp="$venv/.ironbridge-requirements"
@@ -61,7 +77,11 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating Python venv in .venv"
   python3 -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+up_to_date=false
+[ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && up_to_date=true
+# A full install holds the build's torch too.
+$build_only && [ -f "$stamp" ] && grep -qx "torch==${TORCH_VERSION}" "$stamp" && up_to_date=true
+if ! $up_to_date; then
   # PyPI's Linux torch wheel brings its CUDA libraries: the venv takes about
   # 5 GiB. Say so before pip fails half-way with ENOSPC.
   need_kib=$((6 * 1024 * 1024))
