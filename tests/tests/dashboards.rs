@@ -152,6 +152,7 @@ const EXPECTED: &[Expect] = &[
         &[("machine", &[PUMP])],
     ),
     e(PLANT, "Flow", "A", "process", &[("machine", &[PUMP])]),
+    e(PLANT, "Run time", "A", "process", &[("machine", &[PUMP])]),
     e(
         PLANT,
         "Running and alarms",
@@ -562,6 +563,77 @@ fn a_broken_dashboard_fails_the_schema_check() -> Result<()> {
             "{name}: {needle} not reported in {errors}"
         );
     }
+    Ok(())
+}
+
+/// Grafana's unit for each unit the example configuration gives a tag.
+const GRAFANA_UNITS: &[(&str, &str)] = &[
+    ("rpm", "rotrpm"),
+    ("A", "amp"),
+    ("°C", "celsius"),
+    ("mm/s", "suffix: mm/s"),
+    ("bar", "pressurebar"),
+    ("m³/h", "suffix: m³/h"),
+    ("%", "percent"),
+    ("s", "s"),
+];
+
+/// The Plant overview shows every process value the example configuration
+/// gives a unit, in that unit.
+#[test]
+fn every_process_value_with_a_unit_has_a_panel_in_that_unit() -> Result<()> {
+    let config: toml::Value = toml::from_str(&std::fs::read_to_string(
+        repo_root().join("config/example.toml"),
+    )?)?;
+    let dashboards = load_dashboards()?;
+    let (_, plant) = dashboards
+        .iter()
+        .find(|(_, d)| d["uid"] == PLANT)
+        .context("no Plant overview")?;
+    // Field -> the unit of the panel that reads it from `process`.
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
+    for panel in plant["panels"].as_array().context("panels")? {
+        let unit = panel["fieldConfig"]["defaults"]["unit"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        for target in panel["targets"].as_array().context("targets")? {
+            let query = target["query"].as_str().unwrap_or("");
+            if !query.contains(r#"FROM "process""#) {
+                continue;
+            }
+            for call in [r#"mean(""#, r#"last(""#] {
+                for piece in query.split(call).skip(1) {
+                    if let Some((field, _)) = piece.split_once('"') {
+                        shown.insert(field.to_string(), unit.clone());
+                    }
+                }
+            }
+        }
+    }
+    let mut checked = 0;
+    // toml's Index panics on a missing key: `get` instead.
+    let list = |v: &toml::Value, key: &str| v.get(key).and_then(|l| l.as_array()).cloned();
+    for machine in list(&config, "machines").context("machines")? {
+        for tag in list(&machine, "tags").context("tags")? {
+            let text = |key: &str| tag.get(key).and_then(|v| v.as_str().map(str::to_string));
+            let (Some(name), Some(unit)) = (text("name"), text("unit")) else {
+                continue;
+            };
+            let wanted = GRAFANA_UNITS
+                .iter()
+                .find(|(u, _)| *u == unit.as_str())
+                .with_context(|| format!("no Grafana unit known for {unit:?} ({name})"))?
+                .1;
+            assert_eq!(
+                shown.get(&name).map(String::as_str),
+                Some(wanted),
+                "{name} ({unit}) on the Plant overview"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} tags with units");
     Ok(())
 }
 
