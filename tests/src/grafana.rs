@@ -4,7 +4,7 @@
 //! `$timeFilter`, `$__interval`, `$__rate_interval`, `$__range`, the query
 //! step, and the time range.
 //!
-//! Taken from Grafana's source (main branch, 2025), file by file:
+//! Taken from Grafana's source (github.com/grafana/grafana), file by file:
 //! - `packages/grafana-data/src/datetime/rangeutil.ts`: `calculateInterval`
 //!   (interval = `roundInterval(range / maxDataPoints)`, at least the
 //!   data source's "min interval", `jsonData.timeInterval`) and the
