@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs
 # (scripts/setup.sh, idempotent), then runs every Rust test. Integration tests
-# start their own victoria-metrics, pymodbus and asyncua peers on free
-# loopback ports. Extra arguments go to `cargo test`.
+# start their own victoria-metrics, InfluxDB 1.x, Prometheus, pymodbus and
+# asyncua peers on free loopback ports. Extra arguments go to `cargo test`.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -16,6 +16,8 @@ if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
   echo "[test] installing cargo-deny $DENY_VERSION (built from crates.io, a few minutes)"
   cargo install --quiet --locked cargo-deny --version "$DENY_VERSION"
 fi
+# node and the dashboard schema check's npm packages (tests/tests/dashboards.rs).
+bash scripts/setup-dashboards.sh
 source scripts/env.sh
 
 log=$(mktemp)

@@ -8,6 +8,7 @@
 pub mod counter_device;
 pub mod gateway_process;
 pub mod gateway_rig;
+pub mod grafana;
 pub mod influxdb1;
 pub mod kill_loop;
 pub mod modbus_line;

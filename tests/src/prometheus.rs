@@ -87,6 +87,11 @@ impl Prometheus {
         })
     }
 
+    /// `http://127.0.0.1:<port>`, for the HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// The instant vector of a PromQL query: `(labels, value)` per series.
     pub async fn query(&self, promql: &str) -> Result<Vec<(serde_json::Value, f64)>> {
         let body: serde_json::Value = self

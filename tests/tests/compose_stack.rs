@@ -244,13 +244,17 @@ fn every_mounted_file_exists_and_the_stack_wires_names_and_ports_together() -> R
     let grafana_env = environment(grafana);
     let datasources =
         std::fs::read_to_string(root.join("dashboards/provisioning/datasources/ironbridge.yaml"))?;
-    let mut used = Vec::new();
-    for part in datasources.split("${").skip(1) {
-        if let Some((var, _)) = part.split_once('}') {
-            used.push(var.to_string());
-        }
-    }
-    ensure!(!used.is_empty(), "the data sources use no variables?");
+    let used = provisioning_variables(&datasources);
+    assert_eq!(
+        used,
+        [
+            "IRONBRIDGE_INFLUX_URL",
+            "IRONBRIDGE_INFLUX_USER",
+            "IRONBRIDGE_INFLUX_PASSWORD",
+            "IRONBRIDGE_PROMETHEUS_URL"
+        ],
+        "the variables the data sources use"
+    );
     for var in &used {
         assert!(
             grafana_env.contains_key(var),
@@ -287,6 +291,29 @@ fn every_mounted_file_exists_and_the_stack_wires_names_and_ports_together() -> R
         grafana_env.get("IRONBRIDGE_INFLUX_PASSWORD")
     );
     Ok(())
+}
+
+/// The environment variables a provisioning file uses, `$VAR` or `${VAR}`
+/// (Grafana expands both), outside comments.
+fn provisioning_variables(yaml: &str) -> Vec<String> {
+    let mut used = Vec::new();
+    for line in yaml.lines() {
+        let line = line.split(" #").next().unwrap_or_default();
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        for part in line.split('$').skip(1) {
+            let part = part.strip_prefix('{').unwrap_or(part);
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                used.push(name);
+            }
+        }
+    }
+    used
 }
 
 /// `ironbridge validate` on the stack's configuration, with only the
