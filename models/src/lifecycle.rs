@@ -574,9 +574,7 @@ fn prepare(
         });
     }
     let handle = InferenceService::spawn(torch, options.inference.clone())?;
-    handle
-        .stats()
-        .register(&options.metrics, &manifest.name, &manifest.version);
+    handle.register(&options.metrics, &manifest.name, &manifest.version);
     Ok(ServingModel {
         handle,
         version: Arc::from(manifest.version.as_str()),

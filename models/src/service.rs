@@ -600,6 +600,35 @@ impl InferenceHandle {
         &self.shared.stats
     }
 
+    /// Requests waiting in the queue now (not those in the batch being run).
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Registers this version's counters and its queue depth
+    /// (`ironbridge_inference_queue_depth{model,version}`, read at each
+    /// snapshot). The registry holds the queue weakly: a version that was
+    /// dropped stops its worker and leaves the gauge.
+    pub fn register(&self, registry: &MetricsRegistry, model: &str, version: &str) {
+        self.shared.stats.register(registry, model, version);
+        let queue = self.queue.downgrade();
+        let labels = vec![
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ];
+        registry.add_computed_gauge(
+            "ironbridge_inference_queue_depth",
+            "Requests waiting in each loaded model version's inference queue.",
+            move || {
+                queue
+                    .upgrade()
+                    .map(|q| (labels.clone(), (q.max_capacity() - q.capacity()) as f64))
+                    .into_iter()
+                    .collect()
+            },
+        );
+    }
+
     pub fn version(&self) -> &ModelVersion {
         &self.shared.version
     }
@@ -893,6 +922,17 @@ mod tests {
             ..InferenceOptions::default()
         };
         let handle = spawn_with_start_gate(tiny_model(), options, Some(gate)).unwrap();
+        let registry = MetricsRegistry::new();
+        handle.register(&registry, "tiny", "1.0.0");
+        let depth = || {
+            registry
+                .snapshot()
+                .into_iter()
+                .find(|f| f.name == "ironbridge_inference_queue_depth")
+                .and_then(|f| f.series.into_iter().next())
+                .map(|s| s.value)
+        };
+        assert_eq!(depth(), Some(ironbridge_metrics::Value::Gauge(0.0)));
 
         // The worker is held at its gate, so nothing leaves the queue.
         let first = handle.submit(vec![1.0, 2.0, 3.0]).unwrap();
@@ -902,15 +942,21 @@ mod tests {
             SubmitError::QueueFull
         );
         assert_eq!(handle.stats().snapshot().rejected_queue_full, 1);
+        assert_eq!(handle.queue_depth(), 2);
+        assert_eq!(depth(), Some(ironbridge_metrics::Value::Gauge(2.0)));
 
         open_gate.send(()).unwrap();
         assert_eq!(first.await.unwrap(), vec![14.5, -1.0]);
         assert_eq!(second.await.unwrap(), vec![0.5, -1.0]);
-
+        assert_eq!(handle.queue_depth(), 0);
+        // A version that is gone leaves the gauge (the registry holds its
+        // queue weakly).
         let stats = handle.stats().snapshot();
         assert_eq!(stats.requests, 3);
         assert_eq!(stats.inferences, 2);
         assert_eq!(stats.rejected_queue_full, 1);
+        drop(handle);
+        assert_eq!(depth(), None);
     }
 
     #[tokio::test]

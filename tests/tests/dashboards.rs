@@ -367,6 +367,13 @@ const EXPECTED: &[Expect] = &[
     e(HEALTH, "Spool size", "A", "ironbridge_spool_bytes", &[]),
     e(
         HEALTH,
+        "Inference queue depth",
+        "A",
+        "ironbridge_inference_queue_depth",
+        &[("model", BOTH_MODELS), ("version", VERSIONS)],
+    ),
+    e(
+        HEALTH,
         "Lines written and write failures",
         "A",
         "ironbridge_sink_lines_written_total",
