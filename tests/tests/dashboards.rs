@@ -252,24 +252,27 @@ const EXPECTED: &[Expect] = &[
         "Rejections and failures",
         "A",
         "ironbridge_inference_rejected_total",
-        &[(
-            "reason",
-            &["queue_full", "rate_limited", "row_length", "stopped"],
-        )],
+        &[
+            ("model", BOTH_MODELS),
+            (
+                "reason",
+                &["queue_full", "rate_limited", "row_length", "stopped"],
+            ),
+        ],
     ),
     e(
         LIFECYCLE,
         "Rejections and failures",
         "B",
         "ironbridge_inference_failed_total",
-        &[],
+        &[("model", BOTH_MODELS)],
     ),
     e(
         LIFECYCLE,
         "Rejections and failures",
         "C",
         "ironbridge_shadow_rejected_total",
-        &[],
+        &[("model", BOTH_MODELS)],
     ),
     e(
         LIFECYCLE,

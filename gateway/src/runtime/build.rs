@@ -37,6 +37,8 @@ pub(crate) struct ServedModel {
     pub(crate) monitors_drift: bool,
     /// Set while any machine's inputs have drifted.
     pub(crate) drifting: Arc<AtomicBool>,
+    /// Its prediction requests: made, refused, failed.
+    pub(crate) requests: super::ModelRequestStats,
 }
 
 impl ServedModel {
@@ -170,7 +172,10 @@ fn load_model(
         sha256 = %manifest.sha256,
         "model verified and loaded"
     );
+    let requests = super::ModelRequestStats::default();
+    requests.register(metrics, &manifest.name);
     Ok(ServedModel {
+        requests,
         config: model.clone(),
         name: Arc::from(manifest.name.as_str()),
         output_names: manifest

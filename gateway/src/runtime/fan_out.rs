@@ -92,7 +92,7 @@ impl FanOut {
         let pending = match serving.handle.submit(row) {
             Ok(p) => p,
             Err(e) => {
-                let n = self.stats.inference_rejected.count(&e);
+                let n = model.requests.rejected.count(&e);
                 if n.is_power_of_two() {
                     tracing::warn!(model = %model.name, total = n, "inference request refused: {e}");
                 }
@@ -109,7 +109,7 @@ impl FanOut {
                     pending,
                 }),
                 Err(_) => {
-                    self.stats.shadow_rejected.inc();
+                    model.requests.shadow_rejected.inc();
                     None
                 }
             }

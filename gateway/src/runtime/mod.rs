@@ -70,15 +70,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 pub struct FanOutStats {
     pub scans: Counter,
-    pub predictions: Counter,
     /// Records dropped because the InfluxDB sink's channel was full.
     pub sink_channel_full: Counter,
-    /// Prediction requests the serving version refused, by reason.
-    pub inference_rejected: InferenceRefusals,
-    /// Inference requests that failed inside the model.
-    pub inference_failed: Counter,
-    /// Rows the shadow version's queue or rate limit refused.
-    pub shadow_rejected: Counter,
 }
 
 impl FanOutStats {
@@ -90,32 +83,6 @@ impl FanOutStats {
             &self.scans,
         );
         registry.add_counter(
-            "ironbridge_predictions",
-            "Predictions made (every model, every machine).",
-            Vec::new(),
-            &self.predictions,
-        );
-        registry.add_counter(
-            "ironbridge_shadow_rejected",
-            "Rows a shadow version's queue or rate limit refused.",
-            Vec::new(),
-            &self.shadow_rejected,
-        );
-        registry.add_counter(
-            "ironbridge_inference_failed",
-            "Inference requests whose forward call failed.",
-            Vec::new(),
-            &self.inference_failed,
-        );
-        for (reason, counter) in self.inference_rejected.counters() {
-            registry.add_counter(
-                "ironbridge_inference_rejected",
-                "Inference requests the serving version refused, by reason.",
-                vec![("reason", reason.to_string())],
-                counter,
-            );
-        }
-        registry.add_counter(
             POINTS_DROPPED,
             POINTS_DROPPED_HELP,
             vec![("reason", "channel_full".to_string())],
@@ -124,9 +91,58 @@ impl FanOutStats {
     }
 }
 
+/// What became of one model's prediction requests (label `model`): kept by
+/// the fan-out, which submits them, and the model's collector, which takes
+/// the answers.
+#[derive(Debug, Default, Clone)]
+pub struct ModelRequestStats {
+    /// Predictions made by the serving version.
+    pub predictions: Counter,
+    /// Requests the serving version refused, by reason.
+    pub rejected: InferenceRefusals,
+    /// Requests (serving or shadow) whose forward call failed.
+    pub failed: Counter,
+    /// Rows the shadow version's queue or rate limit refused.
+    pub shadow_rejected: Counter,
+}
+
+impl ModelRequestStats {
+    pub fn register(&self, registry: &MetricsRegistry, model: &str) {
+        let labels = || vec![("model", model.to_string())];
+        registry.add_counter(
+            "ironbridge_predictions",
+            "Predictions made by each model's serving version.",
+            labels(),
+            &self.predictions,
+        );
+        registry.add_counter(
+            "ironbridge_shadow_rejected",
+            "Rows a shadow version's queue or rate limit refused.",
+            labels(),
+            &self.shadow_rejected,
+        );
+        registry.add_counter(
+            "ironbridge_inference_failed",
+            "Inference requests whose forward call failed (serving or shadow).",
+            labels(),
+            &self.failed,
+        );
+        for (reason, counter) in self.rejected.counters() {
+            let mut labels = labels();
+            labels.push(("reason", reason.to_string()));
+            registry.add_counter(
+                "ironbridge_inference_rejected",
+                "Inference requests the serving version refused, by reason.",
+                labels,
+                counter,
+            );
+        }
+    }
+}
+
 /// Inference requests the serving version refused, one counter per reason
-/// (`ironbridge_inference_rejected_total{reason}`).
-#[derive(Debug, Default)]
+/// (`ironbridge_inference_rejected_total{model,reason}`).
+#[derive(Debug, Default, Clone)]
 pub struct InferenceRefusals {
     /// The bounded queue was full (the newest request is refused).
     pub queue_full: Counter,
@@ -297,6 +313,7 @@ impl Gateway {
                 gate,
                 drift,
                 outputs: model.output_names.clone(),
+                requests: model.requests.clone(),
                 publisher: publisher.clone(),
                 modbus: modbus_registers.clone(),
                 sink: sink_tx.clone(),

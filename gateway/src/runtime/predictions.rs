@@ -11,7 +11,7 @@ use ironbridge_models::{Gate, GateConfig, GateDecision, ModelLifecycle, PendingP
 use tokio::sync::mpsc;
 
 use super::drift::DriftMonitor;
-use super::{send_to_sink, FanOutStats};
+use super::{send_to_sink, FanOutStats, ModelRequestStats};
 use crate::modbus_server::PredictionRegisters;
 use crate::opcua_server::OpcUaPublisher;
 
@@ -51,7 +51,9 @@ pub(crate) struct PredictionCollector {
     pub(crate) publisher: OpcUaPublisher,
     pub(crate) modbus: Option<PredictionRegisters>,
     pub(crate) sink: Option<mpsc::Sender<Record>>,
+    /// For the sink channel's drops.
     pub(crate) stats: Arc<FanOutStats>,
+    pub(crate) requests: ModelRequestStats,
     pub(crate) lifecycle: Arc<ModelLifecycle>,
     pub(crate) gate: Option<GateSetup>,
     pub(crate) drift: Option<DriftMonitor>,
@@ -83,7 +85,7 @@ impl PredictionCollector {
                         request.inputs_acquired_at,
                         &values,
                     ));
-                    self.stats.predictions.inc();
+                    self.requests.predictions.inc();
                     let drifting = self.observe_drift(
                         &request.machine,
                         &request.version,
@@ -100,7 +102,7 @@ impl PredictionCollector {
                     Some(values)
                 }
                 Err(e) => {
-                    self.stats.inference_failed.inc();
+                    self.requests.failed.inc();
                     tracing::warn!(model = %self.model, "inference failed: {e}");
                     None
                 }
@@ -111,7 +113,7 @@ impl PredictionCollector {
             let shadow_values = match shadow.pending.wait().await {
                 Ok(values) => values,
                 Err(e) => {
-                    self.stats.inference_failed.inc();
+                    self.requests.failed.inc();
                     tracing::warn!(model = %self.model, version = %shadow.version, "shadow inference failed: {e}");
                     continue;
                 }
