@@ -889,21 +889,6 @@ fn copy_of(error: &ModelError) -> ModelError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_buckets_are_upper_bounds_and_the_rest_overflows() {
-        let h = Histogram::new(&BATCH_SIZE_BUCKETS);
-        for rows in [1.0, 1.0, 3.0, 256.0, 300.0] {
-            h.observe(rows);
-        }
-        let snap = h.snapshot();
-        assert_eq!(snap.count, 5);
-        assert_eq!(snap.sum, 561.0);
-        let count_at = |bound: f64| snap.buckets.iter().find(|b| b.0 == bound).map(|b| b.1);
-        assert_eq!(count_at(1.0), Some(2));
-        assert_eq!(count_at(4.0), Some(1));
-        assert_eq!(count_at(256.0), Some(1));
-        assert_eq!(count_at(f64::INFINITY), Some(1));
-    }
     use crate::registry::ModelRegistry;
     use crate::torch_backend::DeviceChoice;
 

@@ -13,6 +13,7 @@ pub mod influxdb1;
 pub mod kill_loop;
 pub mod modbus_line;
 pub mod modbus_peer;
+pub mod model_dirs;
 pub mod opcua_peer;
 pub mod opcua_probe;
 pub mod paths;

@@ -25,6 +25,7 @@ use anyhow::{bail, ensure, Context, Result};
 use ironbridge_tests::gateway_rig::{GatewayRig, InfluxV1Target, RigOptions};
 use ironbridge_tests::grafana::{self, TimeRange};
 use ironbridge_tests::influxdb1::{InfluxDb1, ADMIN_PASSWORD, ADMIN_USER};
+use ironbridge_tests::model_dirs::{copy_dir, copy_version};
 use ironbridge_tests::paths::{repo_root, venv_python};
 use ironbridge_tests::prometheus::Prometheus;
 use serde_json::{json, Value};
@@ -1060,15 +1061,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
-}
-
 /// Calls OPC UA methods on the gateway as the admin (python asyncua).
 async fn admin_call(rig: &GatewayRig, pki: &Path, call: &str) -> Result<Value> {
     let env = "IRONBRIDGE_TEST_DASHBOARDS_CLIENT_PASSWORD";
@@ -1153,15 +1145,12 @@ async fn every_dashboard_query_returns_the_series_it_shows() -> Result<()> {
         )?;
     }
     let spindle_versions = models.join("examples").join(SPINDLE_MODEL);
-    copy_dir(
+    copy_version(
         &spindle_versions.join("1.0.0"),
         &spindle_versions.join("1.1.0"),
+        "1.0.0",
+        "1.1.0",
     )?;
-    let manifest = spindle_versions.join("1.1.0/manifest.toml");
-    let text = std::fs::read_to_string(&manifest)?;
-    let edited = text.replace("version = \"1.0.0\"", "version = \"1.1.0\"");
-    ensure!(edited != text, "manifest version not found");
-    std::fs::write(&manifest, edited)?;
 
     let mut rig = GatewayRig::start_with(RigOptions {
         poll_ms: 200,

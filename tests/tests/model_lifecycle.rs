@@ -13,34 +13,13 @@ use anyhow::{Context, Result};
 use ironbridge::discover::OpcUaClientArgs;
 use ironbridge::model_cli::{self, ModelAction, ModelCommandError};
 use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions};
+use ironbridge_tests::model_dirs::{copy_dir, copy_version};
 use ironbridge_tests::paths::{repo_root, venv_python};
 
 const MODEL: &str = "bearing-wear";
 const MACHINE: &str = "pump-1";
 const ADMIN: (&str, &str) = ("alice", "admin-password-for-tests");
 const OPERATOR: (&str, &str) = ("olga", "operator-password-for-tests");
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
-    Ok(())
-}
-
-/// `<to>` as a copy of version folder `from` under another version name.
-fn copy_version(from: &Path, to: &Path, from_version: &str, to_version: &str) -> Result<()> {
-    copy_dir(from, to)?;
-    let manifest = std::fs::read_to_string(to.join("manifest.toml"))?;
-    let edited = manifest.replace(
-        &format!("version = \"{from_version}\""),
-        &format!("version = \"{to_version}\""),
-    );
-    anyhow::ensure!(edited != manifest, "manifest version not found");
-    std::fs::write(to.join("manifest.toml"), edited)?;
-    Ok(())
-}
 
 /// Runs the asyncua client as `user` over SignAndEncrypt.
 async fn client(
