@@ -491,26 +491,37 @@ async fn inputs_unlike_the_training_data_are_flagged_as_drift() -> Result<()> {
         .context("a drift sample")?;
     assert!(psi > 0.25, "bearing_temp_c PSI {psi}");
 
-    let answer = tokio::process::Command::new(venv_python()?)
-        .arg(repo_root().join("tests/peers/opcua_client.py"))
-        .args([
-            "--url".to_string(),
-            rig.opcua_url(),
-            "--read".into(),
-            format!("Models/{MODEL}/State"),
-            "--read".into(),
-            format!("Models/{MODEL}/Drift/bearing_temp_c"),
-            "--read".into(),
-            format!("Machines/{MACHINE}/Predictions/{MODEL}/bearing_wear"),
-        ])
-        .output()
-        .await?;
-    anyhow::ensure!(
-        answer.status.success(),
-        "{}",
-        String::from_utf8_lossy(&answer.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&answer.stdout)?;
+    // The State node is republished every second (and on version events):
+    // it follows the drift flag within that period, so read until it does.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = tokio::process::Command::new(venv_python()?)
+            .arg(repo_root().join("tests/peers/opcua_client.py"))
+            .args([
+                "--url".to_string(),
+                rig.opcua_url(),
+                "--read".into(),
+                format!("Models/{MODEL}/State"),
+                "--read".into(),
+                format!("Models/{MODEL}/Drift/bearing_temp_c"),
+                "--read".into(),
+                format!("Machines/{MACHINE}/Predictions/{MODEL}/bearing_wear"),
+            ])
+            .output()
+            .await?;
+        anyhow::ensure!(
+            answer.status.success(),
+            "{}",
+            String::from_utf8_lossy(&answer.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&answer.stdout)?;
+        if answer["reads"][format!("Models/{MODEL}/State")]["value"] == "Drifting"
+            || tokio::time::Instant::now() > deadline
+        {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let read = |path: String| answer["reads"][&path].clone();
     assert_eq!(
         read(format!("Models/{MODEL}/State"))["value"],
