@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::Instant;
 
+pub use super::batch::{BatchOutcome, BatchSettled};
 use super::spool::{CommitOutcome, DiskSpool};
 
 /// Where the lines wait: chosen by `[influx] buffer`.
@@ -159,27 +160,6 @@ pub struct LineBuffer {
     batch_lines: usize,
     /// Lines of the batch being written that were evicted meanwhile.
     batch_evicted: usize,
-}
-
-/// What became of a batch's lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchOutcome {
-    /// The server stored them.
-    Delivered,
-    /// The server refused them for good (malformed, unauthorized...).
-    Rejected,
-    /// The write failed and may succeed later: the lines stay at the head.
-    Failed,
-}
-
-/// Counts from [`LineBuffer::finish_batch`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BatchSettled {
-    /// Lines that left the buffer with this outcome (delivered or rejected),
-    /// including any evicted while the write was under way.
-    pub settled: usize,
-    /// Lines evicted while the write was under way, now known to be lost.
-    pub dropped_overflow: usize,
 }
 
 impl LineBuffer {

@@ -2,6 +2,7 @@
 //! contract), batched, buffered in memory through outages, written over the
 //! InfluxDB v2 or 1.x write API.
 
+mod batch;
 pub mod buffer;
 pub mod config;
 pub mod line_protocol;

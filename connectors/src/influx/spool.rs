@@ -29,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::buffer::{BatchOutcome, BatchSettled};
+use super::batch::{BatchOutcome, BatchSettled};
 
 const MAGIC: [u8; 4] = *b"IBsp";
 const HEADER: usize = 12;
