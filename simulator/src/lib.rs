@@ -8,6 +8,8 @@
 //!   as an OPC UA server with a ground-truth label ([`opcua_machine`]),
 //!   recordable the same way ([`record_spindle`]).
 //! - Network faults for both on a schedule ([`faults`]).
+//! - Register banks ([`register_bank`]): bare f32 holding registers, new on
+//!   every read, the load of the performance benchmark.
 //!
 //! Start it in-process (e.g. from a test):
 //!
@@ -35,6 +37,7 @@ pub mod faults;
 pub mod opcua_machine;
 pub mod process;
 pub mod record;
+pub mod register_bank;
 pub mod registers;
 pub mod server;
 pub mod spindle;
@@ -51,6 +54,7 @@ pub use record::{
     record, record_spindle, RecordOptions, RecordSummary, SpindleRecordOptions, CSV_HEADER,
     SPINDLE_COLUMNS, SPINDLE_CSV_HEADER,
 };
+pub use register_bank::{bank_value, serve_register_banks, MAX_BANK_F32};
 pub use registers::{
     ByteOrder, ClientReadings, RegisterImage, Table, TagSpec, ValueType, REGISTER_MAP,
 };

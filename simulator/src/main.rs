@@ -1,6 +1,7 @@
 //! `ironbridge-sim`: run the simulated pump as a Modbus TCP server or the
 //! simulated spindle as an OPC UA server (both optionally with network
-//! faults), or record either machine's process as CSV training data.
+//! faults), serve register banks (the performance benchmark's devices), or
+//! record either machine's process as CSV training data.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -10,9 +11,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ironbridge_simulator::{
-    record, record_spindle, Fault, FaultSchedule, OpcUaMachine, OpcUaOptions, OpcUaUser,
-    ProcessConfig, RecordOptions, SimOptions, Simulator, SpindleConfig, SpindleRecordOptions,
-    NAMESPACE_URI, SCHEDULE_HELP,
+    record, record_spindle, serve_register_banks, Fault, FaultSchedule, OpcUaMachine, OpcUaOptions,
+    OpcUaUser, ProcessConfig, RecordOptions, SimOptions, Simulator, SpindleConfig,
+    SpindleRecordOptions, NAMESPACE_URI, SCHEDULE_HELP,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +98,24 @@ enum Command {
         trust_client_certs: bool,
         #[command(flatten)]
         faults: FaultArgs,
+    },
+    /// Serve register banks over Modbus TCP until Ctrl-C or SIGTERM: each
+    /// device holds F32 float values (holding registers 0.., ABCD) that
+    /// change on every read; value k at a device's n-th read is
+    /// k + (n mod 1000) / 1000. The performance benchmark's machines.
+    ///
+    /// Prints `listening on ADDR ADDR ...` (one per device) once bound.
+    ServeRegisters {
+        /// Where the first device listens; the others take the following
+        /// ports, or with port 0 a free port each.
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        bind: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        devices: u16,
+        /// f32 values per device (1-62: one device is one read of at most
+        /// 124 registers).
+        #[arg(long = "f32", default_value_t = 62)]
+        f32_count: u16,
     },
     /// Run a machine's process faster than real time and write a CSV
     /// recording (sensor values as the machine's protocol serves them, plus
@@ -235,6 +254,19 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?
                 .block_on(run_opcua_server(bind, options))
         }
+        Command::ServeRegisters {
+            bind,
+            devices,
+            f32_count,
+        } => {
+            // One thread: the banks share the cores with the gateway under
+            // test, and answering a read is a few hundred nanoseconds.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run_register_banks(bind, devices, f32_count))
+        }
         Command::Record {
             machine,
             seed,
@@ -301,6 +333,30 @@ async fn run_server(bind: SocketAddr, options: SimOptions) -> anyhow::Result<()>
     // The ready line scripts and tests wait for (the port, when bound to 0).
     println!("listening on {address}");
     simulator.serve(listener, cancel_on_signal()).await?;
+    Ok(())
+}
+
+async fn run_register_banks(bind: SocketAddr, devices: u16, f32_count: u16) -> anyhow::Result<()> {
+    anyhow::ensure!(devices > 0, "--devices must be at least 1");
+    let mut listeners = Vec::with_capacity(devices.into());
+    for i in 0..devices {
+        let mut addr = bind;
+        if bind.port() != 0 {
+            let port = bind.port().checked_add(i).context("ports beyond 65535")?;
+            addr.set_port(port);
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        listeners.push(listener);
+    }
+    let addresses = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(devices, f32_count, "serving register banks");
+    println!("listening on {}", addresses.join(" "));
+    serve_register_banks(listeners, f32_count, cancel_on_signal()).await?;
     Ok(())
 }
 

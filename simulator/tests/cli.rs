@@ -146,3 +146,53 @@ async fn serve_opcua_needs_the_password_in_its_variable() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn serve_registers_reports_each_device_and_changes_every_read() {
+    use tokio_modbus::prelude::*;
+
+    let mut child = sim()
+        .args(["serve-registers", "--bind", "127.0.0.1:0"])
+        .args(["--devices", "3", "--f32", "62"])
+        .spawn()
+        .expect("start the simulator");
+    let ready = ready_line(&mut child).await;
+    let addresses: Vec<std::net::SocketAddr> = ready
+        .split_whitespace()
+        .map(|a| a.parse().expect("an address"))
+        .collect();
+    assert_eq!(addresses.len(), 3, "{ready}");
+
+    for address in addresses {
+        let mut ctx = tokio::time::timeout(HANG_GUARD, tcp::connect_slave(address, Slave(1)))
+            .await
+            .expect("connect hung")
+            .expect("connect");
+        let first = read_bank(&mut ctx).await;
+        let second = read_bank(&mut ctx).await;
+        assert_eq!(first.len(), 62);
+        // Each device counts its own reads: its first two are reads 0 and 1.
+        for (k, (a, b)) in first.iter().zip(&second).enumerate() {
+            let k = u16::try_from(k).expect("62 values");
+            assert_eq!(*a, ironbridge_simulator::bank_value(k, 0));
+            assert_eq!(*b, ironbridge_simulator::bank_value(k, 1));
+        }
+        let beyond = ctx.read_holding_registers(124, 2).await.expect("link");
+        assert_eq!(beyond, Err(ExceptionCode::IllegalDataAddress));
+    }
+    child.kill().await.expect("stop the simulator");
+}
+
+/// One whole bank (124 registers) as 62 f32 values (ABCD).
+async fn read_bank(ctx: &mut tokio_modbus::client::Context) -> Vec<f32> {
+    use tokio_modbus::prelude::*;
+    let words = tokio::time::timeout(HANG_GUARD, ctx.read_holding_registers(0, 124))
+        .await
+        .expect("reply")
+        .expect("link")
+        .expect("registers");
+    words
+        .chunks(2)
+        .map(|w| f32::from_bits((u32::from(w[0]) << 16) | u32::from(w[1])))
+        .collect()
+}

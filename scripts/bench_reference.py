@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""The performance issue's workload: IronBridge vs the reference Python
+gateway (benchmarks/reference_gateway.py), side by side in one run.
+
+Workload: --machines Modbus TCP devices (`ironbridge-sim serve-registers`,
+one process, values new on every read) of 62 f32 holding registers each,
+read as one 124-register block per scan; an 8 -> 32 -> 1 TorchScript model
+(benchmarks/make_model.py, made into a temp folder) fed by every scan from
+each machine's first 8 values; a local victoria-metrics as the InfluxDB-API
+store. IronBridge also serves OPC UA (its [opcua] server is on, no client);
+the reference does only with `python-opcua` among --contestants.
+
+The contestants run one at a time, alternating (A, B, A, B ... for
+--rounds rounds), at each --poll-ms (1 = saturated). For each it measures,
+over a window after a warm-up:
+  - values stored per second (process values + predictions), counted in
+    victoria-metrics by acquisition time, as scripts/bench_e2e.py does,
+  - its CPU (user+sys from /proc, all threads) per stored value, RSS,
+  - predictions made, refused (IronBridge: ironbridge_inference_rejected_total
+    over all reasons) and skipped (out of range), from its counters,
+  - the devices' and victoria-metrics' CPU (they share the cores).
+JSON lines on stdout, then a table.
+
+Usage: scripts/bench_reference.py --rounds 2 --poll-ms 100,1 --seconds 20
+(scripts/bench-reference.sh builds the release binaries first.)
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICKS = os.sysconf("SC_CLK_TCK")
+F32 = 62
+MODEL = "bench-mlp"
+# python: the reference's `tick` style; python-per-machine: its other style;
+# python-opcua: `tick` with its asyncua server.
+# ironbridge-disk: IronBridge with buffer = "disk" whatever --buffer says.
+CONTESTANTS = ("ironbridge", "ironbridge-disk", "python", "python-per-machine", "python-opcua")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60, proc=None, log=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc and proc.poll() is not None:
+            raise SystemExit(f"exited with {proc.returncode} before listening on {port}; "
+                             f"log: {open(log).read()[-2000:] if log else '-'}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory_kib(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def count_samples(vm, selector, start_ms, end_ms):
+    urllib.request.urlopen(f"{vm}/internal/force_flush").read()
+    data = urllib.parse.urlencode(
+        {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"}
+    ).encode()
+    n = 0
+    with urllib.request.urlopen(f"{vm}/api/v1/export", data=data) as r:
+        for line in r:
+            if line.strip():
+                n += len(json.loads(line)["values"])
+    return n
+
+
+def metric_totals(url):
+    """Counter name -> value summed over its labels (OpenMetrics text)."""
+    totals = {}
+    with urllib.request.urlopen(url, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            m = re.match(r"^([a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)", line)
+            if m:
+                totals[m[1]] = totals.get(m[1], 0.0) + float(m[2])
+    return totals
+
+
+def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models):
+    tags = "".join(f"""
+  [[machines.tags]]
+  name = "v{k:02d}"
+  register = "holding"
+  address = {2 * k}
+  type = "f32"
+""" for k in range(F32))
+    parts = [f"""
+[opcua]
+port = {ua_port}
+pki_dir = "{tmp}/pki"
+insecure_loopback_endpoint = true
+
+[http]
+address = "127.0.0.1:{http_port}"
+
+[influx]
+url = "{vm}"
+bucket = "bench"
+flush_interval_ms = 1000
+buffer = "{buffer}"
+{f'spool_dir = "{tmp}/spool"' if buffer == "disk" else ""}
+dead_letter_path = "{tmp}/dead-letter.lp"
+"""]
+    for name, device in zip(names, devices):
+        parts.append(f"""
+[[machines]]
+name = "{name}"
+protocol = "modbus-tcp"
+address = "{device}"
+poll_interval_ms = {poll_ms}
+{tags}""")
+    parts.append(f"""
+[[models]]
+name = "{MODEL}"
+path = "{models}/{MODEL}"
+version = "1.0.0"
+machines = {json.dumps(names)}
+""")
+    path = os.path.join(tmp, "ironbridge.toml")
+    with open(path, "w") as f:
+        f.write("".join(parts))
+    return path
+
+
+class Contestant:
+    """One gateway process, started for one window."""
+
+    def __init__(self, kind, env, poll_ms, args):
+        self.kind, self.env, self.poll_ms, self.args = kind, env, poll_ms, args
+        self.proc = None
+        self.buffer = "disk" if kind == "ironbridge-disk" else args.buffer
+        self.tmp = tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=env["tmp"])
+
+    def start(self):
+        env = self.env
+        if self.kind.startswith("ironbridge"):
+            self.http = f"http://127.0.0.1:{free_port()}"
+            ua_port = free_port()
+            config = gateway_config(self.tmp, env["vm"], env["devices"], env["names"],
+                                    self.poll_ms, self.buffer, ua_port,
+                                    self.http.rsplit(":", 1)[1], env["models"])
+            self.proc = subprocess.Popen(
+                [f"{ROOT}/target/release/ironbridge", "run", "--config", config],
+                stdout=subprocess.DEVNULL, stderr=open(f"{self.tmp}/gateway.log", "w"),
+                env={**os.environ, "RUST_LOG": "warn"})
+            log = f"{self.tmp}/gateway.log"
+            wait_port(ua_port, proc=self.proc, log=log)
+            wait_port(int(self.http.rsplit(":", 1)[1]), proc=self.proc, log=log)
+        else:
+            self.stats_file = os.path.join(self.tmp, "stats.json")
+            cmd = [f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/reference_gateway.py",
+                   "--devices", ",".join(env["devices"]), "--names", ",".join(env["names"]),
+                   "--poll-ms", str(self.poll_ms), "--model", f"{env['models']}/{MODEL}/1.0.0",
+                   "--influx-url", env["vm"], "--bucket", "bench", "--stats", self.stats_file]
+            if self.kind == "python-per-machine":
+                cmd += ["--style", "per-machine"]
+            if self.kind == "python-opcua":
+                ua_port = free_port()
+                cmd += ["--opcua-port", str(ua_port)]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                         stderr=open(f"{self.tmp}/reference.log", "w"))
+            if self.kind == "python-opcua":
+                wait_port(ua_port, proc=self.proc, log=f"{self.tmp}/reference.log")
+            # Its first stats file says it is connected; before, SIGUSR1 would kill it.
+            deadline = time.time() + 60
+            while not os.path.exists(self.stats_file):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"{self.kind} did not start; see {self.tmp}/reference.log")
+                time.sleep(0.05)
+
+    def counters(self):
+        """predictions made, refused, skipped (cumulative)."""
+        if self.kind.startswith("ironbridge"):
+            t = metric_totals(f"{self.http}/metrics")
+            return {"predictions": t.get("ironbridge_predictions_total", 0),
+                    "refused": t.get("ironbridge_inference_rejected_total", 0),
+                    "skipped": t.get("ironbridge_inference_rows_skipped_total", 0),
+                    "failed": t.get("ironbridge_inference_failed_total", 0),
+                    "points_dropped": t.get("ironbridge_sink_points_dropped_total", 0)}
+        # The reference never refuses: it runs the model on every tick's scans.
+        with open(self.stats_file) as f:
+            before = json.load(f)["dumps"]
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.time() + 10
+        while True:
+            with open(self.stats_file) as f:
+                s = json.load(f)
+            if s["dumps"] != before:
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"{self.kind} did not answer SIGUSR1")
+            time.sleep(0.01)
+        return {"predictions": s["predictions"], "refused": 0, "skipped": 0,
+                "failed": 0, "points_dropped": 0, "read_errors": s["read_errors"]}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def measure(kind, env, poll_ms, args, perf_data=None):
+    c = Contestant(kind, env, poll_ms, args)
+    perf = None
+    try:
+        c.start()
+        time.sleep(args.warmup)
+        if c.proc.poll() is not None:
+            raise SystemExit(f"{kind} exited during warm-up; see {c.tmp}")
+        k0 = c.counters()
+        t0 = time.time()
+        cpu0, dev0, vm0 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        if perf_data:
+            # Software clock sampling: virtual machines often have no
+            # hardware counters. Costs the profiled window a little CPU.
+            perf = subprocess.Popen(
+                ["perf", "record", "-q", "-F", "499", "-e", "cpu-clock",
+                 "-p", str(c.proc.pid), "-o", perf_data, "--", "sleep", str(args.seconds)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(args.seconds)
+        t1 = time.time()
+        cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        k1 = c.counters()
+        mem = memory_kib(c.proc.pid)
+        load = os.getloadavg()[0]
+        # Let the window's last values be flushed (1 s batches) before counting.
+        time.sleep(2.5)
+        start_ms, end_ms = int(t0 * 1000), int(t1 * 1000)
+        process = count_samples(env["vm"], '{__name__=~"process_.*"}', start_ms, end_ms)
+        predictions = count_samples(env["vm"], '{__name__=~"prediction_.*"}', start_ms, end_ms)
+    finally:
+        if perf:
+            perf.wait()
+        c.stop()
+    window = t1 - t0
+    values = process + predictions
+    d = {k: k1[k] - k0[k] for k in k0}
+    return {
+        "gateway": kind,
+        "buffer": c.buffer if kind.startswith("ironbridge") else None,
+        "machines": args.machines,
+        "poll_ms": poll_ms,
+        "window_s": round(window, 1),
+        "scans_wanted_per_s": round(args.machines * 1000 / poll_ms),
+        "scans_stored_per_s": round(process / F32 / window),
+        "values_per_s": round(values / window),
+        "predictions_stored_per_s": round(predictions / window),
+        "predictions_made_per_s": round(d["predictions"] / window),
+        "predictions_refused": int(d["refused"]),
+        "predictions_skipped": int(d["skipped"]),
+        "inference_failed": int(d["failed"]),
+        "points_dropped": int(d["points_dropped"]),
+        "read_errors": int(d.get("read_errors", 0)),
+        "cpu_cores": round((cpu1 - cpu0) / window, 3),
+        "cpu_us_per_value": round((cpu1 - cpu0) / max(values, 1) * 1e6, 2),
+        "rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
+        "peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),
+        "device_cpu_cores": round((dev1 - dev0) / window, 3),
+        "store_cpu_cores": round((vm1 - vm0) / window, 3),
+        "load_1min": round(load, 2),
+    }
+
+
+def table(results):
+    head = ("| gateway | poll | values/s | scans/s (wanted) | predictions/s made | refused "
+            "| CPU cores | CPU µs/value | RSS MiB | device cores | store cores |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(
+            f"| {r['gateway'].split('-disk')[0]}{'/' + r['buffer'] if r['buffer'] else ''} | {r['poll_ms']} ms "
+            f"| {r['values_per_s']:,} | {r['scans_stored_per_s']:,} ({r['scans_wanted_per_s']:,}) "
+            f"| {r['predictions_made_per_s']:,} | {r['predictions_refused']:,} "
+            f"| {r['cpu_cores']} | {r['cpu_us_per_value']} | {r['peak_rss_mib']} "
+            f"| {r['device_cpu_cores']} | {r['store_cpu_cores']} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--machines", type=int, default=10)
+    ap.add_argument("--poll-ms", default="100,1",
+                    help="comma-separated poll intervals; 1 = saturated")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--buffer", choices=["disk", "memory"], default="memory",
+                    help="IronBridge's [influx] buffer (the reference has none)")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="after the rounds, one more IronBridge window at the shortest poll "
+                         "under `perf record` into FILE (not in the table); prints its top symbols")
+    ap.add_argument("--contestants", default="ironbridge,python",
+                    help=f"comma-separated, run in this order each round: {', '.join(CONTESTANTS)}")
+    args = ap.parse_args()
+    kinds = args.contestants.split(",")
+    if not set(kinds) <= set(CONTESTANTS):
+        ap.error(f"--contestants: choose from {', '.join(CONTESTANTS)}")
+
+    tmp = tempfile.mkdtemp(prefix="ironbridge-bench-ref-")
+    procs = []
+    results = []
+    try:
+        vm_port = free_port()
+        vm = f"http://127.0.0.1:{vm_port}"
+        vm_proc = subprocess.Popen(
+            ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{vm_port}",
+             f"-storageDataPath={tmp}/vm", "-retentionPeriod=100y"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(vm_proc)
+        wait_port(vm_port)
+        device = subprocess.Popen(
+            [f"{ROOT}/target/release/ironbridge-sim", "serve-registers",
+             "--bind", "127.0.0.1:0", "--devices", str(args.machines), "--f32", str(F32)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(device)
+        ready = ""
+        while not ready.startswith("listening on "):
+            ready = device.stdout.readline()
+            if not ready:
+                raise SystemExit("serve-registers did not start")
+        models = os.path.join(tmp, "models")
+        subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
+                        "--out", models], check=True, stdout=subprocess.DEVNULL)
+        env = {"tmp": tmp, "vm": vm, "vm_pid": vm_proc.pid, "device_pid": device.pid,
+               "devices": ready.split()[2:], "models": models,
+               "names": [f"machine-{i:03d}" for i in range(args.machines)]}
+        for poll_ms in [int(p) for p in args.poll_ms.split(",")]:
+            for _ in range(args.rounds):
+                for kind in kinds:
+                    r = measure(kind, env, poll_ms, args)
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
+        if args.perf:
+            poll_ms = min(int(p) for p in args.poll_ms.split(","))
+            r = measure("ironbridge", env, poll_ms, args, perf_data=os.path.abspath(args.perf))
+            print(json.dumps({**r, "profiled": True}), flush=True)
+        print()
+        print(table(results))
+        for poll_ms in sorted({r["poll_ms"] for r in results}, reverse=True):
+            for ours in [k for k in kinds if k.startswith("ironbridge")]:
+                mine = [r["cpu_us_per_value"] for r in results
+                        if r["poll_ms"] == poll_ms and r["gateway"] == ours]
+                for ref in [k for k in kinds if k.startswith("python")]:
+                    theirs = [r["cpu_us_per_value"] for r in results
+                              if r["poll_ms"] == poll_ms and r["gateway"] == ref]
+                    pairs = " / ".join(f"{a / b:.2f}" for a, b in zip(mine, theirs))
+                    print(f"poll {poll_ms} ms: {ours} / {ref} CPU per value, per round: {pairs}")
+        if args.perf:
+            print(f"\ntop symbols by self time ({args.perf}):")
+            report = subprocess.run(
+                ["perf", "report", "-i", args.perf, "--no-children", "--sort", "dso,symbol",
+                 "--stdio", "-g", "none", "--percent-limit", "0.7"],
+                capture_output=True, text=True)
+            rows = [re.sub(r"[\s-]+$", "", line) for line in report.stdout.splitlines()
+                    if line.strip() and not line.startswith("#")]
+            print("\n".join(rows[:25]))
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
