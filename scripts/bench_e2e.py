@@ -91,9 +91,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, timeout=30):
+def wait_port(port, timeout=30, proc=None, log=None):
+    """Waits until something listens on `port`; fails early (with the tail of
+    `log`) if `proc` exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if proc and proc.poll() is not None:
+            raise SystemExit(f"exited with {proc.returncode} before listening on {port}; "
+                             f"log: {open(log).read()[-2000:] if log else '-'}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,10 @@ import time
 import urllib.parse
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_e2e as e2e  # noqa: E402
+from bench_e2e import ROOT, count_samples, cpu_seconds, free_port, memory_kib  # noqa: E402
+
 F32 = 62
 MODEL = "bench-mlp"
 # python: the reference's `tick` style; python-per-machine: its other style;
@@ -48,52 +49,10 @@ MODEL = "bench-mlp"
 CONTESTANTS = ("ironbridge", "ironbridge-disk", "python", "python-per-machine", "python-opcua")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port, timeout=60, proc=None, log=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc and proc.poll() is not None:
-            raise SystemExit(f"exited with {proc.returncode} before listening on {port}; "
-                             f"log: {open(log).read()[-2000:] if log else '-'}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def memory_kib(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    return out
-
-
-def count_samples(vm, selector, start_ms, end_ms):
-    urllib.request.urlopen(f"{vm}/internal/force_flush").read()
-    data = urllib.parse.urlencode(
-        {"match[]": selector, "start": f"{start_ms / 1000:.3f}", "end": f"{end_ms / 1000:.3f}"}
-    ).encode()
-    n = 0
-    with urllib.request.urlopen(f"{vm}/api/v1/export", data=data) as r:
-        for line in r:
-            if line.strip():
-                n += len(json.loads(line)["values"])
-    return n
+    # The gateways load libtorch and a model before they listen: more time
+    # than bench_e2e's default.
+    e2e.wait_port(port, timeout, proc, log)
 
 
 def metric_totals(url):
