@@ -33,6 +33,12 @@ PY_REQUIREMENTS=(
   "asyncua==2.1.0"
   "pymodbus==3.11.4"
   "pyserial==3.5"
+  # The fleet's registry and serving engine (issue 11): a real MLflow
+  # tracking/registry server and MLServer with its MLflow runtime, started by
+  # the tests. They resolve beside the pins above without moving any of them.
+  "mlflow==3.17.2"
+  "mlserver==1.7.1"
+  "mlserver-mlflow==1.7.1"
 )
 if $build_only; then
   PY_REQUIREMENTS=("torch==${TORCH_VERSION}")
