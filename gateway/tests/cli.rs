@@ -84,6 +84,10 @@ fn validate_lists_every_problem_with_key_and_line() {
     let model_dir = repo_root().join("models/tests/fixtures/tampered");
     let text = format!(
         r#"
+[gateway]
+name = "line 3"
+tags = {{ machine = "x" }}
+
 [opcua]
 port = 4840
 surprise = true
@@ -142,6 +146,8 @@ machines = ["press-7", "mill-9"]
             "expected a problem at {want:?} in:\n{report}"
         );
     };
+    expect("name = \"line 3\"", "gateway.name");
+    expect("tags = {", "gateway.tags.machine");
     expect("surprise", "opcua.surprise");
     expect("poll_interval_ms = 0", "machines[0].poll_interval_ms");
     expect("address = 65535", "machines[0].tags[0].address");

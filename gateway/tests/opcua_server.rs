@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use ironbridge::config::GatewayIdentity;
 use ironbridge::opcua_server::{
     self, AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView, OpcUaPublisher,
     OpcUaServerConfig, OpcUaUserConfig, Role, NAMESPACE_URI,
@@ -40,6 +41,10 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn layout() -> AddressSpaceLayout {
     AddressSpaceLayout {
+        gateway: GatewayIdentity {
+            name: Some("line-3".into()),
+            tags: [("site".to_string(), "north".to_string())].into(),
+        },
         machines: vec![MachineLayout {
             name: MACHINE.into(),
             tags: vec![GOOD_TAG.into(), BAD_TAG.into()],
@@ -114,6 +119,9 @@ fn contract_paths() -> Vec<String> {
         "Gateway",
         "Gateway/Version",
         "Gateway/Commit",
+        "Gateway/Name",
+        "Gateway/Tags",
+        "Gateway/Tags/site",
         "Gateway/StartedAt",
         "Gateway/UptimeSeconds",
         "Gateway/Ready",

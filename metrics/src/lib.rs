@@ -162,7 +162,12 @@ struct Family {
 /// loaded, never on the data path. Series are kept until the registry is
 /// dropped: a model version that stopped serving keeps its final counts.
 #[derive(Clone, Default)]
-pub struct MetricsRegistry(Arc<Mutex<Vec<Family>>>);
+pub struct MetricsRegistry {
+    families: Arc<Mutex<Vec<Family>>>,
+    /// Labels on every series (the gateway's `[gateway] name`), added when
+    /// read.
+    constant: Arc<Labels>,
+}
 
 impl std::fmt::Debug for MetricsRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,6 +181,15 @@ impl std::fmt::Debug for MetricsRegistry {
 impl MetricsRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry whose every series also carries `labels` (after its own),
+    /// as a fleet's gateway labels everything it exports with its name.
+    pub fn with_constant_labels(labels: Labels) -> Self {
+        Self {
+            constant: Arc::new(labels),
+            ..Self::default()
+        }
     }
 
     /// Registers `counter` as the series `labels` of the family `name`
@@ -301,6 +315,11 @@ impl MetricsRegistry {
                         value: Value::Gauge(v),
                     }));
                 }
+                if !self.constant.is_empty() {
+                    for series in &mut out {
+                        series.labels.extend(self.constant.iter().cloned());
+                    }
+                }
                 FamilySnapshot {
                     name,
                     help,
@@ -314,7 +333,7 @@ impl MetricsRegistry {
     fn lock(&self) -> MutexGuard<'_, Vec<Family>> {
         // Every update is a single push or assignment: data behind a
         // poisoned lock is consistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.families.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -485,6 +504,29 @@ mod tests {
         assert_eq!(snap[0].series.len(), 2);
         assert_eq!(snap[0].series[0].value, Value::Counter(7));
         assert_eq!(snap[1].series[0].value, Value::Gauge(1.0));
+    }
+
+    #[test]
+    fn constant_labels_end_every_series_counted_or_computed() {
+        let registry = MetricsRegistry::with_constant_labels(vec![("gateway", "line-3".into())]);
+        let clone = registry.clone();
+        clone.counter("scans", "Scans.", vec![("machine", "a".into())]);
+        registry.add_computed_gauge("uptime", "Uptime.", || vec![(Vec::new(), 1.0)]);
+        let labels: Vec<Labels> = registry
+            .snapshot()
+            .into_iter()
+            .map(|f| f.series[0].labels.clone())
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                vec![
+                    ("machine", "a".to_string()),
+                    ("gateway", "line-3".to_string())
+                ],
+                vec![("gateway", "line-3".to_string())],
+            ]
+        );
     }
 
     #[test]

@@ -42,6 +42,12 @@ const DASHBOARDS: &[(&str, &str)] = &[
     ("gateway-health.json", "ironbridge-gateway-health"),
 ];
 
+/// config/example.toml's `[gateway] name`: a tag on every point, a label
+/// on every series.
+const GATEWAY: &str = "gateway-1";
+/// What every series of every query carries besides its own tags: a
+/// fleet's panels keep gateways apart.
+const FLEET_TAG: (&str, &[&str]) = ("gateway", &[GATEWAY]);
 const PUMP: &str = "pump-1";
 const SPINDLE: &str = "spindle-1";
 const PUMP_MODEL: &str = "bearing-wear";
@@ -411,8 +417,11 @@ const EXPECTED: &[Expect] = &[
 
 /// Each template variable and the values its query must find.
 const VARIABLES: &[(&str, &str, &[&str])] = &[
+    (PLANT, "gateway", &[GATEWAY]),
     (PLANT, "machine", BOTH_MACHINES),
+    (LIFECYCLE, "gateway", &[GATEWAY]),
     (LIFECYCLE, "model", BOTH_MODELS),
+    (HEALTH, "gateway", &[GATEWAY]),
     (HEALTH, "machine", BOTH_MACHINES),
 ];
 
@@ -884,14 +893,19 @@ impl Servers {
         }
     }
 
-    /// A template variable's values, from its query.
-    async fn variable_values(&self, variable: &Value) -> Result<Vec<String>> {
+    /// A template variable's values, from its query with the variables
+    /// before it (`earlier`) at their selection, as Grafana chains them.
+    async fn variable_values(
+        &self,
+        variable: &Value,
+        earlier: grafana::Selection<'_>,
+    ) -> Result<Vec<String>> {
         let query = variable["query"].as_str().context("variable query")?;
         let mut values = BTreeSet::new();
         match variable["datasource"]["uid"].as_str() {
             Some(INFLUX_UID) => {
                 // Grafana sends it as a raw query through the same backend.
-                let query = grafana::expand_influxql(query, self.range, 1, &[])?;
+                let query = grafana::expand_influxql(query, self.range, 1, earlier)?;
                 for s in self.influxql(&query).await? {
                     let at = s
                         .columns
@@ -913,6 +927,12 @@ impl Servers {
                     .and_then(|q| q.strip_suffix(')'))
                     .context("only label_values(metric, label) is modelled")?;
                 let (metric, label) = inner.rsplit_once(',').context("label_values(m, l)")?;
+                let metric = grafana::replace_variables(metric, &|name| {
+                    earlier.iter().find(|(n, _)| n == name).map(|(_, values)| {
+                        grafana::regex_values(values, grafana::prometheus_regex_escape)
+                    })
+                });
+                grafana::ensure_expanded(&metric)?;
                 // GET: Prometheus takes no POST on this endpoint.
                 let body: Value = self
                     .http
@@ -984,9 +1004,14 @@ fn check(
     );
     // With one value selected, only that value may come back; none at all
     // if the panel never shows it ("No data", as Grafana would say).
+    let tags: Vec<(&str, &[&str])> = expect
+        .tags
+        .iter()
+        .copied()
+        .chain(std::iter::once(FLEET_TAG))
+        .collect();
     if let Some((tag, value)) = narrowed {
-        let wanted = expect
-            .tags
+        let wanted = tags
             .iter()
             .find(|(t, _)| *t == tag)
             .with_context(|| format!("{what}: filters on ${tag} but expects no {tag} tag"))?
@@ -1024,7 +1049,7 @@ fn check(
             );
         }
         ensure!(s.has_values(), "{what}: only empty values in {s:?}");
-        for (tag, _) in expect.tags {
+        for (tag, _) in &tags {
             ensure!(
                 s.tags.get(*tag).is_some_and(|v| !v.is_empty()),
                 "{what}: a series without tag {tag}: {:?}",
@@ -1033,7 +1058,7 @@ fn check(
         }
     }
     if narrowed.is_none() {
-        for (tag, wanted) in expect.tags.iter().filter(|(_, w)| !w.is_empty()) {
+        for (tag, wanted) in tags.iter().filter(|(_, w)| !w.is_empty()) {
             let seen: BTreeSet<&str> = answer
                 .iter()
                 .filter_map(|s| s.tags.get(*tag).map(String::as_str))
@@ -1257,7 +1282,7 @@ async fn every_dashboard_query_returns_the_series_it_shows() -> Result<()> {
             .unwrap_or_default()
         {
             let name = variable["name"].as_str().context("variable name")?;
-            let values = servers.variable_values(&variable).await?;
+            let values = servers.variable_values(&variable, &options).await?;
             let (_, _, wanted) = VARIABLES
                 .iter()
                 .find(|(d, n, _)| *d == uid && *n == name)
@@ -1300,7 +1325,7 @@ async fn every_dashboard_query_returns_the_series_it_shows() -> Result<()> {
             for (name, values) in &options {
                 if !text.contains(&format!("${name}")) {
                     // Data carrying the variable's tag must follow it.
-                    if expect.tags.iter().any(|(tag, _)| tag == name) {
+                    if expect.tags.iter().any(|(tag, _)| tag == name) || name == FLEET_TAG.0 {
                         failures.push(format!("{file}: {title} / {ref_id} ignores ${name}"));
                     }
                     continue;

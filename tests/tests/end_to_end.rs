@@ -14,6 +14,9 @@ use ironbridge_models::ModelRegistry;
 use ironbridge_tests::gateway_rig::{GatewayRig, MACHINE, MODEL, MODEL_VERSION, SPINDLE};
 use ironbridge_tests::paths::{repo_root, venv_python};
 
+/// `[gateway] name` in config/example.toml.
+const GATEWAY_NAME: &str = "gateway-1";
+
 /// Predictions compared with torch's, absolute (outputs are in [0, 1]).
 const TOLERANCE: f64 = 1e-5;
 
@@ -41,6 +44,8 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
         .await?
     {
         assert_eq!(series.label("machine"), Some(MACHINE));
+        // config/example.toml's `[gateway] name`, on every point.
+        assert_eq!(series.label("gateway"), Some(GATEWAY_NAME));
         let tag = series
             .name()
             .strip_prefix("process_")
@@ -64,6 +69,7 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
         assert_eq!(series.label("machine"), Some(MACHINE));
         assert_eq!(series.label("model"), Some(MODEL));
         assert_eq!(series.label("version"), Some(MODEL_VERSION));
+        assert_eq!(series.label("gateway"), Some(GATEWAY_NAME));
         assert_eq!(
             series.name(),
             format!("prediction_{}", manifest.outputs[0].name)

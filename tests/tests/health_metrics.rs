@@ -101,6 +101,16 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         fan_out_scans.first().is_some_and(|(_, v)| *v > 0.0),
         "{fan_out_scans:?}"
     );
+    // `[gateway] name` labels every series, as it tags every point.
+    let named = prometheus
+        .query("ironbridge_sink_lines_written_total")
+        .await?;
+    assert!(
+        named
+            .first()
+            .is_some_and(|(labels, _)| labels["gateway"] == "gateway-1"),
+        "{named:?}"
+    );
     let written = prometheus
         .query("ironbridge_sink_lines_written_total")
         .await?;
@@ -156,9 +166,11 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
     let exported = exported_series(&body);
     assert_eq!(logged, exported, "log vs /metrics\n{body}");
     for wanted in [
-        format!("ironbridge_source_notifications_dropped_total|machine={MACHINE}"),
-        "ironbridge_sink_unauthorized|".to_string(),
-        "ironbridge_sink_points_dropped_total|reason=channel_full".to_string(),
+        format!(
+            "ironbridge_source_notifications_dropped_total|gateway=gateway-1,machine={MACHINE}"
+        ),
+        "ironbridge_sink_unauthorized|gateway=gateway-1".to_string(),
+        "ironbridge_sink_points_dropped_total|gateway=gateway-1,reason=channel_full".to_string(),
     ] {
         assert!(exported.contains(&wanted), "{wanted} not in\n{body}");
     }
@@ -175,6 +187,7 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
     // The same state in OPC UA, beside the machines.
     let gateway_nodes = [
         "Gateway/Version".to_string(),
+        "Gateway/Name".to_string(),
         "Gateway/Ready".to_string(),
         "Gateway/NotReady".to_string(),
         "Gateway/UptimeSeconds".to_string(),
@@ -192,6 +205,8 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         env!("CARGO_PKG_VERSION"),
         "{answer}"
     );
+    // config/example.toml's `[gateway] name`.
+    assert_eq!(reads["Gateway/Name"]["value"], "gateway-1", "{answer}");
     assert_eq!(
         reads[format!("Gateway/Machines/{SPINDLE}/Up")]["value"],
         true,
@@ -260,6 +275,8 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
     })
     .await?;
     let reads = &answer["reads"];
+    // config/example.toml's `[gateway] name`.
+    assert_eq!(reads["Gateway/Name"]["value"], "gateway-1", "{answer}");
     assert_eq!(
         reads[format!("Gateway/Machines/{SPINDLE}/Up")]["value"],
         false,

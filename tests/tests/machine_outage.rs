@@ -88,6 +88,7 @@ async fn an_unreachable_machine_turns_bad_and_recovers_while_another_keeps_flowi
     let config = GatewayConfig {
         file: dir.path().join("gateway.toml"),
         source_sha256: String::new(),
+        gateway: Default::default(),
         opcua: OpcUaServerConfig {
             port,
             pki_dir: dir.path().join("pki"),

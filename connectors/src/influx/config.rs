@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::line_protocol::PointTags;
 pub use crate::backoff::BackoffConfig;
 use crate::validation::Problem;
 
@@ -135,6 +136,10 @@ pub struct InfluxSinkConfig {
     /// counted (default 16 MiB).
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: u64,
+    /// Tags put on every line (the gateway's name and site tags, from its
+    /// `[gateway]` section; not a key of `[influx]`).
+    #[serde(skip)]
+    pub point_tags: PointTags,
 }
 
 fn default_spool_max_bytes() -> u64 {
@@ -200,6 +205,7 @@ impl InfluxSinkConfig {
             gzip: default_gzip(),
             dead_letter_path: None,
             dead_letter_max_bytes: default_dead_letter_max_bytes(),
+            point_tags: PointTags::none(),
         }
     }
 

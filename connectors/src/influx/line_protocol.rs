@@ -19,6 +19,10 @@
 //!   backslash at its end or before one of those is refused (InfluxDB could
 //!   not read it back);
 //! - NaN and infinities are skipped: InfluxDB rejects the whole batch for them.
+//!
+//! Every line may end its tags with the gateway's own ([`PointTags`]:
+//! `,gateway=<name>[,<site tag>=<value>...]`), so a fleet's points can be
+//! told apart in one store.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -38,26 +42,108 @@ pub const GATE_MEASUREMENT: &str = "gate";
 pub const DRIFT_MEASUREMENT: &str = "drift";
 pub const GATEWAY_INFO_MEASUREMENT: &str = "gateway_info";
 
+/// Tags the gateway adds to every line it writes (`[gateway] name` as
+/// `gateway=<name>`, and its site tags), escaped once when the sink starts
+/// instead of on every line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointTags {
+    /// `,key=value...`, escaped; empty for none.
+    encoded: String,
+    keys: Vec<String>,
+}
+
+impl PointTags {
+    /// Tag keys a record already carries on some measurement: a point tag
+    /// with one of these names would make two tags of one key.
+    pub const RESERVED_KEYS: &'static [&'static str] = &[
+        "machine",
+        "model",
+        "version",
+        "input",
+        "output",
+        "active_version",
+        "shadow_version",
+        "commit",
+        "config_sha256",
+    ];
+
+    /// No tags: lines as they were before fleets.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// `tags` in the given order. Fails on what line protocol cannot carry
+    /// (empty text, line breaks, an unreadable backslash), on a key a record
+    /// already uses ([`Self::RESERVED_KEYS`]) and on a key given twice.
+    pub fn new<'a>(
+        tags: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConnectorError> {
+        let mut out = Self::default();
+        for (key, value) in tags {
+            if Self::RESERVED_KEYS.contains(&key) {
+                return Err(ConnectorError::Unencodable(format!(
+                    "tag key {key:?} is used by the gateway's own points"
+                )));
+            }
+            if out.keys.iter().any(|k| k == key) {
+                return Err(ConnectorError::Unencodable(format!(
+                    "tag key {key:?} is given twice"
+                )));
+            }
+            check_identifier("tag key", key)?;
+            check_identifier(key, value)?;
+            out.encoded.push(',');
+            escape_key("tag key", key, &mut out.encoded)?;
+            out.encoded.push('=');
+            escape_key(key, value, &mut out.encoded)?;
+            out.keys.push(key.to_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.encoded.is_empty()
+    }
+
+    /// The tags as they end a line's tag set (`,gateway=line-3`).
+    pub fn as_str(&self) -> &str {
+        &self.encoded
+    }
+}
+
 /// The line of one record; `Ok(None)` when it has no value to write (no good
 /// reading, or only NaN/infinite values).
 pub fn encode_record(record: &Record) -> Result<Option<String>, ConnectorError> {
+    encode_record_tagged(record, &PointTags::none())
+}
+
+/// [`encode_record`] with the gateway's point tags after the record's own.
+pub fn encode_record_tagged(
+    record: &Record,
+    point_tags: &PointTags,
+) -> Result<Option<String>, ConnectorError> {
     match record {
-        Record::Scan(scan) => encode_scan(scan),
-        Record::Prediction(prediction) => encode_prediction(prediction),
-        Record::ShadowPrediction(prediction) => {
-            encode_prediction_as(SHADOW_PREDICTION_MEASUREMENT, prediction)
+        Record::Scan(scan) => encode_scan_tagged(scan, point_tags),
+        Record::Prediction(prediction) => {
+            encode_prediction_as(PREDICTION_MEASUREMENT, prediction, point_tags)
         }
-        Record::Gate(gate) => encode_gate(gate),
-        Record::Drift(drift) => encode_drift(drift),
-        Record::ModelEvent(event) => encode_model_event(event),
-        Record::GatewayInfo(info) => encode_gateway_info(info),
+        Record::ShadowPrediction(prediction) => {
+            encode_prediction_as(SHADOW_PREDICTION_MEASUREMENT, prediction, point_tags)
+        }
+        Record::Gate(gate) => encode_gate(gate, point_tags),
+        Record::Drift(drift) => encode_drift(drift, point_tags),
+        Record::ModelEvent(event) => encode_model_event(event, point_tags),
+        Record::GatewayInfo(info) => encode_gateway_info(info, point_tags),
     }
 }
 
 /// `gateway_info,version=<v>,commit=<c>,config_sha256=<h> started=1i <ns>`:
 /// the identifiers are tags (as in a Prometheus info metric) so that stores
 /// which keep only numeric fields, victoria-metrics among them, keep them.
-pub fn encode_gateway_info(info: &GatewayInfoRecord) -> Result<Option<String>, ConnectorError> {
+pub fn encode_gateway_info(
+    info: &GatewayInfoRecord,
+    point_tags: &PointTags,
+) -> Result<Option<String>, ConnectorError> {
     let config = if info.config_sha256.is_empty() {
         "none"
     } else {
@@ -70,6 +156,7 @@ pub fn encode_gateway_info(info: &GatewayInfoRecord) -> Result<Option<String>, C
             ("commit", info.commit.as_str()),
             ("config_sha256", config),
         ],
+        point_tags,
         std::iter::once(("started", TagValue::Int(1))),
         info.started_at,
     )
@@ -77,7 +164,10 @@ pub fn encode_gateway_info(info: &GatewayInfoRecord) -> Result<Option<String>, C
 
 /// `model_event,model=<model> event="activated",version="…",previous="…",user="…"[,reason="…"] <ns>`
 /// (`previous` and `reason` only when there is one).
-pub fn encode_model_event(event: &ModelEventRecord) -> Result<Option<String>, ConnectorError> {
+pub fn encode_model_event(
+    event: &ModelEventRecord,
+    point_tags: &PointTags,
+) -> Result<Option<String>, ConnectorError> {
     let text = |s: &str| TagValue::Text(Arc::from(s));
     let mut fields = vec![
         ("event", text(event.event)),
@@ -93,6 +183,7 @@ pub fn encode_model_event(event: &ModelEventRecord) -> Result<Option<String>, Co
     encode_line(
         MODEL_EVENT_MEASUREMENT,
         &[("model", &event.model)],
+        point_tags,
         fields.into_iter(),
         event.at,
     )
@@ -101,6 +192,13 @@ pub fn encode_model_event(event: &ModelEventRecord) -> Result<Option<String>, Co
 /// `process,machine=<machine> <tag>=<value>,... <ns>`: only readings of
 /// quality Good that carry a value.
 pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
+    encode_scan_tagged(scan, &PointTags::none())
+}
+
+fn encode_scan_tagged(
+    scan: &Scan,
+    point_tags: &PointTags,
+) -> Result<Option<String>, ConnectorError> {
     let fields = scan
         .readings
         .iter()
@@ -111,6 +209,7 @@ pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
     encode_line(
         PROCESS_MEASUREMENT,
         &[("machine", &scan.machine)],
+        point_tags,
         fields,
         scan.acquired_at,
     )
@@ -119,12 +218,15 @@ pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
 /// `prediction,machine=<m>,model=<model>,version=<v> <output>=<value>,... <ns>`
 /// stamped with the acquisition time of the inputs.
 pub fn encode_prediction(prediction: &Prediction) -> Result<Option<String>, ConnectorError> {
-    encode_prediction_as(PREDICTION_MEASUREMENT, prediction)
+    encode_prediction_as(PREDICTION_MEASUREMENT, prediction, &PointTags::none())
 }
 
 /// `gate,model=<m>,active_version=<a>,shadow_version=<s> metric="mae",samples=<n>i,mean=…,lower=…,upper=…,margin=…[,psi=…],decision="Pending"`
 /// (bounds that are not finite yet are left out).
-pub fn encode_gate(gate: &GateRecord) -> Result<Option<String>, ConnectorError> {
+pub fn encode_gate(
+    gate: &GateRecord,
+    point_tags: &PointTags,
+) -> Result<Option<String>, ConnectorError> {
     let mut fields = vec![
         ("metric", TagValue::Text(Arc::from(gate.metric))),
         ("samples", TagValue::UInt(gate.samples)),
@@ -144,6 +246,7 @@ pub fn encode_gate(gate: &GateRecord) -> Result<Option<String>, ConnectorError> 
             ("active_version", &gate.active_version),
             ("shadow_version", &gate.shadow_version),
         ],
+        point_tags,
         fields.into_iter(),
         gate.at,
     )
@@ -151,7 +254,10 @@ pub fn encode_gate(gate: &GateRecord) -> Result<Option<String>, ConnectorError> 
 
 /// `drift,machine=<m>,model=<model>,version=<v>,input=<name> psi=<psi>` (or
 /// `output=<name>` for a model output).
-pub fn encode_drift(drift: &DriftRecord) -> Result<Option<String>, ConnectorError> {
+pub fn encode_drift(
+    drift: &DriftRecord,
+    point_tags: &PointTags,
+) -> Result<Option<String>, ConnectorError> {
     encode_line(
         DRIFT_MEASUREMENT,
         &[
@@ -160,6 +266,7 @@ pub fn encode_drift(drift: &DriftRecord) -> Result<Option<String>, ConnectorErro
             ("version", &drift.version),
             (drift.kind, &drift.name),
         ],
+        point_tags,
         std::iter::once(("psi", TagValue::Float(drift.psi))),
         drift.at,
     )
@@ -168,6 +275,7 @@ pub fn encode_drift(drift: &DriftRecord) -> Result<Option<String>, ConnectorErro
 fn encode_prediction_as(
     measurement: &str,
     prediction: &Prediction,
+    point_tags: &PointTags,
 ) -> Result<Option<String>, ConnectorError> {
     let fields = prediction
         .outputs
@@ -180,6 +288,7 @@ fn encode_prediction_as(
             ("model", &prediction.model),
             ("version", &prediction.version),
         ],
+        point_tags,
         fields,
         prediction.inputs_acquired_at,
     )
@@ -188,6 +297,7 @@ fn encode_prediction_as(
 fn encode_line<'a>(
     measurement: &str,
     tags: &[(&str, &str)],
+    point_tags: &PointTags,
     fields: impl Iterator<Item = (&'a str, TagValue)>,
     time: SystemTime,
 ) -> Result<Option<String>, ConnectorError> {
@@ -201,6 +311,7 @@ fn encode_line<'a>(
         line.push('=');
         escape_key(key, value, &mut line)?;
     }
+    line.push_str(point_tags.as_str());
     let mut field_count = 0;
     for (key, value) in fields {
         if !is_writable(&value) {
@@ -531,6 +642,60 @@ mod tests {
                 .as_deref(),
             Some("drift,machine=pump-1,model=wear,version=1.0.0,input=speed_rpm psi=0.5 5000")
         );
+    }
+
+    #[test]
+    fn point_tags_end_the_tag_set_of_every_kind_of_line() {
+        let tags = PointTags::new([("gateway", "line 3"), ("site", "north,hall=2")]).unwrap();
+        assert_eq!(tags.as_str(), r",gateway=line\ 3,site=north\,hall\=2");
+        let pressed = scan(
+            "press 7",
+            vec![good("temp c", TagValue::Text("a b".into()))],
+        );
+        assert_eq!(
+            encode_record_tagged(&Record::Scan(Arc::new(pressed)), &tags)
+                .unwrap()
+                .as_deref(),
+            Some(
+                r#"process,machine=press\ 7,gateway=line\ 3,site=north\,hall\=2 temp\ c="a b" 1700000000123456789"#
+            )
+        );
+        let info = GatewayInfoRecord {
+            version: "0.1.0".into(),
+            commit: "abc".into(),
+            config_sha256: String::new(),
+            started_at: at(5),
+        };
+        assert_eq!(
+            encode_record_tagged(&Record::GatewayInfo(Arc::new(info)), &tags)
+                .unwrap()
+                .as_deref(),
+            Some(
+                r"gateway_info,version=0.1.0,commit=abc,config_sha256=none,gateway=line\ 3,site=north\,hall\=2 started=1i 5"
+            )
+        );
+        // No tags: the line is exactly the untagged one.
+        let record = Record::Scan(Arc::new(scan("m", vec![good("x", TagValue::Int(1))])));
+        assert_eq!(
+            encode_record_tagged(&record, &PointTags::none()).unwrap(),
+            encode_record(&record).unwrap()
+        );
+    }
+
+    #[test]
+    fn point_tags_refuse_record_keys_repeats_and_unencodable_text() {
+        for bad in [
+            vec![("machine", "a")],
+            vec![("version", "a")],
+            vec![("gateway", "a"), ("gateway", "b")],
+            vec![("gateway", "")],
+            vec![("", "a")],
+            vec![("site", "a\nb")],
+            vec![("site", "ends in \\")],
+        ] {
+            assert!(PointTags::new(bad.clone()).is_err(), "{bad:?} was accepted");
+        }
+        assert!(PointTags::new([]).unwrap().is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffer::{BatchOutcome, LineBuffer, OutageBuffer};
 use super::config::{BufferKind, InfluxSinkConfig, SpoolFsync};
-use super::line_protocol::encode_record;
+use super::line_protocol::encode_record_tagged;
 use super::spool::{is_disk_full, DiskSpool, FsyncPolicy};
 use super::writer::{LineWriter, WriteError};
 use crate::backoff::Backoff;
@@ -460,7 +460,7 @@ impl<W: LineWriter> SinkTask<W> {
     }
 
     fn accept(&mut self, record: &Record) {
-        match encode_record(record) {
+        match encode_record_tagged(record, &self.config.point_tags) {
             Ok(Some(line)) => {
                 let dropped = self.buffer.push(line);
                 if self.flush_at.is_none() {

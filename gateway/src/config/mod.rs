@@ -9,6 +9,7 @@
 //! sections (a model's machines exist and carry its inputs) and puts a line
 //! number on every problem.
 
+mod identity;
 mod model;
 mod source_map;
 
@@ -24,6 +25,7 @@ use ironbridge_models::ModelRegistry;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+pub use identity::GatewayIdentity;
 pub use model::{DeviceSetting, DriftConfig, ModelConfig};
 pub use source_map::SourceMap;
 
@@ -39,6 +41,8 @@ pub struct GatewayConfig {
     /// sha256 of the file's text (lowercase hex), for the `gateway_info`
     /// lineage point; empty for a configuration built in code.
     pub source_sha256: String,
+    /// `[gateway]`: its name and site tags in a fleet.
+    pub gateway: GatewayIdentity,
     pub opcua: OpcUaServerConfig,
     /// Absent: process values and predictions go to OPC UA only.
     pub influx: Option<InfluxSinkConfig>,
@@ -57,6 +61,7 @@ pub use ironbridge_connectors::SourceConfig as MachineConfig;
 /// Protocols a `[[machines]]` entry may name.
 const PROTOCOLS: &[&str] = SourceConfig::PROTOCOLS;
 const SECTIONS: &[&str] = &[
+    "gateway",
     "opcua",
     "influx",
     "modbus_server",
@@ -238,6 +243,10 @@ impl SectionReader {
                 ));
             }
         }
+        let gateway = match root.remove("gateway") {
+            Some(v) => self.section::<GatewayIdentity>(v, "gateway"),
+            None => Some(GatewayIdentity::default()),
+        };
         let opcua = match root.remove("opcua") {
             Some(v) => self.section::<OpcUaServerConfig>(v, "opcua"),
             None => Some(OpcUaServerConfig::default()),
@@ -293,6 +302,7 @@ impl SectionReader {
             source_sha256: String::new(),
             // A section that failed to read is already a problem; the default
             // only keeps the remaining checks going.
+            gateway: gateway.unwrap_or_default(),
             opcua: opcua.unwrap_or_default(),
             influx,
             modbus_server,
@@ -300,11 +310,14 @@ impl SectionReader {
             machines,
             models,
         };
+        self.problems.extend(config.gateway.validate("gateway"));
         self.problems.extend(config.opcua.validate("opcua"));
         if let Some(http) = &config.http {
             self.problems.extend(http.validate("http"));
         }
         if let Some(influx) = &mut config.influx {
+            // Problems with these are reported under `gateway` above.
+            influx.point_tags = config.gateway.point_tags().unwrap_or_default();
             // The default spool folder (resolved beside the file later).
             if influx.buffer == BufferKind::Disk && influx.spool_dir.is_none() {
                 influx.spool_dir = Some(PathBuf::from("spool/influx"));

@@ -42,6 +42,7 @@ use opcua::types::{
 };
 
 use super::nodes::ModelMethod;
+use crate::config::GatewayIdentity;
 
 pub const NAMESPACE_URI: &str = "urn:ironbridge:gateway";
 
@@ -56,6 +57,8 @@ pub const MODEL_VERSION_NAME: &str = "ModelVersion";
 /// their inputs/outputs and the machines each model runs for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddressSpaceLayout {
+    /// `Gateway/Name` and `Gateway/Tags/<key>`.
+    pub gateway: GatewayIdentity,
     pub machines: Vec<MachineLayout>,
     pub models: Vec<ModelLayout>,
 }
@@ -457,6 +460,15 @@ fn add_gateway(
         DataTypeId::String,
         Some(Variant::from(env!("IRONBRIDGE_GIT_COMMIT"))),
     );
+    // Empty when `[gateway] name` is not set, so a client finds the node on
+    // every gateway.
+    var(
+        "Name",
+        DataTypeId::String,
+        Some(Variant::from(
+            layout.gateway.name.clone().unwrap_or_default().as_str(),
+        )),
+    );
     let mut nodes = GatewayNodes {
         started_at: var("StartedAt", DataTypeId::DateTime, None),
         uptime_seconds: var("UptimeSeconds", DataTypeId::Double, None),
@@ -464,6 +476,20 @@ fn add_gateway(
         not_ready: var("NotReady", DataTypeId::String, None),
         ..GatewayNodes::default()
     };
+    if !layout.gateway.tags.is_empty() {
+        let tags = add_folder(space, ns, "Gateway/Tags".to_string(), "Tags", &gateway);
+        for (key, value) in &layout.gateway.tags {
+            add_variable(
+                space,
+                ns,
+                format!("Gateway/Tags/{key}"),
+                key,
+                &tags,
+                DataTypeId::String,
+                Some(Variant::from(value.as_str())),
+            );
+        }
+    }
     let machines = add_folder(
         space,
         ns,
@@ -682,6 +708,7 @@ mod tests {
 
     fn layout() -> AddressSpaceLayout {
         AddressSpaceLayout {
+            gateway: GatewayIdentity::default(),
             machines: vec![MachineLayout {
                 name: "press-7".into(),
                 tags: vec!["temp_c".into(), "pressure_bar".into()],

@@ -15,7 +15,7 @@ use ironbridge_models::{
     DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest, ModelState,
 };
 
-use crate::config::{DeviceSetting, GatewayConfig, ModelConfig};
+use crate::config::{DeviceSetting, GatewayConfig, GatewayIdentity, ModelConfig};
 use crate::features::FeatureMap;
 use crate::modbus_server::{MapMachine, MapModel, RegisterMap};
 use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
@@ -110,7 +110,7 @@ impl Components {
                 })
             })
             .transpose()?;
-        let layout = layout(&sources, &models);
+        let layout = layout(&config.gateway, &sources, &models);
         let register_map = config
             .modbus_server
             .as_ref()
@@ -192,8 +192,13 @@ fn load_model(
     })
 }
 
-fn layout(sources: &[Box<dyn Source>], models: &[ServedModel]) -> AddressSpaceLayout {
+fn layout(
+    gateway: &GatewayIdentity,
+    sources: &[Box<dyn Source>],
+    models: &[ServedModel],
+) -> AddressSpaceLayout {
     AddressSpaceLayout {
+        gateway: gateway.clone(),
         machines: sources
             .iter()
             .map(|s| MachineLayout {

@@ -222,7 +222,11 @@ impl Gateway {
     ) -> Result<Self, GatewayError> {
         // The one place every counter is registered (README, "Health and
         // metrics"): /metrics and the log read it.
-        let metrics = MetricsRegistry::new();
+        // `[gateway] name` labels every series, as it tags every point.
+        let metrics = match &config.gateway.name {
+            Some(name) => MetricsRegistry::with_constant_labels(vec![("gateway", name.clone())]),
+            None => MetricsRegistry::new(),
+        };
         register_gateway_metrics(&metrics);
         let Components {
             models,
