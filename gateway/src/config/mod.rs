@@ -24,7 +24,7 @@ use ironbridge_models::ModelRegistry;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use model::{DeviceSetting, DriftConfig, ModelConfig};
+pub use model::{DeviceSetting, DriftConfig, ModelConfig, OnNewVersion, RegistryConfig};
 pub use source_map::SourceMap;
 
 use crate::http::HttpConfig;

@@ -208,6 +208,7 @@ fn layout(sources: &[Box<dyn Source>], models: &[ServedModel]) -> AddressSpaceLa
                 inputs: m.manifest.input_names(),
                 outputs: m.manifest.output_names(),
                 machines: m.config.machines.clone(),
+                registry_alias: m.config.registry.as_ref().map(|r| r.alias.clone()),
             })
             .collect(),
     }
