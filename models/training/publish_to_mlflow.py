@@ -29,6 +29,7 @@ Prints {"name", "version", "source", "run_id"} as JSON on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -185,9 +186,11 @@ def main() -> int:
                              "sha256 (for tests of the gateway's refusal)")
     args = parser.parse_args()
     try:
-        published = publish(args.folder, args.mlflow, args.name, args.alias, args.experiment,
-                             serving_flavor=not args.no_serving_flavor,
-                             check_sha256=not args.unchecked)
+        # MLflow prints "View run ..." links on stdout; stdout is the JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            published = publish(args.folder, args.mlflow, args.name, args.alias,
+                                args.experiment, serving_flavor=not args.no_serving_flavor,
+                                check_sha256=not args.unchecked)
     except (OSError, ValueError) as e:
         print(f"publish_to_mlflow: {e}", file=sys.stderr)
         return 1
