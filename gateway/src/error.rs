@@ -73,6 +73,15 @@ pub enum GatewayError {
         alias: String,
     },
     #[error(
+        "registry version {registry_version} of {name:?} has no artifact {path} in its source \
+         (not an IronBridge version: it needs manifest.toml and the model file it names)"
+    )]
+    RegistryArtifactMissing {
+        name: String,
+        registry_version: String,
+        path: String,
+    },
+    #[error(
         "registry version {registry_version} of {name:?}: its manifest is unusable: {message}"
     )]
     RegistryManifest {

@@ -158,7 +158,9 @@ impl MlflowClient {
     }
 
     /// The artifact at `path` (relative to the version's source folder) of
-    /// version `version` of registered model `name`.
+    /// version `version` of registered model `name`;
+    /// [`GatewayError::RegistryArtifactMissing`] when there is none (MLflow
+    /// answers 404 for a missing file or version).
     pub async fn artifact(
         &self,
         name: &str,
@@ -174,6 +176,13 @@ impl MlflowClient {
             .map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         let body = self.body(response, MAX_ARTIFACT_BYTES).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(GatewayError::RegistryArtifactMissing {
+                name: name.to_string(),
+                registry_version: version.to_string(),
+                path: path.to_string(),
+            });
+        }
         if !status.is_success() {
             let mut error = self.answered(status, &body);
             if let GatewayError::Registry { message, .. } = &mut error {

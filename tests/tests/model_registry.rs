@@ -5,8 +5,9 @@
 //! "shadow", polling every second), watched through its OPC UA nodes
 //! (python asyncua) and its /metrics.
 //!
-//! One test on one server, in the order a plant would live it: the alias
-//! on the version already serving (nothing downloaded), a new version
+//! One test on one server, in the order a plant would live it: no alias
+//! yet (reported, not fatal), the alias on the version already serving
+//! (nothing downloaded), a new version
 //! (downloaded, shadow), the alias moved to the next (it follows), a
 //! version whose model does not match its manifest (Failed, never served),
 //! a registry version that would overwrite a different local folder
@@ -103,6 +104,40 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         text.replacen("description = \"", "description = \"Retrained: ", 1),
     )?;
 
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        models_dir: Some(models.clone()),
+        bearing_wear_registry: Some(format!(
+            "kind = \"mlflow\", url = {:?}, name = {MODEL:?}, alias = {ALIAS:?}, \
+             poll_interval_s = 1, on_new = \"shadow\"",
+            mlflow.url()
+        )),
+        ..RigOptions::default()
+    })
+    .await?;
+    let node = |rest: &str| format!("Models/{MODEL}/{rest}");
+    let state = |v: &str| node(&format!("Versions/{v}/State"));
+
+    // Nothing registered yet: reported, not fatal, looked at again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = rig.read_opcua(&[node("Registry/LastError")]).await?;
+        let text = answer["reads"][node("Registry/LastError")]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if text.contains("has no alias") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the missing alias is not reported: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(metric(&rig, "ironbridge_registry_errors_total").await? >= 1.0);
+
     // The alias on the version the gateway starts with; published with the
     // serving flavor, as the training script does.
     let v1 = mlflow
@@ -131,20 +166,24 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         "{answer}"
     );
 
-    let mut rig = GatewayRig::start_with(RigOptions {
-        poll_ms: 200,
-        flush_ms: 500,
-        models_dir: Some(models.clone()),
-        bearing_wear_registry: Some(format!(
-            "kind = \"mlflow\", url = {:?}, name = {MODEL:?}, alias = {ALIAS:?}, \
-             poll_interval_s = 1, on_new = \"shadow\"",
+    // The same module as an MLflow pytorch model beside it, for serving.
+    let serving = v1
+        .source
+        .strip_prefix("mlflow-artifacts:/")
+        .and_then(|s| s.strip_suffix("ironbridge"))
+        .map(|run| format!("{run}model"))
+        .context("source under mlflow-artifacts:/")?;
+    let listing = reqwest::Client::new()
+        .get(format!(
+            "{}/api/2.0/mlflow-artifacts/artifacts",
             mlflow.url()
-        )),
-        ..RigOptions::default()
-    })
-    .await?;
-    let node = |rest: &str| format!("Models/{MODEL}/{rest}");
-    let state = |v: &str| node(&format!("Versions/{v}/State"));
+        ))
+        .query(&[("path", serving.as_str())])
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(listing.contains("MLmodel"), "{serving}: {listing}");
 
     // The alias points at what serves already: nothing is downloaded.
     wait_for_nodes(

@@ -181,7 +181,15 @@ impl RegistrySync {
                         tracing::warn!(model = %self.model, "model registry: {message}");
                     }
                     status.last_error = message;
-                    backoff.next_delay()
+                    match e {
+                        // The registry answered: the alias may be set any
+                        // moment, so look again at the usual pace.
+                        GatewayError::RegistryAliasUnknown { .. } => {
+                            backoff.reset();
+                            poll
+                        }
+                        _ => backoff.next_delay(),
+                    }
                 }
             };
             self.publisher.publish_registry(&self.model, &status);
@@ -245,7 +253,7 @@ impl RegistrySync {
             .client
             .artifact(name, &found.version, MANIFEST_FILE)
             .await
-            .map_err(Refusal::Retry)?;
+            .map_err(Refusal::from)?;
         let manifest = parse_manifest(name, &found.version, &manifest_bytes)?;
         let dir = self.lifecycle.dir().to_path_buf();
         let target = dir.join(&manifest.version);
@@ -266,7 +274,7 @@ impl RegistrySync {
                     .client
                     .artifact(name, &found.version, &manifest.file)
                     .await
-                    .map_err(Refusal::Retry)?;
+                    .map_err(Refusal::from)?;
                 let (version, file) = (manifest.version.clone(), manifest.file.clone());
                 let written = tokio::task::spawn_blocking(move || {
                     install(&dir, &version, &manifest_bytes, &file, &model_bytes)
@@ -343,6 +351,17 @@ impl RegistrySync {
 enum Refusal {
     Retry(GatewayError),
     Version(String),
+}
+
+impl From<GatewayError> for Refusal {
+    /// A missing artifact is the version's fault (no IronBridge files in
+    /// its source); anything else from the registry may pass.
+    fn from(error: GatewayError) -> Self {
+        match error {
+            GatewayError::RegistryArtifactMissing { .. } => Refusal::Version(error.to_string()),
+            other => Refusal::Retry(other),
+        }
+    }
 }
 
 fn parse_manifest(
@@ -445,6 +464,29 @@ fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_env_that_is_not_set_fails_the_start() {
+        let config = RegistryConfig {
+            kind: "mlflow".into(),
+            url: "http://127.0.0.1:5000".into(),
+            name: "m".into(),
+            alias: "champion".into(),
+            poll_interval_s: 1,
+            token_env: Some("IRONBRIDGE_TEST_REGISTRY_TOKEN_NEVER_SET".into()),
+            on_new: OnNewVersion::Shadow,
+        };
+        assert!(matches!(
+            RegistrySync::client("m", &config),
+            Err(GatewayError::MissingRegistryToken { env, .. })
+                if env == "IRONBRIDGE_TEST_REGISTRY_TOKEN_NEVER_SET"
+        ));
+        let without = RegistryConfig {
+            token_env: None,
+            ..config
+        };
+        assert!(RegistrySync::client("m", &without).is_ok());
+    }
 
     #[test]
     fn install_writes_a_whole_folder_and_never_replaces_one() {
