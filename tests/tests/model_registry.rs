@@ -11,7 +11,8 @@
 //! (downloaded, shadow), the alias moved to the next (it follows), a
 //! version whose model does not match its manifest (Failed, never served),
 //! a registry version that would overwrite a different local folder
-//! (refused, counted), and the registry gone (serving goes on, reported).
+//! (refused, counted), the registry gone (serving goes on, reported) and
+//! back; then a second gateway with on_new = "activate".
 
 use std::path::Path;
 use std::time::Duration;
@@ -46,6 +47,23 @@ async fn wait_for_nodes(
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "never read {expected:?}; last answer: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the string node `path` contains `needle`.
+async fn wait_for_text(rig: &GatewayRig, path: &str, needle: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = rig.read_opcua(&[path.to_string()]).await?;
+        let text = answer["reads"][path]["value"].as_str().unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never said {needle:?}: {answer}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -120,22 +138,7 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
     let state = |v: &str| node(&format!("Versions/{v}/State"));
 
     // Nothing registered yet: reported, not fatal, looked at again.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = rig.read_opcua(&[node("Registry/LastError")]).await?;
-        let text = answer["reads"][node("Registry/LastError")]["value"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if text.contains("has no alias") {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the missing alias is not reported: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_text(&rig, &node("Registry/LastError"), "has no alias").await?;
     assert!(metric(&rig, "ironbridge_registry_errors_total").await? >= 1.0);
 
     // The alias on the version the gateway starts with; published with the
@@ -317,22 +320,7 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         )
         .await?;
     wait_for_nodes(&rig, &[(node("Registry/VersionSeen"), v5.version.as_str())]).await?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = rig.read_opcua(&[node("Registry/LastError")]).await?;
-        let text = answer["reads"][node("Registry/LastError")]["value"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if text.contains("not overwritten") {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no conflict reported: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_text(&rig, &node("Registry/LastError"), "not overwritten").await?;
     assert!(metric(&rig, "ironbridge_registry_errors_total").await? > errors_before);
     assert_eq!(std::fs::read(served.join("1.1.0/manifest.toml"))?, before);
 
@@ -340,22 +328,7 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
     let predictions = metric(&rig, "ironbridge_predictions_total").await?;
     let errors_before = metric(&rig, "ironbridge_registry_errors_total").await?;
     mlflow.stop().await?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = rig.read_opcua(&[node("Registry/LastError")]).await?;
-        let text = answer["reads"][node("Registry/LastError")]["value"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if text.contains(&mlflow.url()) {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the outage is not reported: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_text(&rig, &node("Registry/LastError"), &mlflow.url()).await?;
     assert!(metric(&rig, "ironbridge_registry_errors_total").await? > errors_before);
     let deadline = tokio::time::Instant::now() + WAIT;
     while metric(&rig, "ironbridge_predictions_total").await? <= predictions {
@@ -373,6 +346,53 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         ],
     )
     .await?;
+
+    // Back again: the lookups answer again (the alias still names the
+    // refused version, so that is what LastError says again).
+    let syncs = metric(&rig, "ironbridge_registry_syncs_total").await?;
+    mlflow.restart().await?;
+    wait_for_text(&rig, &node("Registry/LastError"), "not overwritten").await?;
+    assert!(metric(&rig, "ironbridge_registry_syncs_total").await? > syncs);
+    rig.stop().await;
+    drop(rig);
+
+    // on_new = "activate": a gateway started on 1.0.0 makes the alias's
+    // version serve.
+    mlflow.set_alias(MODEL, ALIAS, &v2.version).await?;
+    let fresh = dir.path().join("fresh");
+    for model in [MODEL, "spindle-wear"] {
+        copy_dir(
+            &examples.join(model).join("1.0.0"),
+            &fresh.join("examples").join(model).join("1.0.0"),
+        )?;
+    }
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        models_dir: Some(fresh.clone()),
+        bearing_wear_registry: Some(format!(
+            "kind = \"mlflow\", url = {:?}, name = {MODEL:?}, alias = {ALIAS:?}, \
+             poll_interval_s = 1, on_new = \"activate\"",
+            mlflow.url()
+        )),
+        ..RigOptions::default()
+    })
+    .await?;
+    wait_for_nodes(
+        &rig,
+        &[
+            (node("Registry/VersionSeen"), v2.version.as_str()),
+            (node("ActiveVersion"), "1.1.0"),
+            (state("1.1.0"), "Active"),
+            (state("1.0.0"), "Available"),
+            (node("Registry/LastError"), ""),
+        ],
+    )
+    .await?;
+    assert_eq!(
+        metric(&rig, "ironbridge_registry_downloads_total").await?,
+        1.0
+    );
     rig.stop().await;
     Ok(())
 }
