@@ -26,6 +26,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// box has little memory, and a TorchScript model for a machine is far
 /// smaller.
 pub const MAX_ARTIFACT_BYTES: usize = 1 << 30;
+/// The alias lookup's JSON is a few hundred bytes; more is not MLflow.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Registry error bodies quoted in an error message are cut to this.
 const MAX_QUOTED_BODY: usize = 300;
 
@@ -138,7 +140,7 @@ impl MlflowClient {
             .await
             .map_err(|e| self.unreachable(&e))?;
         let status = response.status();
-        let body = self.body(response, MAX_ARTIFACT_BYTES).await?;
+        let body = self.body(response, MAX_ANSWER_BYTES).await?;
         if !status.is_success() {
             if names_nothing(status, &body) {
                 return Err(GatewayError::RegistryAliasUnknown {

@@ -150,7 +150,13 @@ impl RegistrySync {
             "following the model registry"
         );
         loop {
-            let wait = match self.sync(&mut handled, &mut status).await {
+            // A stalled download must not hold up a shutdown; what it left
+            // is a hidden staging folder, replaced by the next attempt.
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return,
+                result = self.sync(&mut handled, &mut status) => result,
+            };
+            let wait = match result {
                 Ok(outcome) => {
                     if backoff.failures() > 0 {
                         tracing::info!(model = %self.model, "model registry reachable again");
