@@ -62,6 +62,53 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    #[error("model registry {url}: {message}")]
+    Registry { url: String, message: String },
+    #[error(
+        "model registry {url}: registered model {name:?} has no alias {alias:?} (or no such model)"
+    )]
+    RegistryAliasUnknown {
+        url: String,
+        name: String,
+        alias: String,
+    },
+    #[error(
+        "registry version {registry_version} of {name:?} has no artifact {path} in its source \
+         (not an IronBridge version: it needs manifest.toml and the model file it names)"
+    )]
+    RegistryArtifactMissing {
+        name: String,
+        registry_version: String,
+        path: String,
+    },
+    #[error(
+        "registry version {registry_version} of {name:?}: its manifest is unusable: {message}"
+    )]
+    RegistryManifest {
+        name: String,
+        registry_version: String,
+        message: String,
+    },
+    #[error(
+        "registry version {registry_version} is model version {version}, but the folder {dir} \
+         already holds a different {version}; not overwritten (remove the folder or publish \
+         under a new version)"
+    )]
+    RegistryConflict {
+        dir: String,
+        version: String,
+        registry_version: String,
+    },
+    #[error("cannot write the downloaded version to {path}: {source}")]
+    RegistryWrite {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "model {model}: environment variable {env:?} (the registry's bearer token) is not set or empty"
+    )]
+    MissingRegistryToken { model: String, env: String },
 }
 
 fn join_problems(problems: &[Problem]) -> String {

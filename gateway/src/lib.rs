@@ -10,6 +10,7 @@ pub mod discover;
 pub mod error;
 pub mod features;
 pub mod http;
+pub mod mlflow;
 pub mod modbus_server;
 pub mod model_cli;
 pub mod model_verify;

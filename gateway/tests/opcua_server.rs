@@ -54,6 +54,7 @@ fn layout() -> AddressSpaceLayout {
             inputs: vec![GOOD_TAG.into(), BAD_TAG.into()],
             outputs: vec![OUTPUT.into()],
             machines: vec![MACHINE.into()],
+            registry_alias: None,
         }],
     }
 }

@@ -16,6 +16,12 @@ holdout, and only if they pass publishes
 
 `check_model.py` recomputes a published model's holdout metrics.
 
+With `--mlflow URL` the published version folder also goes to an MLflow
+Model Registry (`publish_to_mlflow.py`: a run with the two files under
+`ironbridge/`, the pytorch flavor under `model/`, the acceptance metrics and
+the lineage tags; a registered model version; `--mlflow-alias` pointed at
+it), where a gateway with `[models.registry]` picks it up.
+
 Run with the project's venv: .venv/bin/python models/training/train_bearing_model.py --help
 """
 
@@ -348,6 +354,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--force", action="store_true", help="replace an existing version folder")
+    parser.add_argument("--mlflow", metavar="URL",
+                        help="also publish the version to this MLflow tracking server's registry")
+    parser.add_argument("--mlflow-name",
+                        help="registered model name (default: the model's name)")
+    parser.add_argument("--mlflow-alias",
+                        help="point this registry alias (e.g. champion) at the new version")
     args = parser.parse_args()
     spec = MACHINES[args.machine]
     out = args.out or REPO_ROOT / "models/examples" / spec.model_name
@@ -443,6 +455,15 @@ def main() -> int:
         if staging.exists():
             shutil.rmtree(staging)
     print(f"published {target}", file=sys.stderr)
+    if args.mlflow:
+        # The same function as the standalone script: the registry gets the
+        # exact files just written, so its lineage and the edge's agree.
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from publish_to_mlflow import publish
+
+        registered = publish(target, args.mlflow, args.mlflow_name, args.mlflow_alias)
+        print(f"registered {registered['name']} version {registered['version']} "
+              f"({registered['source']})", file=sys.stderr)
     return 0
 
 

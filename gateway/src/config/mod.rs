@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 pub use identity::GatewayIdentity;
-pub use model::{DeviceSetting, DriftConfig, ModelConfig};
+pub use model::{DeviceSetting, DriftConfig, ModelConfig, OnNewVersion, RegistryConfig};
 pub use source_map::SourceMap;
 
 use crate::http::HttpConfig;

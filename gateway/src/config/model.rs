@@ -63,6 +63,117 @@ pub struct ModelConfig {
     /// model whose manifest has quantiles.
     #[serde(default)]
     pub drift: DriftConfig,
+    /// New versions from an MLflow Model Registry (`[models.registry]`);
+    /// none by default: only the folder's versions are known.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+}
+
+/// `[models.registry]`: which registered model and alias to follow, and
+/// what to do with a version the alias moves to (docs/model-lifecycle.md,
+/// "From an MLflow registry").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Only "mlflow" for now; named so another registry can come without
+    /// renaming keys.
+    pub kind: String,
+    /// The MLflow tracking server, e.g. "http://mlflow.plant:5000".
+    pub url: String,
+    /// The registered model's name in MLflow.
+    pub name: String,
+    /// The alias to follow (e.g. "champion").
+    pub alias: String,
+    /// Seconds between two looks at the alias (default 30).
+    #[serde(default = "default_poll_interval_s")]
+    pub poll_interval_s: u64,
+    /// An environment variable holding a bearer token, when the server
+    /// wants one (none by default).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// What a new version becomes (default "shadow").
+    #[serde(default)]
+    pub on_new: OnNewVersion,
+}
+
+/// What the gateway does with a version the alias moved to, once it is in
+/// the model's folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNewVersion {
+    /// Runs it beside the serving version (the gate, if configured, judges
+    /// it). The default: nothing from outside serves unseen.
+    #[default]
+    Shadow,
+    /// Makes it the serving version at once.
+    Activate,
+    /// Only downloads it (Available, for an admin to activate).
+    None,
+}
+
+impl OnNewVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNewVersion::Shadow => "shadow",
+            OnNewVersion::Activate => "activate",
+            OnNewVersion::None => "none",
+        }
+    }
+}
+
+/// The registry kinds the gateway can follow.
+pub const REGISTRY_KINDS: &[&str] = &["mlflow"];
+
+fn default_poll_interval_s() -> u64 {
+    30
+}
+
+impl RegistryConfig {
+    /// Problems of this table at key path `path` (`models[0].registry`).
+    pub fn validate(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !REGISTRY_KINDS.contains(&self.kind.as_str()) {
+            problems.push(Problem::new(
+                format!("{path}.kind"),
+                format!(
+                    "unknown registry kind {:?}; expected one of: {}",
+                    self.kind,
+                    REGISTRY_KINDS.join(", ")
+                ),
+            ));
+        }
+        let url = self.url.trim();
+        if url.is_empty() {
+            problems.push(Problem::new(format!("{path}.url"), "must not be empty"));
+        } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+            problems.push(Problem::new(
+                format!("{path}.url"),
+                format!("{url:?} must start with http:// or https://"),
+            ));
+        }
+        for (key, value) in [("name", &self.name), ("alias", &self.alias)] {
+            if value.trim().is_empty() {
+                problems.push(Problem::new(format!("{path}.{key}"), "must not be empty"));
+            }
+        }
+        if self.poll_interval_s == 0 {
+            problems.push(Problem::new(
+                format!("{path}.poll_interval_s"),
+                "must be at least 1",
+            ));
+        }
+        if self
+            .token_env
+            .as_deref()
+            .is_some_and(|e| e.trim().is_empty())
+        {
+            problems.push(Problem::new(
+                format!("{path}.token_env"),
+                "must name an environment variable (leave it out for no token)",
+            ));
+        }
+        problems
+    }
 }
 
 /// `[models.drift]`. A PSI against the training distribution only means
@@ -187,6 +298,9 @@ impl ModelConfig {
                 ));
             }
         }
+        if let Some(registry) = &self.registry {
+            problems.extend(registry.validate(&format!("{path}.registry")));
+        }
         if self.machines.is_empty() {
             problems.push(Problem::new(
                 format!("{path}.machines"),
@@ -227,5 +341,84 @@ impl ModelConfig {
             ));
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(registry: &str) -> ModelConfig {
+        let text = format!(
+            "name = \"m\"\npath = \"m\"\nversion = \"1.0.0\"\nmachines = [\"a\"]\n\
+             [registry]\n{registry}"
+        );
+        toml::from_str(&text).expect("test config parses")
+    }
+
+    fn problem_paths(registry: &str) -> Vec<String> {
+        model(registry)
+            .validate("models[0]")
+            .into_iter()
+            .map(|p| p.path)
+            .collect()
+    }
+
+    const GOOD: &str = "kind = \"mlflow\"\nurl = \"http://127.0.0.1:5000\"\n\
+                        name = \"bearing-wear\"\nalias = \"champion\"\n";
+
+    #[test]
+    fn registry_defaults_are_a_shadow_every_30_s_without_a_token() {
+        let config = model(GOOD);
+        assert!(config.validate("models[0]").is_empty());
+        let registry = config.registry.expect("registry read");
+        assert_eq!(registry.poll_interval_s, 30);
+        assert_eq!(registry.on_new, OnNewVersion::Shadow);
+        assert_eq!(registry.token_env, None);
+    }
+
+    #[test]
+    fn registry_on_new_takes_the_three_words() {
+        for (word, expected) in [
+            ("shadow", OnNewVersion::Shadow),
+            ("activate", OnNewVersion::Activate),
+            ("none", OnNewVersion::None),
+        ] {
+            let config = model(&format!("{GOOD}on_new = {word:?}\n"));
+            assert_eq!(config.registry.map(|r| r.on_new), Some(expected));
+        }
+        let text = format!(
+            "name = \"m\"\npath = \"m\"\nversion = \"1\"\nmachines = [\"a\"]\n\
+             [registry]\n{GOOD}on_new = \"promote\"\n"
+        );
+        assert!(toml::from_str::<ModelConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn registry_problems_name_their_keys() {
+        let bad = "kind = \"sagemaker\"\nurl = \"\"\nname = \" \"\nalias = \"\"\n\
+                   poll_interval_s = 0\ntoken_env = \"\"\n";
+        assert_eq!(
+            problem_paths(bad),
+            [
+                "models[0].registry.kind",
+                "models[0].registry.url",
+                "models[0].registry.name",
+                "models[0].registry.alias",
+                "models[0].registry.poll_interval_s",
+                "models[0].registry.token_env",
+            ]
+        );
+        let no_scheme = GOOD.replace("http://", "");
+        assert_eq!(problem_paths(&no_scheme), ["models[0].registry.url"]);
+    }
+
+    #[test]
+    fn registry_refuses_unknown_keys() {
+        let text = format!(
+            "name = \"m\"\npath = \"m\"\nversion = \"1\"\nmachines = [\"a\"]\n\
+             [registry]\n{GOOD}stage = \"Production\"\n"
+        );
+        assert!(toml::from_str::<ModelConfig>(&text).is_err());
     }
 }

@@ -12,6 +12,8 @@
 //!   Models/<model>/Drift/<input or output>                    (PSI against the training distribution)
 //!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
 //!                                     | CodeCommit | Acceptance | FailureReason
+//!   Models/<model>/Registry/LastSync | Alias | VersionSeen | LastError
+//!                                                   (only with [models.registry])
 //!   Gateway/Version | Commit | StartedAt | UptimeSeconds | Ready | NotReady
 //!   Gateway/Machines/<machine>/Up
 //!   Gateway/Sink/State | BufferedLines                      (State: Delivering, Failing,
@@ -77,6 +79,9 @@ pub struct ModelLayout {
     /// Machines whose scans this model predicts for (each gets a
     /// `Predictions/<model>` object).
     pub machines: Vec<String>,
+    /// The registry alias the model follows (`[models.registry]`): its
+    /// `Registry/` nodes exist only then.
+    pub registry_alias: Option<String>,
 }
 
 impl AddressSpaceLayout {
@@ -175,6 +180,17 @@ pub(crate) struct ModelNodes {
     pub(crate) gate: GateNodes,
     /// `Drift/<input or output>` → its PSI variable.
     pub(crate) drift: HashMap<String, NodeId>,
+    /// `Registry/...`, when the model follows a registry.
+    pub(crate) registry: Option<RegistryNodes>,
+}
+
+/// `Models/<model>/Registry/...`: what the gateway last saw of the registry
+/// (`Alias` is set from the configuration when built).
+#[derive(Debug, Clone)]
+pub(crate) struct RegistryNodes {
+    pub(crate) last_sync: NodeId,
+    pub(crate) version_seen: NodeId,
+    pub(crate) last_error: NodeId,
 }
 
 /// `Models/<model>/Gate/...`: the gate's running statistics.
@@ -375,6 +391,10 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
             shadow_outputs: HashMap::new(),
             gate: add_gate(space, ns, &model_path, &model_node),
             drift: HashMap::new(),
+            registry: model
+                .registry_alias
+                .as_ref()
+                .map(|alias| add_registry(space, ns, &model_path, &model_node, alias)),
         };
         let mut nodes = nodes;
         let drift_path = format!("{model_path}/Drift");
@@ -594,6 +614,37 @@ fn add_gate(space: &mut AddressSpace, ns: u16, model_path: &str, model_node: &No
     }
 }
 
+/// `Models/<model>/Registry/`: the alias is known from the configuration;
+/// the rest reads BadWaitingForInitialData until the first sync.
+fn add_registry(
+    space: &mut AddressSpace,
+    ns: u16,
+    model_path: &str,
+    model_node: &NodeId,
+    alias: &str,
+) -> RegistryNodes {
+    let path = format!("{model_path}/Registry");
+    let registry = add_object(space, ns, path.clone(), "Registry", model_node);
+    let mut var = |name: &str, data_type: DataTypeId, initial: Option<Variant>| {
+        add_variable(
+            space,
+            ns,
+            format!("{path}/{name}"),
+            name,
+            &registry,
+            data_type,
+            initial,
+        )
+    };
+    // Fixed by the configuration: set once, never published.
+    var("Alias", DataTypeId::String, Some(Variant::from(alias)));
+    RegistryNodes {
+        last_sync: var("LastSync", DataTypeId::DateTime, None),
+        version_seen: var("VersionSeen", DataTypeId::String, None),
+        last_error: var("LastError", DataTypeId::String, None),
+    }
+}
+
 /// `Models/<model>/Activate(version: String)`, `Rollback()`,
 /// `StartShadow(version: String)` or `StopShadow()`.
 fn add_method(
@@ -718,6 +769,7 @@ mod tests {
                 inputs: vec!["temp_c".into(), "pressure_bar".into()],
                 outputs: vec!["wear_pct".into()],
                 machines: vec!["press-7".into()],
+                registry_alias: None,
             }],
         }
     }

@@ -55,6 +55,18 @@ pub struct ModelStatusView {
     pub shadow_version: Option<String>,
 }
 
+/// What a model's registry sync last saw, for `Models/<model>/Registry/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryStatusView {
+    /// The last time the alias was resolved (none yet: the node stays
+    /// BadWaitingForInitialData).
+    pub last_sync: Option<SystemTime>,
+    /// The registry's version number the alias pointed to then.
+    pub version_seen: Option<String>,
+    /// Why the last sync or version failed; empty when it worked.
+    pub last_error: String,
+}
+
 /// The gateway's own health for `Gateway/...` (what `/ready` says).
 #[derive(Debug, Clone)]
 pub struct GatewayStatusView {
@@ -549,6 +561,33 @@ impl OpcUaPublisher {
                 })
             })
             .collect();
+        inner.set_values(updates);
+    }
+
+    /// Sets `Models/<model>/Registry/...` (the alias is set at start).
+    pub fn publish_registry(&self, model: &str, status: &RegistryStatusView) {
+        let inner = &self.inner;
+        let Some(nodes) = inner
+            .index
+            .models
+            .get(model)
+            .and_then(|m| m.registry.as_ref())
+        else {
+            inner.count_unknown(1);
+            return;
+        };
+        let now = DateTime::now();
+        let good = |value: Variant| status_now(value, StatusCode::Good, now);
+        let mut updates = vec![(
+            &nodes.last_error,
+            good(Variant::from(status.last_error.clone())),
+        )];
+        if let Some(at) = status.last_sync {
+            updates.push((&nodes.last_sync, good(Variant::from(ua_date_time(at)))));
+        }
+        if let Some(version) = &status.version_seen {
+            updates.push((&nodes.version_seen, good(Variant::from(version.clone()))));
+        }
         inner.set_values(updates);
     }
 

@@ -213,6 +213,7 @@ fn layout(
                 inputs: m.manifest.input_names(),
                 outputs: m.manifest.output_names(),
                 machines: m.config.machines.clone(),
+                registry_alias: m.config.registry.as_ref().map(|r| r.alias.clone()),
             })
             .collect(),
     }

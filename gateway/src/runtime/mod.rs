@@ -19,7 +19,9 @@
 //! - [`predictions`]: one collector per model turns answers into predictions;
 //! - [`status`]: model state to OPC UA, counters to the log;
 //! - [`versions`]: model folders read again while running, lifecycle
-//!   events to the store (`model_event`).
+//!   events to the store (`model_event`);
+//! - [`registry_sync`]: new versions from an MLflow Model Registry
+//!   (`[models.registry]`) into the model folders and the lifecycle.
 //!
 //! Shutdown: one `CancellationToken` stops the sources; their dropped senders
 //! end the fan-out, whose dropped senders let the collectors and then the
@@ -30,6 +32,7 @@ pub(crate) use build::ServedModel;
 mod drift;
 mod fan_out;
 mod predictions;
+pub mod registry_sync;
 mod status;
 mod versions;
 
@@ -237,6 +240,15 @@ impl Gateway {
         } = Components::build(&config, &metrics)?;
 
         let lifecycles: Vec<_> = models.iter().map(|m| m.lifecycle.clone()).collect();
+        // Made now, so a missing token fails the start before anything runs.
+        let registry_clients = models
+            .iter()
+            .filter_map(|m| m.config.registry.as_ref().map(|r| (m, r)))
+            .map(|(m, r)| {
+                registry_sync::RegistrySync::client(&m.config.name, r)
+                    .map(|client| (m.lifecycle.clone(), r.clone(), client))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Bound before the OPC UA server starts, so a taken port fails the
         // start with nothing else listening yet.
         let modbus_server = match (&config.modbus_server, &register_map) {
@@ -337,6 +349,20 @@ impl Gateway {
         }
         drop(scan_tx);
 
+        for (lifecycle, config, client) in registry_clients {
+            let model = lifecycle.name().to_string();
+            let stats = registry_sync::RegistryStats::default();
+            stats.register(&metrics, &model);
+            let sync = registry_sync::RegistrySync {
+                model,
+                config,
+                client,
+                lifecycle,
+                publisher: publisher.clone(),
+                stats,
+            };
+            tasks.spawn(sync.run(cancel.child_token()));
+        }
         tasks.spawn(versions::watch_version_folders(
             lifecycles,
             cancel.child_token(),
