@@ -69,18 +69,20 @@ async fn wait_for_text(rig: &GatewayRig, path: &str, needle: &str) -> Result<()>
     }
 }
 
-/// The value of `name{model="bearing-wear"}` on the gateway's /metrics.
+/// The value of `name{model="bearing-wear",...}` on the gateway's /metrics.
 async fn metric(rig: &GatewayRig, name: &str) -> Result<f64> {
     let addr = rig.http_addr().context("the rig serves /metrics")?;
     let body = reqwest::get(format!("http://{addr}/metrics"))
         .await?
         .text()
         .await?;
-    let series = format!("{name}{{model=\"{MODEL}\"}} ");
+    // Other labels (the example's `gateway`) may follow the model's.
+    let series = format!("{name}{{model=\"{MODEL}\"");
     body.lines()
         .find_map(|line| line.strip_prefix(&series))
-        .and_then(|value| value.trim().parse().ok())
-        .with_context(|| format!("no {series} in /metrics:\n{body}"))
+        .and_then(|rest| rest.split_once("} "))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .with_context(|| format!("no {series}...}} in /metrics:\n{body}"))
 }
 
 fn flip_a_byte_of_the_model(folder: &Path) -> Result<()> {
