@@ -22,6 +22,7 @@ mod gate;
 mod lifecycle;
 mod manifest;
 mod registry;
+mod remote;
 mod service;
 mod torch_backend;
 pub mod verify;
@@ -38,6 +39,9 @@ pub use manifest::{
     MANIFEST_FILE,
 };
 pub use registry::{ModelRegistry, ModelVersion, VerifiedModel};
+pub use remote::{
+    parse_infer_response, KserveV2Client, RemoteModel, RemoteOptions, KSERVE_V2, REMOTE_BACKOFF,
+};
 pub use service::{
     prepare_inputs, HistogramSnapshot, InferenceHandle, InferenceMonitor, InferenceOptions,
     InferenceService, InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus,

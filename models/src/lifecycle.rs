@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 use crate::error::ModelError;
 use crate::manifest::{AcceptanceMetric, ModelManifest, MANIFEST_FILE};
 use crate::registry::{compare_versions, ModelRegistry, VerifiedModel};
+use crate::remote::{RemoteModel, RemoteOptions};
 use crate::service::{InferenceHandle, InferenceOptions, InferenceService};
 use crate::torch_backend::{DeviceChoice, TorchModel};
 
@@ -168,6 +169,9 @@ pub struct LifecycleOptions {
     pub inference: InferenceOptions,
     /// Where each loaded version's counters go (labels `model`, `version`).
     pub metrics: MetricsRegistry,
+    /// Every version is run by this remote engine instead of libtorch
+    /// (`backend = "remote"`); `None` runs them in-process.
+    pub remote: Option<RemoteOptions>,
 }
 
 /// The versions of one model folder and the slot that serves.
@@ -555,12 +559,28 @@ impl ModelLifecycle {
 /// batch 1 and 8, finite on valid inputs at the range edges and middle, no
 /// libtorch failure on inputs beyond them), and starts the inference
 /// service.
+///
+/// A remote version skips libtorch and the warm-up (the engine runs the
+/// model); its folder was still verified, so the version tag on its
+/// predictions names the exact bytes the engine is meant to serve.
 fn prepare(
     verified: &VerifiedModel,
     options: &LifecycleOptions,
 ) -> Result<ServingModel, ModelError> {
-    let torch = TorchModel::load(verified, options.device)?;
     let manifest = verified.manifest();
+    if let Some(remote) = &options.remote {
+        let handle = InferenceService::spawn_remote(
+            RemoteModel::new(verified, remote)?,
+            options.inference.clone(),
+        )?;
+        handle.register(&options.metrics, &manifest.name, &manifest.version);
+        return Ok(ServingModel {
+            handle,
+            version: Arc::from(manifest.version.as_str()),
+            manifest: Arc::new(manifest.clone()),
+        });
+    }
+    let torch = TorchModel::load(verified, options.device)?;
     let failed: Vec<String> = crate::verify::structural_checks(&torch)
         .into_iter()
         .chain(crate::verify::robustness_checks(&torch))

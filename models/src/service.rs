@@ -10,7 +10,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ModelError;
 use crate::manifest::ModelManifest;
 use crate::registry::ModelVersion;
+use crate::remote::{RemoteBackend, RemoteModel, RemoteOutcome};
 use crate::torch_backend::TorchModel;
 
 /// How a service batches, queues and limits.
@@ -100,6 +101,9 @@ pub enum ModelState {
     Failed,
     /// The service shut down because every handle was dropped.
     Stopped,
+    /// A remote version whose engine failed its last request (or readiness
+    /// check): batches are skipped until it answers again.
+    RemoteUnavailable,
 }
 
 impl ModelState {
@@ -109,6 +113,7 @@ impl ModelState {
             ModelState::Serving => "Serving",
             ModelState::Failed => "Failed",
             ModelState::Stopped => "Stopped",
+            ModelState::RemoteUnavailable => "RemoteUnavailable",
         }
     }
 
@@ -117,6 +122,7 @@ impl ModelState {
             0 => ModelState::Loading,
             1 => ModelState::Serving,
             2 => ModelState::Failed,
+            4 => ModelState::RemoteUnavailable,
             _ => ModelState::Stopped,
         }
     }
@@ -127,6 +133,7 @@ impl ModelState {
             ModelState::Serving => 1,
             ModelState::Failed => 2,
             ModelState::Stopped => 3,
+            ModelState::RemoteUnavailable => 4,
         }
     }
 }
@@ -147,7 +154,8 @@ pub struct ModelStatus {
     pub sha256: Option<String>,
     pub loaded_at: Option<SystemTime>,
     pub state: ModelState,
-    /// Why the state is `Failed`, for the plant engineer.
+    /// Why the state is `Failed` or `RemoteUnavailable`, for the plant
+    /// engineer.
     pub detail: Option<String>,
     pub inference_count: u64,
     pub inputs: Vec<String>,
@@ -173,6 +181,8 @@ struct Counters {
     skipped_out_of_range: Counter,
     skipped_input_count: Counter,
     failures: Counter,
+    /// Requests to a remote engine that failed (remote versions only).
+    remote_errors: Counter,
     /// Seconds per forward call.
     latency: Histogram,
     /// Rows per forward call.
@@ -200,6 +210,7 @@ impl Default for Counters {
             skipped_out_of_range: Counter::default(),
             skipped_input_count: Counter::default(),
             failures: Counter::default(),
+            remote_errors: Counter::default(),
             latency: Histogram::new(&LATENCY_BUCKETS_S),
             batch_sizes: Histogram::new(&BATCH_SIZE_BUCKETS),
         }
@@ -225,8 +236,12 @@ pub struct InferenceStatsSnapshot {
     /// Rows with a different number of values than the model has inputs.
     pub skipped_input_count: u64,
     /// Requests answered with an error (failed forward, bad row length,
-    /// stopped service).
+    /// stopped service, remote engine failed).
     pub failures: u64,
+    /// Requests to a remote engine that failed (connection, timeout, error
+    /// status, bad answer); rows skipped during the backoff after a failure
+    /// count in `failures` only.
+    pub remote_errors: u64,
 }
 
 impl InferenceStats {
@@ -297,6 +312,7 @@ impl InferenceStats {
             skipped_out_of_range: get(&c.skipped_out_of_range),
             skipped_input_count: get(&c.skipped_input_count),
             failures: get(&c.failures),
+            remote_errors: get(&c.remote_errors),
         }
     }
 
@@ -436,17 +452,66 @@ impl InferenceService {
     ) -> Result<InferenceHandle, ModelError> {
         spawn_with_start_gate(model, options, None)
     }
+
+    /// Starts the worker thread for a version served by a remote engine:
+    /// the same queue, batching, counters and version tagging as
+    /// [`Self::spawn`], one engine request per batch. It starts even when
+    /// the engine is down (state `RemoteUnavailable`): raw data keeps
+    /// flowing, and predictions start once the engine answers.
+    pub fn spawn_remote(
+        model: RemoteModel,
+        options: InferenceOptions,
+    ) -> Result<InferenceHandle, ModelError> {
+        spawn_with_start_gate(RemoteBackend::new(model), options, None)
+    }
+}
+
+/// What runs a batch: libtorch in-process or a remote engine. An enum, not
+/// a trait object: one match per batch, nothing per row, and the
+/// in-process path stays as it was.
+enum Backend {
+    Torch(TorchModel),
+    Remote(RemoteBackend),
+}
+
+impl From<TorchModel> for Backend {
+    fn from(model: TorchModel) -> Self {
+        Backend::Torch(model)
+    }
+}
+
+impl From<RemoteBackend> for Backend {
+    fn from(backend: RemoteBackend) -> Self {
+        Backend::Remote(backend)
+    }
+}
+
+impl Backend {
+    fn version(&self) -> &ModelVersion {
+        match self {
+            Backend::Torch(model) => model.version(),
+            Backend::Remote(remote) => remote.model().version(),
+        }
+    }
+
+    fn manifest(&self) -> &ModelManifest {
+        match self {
+            Backend::Torch(model) => model.manifest(),
+            Backend::Remote(remote) => remote.model().manifest(),
+        }
+    }
 }
 
 /// `start_gate`, when given, holds the worker before its first receive until
 /// a message arrives or the sender is dropped; tests use it to fill the queue
 /// deterministically.
 fn spawn_with_start_gate(
-    model: TorchModel,
+    backend: impl Into<Backend>,
     options: InferenceOptions,
     start_gate: Option<std::sync::mpsc::Receiver<()>>,
 ) -> Result<InferenceHandle, ModelError> {
-    let name = model.version().name.clone();
+    let backend = backend.into();
+    let name = backend.version().name.clone();
     options_problem(&options).map_or(Ok(()), |problem| {
         Err(ModelError::InvalidOptions {
             model: name.clone(),
@@ -455,18 +520,30 @@ fn spawn_with_start_gate(
     })?;
     // The worker waits for batch-mates with a timeout; a tokio timer on a
     // private runtime does that without spinning or a second channel type.
-    let clock = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|source| ModelError::Spawn {
-            model: name.clone(),
-            source,
-        })?;
+    // A remote version's requests run on the same runtime (with I/O): no
+    // thread beyond the worker, and the worker is not inside any runtime,
+    // so it may block on it.
+    let mut clock = tokio::runtime::Builder::new_current_thread();
+    clock.enable_time();
+    if matches!(backend, Backend::Remote(_)) {
+        clock.enable_io();
+    }
+    let clock = clock.build().map_err(|source| ModelError::Spawn {
+        model: name.clone(),
+        source,
+    })?;
     let (queue, requests) = mpsc::channel(options.queue_capacity);
     let shared = Arc::new(Shared {
-        version: model.version().clone(),
-        inputs: model.manifest().input_names(),
-        outputs: model.manifest().output_names(),
+        version: backend.version().clone(),
+        inputs: backend.manifest().input_names(),
+        outputs: backend.manifest().output_names(),
+        remote: match &backend {
+            Backend::Torch(_) => None,
+            Backend::Remote(remote) => Some(RemoteStatus {
+                url: remote.model().url().to_owned(),
+                last_error: Mutex::new(None),
+            }),
+        },
         stats: InferenceStats::default(),
         limiter: options
             .rate_limit_per_s
@@ -474,7 +551,7 @@ fn spawn_with_start_gate(
         state: AtomicU8::new(ModelState::Loading.to_u8()),
     });
     let worker = Worker {
-        model,
+        backend,
         requests,
         shared: Arc::clone(&shared),
         options,
@@ -515,6 +592,35 @@ struct Shared {
     stats: InferenceStats,
     limiter: Option<DefaultDirectRateLimiter>,
     state: AtomicU8,
+    /// Only for a version served by a remote engine.
+    remote: Option<RemoteStatus>,
+}
+
+/// What the OPC UA nodes and the log say of a remote engine.
+struct RemoteStatus {
+    url: String,
+    /// The engine's last failure, until it answers again.
+    last_error: Mutex<Option<String>>,
+}
+
+impl RemoteStatus {
+    fn last_error(&self) -> Option<String> {
+        // A poisoned lock only means a panicking writer; the text is whole.
+        match self.last_error.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_last_error(&self, error: Option<&str>) {
+        let mut guard = match self.last_error.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.as_deref() != error {
+            *guard = error.map(str::to_owned);
+        }
+    }
 }
 
 impl Shared {
@@ -534,8 +640,14 @@ impl Shared {
             sha256: Some(self.version.sha256.clone()),
             loaded_at: Some(self.version.loaded_at),
             state,
-            detail: (state == ModelState::Failed)
-                .then(|| "the inference thread panicked; see the log".to_owned()),
+            detail: match state {
+                ModelState::Failed => Some("the inference thread panicked; see the log".to_owned()),
+                ModelState::RemoteUnavailable => self.remote.as_ref().and_then(|r| {
+                    r.last_error()
+                        .map(|e| format!("inference engine {}: {e}", r.url))
+                }),
+                _ => None,
+            },
             inference_count: self.stats.snapshot().inferences,
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
@@ -611,6 +723,17 @@ impl InferenceHandle {
     /// dropped stops its worker and leaves the gauge.
     pub fn register(&self, registry: &MetricsRegistry, model: &str, version: &str) {
         self.shared.stats.register(registry, model, version);
+        if self.shared.remote.is_some() {
+            registry.add_counter(
+                "ironbridge_inference_remote_errors",
+                "Requests of each remote model version to its inference engine that failed (connection, timeout, error status, bad answer).",
+                vec![
+                    ("model", model.to_string()),
+                    ("version", version.to_string()),
+                ],
+                &self.shared.stats.counters.remote_errors,
+            );
+        }
         let queue = self.queue.downgrade();
         let labels = vec![
             ("model", model.to_string()),
@@ -731,7 +854,7 @@ struct Request {
 }
 
 struct Worker {
-    model: TorchModel,
+    backend: Backend,
     requests: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     options: InferenceOptions,
@@ -755,13 +878,28 @@ impl Drop for StateOnExit {
 impl Worker {
     fn run(mut self, start_gate: Option<std::sync::mpsc::Receiver<()>>) {
         let _state_on_exit = StateOnExit(Arc::clone(&self.shared));
-        // Options were validated to fit an i32.
-        tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
+        // libtorch's pool is process-wide: a remote version leaves it alone.
+        if matches!(self.backend, Backend::Torch(_)) {
+            // Options were validated to fit an i32.
+            tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
+        }
         if let Some(gate) = start_gate {
             // Either a message or a dropped sender opens the gate.
             let _ = gate.recv();
         }
-        self.shared.set_state(ModelState::Serving);
+        let state = match &mut self.backend {
+            Backend::Torch(_) => ModelState::Serving,
+            Backend::Remote(remote) => {
+                let ready = remote.probe(&self.clock);
+                self.note_remote(ready);
+                if ready {
+                    ModelState::Serving
+                } else {
+                    ModelState::RemoteUnavailable
+                }
+            }
+        };
+        self.shared.set_state(state);
         tracing::info!(
             model = %self.shared.version.name,
             version = %self.shared.version.version,
@@ -769,7 +907,7 @@ impl Worker {
         );
 
         let mut batch = Vec::with_capacity(self.options.max_batch);
-        let mut rows = Vec::with_capacity(self.options.max_batch * self.model.n_inputs());
+        let mut rows = Vec::with_capacity(self.options.max_batch * self.shared.inputs.len());
         // `None` from blocking_recv: every handle is gone, so shut down.
         while let Some(first) = self.requests.blocking_recv() {
             batch.push(first);
@@ -810,7 +948,20 @@ impl Worker {
         }
     }
 
-    fn run_batch(&self, batch: &mut Vec<Request>, rows: &mut Vec<f32>) {
+    /// Shows a remote engine's last outcome in the state and status.
+    fn note_remote(&self, answered: bool) {
+        let (Backend::Remote(remote), Some(status)) = (&self.backend, &self.shared.remote) else {
+            return;
+        };
+        status.set_last_error(remote.last_error());
+        self.shared.set_state(if answered {
+            ModelState::Serving
+        } else {
+            ModelState::RemoteUnavailable
+        });
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Request>, rows: &mut Vec<f32>) {
         // Callers that stopped waiting need no answer.
         batch.retain(|request| !request.reply.is_closed());
         if batch.is_empty() {
@@ -824,14 +975,27 @@ impl Worker {
         let n_rows = batch.len();
         // forward runs under tch::no_grad (grad mode is per thread).
         let started = std::time::Instant::now();
-        let result = self.model.forward(rows, n_rows);
+        let result = match &mut self.backend {
+            Backend::Torch(model) => model.forward(rows, n_rows),
+            Backend::Remote(remote) => match remote.forward(&self.clock, rows, n_rows) {
+                RemoteOutcome::Answered(values) => Ok(values),
+                RemoteOutcome::Failed(error) => {
+                    c.remote_errors.inc();
+                    Err(error)
+                }
+                RemoteOutcome::Waiting(error) => Err(error),
+            },
+        };
         c.latency.observe(started.elapsed().as_secs_f64());
         c.batch_sizes.observe(n_rows as f64);
+        if matches!(self.backend, Backend::Remote(_)) {
+            self.note_remote(result.is_ok());
+        }
         match result {
             Ok(values) => {
                 c.batches.inc();
                 c.inferences.add(n_rows as u64);
-                let n_outputs = self.model.n_outputs();
+                let n_outputs = self.shared.outputs.len();
                 for (request, output) in batch.drain(..).zip(values.chunks_exact(n_outputs)) {
                     // A caller that gave up meanwhile is no concern.
                     let _ = request.reply.send(Ok(output.to_vec()));
@@ -839,7 +1003,11 @@ impl Worker {
             }
             Err(error) => {
                 c.failures.add(n_rows as u64);
-                tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
+                // A remote backend logs its engine's failures itself, once
+                // per attempt rather than once per batch.
+                if !matches!(error, ModelError::RemoteUnavailable { .. }) {
+                    tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
+                }
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(copy_of(&error)));
                 }
@@ -876,6 +1044,15 @@ fn copy_of(error: &ModelError) -> ModelError {
         },
         ModelError::Inference { model, message } => ModelError::Inference {
             model: model.clone(),
+            message: message.clone(),
+        },
+        ModelError::RemoteUnavailable {
+            model,
+            url,
+            message,
+        } => ModelError::RemoteUnavailable {
+            model: model.clone(),
+            url: url.clone(),
             message: message.clone(),
         },
         other => ModelError::Inference {

@@ -24,7 +24,9 @@ use ironbridge_models::ModelRegistry;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-pub use model::{DeviceSetting, DriftConfig, ModelConfig};
+pub use model::{
+    BackendSetting, DeviceSetting, DriftConfig, ModelConfig, DEFAULT_REMOTE_TIMEOUT_MS,
+};
 pub use source_map::SourceMap;
 
 use crate::http::HttpConfig;

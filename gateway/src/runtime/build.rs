@@ -12,10 +12,13 @@ use ironbridge_connectors::influx::InfluxWriter;
 use ironbridge_connectors::Source;
 use ironbridge_metrics::MetricsRegistry;
 use ironbridge_models::{
-    DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest, ModelState,
+    DeviceChoice, InferenceOptions, LifecycleOptions, ModelError, ModelLifecycle, ModelManifest,
+    ModelState, RemoteOptions, REMOTE_BACKOFF,
 };
 
-use crate::config::{DeviceSetting, GatewayConfig, ModelConfig};
+use crate::config::{
+    resolve, BackendSetting, DeviceSetting, GatewayConfig, ModelConfig, DEFAULT_REMOTE_TIMEOUT_MS,
+};
 use crate::features::FeatureMap;
 use crate::modbus_server::{MapMachine, MapModel, RegisterMap};
 use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
@@ -149,6 +152,7 @@ fn load_model(
             intra_op_threads: model.intra_op_threads,
         },
         metrics: metrics.clone(),
+        remote: remote_options(config, model).map_err(err)?,
     };
     let lifecycle = ModelLifecycle::start(
         &model.name,
@@ -190,6 +194,45 @@ fn load_model(
         lifecycle: Arc::new(lifecycle),
         features,
     })
+}
+
+/// The engine a `backend = "remote"` model runs on; `None` for a local one.
+/// Call after validation (which checked the keys and that `token_env` is
+/// set).
+fn remote_options(
+    config: &GatewayConfig,
+    model: &ModelConfig,
+) -> Result<Option<RemoteOptions>, ModelError> {
+    if model.backend_setting() != Some(BackendSetting::Remote) {
+        return Ok(None);
+    }
+    let setup = |message: String| ModelError::RemoteSetup {
+        model: model.name.clone(),
+        message,
+    };
+    let url = model
+        .url
+        .clone()
+        .ok_or_else(|| setup("backend = \"remote\" needs a url".to_owned()))?;
+    let token = model
+        .token_env
+        .as_deref()
+        .map(|name| {
+            std::env::var(name).map_err(|e| setup(format!("token_env variable {name}: {e}")))
+        })
+        .transpose()?;
+    // TLS files relative to the configuration file, like model paths.
+    let file = |path: &Option<std::path::PathBuf>| path.as_ref().map(|p| resolve(&config.file, p));
+    Ok(Some(RemoteOptions {
+        url,
+        remote_model: model.remote_model_name().to_owned(),
+        timeout: Duration::from_millis(model.timeout_ms.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS)),
+        token,
+        tls_ca: file(&model.tls_ca),
+        tls_cert: file(&model.tls_cert),
+        tls_key: file(&model.tls_key),
+        backoff: REMOTE_BACKOFF,
+    }))
 }
 
 fn layout(sources: &[Box<dyn Source>], models: &[ServedModel]) -> AddressSpaceLayout {
