@@ -91,7 +91,12 @@ impl KserveV2Client {
         };
         let mut builder = reqwest::Client::builder()
             .timeout(options.timeout)
-            .connect_timeout(options.timeout);
+            .connect_timeout(options.timeout)
+            // The connection's task runs only while the worker waits on a
+            // request, so a connection the engine closed while idle can
+            // look alive at checkout; dropping idle ones before common
+            // server keep-alive timeouts (uvicorn's: 5 s) avoids that race.
+            .pool_idle_timeout(Duration::from_secs(3));
         if let Some(ca) = &options.tls_ca {
             let pem = read(ca)?;
             for cert in reqwest::Certificate::from_pem_bundle(&pem)

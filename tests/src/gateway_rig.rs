@@ -68,6 +68,9 @@ pub struct RigOptions {
     /// `[models.drift] window_s` of the pump's bearing-wear model (default:
     /// the model's, one day), with 40 samples over it.
     pub bearing_wear_drift_window_s: Option<u64>,
+    /// Keys added to the pump's bearing-wear `[[models]]` table (e.g.
+    /// `backend = "remote"` and its `url`), one per line.
+    pub bearing_wear_keys: Option<String>,
     /// The simulated spindle's bearing signature (default 1: the bearings
     /// the example model was trained on).
     pub spindle_bearing_signature: Option<f64>,
@@ -380,11 +383,21 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             l if l.starts_with("auto_promote = false") && at.options.gate.is_some_and(|g| g.1) => {
                 "auto_promote = true".to_string()
             }
-            "name = \"bearing-wear\"" if at.options.bearing_wear_drift_window_s.is_some() => {
-                format!(
-                    "{line}\ndrift = {{ window_s = {}, samples = 40 }}",
-                    at.options.bearing_wear_drift_window_s.unwrap_or(86_400)
-                )
+            "name = \"bearing-wear\""
+                if at.options.bearing_wear_drift_window_s.is_some()
+                    || at.options.bearing_wear_keys.is_some() =>
+            {
+                let mut lines = line.to_string();
+                if let Some(window_s) = at.options.bearing_wear_drift_window_s {
+                    lines.push_str(&format!(
+                        "\ndrift = {{ window_s = {window_s}, samples = 40 }}"
+                    ));
+                }
+                if let Some(keys) = &at.options.bearing_wear_keys {
+                    lines.push('\n');
+                    lines.push_str(keys);
+                }
+                lines
             }
             // Port 0: several rigs run at once.
             l if l.starts_with("address = \"127.0.0.1:9184\"") => {

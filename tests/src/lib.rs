@@ -11,6 +11,7 @@ pub mod gateway_rig;
 pub mod grafana;
 pub mod influxdb1;
 pub mod kill_loop;
+pub mod mlserver;
 pub mod modbus_line;
 pub mod modbus_peer;
 pub mod model_dirs;

@@ -1,0 +1,243 @@
+//! `backend = "remote"` against a real serving engine: MLServer 1.7.1 with
+//! its MLflow runtime serves the example bearing-wear model (made an MLflow
+//! model by `models/training/mlflow_model.py`), spoken to over the Open
+//! Inference Protocol (KServe v2, HTTP/JSON).
+//!
+//! - Through the inference service: the remote answers equal libtorch's
+//!   in-process ones on the same rows, batch by batch.
+//! - Through a whole gateway reading the simulated pump: predictions flow;
+//!   with the engine stopped they are skipped and counted, the model's OPC UA
+//!   State reads RemoteUnavailable; with the engine back they resume.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ironbridge_metrics::{MetricsRegistry, Value};
+use ironbridge_models::{
+    InferenceOptions, LifecycleOptions, ModelLifecycle, ModelState, RemoteOptions, REMOTE_BACKOFF,
+};
+use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions, MACHINE, MODEL, MODEL_VERSION};
+use ironbridge_tests::mlserver::MlServer;
+use ironbridge_tests::paths::repo_root;
+
+fn example_dir() -> std::path::PathBuf {
+    repo_root().join("models/examples").join(MODEL)
+}
+
+fn options(remote: Option<RemoteOptions>) -> LifecycleOptions {
+    LifecycleOptions {
+        device: Default::default(),
+        inference: InferenceOptions {
+            max_batch: 16,
+            ..InferenceOptions::default()
+        },
+        metrics: MetricsRegistry::new(),
+        remote,
+    }
+}
+
+fn remote_options(url: String) -> RemoteOptions {
+    RemoteOptions {
+        url,
+        remote_model: MODEL.to_string(),
+        timeout: Duration::from_secs(5),
+        token: None,
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        backoff: REMOTE_BACKOFF,
+    }
+}
+
+/// Rows spread over each input's valid range (the manifest's), middle and
+/// edges included.
+fn rows(manifest: &ironbridge_models::ModelManifest, n: usize) -> Vec<Vec<f32>> {
+    (0..n)
+        .map(|i| {
+            manifest
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(j, input)| {
+                    // A different walk per input, so rows are not collinear.
+                    let t = ((i * (j + 3)) % n) as f64 / (n - 1) as f64;
+                    (input.min + t * (input.max - input.min)) as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_predictions_equal_in_process_ones() -> Result<()> {
+    let engine = MlServer::start(&example_dir().join(MODEL_VERSION), MODEL).await?;
+    let remote_lifecycle_options = options(Some(remote_options(engine.url())));
+    let remote_metrics = remote_lifecycle_options.metrics.clone();
+    let remote = ModelLifecycle::start(
+        MODEL,
+        example_dir(),
+        MODEL_VERSION,
+        remote_lifecycle_options,
+    )?;
+    let local = ModelLifecycle::start(MODEL, example_dir(), MODEL_VERSION, options(None))?;
+    let remote_serving = remote.serving_full();
+    let local_serving = local.serving_full();
+    let rows = rows(&remote_serving.manifest, 40);
+
+    // Submitted together, so rows are batched (several per request).
+    let pending: Vec<_> = rows
+        .iter()
+        .map(|row| -> Result<_> {
+            Ok((
+                remote_serving.handle.submit(row.clone())?,
+                local_serving.handle.submit(row.clone())?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    for (row, (remote_answer, local_answer)) in rows.iter().zip(pending) {
+        assert_eq!(remote_answer.version().version, MODEL_VERSION);
+        let remote_values = remote_answer.wait().await.context("remote prediction")?;
+        let local_values = local_answer.wait().await.context("in-process prediction")?;
+        assert_eq!(remote_values.len(), local_values.len());
+        for (r, l) in remote_values.iter().zip(&local_values) {
+            assert!(
+                (r - l).abs() <= 1e-5,
+                "row {row:?}: remote {remote_values:?}, in-process {local_values:?}\n{}",
+                engine.log()
+            );
+        }
+    }
+    let stats = remote_serving.handle.stats().snapshot();
+    assert_eq!(stats.inferences, 40);
+    assert_eq!(stats.remote_errors, 0);
+    assert!(stats.batches >= 3, "16 rows at most per request: {stats:?}");
+    assert_eq!(remote_serving.handle.status().state, ModelState::Serving);
+    // Only a remote version has this series: the answers above came from
+    // the engine, not from a libtorch fallback.
+    assert!(
+        remote_metrics
+            .snapshot()
+            .iter()
+            .any(|f| f.name == "ironbridge_inference_remote_errors"),
+        "the remote version registers its engine error counter"
+    );
+    Ok(())
+}
+
+/// The value of a counter series in the gateway's registry, 0 if absent.
+fn counter(metrics: &MetricsRegistry, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .snapshot()
+        .into_iter()
+        .filter(|family| family.name == name)
+        .flat_map(|family| family.series)
+        .filter(|series| {
+            labels
+                .iter()
+                .all(|(k, v)| series.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|series| match series.value {
+            Value::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}
+
+async fn model_state(rig: &GatewayRig) -> Result<String> {
+    let path = format!("Models/{MODEL}/State");
+    let answer = rig.read_opcua(std::slice::from_ref(&path)).await?;
+    Ok(answer["reads"][&path]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+async fn wait_for_state(rig: &GatewayRig, want: &str, within: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let state = model_state(rig).await?;
+        if state == want {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "Models/{MODEL}/State reads {state:?} after {within:?}, wanted {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Result<()> {
+    let mut engine = MlServer::start(&example_dir().join(MODEL_VERSION), MODEL).await?;
+    let rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        bearing_wear_keys: Some(format!(
+            "backend = \"remote\"\nurl = {:?}\nprotocol = \"kserve-v2\"\ntimeout_ms = 2000",
+            engine.url()
+        )),
+        ..RigOptions::default()
+    })
+    .await?;
+    let metrics = rig
+        .gateway
+        .as_ref()
+        .context("the rig runs a gateway")?
+        .metrics
+        .clone();
+    let series =
+        format!("prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"{MODEL_VERSION}\"}}");
+    rig.wait_for_samples(&series, 3, Duration::from_secs(60))
+        .await
+        .with_context(|| engine.log())?;
+    wait_for_state(&rig, "Serving", Duration::from_secs(10)).await?;
+    let version_labels = [("model", MODEL), ("version", MODEL_VERSION)];
+    assert_eq!(
+        counter(
+            &metrics,
+            "ironbridge_inference_remote_errors",
+            &version_labels
+        ),
+        0
+    );
+
+    // Engine down: connection refused. Rows are skipped and counted, the
+    // state shows it, raw values keep flowing.
+    engine.stop().await?;
+    wait_for_state(&rig, "RemoteUnavailable", Duration::from_secs(30)).await?;
+    let remote_errors = counter(
+        &metrics,
+        "ironbridge_inference_remote_errors",
+        &version_labels,
+    );
+    assert!(remote_errors >= 1, "remote errors counted: {remote_errors}");
+    // Let a few more scans arrive while the backoff skips requests.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let failed = counter(&metrics, "ironbridge_inference_failed", &[("model", MODEL)]);
+    assert!(failed >= 2, "skipped predictions counted: {failed}");
+    let before = rig.vm.export(&series).await?;
+    let stored_before: usize = before.iter().map(|s| s.samples().len()).sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rig.vm.export(&series).await?;
+    let stored_during: usize = during.iter().map(|s| s.samples().len()).sum();
+    // At most the batch that was in flight when the engine stopped.
+    assert!(
+        stored_during <= stored_before + 1,
+        "no predictions while the engine is down: {stored_before} then {stored_during}"
+    );
+
+    // Engine back on the same port: the next attempt after the backoff
+    // succeeds and predictions resume.
+    engine.restart().await?;
+    wait_for_state(&rig, "Serving", Duration::from_secs(60)).await?;
+    rig.wait_for_samples(&series, stored_during + 3, Duration::from_secs(60))
+        .await?;
+    let after = counter(
+        &metrics,
+        "ironbridge_inference_remote_errors",
+        &version_labels,
+    );
+    assert!(after >= remote_errors);
+    Ok(())
+}
