@@ -532,6 +532,165 @@ mod tests {
         );
     }
 
+    /// A one-connection-at-a-time HTTP server answering each request with
+    /// the next canned `(status line, body)`; returns its URL and the
+    /// requests it read (head and body).
+    fn canned_engine(
+        answers: Vec<(&'static str, String)>,
+    ) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (seen, requests) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut answers = answers.into_iter();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream);
+                // Keep-alive: several requests may come on one connection.
+                loop {
+                    let mut head = String::new();
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        head.push_str(&line);
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if head.is_empty() {
+                        break;
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let _ = seen.send(format!("{head}{}", String::from_utf8_lossy(&body)));
+                    let Some((status, answer)) = answers.next() else {
+                        return;
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = reader.get_mut().write_all(reply.as_bytes());
+                }
+            }
+        });
+        (url, requests)
+    }
+
+    fn tiny(url: String, token: Option<&str>) -> RemoteBackend {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+        let verified = crate::registry::ModelRegistry::open(dir)
+            .unwrap()
+            .load("1.0.0")
+            .unwrap();
+        let options = RemoteOptions {
+            url,
+            remote_model: "tiny-on-engine".into(),
+            timeout: Duration::from_secs(5),
+            token: token.map(str::to_owned),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            // Long enough that the second batch surely falls in it.
+            backoff: BackoffConfig {
+                initial_ms: 60_000,
+                max_ms: 60_000,
+            },
+        };
+        RemoteBackend::new(RemoteModel::new(&verified, &options).unwrap())
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_one_request_with_the_token_and_the_answer_is_checked() {
+        let ok = r#"{"outputs":[{"name":"o","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+        let (url, requests) = canned_engine(vec![("200 OK", ok.to_owned())]);
+        let mut backend = tiny(url, Some("t0ken"));
+        let rt = runtime();
+        match backend.forward(&rt, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2) {
+            RemoteOutcome::Answered(values) => assert_eq!(values, vec![1.0, 2.0, 3.0, 4.0]),
+            _ => panic!("not answered: {:?}", backend.last_error()),
+        }
+        let request = requests.recv().unwrap();
+        assert!(
+            request.starts_with("POST /v2/models/tiny-on-engine/infer HTTP/1.1"),
+            "{request}"
+        );
+        let lower = request.to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer t0ken"), "{request}");
+        assert!(
+            lower.contains("content-type: application/json"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(
+                r#"{"inputs":[{"name":"input-0","shape":[2,3],"datatype":"FP32","data":[1.0,2.0,3.0,4.0,5.0,6.0]}]}"#
+            ),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn a_failed_request_starts_a_backoff_in_which_batches_fail_without_a_request() {
+        let (url, requests) = canned_engine(vec![(
+            "503 Service Unavailable",
+            "{\"error\":\"model loading\"}".to_owned(),
+        )]);
+        let mut backend = tiny(url, None);
+        let rt = runtime();
+        match backend.forward(&rt, &[1.0, 2.0, 3.0], 1) {
+            RemoteOutcome::Failed(e) => {
+                let e = e.to_string();
+                assert!(e.contains("503") && e.contains("model loading"), "{e}");
+            }
+            _ => panic!("a 503 must fail the batch"),
+        }
+        assert!(backend.last_error().is_some());
+        assert!(requests.recv().is_ok());
+        match backend.forward(&rt, &[1.0, 2.0, 3.0], 1) {
+            RemoteOutcome::Waiting(e) => assert!(e.to_string().contains("backoff"), "{e}"),
+            _ => panic!("the batch after a failure must wait for the backoff"),
+        }
+        assert!(
+            requests.try_recv().is_err(),
+            "no request during the backoff"
+        );
+    }
+
+    #[test]
+    fn a_bad_answer_and_a_refused_connection_fail_the_batch() {
+        let bad = r#"{"outputs":[{"name":"o","shape":[1,2],"datatype":"INT64","data":[1,2]}]}"#;
+        let (url, _requests) = canned_engine(vec![("200 OK", bad.to_owned())]);
+        let rt = runtime();
+        match tiny(url, None).forward(&rt, &[1.0, 2.0, 3.0], 1) {
+            RemoteOutcome::Failed(e) => assert!(e.to_string().contains("INT64"), "{e}"),
+            _ => panic!("a wrong datatype must fail the batch"),
+        }
+        // A port nobody listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        match tiny(format!("http://127.0.0.1:{port}"), None).forward(&rt, &[1.0, 2.0, 3.0], 1) {
+            RemoteOutcome::Failed(e) => assert!(e.to_string().contains("cannot connect"), "{e}"),
+            _ => panic!("a refused connection must fail the batch"),
+        }
+    }
+
     #[test]
     fn the_token_stays_out_of_debug_output() {
         let options = RemoteOptions {
