@@ -49,6 +49,7 @@ fn layout() -> AddressSpaceLayout {
             inputs: vec![GOOD_TAG.into(), BAD_TAG.into()],
             outputs: vec![OUTPUT.into()],
             machines: vec![MACHINE.into()],
+            remote_url: None,
         }],
     }
 }
@@ -164,6 +165,7 @@ impl RunningServer {
             inputs: vec![GOOD_TAG.into(), BAD_TAG.into()],
             outputs: vec![OUTPUT.into()],
             shadow_version: None,
+            remote: None,
         });
         let published = Published::default();
         let feeder = tokio::spawn(feed(publisher, published.clone(), cancel.clone()));

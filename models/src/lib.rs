@@ -45,6 +45,6 @@ pub use remote::{
 pub use service::{
     prepare_inputs, HistogramSnapshot, InferenceHandle, InferenceMonitor, InferenceOptions,
     InferenceService, InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus,
-    PendingPrediction, SkipReason, SubmitError,
+    PendingPrediction, RemoteEngineStatus, SkipReason, SubmitError,
 };
 pub use torch_backend::{DeviceChoice, TorchModel};

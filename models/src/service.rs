@@ -160,6 +160,18 @@ pub struct ModelStatus {
     pub inference_count: u64,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// Only for a version served by a remote engine.
+    pub remote: Option<RemoteEngineStatus>,
+}
+
+/// A remote engine as the OPC UA `Models/<model>/Remote/` nodes show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEngineStatus {
+    pub url: String,
+    /// The last request (or readiness check) was answered.
+    pub reachable: bool,
+    /// Why the last one failed; `None` once the engine answers again.
+    pub last_error: Option<String>,
 }
 
 /// Counters of one service; clones share them.
@@ -651,6 +663,11 @@ impl Shared {
             inference_count: self.stats.snapshot().inferences,
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
+            remote: self.remote.as_ref().map(|r| RemoteEngineStatus {
+                url: r.url.clone(),
+                reachable: state != ModelState::RemoteUnavailable,
+                last_error: r.last_error(),
+            }),
         }
     }
 }

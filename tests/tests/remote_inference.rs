@@ -7,7 +7,8 @@
 //!   in-process ones on the same rows, batch by batch.
 //! - Through a whole gateway reading the simulated pump: predictions flow;
 //!   with the engine stopped they are skipped and counted, the model's OPC UA
-//!   State reads RemoteUnavailable; with the engine back they resume.
+//!   State reads RemoteUnavailable and `Remote/Reachable`, `Remote/LastError`
+//!   say why; with the engine back they resume.
 
 use std::time::Duration;
 
@@ -152,6 +153,21 @@ async fn model_state(rig: &GatewayRig) -> Result<String> {
         .to_string())
 }
 
+/// `Models/<model>/Remote/{Url, Reachable, LastError}`.
+async fn remote_nodes(rig: &GatewayRig) -> Result<(String, Option<bool>, String)> {
+    let paths: Vec<String> = ["Url", "Reachable", "LastError"]
+        .iter()
+        .map(|n| format!("Models/{MODEL}/Remote/{n}"))
+        .collect();
+    let answer = rig.read_opcua(&paths).await?;
+    let value = |i: usize| answer["reads"][&paths[i]]["value"].clone();
+    Ok((
+        value(0).as_str().unwrap_or_default().to_string(),
+        value(1).as_bool(),
+        value(2).as_str().unwrap_or_default().to_string(),
+    ))
+}
+
 async fn wait_for_state(rig: &GatewayRig, want: &str, within: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -192,6 +208,10 @@ async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Re
         .await
         .with_context(|| engine.log())?;
     wait_for_state(&rig, "Serving", Duration::from_secs(10)).await?;
+    assert_eq!(
+        remote_nodes(&rig).await?,
+        (engine.url(), Some(true), String::new())
+    );
     let version_labels = [("model", MODEL), ("version", MODEL_VERSION)];
     assert_eq!(
         counter(
@@ -212,6 +232,9 @@ async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Re
         &version_labels,
     );
     assert!(remote_errors >= 1, "remote errors counted: {remote_errors}");
+    let (url, reachable, last_error) = remote_nodes(&rig).await?;
+    assert_eq!((url, reachable), (engine.url(), Some(false)));
+    assert!(last_error.contains("cannot connect"), "{last_error}");
     // Let a few more scans arrive while the backoff skips requests.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let failed = counter(&metrics, "ironbridge_inference_failed", &[("model", MODEL)]);
@@ -231,6 +254,10 @@ async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Re
     // succeeds and predictions resume.
     engine.restart().await?;
     wait_for_state(&rig, "Serving", Duration::from_secs(60)).await?;
+    assert_eq!(
+        remote_nodes(&rig).await?,
+        (engine.url(), Some(true), String::new())
+    );
     rig.wait_for_samples(&series, stored_during + 3, Duration::from_secs(60))
         .await?;
     let after = counter(

@@ -10,6 +10,7 @@
 //!   Models/<model>/Shadow/Version | Shadow/<machine>/<output>
 //!   Models/<model>/Gate/ShadowVersion | Metric | Samples | Mean | Lower | Upper | Margin | Psi | Decision
 //!   Models/<model>/Drift/<input or output>                    (PSI against the training distribution)
+//!   Models/<model>/Remote/Url | Reachable | LastError          (backend = "remote" only)
 //!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
 //!                                     | CodeCommit | Acceptance | FailureReason
 //!   Gateway/Version | Commit | StartedAt | UptimeSeconds | Ready | NotReady
@@ -74,6 +75,9 @@ pub struct ModelLayout {
     /// Machines whose scans this model predicts for (each gets a
     /// `Predictions/<model>` object).
     pub machines: Vec<String>,
+    /// The engine's base URL of a `backend = "remote"` model (it gets a
+    /// `Remote/` folder).
+    pub remote_url: Option<String>,
 }
 
 impl AddressSpaceLayout {
@@ -172,6 +176,14 @@ pub(crate) struct ModelNodes {
     pub(crate) gate: GateNodes,
     /// `Drift/<input or output>` → its PSI variable.
     pub(crate) drift: HashMap<String, NodeId>,
+    /// `Remote/Reachable | LastError`, for a remote model.
+    pub(crate) remote: Option<RemoteNodes>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteNodes {
+    pub(crate) reachable: NodeId,
+    pub(crate) last_error: NodeId,
 }
 
 /// `Models/<model>/Gate/...`: the gate's running statistics.
@@ -372,6 +384,10 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
             shadow_outputs: HashMap::new(),
             gate: add_gate(space, ns, &model_path, &model_node),
             drift: HashMap::new(),
+            remote: model
+                .remote_url
+                .as_ref()
+                .map(|url| add_remote(space, ns, &model_path, &model_node, url)),
         };
         let mut nodes = nodes;
         let drift_path = format!("{model_path}/Drift");
@@ -541,6 +557,48 @@ pub(crate) fn add_version(
     }
 }
 
+/// `Models/<model>/Remote/`: the engine's URL (known now), whether it
+/// answers and its last error (published with the model's status).
+fn add_remote(
+    space: &mut AddressSpace,
+    ns: u16,
+    model_path: &str,
+    model_node: &NodeId,
+    url: &str,
+) -> RemoteNodes {
+    let path = format!("{model_path}/Remote");
+    let remote = add_folder(space, ns, path.clone(), "Remote", model_node);
+    add_variable(
+        space,
+        ns,
+        format!("{path}/Url"),
+        "Url",
+        &remote,
+        DataTypeId::String,
+        Some(Variant::from(url.to_string())),
+    );
+    RemoteNodes {
+        reachable: add_variable(
+            space,
+            ns,
+            format!("{path}/Reachable"),
+            "Reachable",
+            &remote,
+            DataTypeId::Boolean,
+            None,
+        ),
+        last_error: add_variable(
+            space,
+            ns,
+            format!("{path}/LastError"),
+            "LastError",
+            &remote,
+            DataTypeId::String,
+            None,
+        ),
+    }
+}
+
 fn add_gate(space: &mut AddressSpace, ns: u16, model_path: &str, model_node: &NodeId) -> GateNodes {
     let path = format!("{model_path}/Gate");
     let gate = add_object(space, ns, path.clone(), "Gate", model_node);
@@ -691,6 +749,7 @@ mod tests {
                 inputs: vec!["temp_c".into(), "pressure_bar".into()],
                 outputs: vec!["wear_pct".into()],
                 machines: vec!["press-7".into()],
+                remote_url: None,
             }],
         }
     }

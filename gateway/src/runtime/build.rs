@@ -21,7 +21,9 @@ use crate::config::{
 };
 use crate::features::FeatureMap;
 use crate::modbus_server::{MapMachine, MapModel, RegisterMap};
-use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
+use crate::opcua_server::{
+    AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView, RemoteStatusView,
+};
 use crate::GatewayError;
 
 /// One served model: its versions and the one serving (the lifecycle), the
@@ -65,6 +67,10 @@ impl ServedModel {
             inputs: self.manifest.input_names(),
             outputs: self.manifest.output_names(),
             shadow_version: self.lifecycle.shadow().map(|s| s.version.to_string()),
+            remote: status.remote.map(|r| RemoteStatusView {
+                reachable: r.reachable,
+                last_error: r.last_error.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -251,6 +257,9 @@ fn layout(sources: &[Box<dyn Source>], models: &[ServedModel]) -> AddressSpaceLa
                 inputs: m.manifest.input_names(),
                 outputs: m.manifest.output_names(),
                 machines: m.config.machines.clone(),
+                remote_url: (m.config.backend_setting() == Some(BackendSetting::Remote))
+                    .then(|| m.config.url.clone())
+                    .flatten(),
             })
             .collect(),
     }
