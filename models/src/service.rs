@@ -328,7 +328,8 @@ impl InferenceStats {
         }
     }
 
-    /// Seconds per forward call (failed ones included).
+    /// Seconds per forward call (failed ones included; not the batches a
+    /// remote version skips without a request during its backoff).
     pub fn latency(&self) -> HistogramSnapshot {
         self.counters.latency.snapshot()
     }
@@ -992,19 +993,22 @@ impl Worker {
         let n_rows = batch.len();
         // forward runs under tch::no_grad (grad mode is per thread).
         let started = std::time::Instant::now();
-        let result = match &mut self.backend {
-            Backend::Torch(model) => model.forward(rows, n_rows),
+        let (result, attempted) = match &mut self.backend {
+            Backend::Torch(model) => (model.forward(rows, n_rows), true),
             Backend::Remote(remote) => match remote.forward(&self.clock, rows, n_rows) {
-                RemoteOutcome::Answered(values) => Ok(values),
+                RemoteOutcome::Answered(values) => (Ok(values), true),
                 RemoteOutcome::Failed(error) => {
                     c.remote_errors.inc();
-                    Err(error)
+                    (Err(error), true)
                 }
-                RemoteOutcome::Waiting(error) => Err(error),
+                // No request was made: nothing to time.
+                RemoteOutcome::Waiting(error) => (Err(error), false),
             },
         };
-        c.latency.observe(started.elapsed().as_secs_f64());
-        c.batch_sizes.observe(n_rows as f64);
+        if attempted {
+            c.latency.observe(started.elapsed().as_secs_f64());
+            c.batch_sizes.observe(n_rows as f64);
+        }
         if matches!(self.backend, Backend::Remote(_)) {
             self.note_remote(result.is_ok());
         }

@@ -268,3 +268,154 @@ async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Re
     assert!(after >= remote_errors);
     Ok(())
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate (EC
+/// P-256, PKCS#8 keys) made with the openssl command line in `dir`.
+fn make_pki(dir: &std::path::Path) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("openssl not installed?")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ironbridge-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca)?;
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        ),
+        (
+            "client",
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        ),
+    ] {
+        std::fs::write(dir.join(format!("{who}.ext")), ext)?;
+        let (key, csr, pem, ext_file, subj) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+            format!("/CN={who}"),
+        );
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&req)?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext_file,
+        ])?;
+    }
+    Ok(())
+}
+
+/// `tls_ca`, `tls_cert` and `tls_key` against an HTTPS engine that
+/// requires a client certificate (`tests/peers/kserve_tls_engine.py`;
+/// MLServer itself serves plain HTTP, TLS sits in front of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_the_ca_and_the_client_certificate() -> Result<()> {
+    use ironbridge_models::KserveV2Client;
+    use ironbridge_tests::ports::free_port;
+    use ironbridge_tests::process::ChildGuard;
+
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path();
+    make_pki(pki)?;
+    let port = free_port()?;
+    let _engine = ChildGuard::spawn(
+        "kserve_tls_engine.py",
+        std::process::Command::new(ironbridge_tests::paths::venv_python()?)
+            .arg(ironbridge_tests::paths::peer_script("kserve_tls_engine.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .arg("--client-ca")
+            .arg(pki.join("ca.pem")),
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the TLS engine does not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let options = |ca: bool, client: bool| RemoteOptions {
+        tls_ca: ca.then(|| pki.join("ca.pem")),
+        tls_cert: client.then(|| pki.join("client.pem")),
+        tls_key: client.then(|| pki.join("client.key")),
+        ..remote_options(format!("https://127.0.0.1:{port}"))
+    };
+
+    let client = KserveV2Client::new(MODEL, &options(true, true))?;
+    client
+        .ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("ready: {e}"))?;
+    let sums = client
+        .infer(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3, 1)
+        .await
+        .map_err(|e| anyhow::anyhow!("infer: {e}"))?;
+    assert_eq!(sums, vec![6.0, 15.0]);
+
+    // Without a client certificate the engine refuses the handshake.
+    let no_identity = KserveV2Client::new(MODEL, &options(true, false))?;
+    let err = no_identity.infer(&[1.0, 2.0, 3.0], 1, 3, 1).await;
+    assert!(err.is_err(), "{err:?}");
+    // Without the CA the engine's certificate is not trusted.
+    let no_ca = KserveV2Client::new(MODEL, &options(false, true))?;
+    let err = no_ca
+        .infer(&[1.0, 2.0, 3.0], 1, 3, 1)
+        .await
+        .expect_err("an unknown issuer must not be trusted");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    Ok(())
+}
