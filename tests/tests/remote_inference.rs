@@ -185,6 +185,11 @@ async fn wait_for_state(rig: &GatewayRig, want: &str, within: Duration) -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Result<()> {
+    // The engine's failures and recovery in the output of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ironbridge_models=info,ironbridge=warn")
+        .with_test_writer()
+        .try_init();
     let mut engine = MlServer::start(&example_dir().join(MODEL_VERSION), MODEL).await?;
     let rig = GatewayRig::start_with(RigOptions {
         poll_ms: 200,

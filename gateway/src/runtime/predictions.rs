@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ironbridge_connectors::{GateRecord, Prediction, Record};
-use ironbridge_models::{Gate, GateConfig, GateDecision, ModelLifecycle, PendingPrediction};
+use ironbridge_models::{
+    Gate, GateConfig, GateDecision, ModelError, ModelLifecycle, PendingPrediction,
+};
 use tokio::sync::mpsc;
 
 use super::drift::DriftMonitor;
@@ -103,7 +105,11 @@ impl PredictionCollector {
                 }
                 Err(e) => {
                     self.requests.failed.inc();
-                    tracing::warn!(model = %self.model, "inference failed: {e}");
+                    // A remote engine's outage fails every row until it
+                    // answers; its backend logs once per attempt instead.
+                    if !matches!(e, ModelError::RemoteUnavailable { .. }) {
+                        tracing::warn!(model = %self.model, "inference failed: {e}");
+                    }
                     None
                 }
             };
@@ -114,7 +120,9 @@ impl PredictionCollector {
                 Ok(values) => values,
                 Err(e) => {
                     self.requests.failed.inc();
-                    tracing::warn!(model = %self.model, version = %shadow.version, "shadow inference failed: {e}");
+                    if !matches!(e, ModelError::RemoteUnavailable { .. }) {
+                        tracing::warn!(model = %self.model, version = %shadow.version, "shadow inference failed: {e}");
+                    }
                     continue;
                 }
             };
