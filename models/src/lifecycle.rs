@@ -569,10 +569,11 @@ fn prepare(
 ) -> Result<ServingModel, ModelError> {
     let manifest = verified.manifest();
     if let Some(remote) = &options.remote {
-        let handle = InferenceService::spawn_remote(
-            RemoteModel::new(verified, remote)?,
-            options.inference.clone(),
-        )?;
+        let mut model = RemoteModel::new(verified, remote)?;
+        if let Some(fallback) = &remote.fallback_version {
+            model = model.with_fallback(load_fallback(verified, fallback, options)?);
+        }
+        let handle = InferenceService::spawn_remote(model, options.inference.clone())?;
         handle.register(&options.metrics, &manifest.name, &manifest.version);
         return Ok(ServingModel {
             handle,
@@ -580,6 +581,44 @@ fn prepare(
             manifest: Arc::new(manifest.clone()),
         });
     }
+    let torch = load_warm(verified, options)?;
+    let handle = InferenceService::spawn(torch, options.inference.clone())?;
+    handle.register(&options.metrics, &manifest.name, &manifest.version);
+    Ok(ServingModel {
+        handle,
+        version: Arc::from(manifest.version.as_str()),
+        manifest: Arc::new(manifest.clone()),
+    })
+}
+
+/// A remote version's fallback: the version folder `fallback` beside it,
+/// verified, of the same interface, loaded and warmed up.
+fn load_fallback(
+    remote: &VerifiedModel,
+    fallback: &str,
+    options: &LifecycleOptions,
+) -> Result<TorchModel, ModelError> {
+    let manifest = remote.manifest();
+    let setup = |message: String| ModelError::RemoteSetup {
+        model: manifest.name.clone(),
+        message: format!("fallback_version {fallback}: {message}"),
+    };
+    let dir = remote
+        .dir()
+        .parent()
+        .ok_or_else(|| setup("the version folder has no parent folder".to_owned()))?
+        .join(fallback);
+    let verified = VerifiedModel::from_version_dir(&dir).map_err(|e| setup(e.to_string()))?;
+    same_interface(manifest, verified.manifest()).map_err(setup)?;
+    load_warm(&verified, options).map_err(|e| setup(e.to_string()))
+}
+
+/// Loads verified bytes into libtorch and runs the warm-up checks.
+fn load_warm(
+    verified: &VerifiedModel,
+    options: &LifecycleOptions,
+) -> Result<TorchModel, ModelError> {
+    let manifest = verified.manifest();
     let torch = TorchModel::load(verified, options.device)?;
     let failed: Vec<String> = crate::verify::structural_checks(&torch)
         .into_iter()
@@ -593,13 +632,7 @@ fn prepare(
             message: format!("warm-up checks failed: {}", failed.join("; ")),
         });
     }
-    let handle = InferenceService::spawn(torch, options.inference.clone())?;
-    handle.register(&options.metrics, &manifest.name, &manifest.version);
-    Ok(ServingModel {
-        handle,
-        version: Arc::from(manifest.version.as_str()),
-        manifest: Arc::new(manifest.clone()),
-    })
+    Ok(torch)
 }
 
 /// A version swapped in while running must read the same inputs and give

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ModelError;
 use crate::manifest::ModelManifest;
 use crate::registry::{ModelVersion, VerifiedModel};
+use crate::torch_backend::TorchModel;
 
 /// The only protocol so far: the Open Inference Protocol over HTTP/JSON.
 pub const KSERVE_V2: &str = "kserve-v2";
@@ -48,6 +49,9 @@ pub struct RemoteOptions {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub backoff: BackoffConfig,
+    /// A version folder beside the served one, run in-process by libtorch
+    /// while the engine fails; its predictions carry its own version.
+    pub fallback_version: Option<String>,
 }
 
 // By hand: the token must never reach a log line.
@@ -61,6 +65,7 @@ impl fmt::Debug for RemoteOptions {
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("fallback_version", &self.fallback_version)
             .finish_non_exhaustive()
     }
 }
@@ -315,6 +320,8 @@ pub struct RemoteModel {
     version: ModelVersion,
     url: String,
     backoff: BackoffConfig,
+    // Boxed: a TorchModel is large and most remote versions have none.
+    fallback: Option<Box<TorchModel>>,
 }
 
 impl RemoteModel {
@@ -327,7 +334,19 @@ impl RemoteModel {
             manifest,
             url: options.url.clone(),
             backoff: options.backoff,
+            fallback: None,
         })
+    }
+
+    /// Answers in-process with `fallback` (same inputs and outputs, checked
+    /// by the caller) while the engine fails.
+    pub fn with_fallback(mut self, fallback: TorchModel) -> Self {
+        self.fallback = Some(Box::new(fallback));
+        self
+    }
+
+    pub fn fallback(&self) -> Option<&TorchModel> {
+        self.fallback.as_deref()
     }
 
     pub fn manifest(&self) -> &ModelManifest {
@@ -598,6 +617,7 @@ mod tests {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            fallback_version: None,
             // Long enough that the second batch surely falls in it.
             backoff: BackoffConfig {
                 initial_ms: 60_000,
@@ -702,6 +722,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             backoff: REMOTE_BACKOFF,
+            fallback_version: None,
         };
         assert!(!format!("{options:?}").contains("secret-token"));
     }

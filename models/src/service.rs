@@ -195,6 +195,8 @@ struct Counters {
     failures: Counter,
     /// Requests to a remote engine that failed (remote versions only).
     remote_errors: Counter,
+    /// Rows a remote version's local fallback answered.
+    fallback_inferences: Counter,
     /// Seconds per forward call.
     latency: Histogram,
     /// Rows per forward call.
@@ -223,6 +225,7 @@ impl Default for Counters {
             skipped_input_count: Counter::default(),
             failures: Counter::default(),
             remote_errors: Counter::default(),
+            fallback_inferences: Counter::default(),
             latency: Histogram::new(&LATENCY_BUCKETS_S),
             batch_sizes: Histogram::new(&BATCH_SIZE_BUCKETS),
         }
@@ -254,6 +257,9 @@ pub struct InferenceStatsSnapshot {
     /// status, bad answer); rows skipped during the backoff after a failure
     /// count in `failures` only.
     pub remote_errors: u64,
+    /// Rows the local fallback version answered while the engine failed
+    /// (not in `inferences`, which counts this version's own rows).
+    pub fallback_inferences: u64,
 }
 
 impl InferenceStats {
@@ -325,6 +331,7 @@ impl InferenceStats {
             skipped_input_count: get(&c.skipped_input_count),
             failures: get(&c.failures),
             remote_errors: get(&c.remote_errors),
+            fallback_inferences: get(&c.fallback_inferences),
         }
     }
 
@@ -557,6 +564,13 @@ fn spawn_with_start_gate(
                 last_error: Mutex::new(None),
             }),
         },
+        fallback_version: match &backend {
+            Backend::Remote(remote) => remote
+                .model()
+                .fallback()
+                .map(|f| Arc::from(f.version().version.as_str())),
+            Backend::Torch(_) => None,
+        },
         stats: InferenceStats::default(),
         limiter: options
             .rate_limit_per_s
@@ -607,6 +621,8 @@ struct Shared {
     state: AtomicU8,
     /// Only for a version served by a remote engine.
     remote: Option<RemoteStatus>,
+    /// The local version a remote one falls back to, if configured.
+    fallback_version: Option<Arc<str>>,
 }
 
 /// What the OPC UA nodes and the log say of a remote engine.
@@ -752,6 +768,18 @@ impl InferenceHandle {
                 &self.shared.stats.counters.remote_errors,
             );
         }
+        if let Some(fallback) = &self.shared.fallback_version {
+            registry.add_counter(
+                "ironbridge_inference_fallback",
+                "Rows of each remote model version answered in-process by its fallback version while the engine failed.",
+                vec![
+                    ("model", model.to_string()),
+                    ("version", version.to_string()),
+                    ("fallback", fallback.to_string()),
+                ],
+                &self.shared.stats.counters.fallback_inferences,
+            );
+        }
         let queue = self.queue.downgrade();
         let labels = vec![
             ("model", model.to_string()),
@@ -816,9 +844,16 @@ impl InferenceMonitor {
     }
 }
 
+/// One answered row, and whether the remote version's local fallback
+/// computed it (while its engine failed).
+struct Answer {
+    values: Vec<f32>,
+    by_fallback: bool,
+}
+
 /// The answer to one submitted row: await it (or call [`Self::wait`]).
 pub struct PendingPrediction {
-    answer: oneshot::Receiver<Result<Vec<f32>, ModelError>>,
+    answer: oneshot::Receiver<Result<Answer, ModelError>>,
     shared: Arc<Shared>,
 }
 
@@ -842,12 +877,33 @@ impl PendingPrediction {
         self.await
     }
 
+    /// The output row, and the fallback version's name when the remote
+    /// version's local fallback computed it (`None`: the version it was
+    /// submitted to did).
+    pub async fn wait_versioned(self) -> Result<(Vec<f32>, Option<Arc<str>>), ModelError> {
+        let answer = match self.answer.await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(ModelError::ServiceStopped {
+                    model: self.shared.version.name.clone(),
+                })
+            }
+        };
+        let by = if answer.by_fallback {
+            self.shared.fallback_version.clone()
+        } else {
+            None
+        };
+        Ok((answer.values, by))
+    }
+
     /// For callers outside an async context; must not be called inside one.
     pub fn blocking_wait(self) -> Result<Vec<f32>, ModelError> {
         let model = self.shared.version.name.clone();
         self.answer
             .blocking_recv()
             .unwrap_or(Err(ModelError::ServiceStopped { model }))
+            .map(|answer| answer.values)
     }
 }
 
@@ -856,7 +912,7 @@ impl Future for PendingPrediction {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.answer).poll(cx) {
-            Poll::Ready(Ok(answer)) => Poll::Ready(answer),
+            Poll::Ready(Ok(answer)) => Poll::Ready(answer.map(|a| a.values)),
             // The worker dropped the reply without answering: it died.
             Poll::Ready(Err(_)) => Poll::Ready(Err(ModelError::ServiceStopped {
                 model: self.shared.version.name.clone(),
@@ -868,7 +924,7 @@ impl Future for PendingPrediction {
 
 struct Request {
     row: Vec<f32>,
-    reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+    reply: oneshot::Sender<Result<Answer, ModelError>>,
 }
 
 struct Worker {
@@ -897,7 +953,11 @@ impl Worker {
     fn run(mut self, start_gate: Option<std::sync::mpsc::Receiver<()>>) {
         let _state_on_exit = StateOnExit(Arc::clone(&self.shared));
         // libtorch's pool is process-wide: a remote version leaves it alone.
-        if matches!(self.backend, Backend::Torch(_)) {
+        let runs_libtorch = match &self.backend {
+            Backend::Torch(_) => true,
+            Backend::Remote(remote) => remote.model().fallback().is_some(),
+        };
+        if runs_libtorch {
             // Options were validated to fit an i32.
             tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
         }
@@ -1009,17 +1069,37 @@ impl Worker {
             c.latency.observe(started.elapsed().as_secs_f64());
             c.batch_sizes.observe(n_rows as f64);
         }
-        if matches!(self.backend, Backend::Remote(_)) {
-            self.note_remote(result.is_ok());
-        }
+        let mut by_fallback = false;
+        let result = match (&self.backend, result) {
+            (Backend::Remote(remote), result) => {
+                self.note_remote(result.is_ok());
+                match (result, remote.model().fallback()) {
+                    // The engine failed: the local fallback answers, tagged
+                    // with its own version.
+                    (Err(_), Some(fallback)) => {
+                        by_fallback = true;
+                        fallback.forward(rows, n_rows)
+                    }
+                    (result, _) => result,
+                }
+            }
+            (Backend::Torch(_), result) => result,
+        };
         match result {
             Ok(values) => {
-                c.batches.inc();
-                c.inferences.add(n_rows as u64);
+                if by_fallback {
+                    c.fallback_inferences.add(n_rows as u64);
+                } else {
+                    c.batches.inc();
+                    c.inferences.add(n_rows as u64);
+                }
                 let n_outputs = self.shared.outputs.len();
                 for (request, output) in batch.drain(..).zip(values.chunks_exact(n_outputs)) {
                     // A caller that gave up meanwhile is no concern.
-                    let _ = request.reply.send(Ok(output.to_vec()));
+                    let _ = request.reply.send(Ok(Answer {
+                        values: output.to_vec(),
+                        by_fallback,
+                    }));
                 }
             }
             Err(error) => {
@@ -1161,6 +1241,47 @@ mod tests {
         }
         let stats = handle.stats().snapshot();
         assert_eq!((stats.batches, stats.inferences), (1, 8));
+    }
+
+    #[tokio::test]
+    async fn a_remote_version_falls_back_to_its_local_version_while_the_engine_fails() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+        let verified = ModelRegistry::open(dir).unwrap().load("1.0.0").unwrap();
+        // A port nobody listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = crate::remote::RemoteOptions {
+            url: format!("http://127.0.0.1:{port}"),
+            remote_model: "tiny".into(),
+            timeout: Duration::from_secs(2),
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            backoff: crate::remote::REMOTE_BACKOFF,
+            fallback_version: Some("1.0.0".into()),
+        };
+        let model = RemoteModel::new(&verified, &options)
+            .unwrap()
+            .with_fallback(tiny_model());
+        let handle = InferenceService::spawn_remote(model, InferenceOptions::default()).unwrap();
+        let (values, by) = handle
+            .submit(vec![1.0, 2.0, 3.0])
+            .unwrap()
+            .wait_versioned()
+            .await
+            .unwrap();
+        assert_eq!(values, vec![14.5, -1.0]);
+        assert_eq!(by.as_deref(), Some("1.0.0"));
+        let stats = handle.stats().snapshot();
+        assert_eq!((stats.fallback_inferences, stats.inferences), (1, 0));
+        assert_eq!(handle.status().state, ModelState::RemoteUnavailable);
+        let remote = handle.status().remote.unwrap();
+        assert!(!remote.reachable);
+        assert!(remote.last_error.unwrap().contains("cannot connect"));
     }
 
     #[test]

@@ -4,8 +4,7 @@ certificate (mutual TLS), for the remote-inference TLS test.
     python kserve_tls_engine.py --port P --cert server.pem --key server.key --client-ca ca.pem
 
 It answers `GET /v2/models/<m>/ready` with 200 and `POST .../infer` with an
-FP32 output of shape [rows, 1] holding each row's sum, and prints "ready"
-once it listens. MLServer itself serves plain HTTP; TLS normally sits in
+FP32 output of shape [rows, 1] holding each row's sum. MLServer itself serves plain HTTP; TLS normally sits in
 front of it (an ingress or a proxy), which this stands for.
 """
 
@@ -60,7 +59,6 @@ def main():
     context.verify_mode = ssl.CERT_REQUIRED
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    print("ready", flush=True)
     server.serve_forever()
 
 

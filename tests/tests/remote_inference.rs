@@ -19,6 +19,7 @@ use ironbridge_models::{
 };
 use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions, MACHINE, MODEL, MODEL_VERSION};
 use ironbridge_tests::mlserver::MlServer;
+use ironbridge_tests::model_dirs::{copy_dir, copy_version};
 use ironbridge_tests::paths::repo_root;
 
 fn example_dir() -> std::path::PathBuf {
@@ -47,6 +48,7 @@ fn remote_options(url: String) -> RemoteOptions {
         tls_cert: None,
         tls_key: None,
         backoff: REMOTE_BACKOFF,
+        fallback_version: None,
     }
 }
 
@@ -271,6 +273,80 @@ async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Re
         &version_labels,
     );
     assert!(after >= remote_errors);
+    Ok(())
+}
+
+/// With `fallback_version`, the local version answers while the engine is
+/// down (its predictions tagged with its own version), and the remote one
+/// takes over again when the engine is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_version_serves_while_the_engine_is_down() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    for model in [MODEL, "spindle-wear"] {
+        copy_dir(
+            &example_dir().with_file_name(model).join(MODEL_VERSION),
+            &models.join("examples").join(model).join(MODEL_VERSION),
+        )?;
+    }
+    let versions = models.join("examples").join(MODEL);
+    copy_version(
+        &versions.join(MODEL_VERSION),
+        &versions.join("0.9.0"),
+        MODEL_VERSION,
+        "0.9.0",
+    )?;
+    let mut engine = MlServer::start(&example_dir().join(MODEL_VERSION), MODEL).await?;
+    let rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        models_dir: Some(models),
+        bearing_wear_keys: Some(format!(
+            "backend = \"remote\"\nurl = {:?}\nfallback_version = \"0.9.0\"",
+            engine.url()
+        )),
+        ..RigOptions::default()
+    })
+    .await?;
+    let metrics = rig
+        .gateway
+        .as_ref()
+        .context("the rig runs a gateway")?
+        .metrics
+        .clone();
+    let series = |version: &str| {
+        format!("prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"{version}\"}}")
+    };
+    rig.wait_for_samples(&series(MODEL_VERSION), 3, Duration::from_secs(60))
+        .await
+        .with_context(|| engine.log())?;
+    let fallback_labels = [("model", MODEL), ("fallback", "0.9.0")];
+    assert_eq!(
+        counter(&metrics, "ironbridge_inference_fallback", &fallback_labels),
+        0
+    );
+
+    engine.stop().await?;
+    rig.wait_for_samples(&series("0.9.0"), 3, Duration::from_secs(60))
+        .await?;
+    assert_eq!(model_state(&rig).await?, "RemoteUnavailable");
+    assert!(counter(&metrics, "ironbridge_inference_fallback", &fallback_labels) >= 3);
+    let remote_before: usize = rig
+        .vm
+        .export(&series(MODEL_VERSION))
+        .await?
+        .iter()
+        .map(|s| s.samples().len())
+        .sum();
+
+    engine.restart().await?;
+    wait_for_state(&rig, "Serving", Duration::from_secs(60)).await?;
+    rig.wait_for_samples(
+        &series(MODEL_VERSION),
+        remote_before + 3,
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(())
 }
 

@@ -93,8 +93,9 @@ pub struct ModelConfig {
     /// The model's name on the engine (default: `name`).
     #[serde(default)]
     pub remote_model: Option<String>,
-    /// Reserved: a local version served while the engine fails. Not
-    /// implemented yet; refused with a message rather than ignored.
+    /// A version folder under `path` run in-process (libtorch) while the
+    /// engine fails; its predictions carry its own version. None: the
+    /// predictions are skipped and counted meanwhile.
     #[serde(default)]
     pub fallback_version: Option<String>,
 }
@@ -419,11 +420,13 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.fallback_version.is_some() {
-            problems.push(Problem::new(
-                at("fallback_version"),
-                "is not implemented yet: while the engine fails, predictions are skipped and counted (docs/remote-inference.md)",
-            ));
+        if let Some(fallback) = self.fallback_version.as_deref() {
+            if fallback.is_empty() || fallback == self.version {
+                problems.push(Problem::new(
+                    at("fallback_version"),
+                    "must name another version folder of the model (run in-process while the engine fails)",
+                ));
+            }
         }
         if self.device != "cpu" {
             problems.push(Problem::new(
@@ -504,8 +507,12 @@ mod tests {
             p.contains("models[0].token_env") && p.contains("not set"),
             "{p}"
         );
-        let p = all("backend = \"remote\"\nurl = \"http://x\"\nfallback_version = \"0.9.0\"");
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\nfallback_version = \"1.0.0\"");
         assert!(p.contains("models[0].fallback_version"), "{p}");
+        assert!(
+            all("backend = \"remote\"\nurl = \"http://x\"\nfallback_version = \"0.9.0\"")
+                .is_empty()
+        );
         let p = all("backend = \"remote\"\nurl = \"http://x\"\nremote_model = \"a/b\"");
         assert!(p.contains("models[0].remote_model"), "{p}");
         let p = all("backend = \"grpc\"");

@@ -238,6 +238,7 @@ fn remote_options(
         tls_cert: file(&model.tls_cert),
         tls_key: file(&model.tls_key),
         backoff: REMOTE_BACKOFF,
+        fallback_version: model.fallback_version.clone(),
     }))
 }
 

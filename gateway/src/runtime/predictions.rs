@@ -79,18 +79,20 @@ impl PredictionCollector {
     pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<PredictionRequest>) {
         let mut running: Option<RunningGate> = None;
         while let Some(request) = requests.recv().await {
-            let active = match request.pending.wait().await {
-                Ok(values) => {
+            let active = match request.pending.wait_versioned().await {
+                Ok((values, fallback)) => {
+                    // A remote version's local fallback tags its own answers.
+                    let version = fallback.unwrap_or_else(|| request.version.clone());
                     let prediction = Arc::new(self.prediction(
                         &request.machine,
-                        request.version.clone(),
+                        version.clone(),
                         request.inputs_acquired_at,
                         &values,
                     ));
                     self.requests.predictions.inc();
                     let drifting = self.observe_drift(
                         &request.machine,
-                        &request.version,
+                        &version,
                         request.inputs_acquired_at,
                         request.inputs.as_deref(),
                         &values,
