@@ -5,10 +5,13 @@
 //!
 //! - Through the inference service: the remote answers equal libtorch's
 //!   in-process ones on the same rows, batch by batch.
-//! - Through a whole gateway reading the simulated pump: predictions flow;
+//! - Through a whole gateway reading the simulated pump: predictions flow,
+//!   and the stored ones equal libtorch's on the stored inputs;
 //!   with the engine stopped they are skipped and counted, the model's OPC UA
 //!   State reads RemoteUnavailable and `Remote/Reachable`, `Remote/LastError`
-//!   say why; with the engine back they resume.
+//!   say why; with the engine back they resume. With `fallback_version` the
+//!   local version answers meanwhile, tagged with its own version.
+//! - `tls_ca`, `tls_cert`, `tls_key` against an engine requiring mutual TLS.
 
 use std::time::Duration;
 
@@ -127,6 +130,57 @@ async fn remote_predictions_equal_in_process_ones() -> Result<()> {
     Ok(())
 }
 
+/// The gateway's stored predictions of `version` (made by the engine) equal
+/// libtorch's in-process answers on the inputs stored at the same
+/// timestamps (each prediction carries its inputs' acquisition time).
+/// Returns how many were compared.
+async fn stored_predictions_equal_in_process(rig: &GatewayRig, version: &str) -> Result<usize> {
+    use std::collections::BTreeMap;
+    let verified = ironbridge_models::ModelRegistry::open(example_dir())?.load(MODEL_VERSION)?;
+    let torch = ironbridge_models::TorchModel::load(&verified, Default::default())?;
+    let manifest = verified.manifest();
+    let mut process: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+    for series in rig
+        .vm
+        .export(&format!(
+            "{{__name__=~\"process_.*\",machine=\"{MACHINE}\"}}"
+        ))
+        .await?
+    {
+        let tag = series.name().trim_start_matches("process_").to_string();
+        process.entry(tag).or_default().extend(series.samples());
+    }
+    let mut rows = Vec::new();
+    let mut stored = Vec::new();
+    for series in rig
+        .vm
+        .export(&format!(
+            "prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"{version}\"}}"
+        ))
+        .await?
+    {
+        for (ts, value) in series.samples() {
+            for input in &manifest.inputs {
+                let value = process
+                    .get(&input.name)
+                    .and_then(|values| values.get(&ts))
+                    .with_context(|| format!("no {} stored at {ts}", input.name))?;
+                // The gateway feeds the model float32, as here.
+                rows.push(*value as f32);
+            }
+            stored.push(value);
+        }
+    }
+    let in_process = torch.forward(&rows, stored.len())?;
+    for (i, (stored, local)) in stored.iter().zip(&in_process).enumerate() {
+        assert!(
+            (stored - f64::from(*local)).abs() <= 1e-5,
+            "prediction {i}: stored (remote) {stored}, in-process {local}"
+        );
+    }
+    Ok(stored.len())
+}
+
 /// The value of a counter series in the gateway's registry, 0 if absent.
 fn counter(metrics: &MetricsRegistry, name: &str, labels: &[(&str, &str)]) -> u64 {
     metrics
@@ -219,6 +273,8 @@ async fn a_gateway_skips_and_counts_predictions_while_the_engine_is_down() -> Re
         remote_nodes(&rig).await?,
         (engine.url(), Some(true), String::new())
     );
+    let compared = stored_predictions_equal_in_process(&rig, MODEL_VERSION).await?;
+    assert!(compared >= 3, "{compared} stored predictions compared");
     let version_labels = [("model", MODEL), ("version", MODEL_VERSION)];
     assert_eq!(
         counter(
