@@ -15,6 +15,9 @@
 //! 4. [`InferenceService::spawn`] runs the model on its own thread, batching
 //!    rows submitted through an [`InferenceHandle`]; [`prepare_inputs`] keeps
 //!    missing, bad-quality, non-finite and out-of-range values away from it.
+//!    [`InferenceService::spawn_remote`] runs the same queue and batches on a
+//!    serving engine instead ([`KserveV2Client`], `backend = "remote"`,
+//!    `docs/remote-inference.md`).
 
 mod drift;
 mod error;

@@ -867,7 +867,8 @@ impl fmt::Debug for PendingPrediction {
 
 impl PendingPrediction {
     /// The version that computes this answer (the one it was submitted to,
-    /// whatever has been swapped in since).
+    /// whatever has been swapped in since; a remote version's fallback may
+    /// answer for it, which [`Self::wait_versioned`] tells).
     pub fn version(&self) -> &ModelVersion {
         &self.shared.version
     }
