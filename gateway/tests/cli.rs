@@ -202,3 +202,56 @@ fn run_refuses_a_broken_configuration_before_starting_anything() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense"));
 }
+
+/// The example with the pump's model served remotely: `extra` keys are
+/// added to its `[[models]]` table; model paths made absolute.
+fn remote_example(extra: &str) -> String {
+    let models = repo_root().join("models");
+    std::fs::read_to_string(repo_root().join("config/example.toml"))
+        .expect("read example")
+        .replace(
+            "path = \"../models/",
+            &format!("path = \"{}/", models.display()),
+        )
+        .replacen(
+            "name = \"bearing-wear\"",
+            &format!("name = \"bearing-wear\"\nbackend = \"remote\"\n{extra}"),
+            1,
+        )
+}
+
+#[test]
+fn validate_checks_a_remote_model_and_its_fallback_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let validate = |text: &str| {
+        let config = write_config(dir.path(), text);
+        ironbridge()
+            .args(["validate", "--config"])
+            .arg(&config)
+            .env("IRONBRIDGE_SPINDLE_PASSWORD", "from-the-environment")
+            .env("IRONBRIDGE_ADMIN_PASSWORD", "from-the-environment")
+            .output()
+            .expect("run")
+    };
+    let out = validate(&remote_example("url = \"http://10.0.0.5:8080\""));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = remote_example(
+        "url = \"http://10.0.0.5:8080\"\ntimeout_ms = 0\nfallback_version = \"9.9.9\"",
+    );
+    let out = validate(&text);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("models[0].timeout_ms") && stderr.contains("models[0].fallback_version"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("9.9.9"), "{stderr}");
+    let out = validate(&remote_example(""));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("models[0].url"), "{stderr}");
+}

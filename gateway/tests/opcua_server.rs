@@ -55,6 +55,7 @@ fn layout() -> AddressSpaceLayout {
             outputs: vec![OUTPUT.into()],
             machines: vec![MACHINE.into()],
             registry_alias: None,
+            remote_url: None,
         }],
     }
 }
@@ -173,6 +174,7 @@ impl RunningServer {
             inputs: vec![GOOD_TAG.into(), BAD_TAG.into()],
             outputs: vec![OUTPUT.into()],
             shadow_version: None,
+            remote: None,
         });
         let published = Published::default();
         let feeder = tokio::spawn(feed(publisher, published.clone(), cancel.clone()));

@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             intra_op_threads: 1,
         },
         metrics: Default::default(),
+        remote: None,
     };
     let lifecycle = std::sync::Arc::new(ModelLifecycle::start(
         &manifest.name,

@@ -107,6 +107,18 @@ pub enum ModelError {
     #[error("model {model}: no shadow version is running")]
     NoShadow { model: String },
 
+    #[error("model {model}: the remote inference client cannot be set up: {message}")]
+    RemoteSetup { model: String, message: String },
+
+    // A String like `Inference`: one failed request answers every row of
+    // its batch.
+    #[error("model {model}: the inference engine at {url} failed: {message}")]
+    RemoteUnavailable {
+        model: String,
+        url: String,
+        message: String,
+    },
+
     #[error("model {model}: version {version} failed, the active version keeps serving: {reason}")]
     ActivationFailed {
         model: String,

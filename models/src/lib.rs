@@ -15,6 +15,9 @@
 //! 4. [`InferenceService::spawn`] runs the model on its own thread, batching
 //!    rows submitted through an [`InferenceHandle`]; [`prepare_inputs`] keeps
 //!    missing, bad-quality, non-finite and out-of-range values away from it.
+//!    [`InferenceService::spawn_remote`] runs the same queue and batches on a
+//!    serving engine instead ([`KserveV2Client`], `backend = "remote"`,
+//!    `docs/remote-inference.md`).
 
 mod drift;
 mod error;
@@ -22,6 +25,7 @@ mod gate;
 mod lifecycle;
 mod manifest;
 mod registry;
+mod remote;
 mod service;
 mod torch_backend;
 pub mod verify;
@@ -38,9 +42,12 @@ pub use manifest::{
     MANIFEST_FILE,
 };
 pub use registry::{ModelRegistry, ModelVersion, VerifiedModel};
+pub use remote::{
+    parse_infer_response, KserveV2Client, RemoteModel, RemoteOptions, KSERVE_V2, REMOTE_BACKOFF,
+};
 pub use service::{
     prepare_inputs, HistogramSnapshot, InferenceHandle, InferenceMonitor, InferenceOptions,
     InferenceService, InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus,
-    PendingPrediction, SkipReason, SubmitError,
+    PendingPrediction, RemoteEngineStatus, SkipReason, SubmitError,
 };
 pub use torch_backend::{DeviceChoice, TorchModel};

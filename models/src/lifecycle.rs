@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 use crate::error::ModelError;
 use crate::manifest::{AcceptanceMetric, ModelManifest, MANIFEST_FILE};
 use crate::registry::{compare_versions, ModelRegistry, VerifiedModel};
+use crate::remote::{RemoteModel, RemoteOptions};
 use crate::service::{InferenceHandle, InferenceOptions, InferenceService};
 use crate::torch_backend::{DeviceChoice, TorchModel};
 
@@ -168,6 +169,9 @@ pub struct LifecycleOptions {
     pub inference: InferenceOptions,
     /// Where each loaded version's counters go (labels `model`, `version`).
     pub metrics: MetricsRegistry,
+    /// Every version is run by this remote engine instead of libtorch
+    /// (`backend = "remote"`); `None` runs them in-process.
+    pub remote: Option<RemoteOptions>,
 }
 
 /// The versions of one model folder and the slot that serves.
@@ -555,12 +559,67 @@ impl ModelLifecycle {
 /// batch 1 and 8, finite on valid inputs at the range edges and middle, no
 /// libtorch failure on inputs beyond them), and starts the inference
 /// service.
+///
+/// A remote version skips libtorch and the warm-up (the engine runs the
+/// model); its folder was still verified, so the version tag on its
+/// predictions names the exact bytes the engine is meant to serve.
 fn prepare(
     verified: &VerifiedModel,
     options: &LifecycleOptions,
 ) -> Result<ServingModel, ModelError> {
-    let torch = TorchModel::load(verified, options.device)?;
     let manifest = verified.manifest();
+    if let Some(remote) = &options.remote {
+        let mut model = RemoteModel::new(verified, remote)?;
+        if let Some(fallback) = &remote.fallback_version {
+            model = model.with_fallback(load_fallback(verified, fallback, options)?);
+        }
+        let handle = InferenceService::spawn_remote(model, options.inference.clone())?;
+        handle.register(&options.metrics, &manifest.name, &manifest.version);
+        return Ok(ServingModel {
+            handle,
+            version: Arc::from(manifest.version.as_str()),
+            manifest: Arc::new(manifest.clone()),
+        });
+    }
+    let torch = load_warm(verified, options)?;
+    let handle = InferenceService::spawn(torch, options.inference.clone())?;
+    handle.register(&options.metrics, &manifest.name, &manifest.version);
+    Ok(ServingModel {
+        handle,
+        version: Arc::from(manifest.version.as_str()),
+        manifest: Arc::new(manifest.clone()),
+    })
+}
+
+/// A remote version's fallback: the version folder `fallback` beside it,
+/// verified, of the same interface, loaded and warmed up.
+fn load_fallback(
+    remote: &VerifiedModel,
+    fallback: &str,
+    options: &LifecycleOptions,
+) -> Result<TorchModel, ModelError> {
+    let manifest = remote.manifest();
+    let setup = |message: String| ModelError::RemoteSetup {
+        model: manifest.name.clone(),
+        message: format!("fallback_version {fallback}: {message}"),
+    };
+    let dir = remote
+        .dir()
+        .parent()
+        .ok_or_else(|| setup("the version folder has no parent folder".to_owned()))?
+        .join(fallback);
+    let verified = VerifiedModel::from_version_dir(&dir).map_err(|e| setup(e.to_string()))?;
+    same_interface(manifest, verified.manifest()).map_err(setup)?;
+    load_warm(&verified, options).map_err(|e| setup(e.to_string()))
+}
+
+/// Loads verified bytes into libtorch and runs the warm-up checks.
+fn load_warm(
+    verified: &VerifiedModel,
+    options: &LifecycleOptions,
+) -> Result<TorchModel, ModelError> {
+    let manifest = verified.manifest();
+    let torch = TorchModel::load(verified, options.device)?;
     let failed: Vec<String> = crate::verify::structural_checks(&torch)
         .into_iter()
         .chain(crate::verify::robustness_checks(&torch))
@@ -573,13 +632,7 @@ fn prepare(
             message: format!("warm-up checks failed: {}", failed.join("; ")),
         });
     }
-    let handle = InferenceService::spawn(torch, options.inference.clone())?;
-    handle.register(&options.metrics, &manifest.name, &manifest.version);
-    Ok(ServingModel {
-        handle,
-        version: Arc::from(manifest.version.as_str()),
-        manifest: Arc::new(manifest.clone()),
-    })
+    Ok(torch)
 }
 
 /// A version swapped in while running must read the same inputs and give

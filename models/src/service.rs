@@ -10,7 +10,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::ModelError;
 use crate::manifest::ModelManifest;
 use crate::registry::ModelVersion;
+use crate::remote::{RemoteBackend, RemoteModel, RemoteOutcome};
 use crate::torch_backend::TorchModel;
 
 /// How a service batches, queues and limits.
@@ -100,6 +101,9 @@ pub enum ModelState {
     Failed,
     /// The service shut down because every handle was dropped.
     Stopped,
+    /// A remote version whose engine failed its last request (or readiness
+    /// check): batches are skipped until it answers again.
+    RemoteUnavailable,
 }
 
 impl ModelState {
@@ -109,6 +113,7 @@ impl ModelState {
             ModelState::Serving => "Serving",
             ModelState::Failed => "Failed",
             ModelState::Stopped => "Stopped",
+            ModelState::RemoteUnavailable => "RemoteUnavailable",
         }
     }
 
@@ -117,6 +122,7 @@ impl ModelState {
             0 => ModelState::Loading,
             1 => ModelState::Serving,
             2 => ModelState::Failed,
+            4 => ModelState::RemoteUnavailable,
             _ => ModelState::Stopped,
         }
     }
@@ -127,6 +133,7 @@ impl ModelState {
             ModelState::Serving => 1,
             ModelState::Failed => 2,
             ModelState::Stopped => 3,
+            ModelState::RemoteUnavailable => 4,
         }
     }
 }
@@ -147,11 +154,24 @@ pub struct ModelStatus {
     pub sha256: Option<String>,
     pub loaded_at: Option<SystemTime>,
     pub state: ModelState,
-    /// Why the state is `Failed`, for the plant engineer.
+    /// Why the state is `Failed` or `RemoteUnavailable`, for the plant
+    /// engineer.
     pub detail: Option<String>,
     pub inference_count: u64,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// Only for a version served by a remote engine.
+    pub remote: Option<RemoteEngineStatus>,
+}
+
+/// A remote engine as the OPC UA `Models/<model>/Remote/` nodes show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEngineStatus {
+    pub url: String,
+    /// The last request (or readiness check) was answered.
+    pub reachable: bool,
+    /// Why the last one failed; `None` once the engine answers again.
+    pub last_error: Option<String>,
 }
 
 /// Counters of one service; clones share them.
@@ -173,6 +193,10 @@ struct Counters {
     skipped_out_of_range: Counter,
     skipped_input_count: Counter,
     failures: Counter,
+    /// Requests to a remote engine that failed (remote versions only).
+    remote_errors: Counter,
+    /// Rows a remote version's local fallback answered.
+    fallback_inferences: Counter,
     /// Seconds per forward call.
     latency: Histogram,
     /// Rows per forward call.
@@ -200,6 +224,8 @@ impl Default for Counters {
             skipped_out_of_range: Counter::default(),
             skipped_input_count: Counter::default(),
             failures: Counter::default(),
+            remote_errors: Counter::default(),
+            fallback_inferences: Counter::default(),
             latency: Histogram::new(&LATENCY_BUCKETS_S),
             batch_sizes: Histogram::new(&BATCH_SIZE_BUCKETS),
         }
@@ -225,8 +251,15 @@ pub struct InferenceStatsSnapshot {
     /// Rows with a different number of values than the model has inputs.
     pub skipped_input_count: u64,
     /// Requests answered with an error (failed forward, bad row length,
-    /// stopped service).
+    /// stopped service, remote engine failed).
     pub failures: u64,
+    /// Requests to a remote engine that failed (connection, timeout, error
+    /// status, bad answer); rows skipped during the backoff after a failure
+    /// count in `failures` only.
+    pub remote_errors: u64,
+    /// Rows the local fallback version answered while the engine failed
+    /// (not in `inferences`, which counts this version's own rows).
+    pub fallback_inferences: u64,
 }
 
 impl InferenceStats {
@@ -297,10 +330,13 @@ impl InferenceStats {
             skipped_out_of_range: get(&c.skipped_out_of_range),
             skipped_input_count: get(&c.skipped_input_count),
             failures: get(&c.failures),
+            remote_errors: get(&c.remote_errors),
+            fallback_inferences: get(&c.fallback_inferences),
         }
     }
 
-    /// Seconds per forward call (failed ones included).
+    /// Seconds per forward call (failed ones included; not the batches a
+    /// remote version skips without a request during its backoff).
     pub fn latency(&self) -> HistogramSnapshot {
         self.counters.latency.snapshot()
     }
@@ -436,17 +472,66 @@ impl InferenceService {
     ) -> Result<InferenceHandle, ModelError> {
         spawn_with_start_gate(model, options, None)
     }
+
+    /// Starts the worker thread for a version served by a remote engine:
+    /// the same queue, batching, counters and version tagging as
+    /// [`Self::spawn`], one engine request per batch. It starts even when
+    /// the engine is down (state `RemoteUnavailable`): raw data keeps
+    /// flowing, and predictions start once the engine answers.
+    pub fn spawn_remote(
+        model: RemoteModel,
+        options: InferenceOptions,
+    ) -> Result<InferenceHandle, ModelError> {
+        spawn_with_start_gate(RemoteBackend::new(model), options, None)
+    }
+}
+
+/// What runs a batch: libtorch in-process or a remote engine. An enum, not
+/// a trait object: one match per batch, nothing per row, and the
+/// in-process path stays as it was.
+enum Backend {
+    Torch(TorchModel),
+    Remote(RemoteBackend),
+}
+
+impl From<TorchModel> for Backend {
+    fn from(model: TorchModel) -> Self {
+        Backend::Torch(model)
+    }
+}
+
+impl From<RemoteBackend> for Backend {
+    fn from(backend: RemoteBackend) -> Self {
+        Backend::Remote(backend)
+    }
+}
+
+impl Backend {
+    fn version(&self) -> &ModelVersion {
+        match self {
+            Backend::Torch(model) => model.version(),
+            Backend::Remote(remote) => remote.model().version(),
+        }
+    }
+
+    fn manifest(&self) -> &ModelManifest {
+        match self {
+            Backend::Torch(model) => model.manifest(),
+            Backend::Remote(remote) => remote.model().manifest(),
+        }
+    }
 }
 
 /// `start_gate`, when given, holds the worker before its first receive until
 /// a message arrives or the sender is dropped; tests use it to fill the queue
 /// deterministically.
 fn spawn_with_start_gate(
-    model: TorchModel,
+    backend: impl Into<Backend>,
     options: InferenceOptions,
     start_gate: Option<std::sync::mpsc::Receiver<()>>,
 ) -> Result<InferenceHandle, ModelError> {
-    let name = model.version().name.clone();
+    let backend = backend.into();
+    let name = backend.version().name.clone();
     options_problem(&options).map_or(Ok(()), |problem| {
         Err(ModelError::InvalidOptions {
             model: name.clone(),
@@ -455,18 +540,37 @@ fn spawn_with_start_gate(
     })?;
     // The worker waits for batch-mates with a timeout; a tokio timer on a
     // private runtime does that without spinning or a second channel type.
-    let clock = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|source| ModelError::Spawn {
-            model: name.clone(),
-            source,
-        })?;
+    // A remote version's requests run on the same runtime (with I/O): no
+    // thread beyond the worker, and the worker is not inside any runtime,
+    // so it may block on it.
+    let mut clock = tokio::runtime::Builder::new_current_thread();
+    clock.enable_time();
+    if matches!(backend, Backend::Remote(_)) {
+        clock.enable_io();
+    }
+    let clock = clock.build().map_err(|source| ModelError::Spawn {
+        model: name.clone(),
+        source,
+    })?;
     let (queue, requests) = mpsc::channel(options.queue_capacity);
     let shared = Arc::new(Shared {
-        version: model.version().clone(),
-        inputs: model.manifest().input_names(),
-        outputs: model.manifest().output_names(),
+        version: backend.version().clone(),
+        inputs: backend.manifest().input_names(),
+        outputs: backend.manifest().output_names(),
+        remote: match &backend {
+            Backend::Torch(_) => None,
+            Backend::Remote(remote) => Some(RemoteStatus {
+                url: remote.model().url().to_owned(),
+                last_error: Mutex::new(None),
+            }),
+        },
+        fallback_version: match &backend {
+            Backend::Remote(remote) => remote
+                .model()
+                .fallback()
+                .map(|f| Arc::from(f.version().version.as_str())),
+            Backend::Torch(_) => None,
+        },
         stats: InferenceStats::default(),
         limiter: options
             .rate_limit_per_s
@@ -474,7 +578,7 @@ fn spawn_with_start_gate(
         state: AtomicU8::new(ModelState::Loading.to_u8()),
     });
     let worker = Worker {
-        model,
+        backend,
         requests,
         shared: Arc::clone(&shared),
         options,
@@ -515,6 +619,37 @@ struct Shared {
     stats: InferenceStats,
     limiter: Option<DefaultDirectRateLimiter>,
     state: AtomicU8,
+    /// Only for a version served by a remote engine.
+    remote: Option<RemoteStatus>,
+    /// The local version a remote one falls back to, if configured.
+    fallback_version: Option<Arc<str>>,
+}
+
+/// What the OPC UA nodes and the log say of a remote engine.
+struct RemoteStatus {
+    url: String,
+    /// The engine's last failure, until it answers again.
+    last_error: Mutex<Option<String>>,
+}
+
+impl RemoteStatus {
+    fn last_error(&self) -> Option<String> {
+        // A poisoned lock only means a panicking writer; the text is whole.
+        match self.last_error.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_last_error(&self, error: Option<&str>) {
+        let mut guard = match self.last_error.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if guard.as_deref() != error {
+            *guard = error.map(str::to_owned);
+        }
+    }
 }
 
 impl Shared {
@@ -534,11 +669,22 @@ impl Shared {
             sha256: Some(self.version.sha256.clone()),
             loaded_at: Some(self.version.loaded_at),
             state,
-            detail: (state == ModelState::Failed)
-                .then(|| "the inference thread panicked; see the log".to_owned()),
+            detail: match state {
+                ModelState::Failed => Some("the inference thread panicked; see the log".to_owned()),
+                ModelState::RemoteUnavailable => self.remote.as_ref().and_then(|r| {
+                    r.last_error()
+                        .map(|e| format!("inference engine {}: {e}", r.url))
+                }),
+                _ => None,
+            },
             inference_count: self.stats.snapshot().inferences,
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
+            remote: self.remote.as_ref().map(|r| RemoteEngineStatus {
+                url: r.url.clone(),
+                reachable: state != ModelState::RemoteUnavailable,
+                last_error: r.last_error(),
+            }),
         }
     }
 }
@@ -611,6 +757,29 @@ impl InferenceHandle {
     /// dropped stops its worker and leaves the gauge.
     pub fn register(&self, registry: &MetricsRegistry, model: &str, version: &str) {
         self.shared.stats.register(registry, model, version);
+        if self.shared.remote.is_some() {
+            registry.add_counter(
+                "ironbridge_inference_remote_errors",
+                "Requests of each remote model version to its inference engine that failed (connection, timeout, error status, bad answer).",
+                vec![
+                    ("model", model.to_string()),
+                    ("version", version.to_string()),
+                ],
+                &self.shared.stats.counters.remote_errors,
+            );
+        }
+        if let Some(fallback) = &self.shared.fallback_version {
+            registry.add_counter(
+                "ironbridge_inference_fallback",
+                "Rows of each remote model version answered in-process by its fallback version while the engine failed.",
+                vec![
+                    ("model", model.to_string()),
+                    ("version", version.to_string()),
+                    ("fallback", fallback.to_string()),
+                ],
+                &self.shared.stats.counters.fallback_inferences,
+            );
+        }
         let queue = self.queue.downgrade();
         let labels = vec![
             ("model", model.to_string()),
@@ -675,9 +844,16 @@ impl InferenceMonitor {
     }
 }
 
+/// One answered row, and whether the remote version's local fallback
+/// computed it (while its engine failed).
+struct Answer {
+    values: Vec<f32>,
+    by_fallback: bool,
+}
+
 /// The answer to one submitted row: await it (or call [`Self::wait`]).
 pub struct PendingPrediction {
-    answer: oneshot::Receiver<Result<Vec<f32>, ModelError>>,
+    answer: oneshot::Receiver<Result<Answer, ModelError>>,
     shared: Arc<Shared>,
 }
 
@@ -691,7 +867,8 @@ impl fmt::Debug for PendingPrediction {
 
 impl PendingPrediction {
     /// The version that computes this answer (the one it was submitted to,
-    /// whatever has been swapped in since).
+    /// whatever has been swapped in since; a remote version's fallback may
+    /// answer for it, which [`Self::wait_versioned`] tells).
     pub fn version(&self) -> &ModelVersion {
         &self.shared.version
     }
@@ -701,12 +878,33 @@ impl PendingPrediction {
         self.await
     }
 
+    /// The output row, and the fallback version's name when the remote
+    /// version's local fallback computed it (`None`: the version it was
+    /// submitted to did).
+    pub async fn wait_versioned(self) -> Result<(Vec<f32>, Option<Arc<str>>), ModelError> {
+        let answer = match self.answer.await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(ModelError::ServiceStopped {
+                    model: self.shared.version.name.clone(),
+                })
+            }
+        };
+        let by = if answer.by_fallback {
+            self.shared.fallback_version.clone()
+        } else {
+            None
+        };
+        Ok((answer.values, by))
+    }
+
     /// For callers outside an async context; must not be called inside one.
     pub fn blocking_wait(self) -> Result<Vec<f32>, ModelError> {
         let model = self.shared.version.name.clone();
         self.answer
             .blocking_recv()
             .unwrap_or(Err(ModelError::ServiceStopped { model }))
+            .map(|answer| answer.values)
     }
 }
 
@@ -715,7 +913,7 @@ impl Future for PendingPrediction {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match Pin::new(&mut self.answer).poll(cx) {
-            Poll::Ready(Ok(answer)) => Poll::Ready(answer),
+            Poll::Ready(Ok(answer)) => Poll::Ready(answer.map(|a| a.values)),
             // The worker dropped the reply without answering: it died.
             Poll::Ready(Err(_)) => Poll::Ready(Err(ModelError::ServiceStopped {
                 model: self.shared.version.name.clone(),
@@ -727,11 +925,11 @@ impl Future for PendingPrediction {
 
 struct Request {
     row: Vec<f32>,
-    reply: oneshot::Sender<Result<Vec<f32>, ModelError>>,
+    reply: oneshot::Sender<Result<Answer, ModelError>>,
 }
 
 struct Worker {
-    model: TorchModel,
+    backend: Backend,
     requests: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     options: InferenceOptions,
@@ -755,13 +953,32 @@ impl Drop for StateOnExit {
 impl Worker {
     fn run(mut self, start_gate: Option<std::sync::mpsc::Receiver<()>>) {
         let _state_on_exit = StateOnExit(Arc::clone(&self.shared));
-        // Options were validated to fit an i32.
-        tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
+        // libtorch's pool is process-wide: a remote version leaves it alone.
+        let runs_libtorch = match &self.backend {
+            Backend::Torch(_) => true,
+            Backend::Remote(remote) => remote.model().fallback().is_some(),
+        };
+        if runs_libtorch {
+            // Options were validated to fit an i32.
+            tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
+        }
         if let Some(gate) = start_gate {
             // Either a message or a dropped sender opens the gate.
             let _ = gate.recv();
         }
-        self.shared.set_state(ModelState::Serving);
+        let state = match &mut self.backend {
+            Backend::Torch(_) => ModelState::Serving,
+            Backend::Remote(remote) => {
+                let ready = remote.probe(&self.clock);
+                self.note_remote(ready);
+                if ready {
+                    ModelState::Serving
+                } else {
+                    ModelState::RemoteUnavailable
+                }
+            }
+        };
+        self.shared.set_state(state);
         tracing::info!(
             model = %self.shared.version.name,
             version = %self.shared.version.version,
@@ -769,7 +986,7 @@ impl Worker {
         );
 
         let mut batch = Vec::with_capacity(self.options.max_batch);
-        let mut rows = Vec::with_capacity(self.options.max_batch * self.model.n_inputs());
+        let mut rows = Vec::with_capacity(self.options.max_batch * self.shared.inputs.len());
         // `None` from blocking_recv: every handle is gone, so shut down.
         while let Some(first) = self.requests.blocking_recv() {
             batch.push(first);
@@ -810,7 +1027,20 @@ impl Worker {
         }
     }
 
-    fn run_batch(&self, batch: &mut Vec<Request>, rows: &mut Vec<f32>) {
+    /// Shows a remote engine's last outcome in the state and status.
+    fn note_remote(&self, answered: bool) {
+        let (Backend::Remote(remote), Some(status)) = (&self.backend, &self.shared.remote) else {
+            return;
+        };
+        status.set_last_error(remote.last_error());
+        self.shared.set_state(if answered {
+            ModelState::Serving
+        } else {
+            ModelState::RemoteUnavailable
+        });
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Request>, rows: &mut Vec<f32>) {
         // Callers that stopped waiting need no answer.
         batch.retain(|request| !request.reply.is_closed());
         if batch.is_empty() {
@@ -824,22 +1054,62 @@ impl Worker {
         let n_rows = batch.len();
         // forward runs under tch::no_grad (grad mode is per thread).
         let started = std::time::Instant::now();
-        let result = self.model.forward(rows, n_rows);
-        c.latency.observe(started.elapsed().as_secs_f64());
-        c.batch_sizes.observe(n_rows as f64);
+        let (result, attempted) = match &mut self.backend {
+            Backend::Torch(model) => (model.forward(rows, n_rows), true),
+            Backend::Remote(remote) => match remote.forward(&self.clock, rows, n_rows) {
+                RemoteOutcome::Answered(values) => (Ok(values), true),
+                RemoteOutcome::Failed(error) => {
+                    c.remote_errors.inc();
+                    (Err(error), true)
+                }
+                // No request was made: nothing to time.
+                RemoteOutcome::Waiting(error) => (Err(error), false),
+            },
+        };
+        if attempted {
+            c.latency.observe(started.elapsed().as_secs_f64());
+            c.batch_sizes.observe(n_rows as f64);
+        }
+        let mut by_fallback = false;
+        let result = match (&self.backend, result) {
+            (Backend::Remote(remote), result) => {
+                self.note_remote(result.is_ok());
+                match (result, remote.model().fallback()) {
+                    // The engine failed: the local fallback answers, tagged
+                    // with its own version.
+                    (Err(_), Some(fallback)) => {
+                        by_fallback = true;
+                        fallback.forward(rows, n_rows)
+                    }
+                    (result, _) => result,
+                }
+            }
+            (Backend::Torch(_), result) => result,
+        };
         match result {
             Ok(values) => {
-                c.batches.inc();
-                c.inferences.add(n_rows as u64);
-                let n_outputs = self.model.n_outputs();
+                if by_fallback {
+                    c.fallback_inferences.add(n_rows as u64);
+                } else {
+                    c.batches.inc();
+                    c.inferences.add(n_rows as u64);
+                }
+                let n_outputs = self.shared.outputs.len();
                 for (request, output) in batch.drain(..).zip(values.chunks_exact(n_outputs)) {
                     // A caller that gave up meanwhile is no concern.
-                    let _ = request.reply.send(Ok(output.to_vec()));
+                    let _ = request.reply.send(Ok(Answer {
+                        values: output.to_vec(),
+                        by_fallback,
+                    }));
                 }
             }
             Err(error) => {
                 c.failures.add(n_rows as u64);
-                tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
+                // A remote backend logs its engine's failures itself, once
+                // per attempt rather than once per batch.
+                if !matches!(error, ModelError::RemoteUnavailable { .. }) {
+                    tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
+                }
                 for request in batch.drain(..) {
                     let _ = request.reply.send(Err(copy_of(&error)));
                 }
@@ -876,6 +1146,15 @@ fn copy_of(error: &ModelError) -> ModelError {
         },
         ModelError::Inference { model, message } => ModelError::Inference {
             model: model.clone(),
+            message: message.clone(),
+        },
+        ModelError::RemoteUnavailable {
+            model,
+            url,
+            message,
+        } => ModelError::RemoteUnavailable {
+            model: model.clone(),
+            url: url.clone(),
             message: message.clone(),
         },
         other => ModelError::Inference {
@@ -963,6 +1242,47 @@ mod tests {
         }
         let stats = handle.stats().snapshot();
         assert_eq!((stats.batches, stats.inferences), (1, 8));
+    }
+
+    #[tokio::test]
+    async fn a_remote_version_falls_back_to_its_local_version_while_the_engine_fails() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+        let verified = ModelRegistry::open(dir).unwrap().load("1.0.0").unwrap();
+        // A port nobody listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = crate::remote::RemoteOptions {
+            url: format!("http://127.0.0.1:{port}"),
+            remote_model: "tiny".into(),
+            timeout: Duration::from_secs(2),
+            token: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            backoff: crate::remote::REMOTE_BACKOFF,
+            fallback_version: Some("1.0.0".into()),
+        };
+        let model = RemoteModel::new(&verified, &options)
+            .unwrap()
+            .with_fallback(tiny_model());
+        let handle = InferenceService::spawn_remote(model, InferenceOptions::default()).unwrap();
+        let (values, by) = handle
+            .submit(vec![1.0, 2.0, 3.0])
+            .unwrap()
+            .wait_versioned()
+            .await
+            .unwrap();
+        assert_eq!(values, vec![14.5, -1.0]);
+        assert_eq!(by.as_deref(), Some("1.0.0"));
+        let stats = handle.stats().snapshot();
+        assert_eq!((stats.fallback_inferences, stats.inferences), (1, 0));
+        assert_eq!(handle.status().state, ModelState::RemoteUnavailable);
+        let remote = handle.status().remote.unwrap();
+        assert!(!remote.reachable);
+        assert!(remote.last_error.unwrap().contains("cannot connect"));
     }
 
     #[test]

@@ -28,6 +28,7 @@ fn options() -> LifecycleOptions {
             ..InferenceOptions::default()
         },
         metrics: Default::default(),
+        remote: None,
     }
 }
 

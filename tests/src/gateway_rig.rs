@@ -71,6 +71,9 @@ pub struct RigOptions {
     /// `[models.registry]` of the pump's bearing-wear model, as the keys
     /// of an inline table (`kind = "mlflow", url = "...", ...`).
     pub bearing_wear_registry: Option<String>,
+    /// Keys added to the pump's bearing-wear `[[models]]` table (e.g.
+    /// `backend = "remote"` and its `url`), one per line.
+    pub bearing_wear_keys: Option<String>,
     /// The simulated spindle's bearing signature (default 1: the bearings
     /// the example model was trained on).
     pub spindle_bearing_signature: Option<f64>,
@@ -385,18 +388,23 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
             }
             "name = \"bearing-wear\""
                 if at.options.bearing_wear_drift_window_s.is_some()
-                    || at.options.bearing_wear_registry.is_some() =>
+                    || at.options.bearing_wear_registry.is_some()
+                    || at.options.bearing_wear_keys.is_some() =>
             {
-                let mut section = line.to_string();
+                let mut lines = line.to_string();
                 if let Some(window_s) = at.options.bearing_wear_drift_window_s {
-                    section.push_str(&format!(
+                    lines.push_str(&format!(
                         "\ndrift = {{ window_s = {window_s}, samples = 40 }}"
                     ));
                 }
                 if let Some(registry) = &at.options.bearing_wear_registry {
-                    section.push_str(&format!("\nregistry = {{ {registry} }}"));
+                    lines.push_str(&format!("\nregistry = {{ {registry} }}"));
                 }
-                section
+                if let Some(keys) = &at.options.bearing_wear_keys {
+                    lines.push('\n');
+                    lines.push_str(keys);
+                }
+                lines
             }
             // Port 0: several rigs run at once.
             l if l.starts_with("address = \"127.0.0.1:9184\"") => {

@@ -12,6 +12,7 @@ pub mod grafana;
 pub mod influxdb1;
 pub mod kill_loop;
 pub mod mlflow;
+pub mod mlserver;
 pub mod modbus_line;
 pub mod modbus_peer;
 pub mod model_dirs;

@@ -26,7 +26,10 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 pub use identity::GatewayIdentity;
-pub use model::{DeviceSetting, DriftConfig, ModelConfig, OnNewVersion, RegistryConfig};
+pub use model::{
+    BackendSetting, DeviceSetting, DriftConfig, ModelConfig, OnNewVersion, RegistryConfig,
+    DEFAULT_REMOTE_TIMEOUT_MS,
+};
 pub use source_map::SourceMap;
 
 use crate::http::HttpConfig;
@@ -447,6 +450,25 @@ impl SectionReader {
                     None
                 }
             };
+            if let (Some(manifest), Some(fallback)) = (&manifest, &model.fallback_version) {
+                // Found at load, not at the first outage.
+                let problem = match ModelRegistry::open(&dir).and_then(|r| r.load(fallback)) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(verified)
+                        if verified.manifest().input_names() != manifest.input_names()
+                            || verified.manifest().output_names() != manifest.output_names() =>
+                    {
+                        Some("its inputs or outputs differ from the served version's".to_string())
+                    }
+                    Ok(_) => None,
+                };
+                if let Some(problem) = problem {
+                    self.problems.push(Problem::new(
+                        format!("{path}.fallback_version"),
+                        format!("model {} version {fallback}: {problem}", model.name),
+                    ));
+                }
+            }
             if let Some(manifest) = &manifest {
                 if manifest.name != model.name {
                     self.problems.push(Problem::new(

@@ -63,6 +63,41 @@ pub struct ModelConfig {
     /// model whose manifest has quantiles.
     #[serde(default)]
     pub drift: DriftConfig,
+    /// "local" (default): libtorch in this process. "remote": a serving
+    /// engine over `protocol` at `url` (docs/remote-inference.md); `path`
+    /// and `version` still name the verified version folder whose manifest
+    /// gives the inputs and outputs.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// The engine's base URL (remote only), e.g. `http://10.0.0.5:8080`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// "kserve-v2" (default; the Open Inference Protocol over HTTP/JSON).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Longest one request to the engine may take (default 2000 ms).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Environment variable holding a bearer token for the engine.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// PEM CA certificate(s) trusted for the engine (https), beside the
+    /// system's.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS (https).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The model's name on the engine (default: `name`).
+    #[serde(default)]
+    pub remote_model: Option<String>,
+    /// A version folder under `path` run in-process (libtorch) while the
+    /// engine fails; its predictions carry its own version. None: the
+    /// predictions are skipped and counted meanwhile.
+    #[serde(default)]
+    pub fallback_version: Option<String>,
     /// New versions from an MLflow Model Registry (`[models.registry]`);
     /// none by default: only the folder's versions are known.
     #[serde(default)]
@@ -176,6 +211,18 @@ impl RegistryConfig {
     }
 }
 
+/// Which backend runs a model's batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendSetting {
+    Local,
+    Remote,
+}
+
+/// Default for `timeout_ms`: an engine on the plant network answers a small
+/// batch in milliseconds; two seconds leaves room for a loaded one without
+/// holding the queue long.
+pub const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 2000;
+
 /// `[models.drift]`. A PSI against the training distribution only means
 /// something over a period that shows the machine's usual range of
 /// operation (jobs, speeds, the daily temperature cycle): over a few minutes
@@ -205,6 +252,9 @@ impl Default for DriftConfig {
     }
 }
 
+fn default_backend() -> String {
+    "local".to_string()
+}
 fn default_device() -> String {
     "cpu".to_string()
 }
@@ -238,6 +288,19 @@ impl ModelConfig {
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSetting::Cuda),
         }
+    }
+
+    pub fn backend_setting(&self) -> Option<BackendSetting> {
+        match self.backend.as_str() {
+            "local" => Some(BackendSetting::Local),
+            "remote" => Some(BackendSetting::Remote),
+            _ => None,
+        }
+    }
+
+    /// The engine's name of this model.
+    pub fn remote_model_name(&self) -> &str {
+        self.remote_model.as_deref().unwrap_or(&self.name)
     }
 
     /// The manifest input name → tag name mapping for `inputs`.
@@ -340,6 +403,151 @@ impl ModelConfig {
                 "must be at least 1 (leave it out for no limit)",
             ));
         }
+        match self.backend_setting() {
+            Some(BackendSetting::Local) => problems.extend(self.remote_keys_given(path)),
+            Some(BackendSetting::Remote) => problems.extend(self.remote_problems(path)),
+            None => problems.push(Problem::new(
+                format!("{path}.backend"),
+                format!(
+                    "unknown backend {:?}: use \"local\" or \"remote\"",
+                    self.backend
+                ),
+            )),
+        }
+        problems
+    }
+
+    /// Remote keys on a local model: a forgotten `backend = "remote"`, most
+    /// likely, and otherwise silently unused.
+    fn remote_keys_given(&self, path: &str) -> Vec<Problem> {
+        [
+            ("url", self.url.is_some()),
+            ("protocol", self.protocol.is_some()),
+            ("timeout_ms", self.timeout_ms.is_some()),
+            ("token_env", self.token_env.is_some()),
+            ("tls_ca", self.tls_ca.is_some()),
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+            ("remote_model", self.remote_model.is_some()),
+            ("fallback_version", self.fallback_version.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, given)| *given)
+        .map(|(key, _)| {
+            Problem::new(
+                format!("{path}.{key}"),
+                "applies to backend = \"remote\" only (this model's backend is \"local\")",
+            )
+        })
+        .collect()
+    }
+
+    fn remote_problems(&self, path: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let at = |key: &str| format!("{path}.{key}");
+        let mut https = false;
+        match self.url.as_deref() {
+            None => problems.push(Problem::new(
+                at("url"),
+                "required with backend = \"remote\" (the engine's base URL, e.g. \"http://10.0.0.5:8080\")",
+            )),
+            Some(text) => match url::Url::parse(text) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                    https = url.scheme() == "https";
+                    if url.query().is_some() || url.fragment().is_some() {
+                        problems.push(Problem::new(
+                            at("url"),
+                            "must be the engine's base URL, without query or fragment",
+                        ));
+                    }
+                    if !url.username().is_empty() || url.password().is_some() {
+                        problems.push(Problem::new(
+                            at("url"),
+                            "must not carry credentials: use token_env",
+                        ));
+                    }
+                }
+                Ok(_) => problems.push(Problem::new(
+                    at("url"),
+                    format!("{text:?} is not an http:// or https:// URL"),
+                )),
+                Err(e) => problems.push(Problem::new(
+                    at("url"),
+                    format!("{text:?} is not a URL: {e}"),
+                )),
+            },
+        }
+        if let Some(protocol) = self.protocol.as_deref() {
+            if protocol != ironbridge_models::KSERVE_V2 {
+                problems.push(Problem::new(
+                    at("protocol"),
+                    format!(
+                        "unknown protocol {protocol:?}: only \"{}\" (the Open Inference Protocol over HTTP/JSON)",
+                        ironbridge_models::KSERVE_V2
+                    ),
+                ));
+            }
+        }
+        if self.timeout_ms == Some(0) {
+            problems.push(Problem::new(at("timeout_ms"), "must be at least 1"));
+        }
+        if let Some(name) = self.token_env.as_deref() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                problems.push(Problem::new(
+                    at("token_env"),
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            } else if std::env::var(name).map_or(true, |v| v.is_empty()) {
+                problems.push(Problem::new(
+                    at("token_env"),
+                    format!("environment variable {name} is not set (or empty)"),
+                ));
+            }
+        }
+        for (key, given) in [
+            ("tls_ca", self.tls_ca.is_some()),
+            ("tls_cert", self.tls_cert.is_some()),
+            ("tls_key", self.tls_key.is_some()),
+        ] {
+            if given && !https {
+                problems.push(Problem::new(at(key), "needs an https:// url"));
+            }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => problems.push(Problem::new(at("tls_key"), "required with tls_cert")),
+            (None, Some(_)) => problems.push(Problem::new(at("tls_cert"), "required with tls_key")),
+            _ => {}
+        }
+        if let Some(name) = self.remote_model.as_deref() {
+            // It becomes a URL path segment.
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                || name.starts_with('.')
+            {
+                problems.push(Problem::new(
+                    at("remote_model"),
+                    format!(
+                        "{name:?} must be non-empty and use only letters, digits, '_', '-' and '.'"
+                    ),
+                ));
+            }
+        }
+        if let Some(fallback) = self.fallback_version.as_deref() {
+            if fallback.is_empty() || fallback == self.version {
+                problems.push(Problem::new(
+                    at("fallback_version"),
+                    "must name another version folder of the model (run in-process while the engine fails)",
+                ));
+            }
+        }
+        if self.device != "cpu" {
+            problems.push(Problem::new(
+                at("device"),
+                "applies to backend = \"local\" only (the engine chooses its own device)",
+            ));
+        }
         problems
     }
 }
@@ -348,7 +556,7 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
-    fn model(registry: &str) -> ModelConfig {
+    fn registry_model(registry: &str) -> ModelConfig {
         let text = format!(
             "name = \"m\"\npath = \"m\"\nversion = \"1.0.0\"\nmachines = [\"a\"]\n\
              [registry]\n{registry}"
@@ -357,7 +565,7 @@ mod tests {
     }
 
     fn problem_paths(registry: &str) -> Vec<String> {
-        model(registry)
+        registry_model(registry)
             .validate("models[0]")
             .into_iter()
             .map(|p| p.path)
@@ -369,7 +577,7 @@ mod tests {
 
     #[test]
     fn registry_defaults_are_a_shadow_every_30_s_without_a_token() {
-        let config = model(GOOD);
+        let config = registry_model(GOOD);
         assert!(config.validate("models[0]").is_empty());
         let registry = config.registry.expect("registry read");
         assert_eq!(registry.poll_interval_s, 30);
@@ -384,7 +592,7 @@ mod tests {
             ("activate", OnNewVersion::Activate),
             ("none", OnNewVersion::None),
         ] {
-            let config = model(&format!("{GOOD}on_new = {word:?}\n"));
+            let config = registry_model(&format!("{GOOD}on_new = {word:?}\n"));
             assert_eq!(config.registry.map(|r| r.on_new), Some(expected));
         }
         let text = format!(
@@ -420,5 +628,96 @@ mod tests {
              [registry]\n{GOOD}stage = \"Production\"\n"
         );
         assert!(toml::from_str::<ModelConfig>(&text).is_err());
+    }
+
+    fn model(extra: &str) -> ModelConfig {
+        let text = format!(
+            "name = \"bearing-wear\"\npath = \"m\"\nversion = \"1.0.0\"\nmachines = [\"pump-1\"]\n{extra}"
+        );
+        match toml::from_str(&text) {
+            Ok(model) => model,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    fn problems(extra: &str) -> Vec<String> {
+        model(extra)
+            .validate("models[0]")
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_local_model_needs_no_remote_keys() {
+        let m = model("");
+        assert_eq!(m.backend_setting(), Some(BackendSetting::Local));
+        assert!(problems("").is_empty());
+    }
+
+    #[test]
+    fn a_remote_model_with_its_keys_is_valid() {
+        let m = model(
+            "backend = \"remote\"\nurl = \"http://127.0.0.1:8080\"\nprotocol = \"kserve-v2\"\ntimeout_ms = 500\nremote_model = \"bw\"",
+        );
+        assert_eq!(m.backend_setting(), Some(BackendSetting::Remote));
+        assert_eq!(m.remote_model_name(), "bw");
+        assert!(m.validate("models[0]").is_empty());
+        assert_eq!(
+            model("backend = \"remote\"\nurl = \"https://engine:8443/\"").remote_model_name(),
+            "bearing-wear"
+        );
+    }
+
+    #[test]
+    fn remote_keys_are_checked() {
+        let all = |extra: &str| problems(extra).join("\n");
+        let p = all("backend = \"remote\"");
+        assert!(p.contains("models[0].url") && p.contains("required"), "{p}");
+        let p = all("backend = \"remote\"\nurl = \"ftp://x\"");
+        assert!(p.contains("not an http:// or https:// URL"), "{p}");
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\ntimeout_ms = 0");
+        assert!(p.contains("models[0].timeout_ms"), "{p}");
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\nprotocol = \"grpc\"");
+        assert!(
+            p.contains("models[0].protocol") && p.contains("unknown protocol"),
+            "{p}"
+        );
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\ntls_ca = \"ca.pem\"");
+        assert!(p.contains("models[0].tls_ca") && p.contains("https"), "{p}");
+        let p = all("backend = \"remote\"\nurl = \"https://x\"\ntls_cert = \"c.pem\"");
+        assert!(
+            p.contains("models[0].tls_key") && p.contains("required"),
+            "{p}"
+        );
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\ntoken_env = \"IRONBRIDGE_TEST_UNSET_TOKEN_VAR\"");
+        assert!(
+            p.contains("models[0].token_env") && p.contains("not set"),
+            "{p}"
+        );
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\nfallback_version = \"1.0.0\"");
+        assert!(p.contains("models[0].fallback_version"), "{p}");
+        assert!(
+            all("backend = \"remote\"\nurl = \"http://x\"\nfallback_version = \"0.9.0\"")
+                .is_empty()
+        );
+        let p = all("backend = \"remote\"\nurl = \"http://x\"\nremote_model = \"a/b\"");
+        assert!(p.contains("models[0].remote_model"), "{p}");
+        let p = all("backend = \"grpc\"");
+        assert!(
+            p.contains("models[0].backend") && p.contains("unknown backend"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn remote_keys_on_a_local_model_are_refused() {
+        let p = problems("url = \"http://x\"\ntimeout_ms = 100");
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p.iter().all(|p| p.contains("backend = \"remote\" only")),
+            "{p:?}"
+        );
+        assert!(p[0].contains("models[0].url"), "{p:?}");
     }
 }

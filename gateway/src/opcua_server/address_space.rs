@@ -10,6 +10,7 @@
 //!   Models/<model>/Shadow/Version | Shadow/<machine>/<output>
 //!   Models/<model>/Gate/ShadowVersion | Metric | Samples | Mean | Lower | Upper | Margin | Psi | Decision
 //!   Models/<model>/Drift/<input or output>                    (PSI against the training distribution)
+//!   Models/<model>/Remote/Url | Reachable | LastError          (backend = "remote" only)
 //!   Models/<model>/Versions/<version>/State | Sha256 | CreatedAt | TrainingDataSha256
 //!                                     | CodeCommit | Acceptance | FailureReason
 //!   Models/<model>/Registry/LastSync | Alias | VersionSeen | LastError
@@ -82,6 +83,9 @@ pub struct ModelLayout {
     /// The registry alias the model follows (`[models.registry]`): its
     /// `Registry/` nodes exist only then.
     pub registry_alias: Option<String>,
+    /// The engine's base URL of a `backend = "remote"` model (it gets a
+    /// `Remote/` folder).
+    pub remote_url: Option<String>,
 }
 
 impl AddressSpaceLayout {
@@ -182,6 +186,8 @@ pub(crate) struct ModelNodes {
     pub(crate) drift: HashMap<String, NodeId>,
     /// `Registry/...`, when the model follows a registry.
     pub(crate) registry: Option<RegistryNodes>,
+    /// `Remote/Reachable | LastError`, for a remote model.
+    pub(crate) remote: Option<RemoteNodes>,
 }
 
 /// `Models/<model>/Registry/...`: what the gateway last saw of the registry
@@ -190,6 +196,12 @@ pub(crate) struct ModelNodes {
 pub(crate) struct RegistryNodes {
     pub(crate) last_sync: NodeId,
     pub(crate) version_seen: NodeId,
+    pub(crate) last_error: NodeId,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteNodes {
+    pub(crate) reachable: NodeId,
     pub(crate) last_error: NodeId,
 }
 
@@ -395,6 +407,10 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
                 .registry_alias
                 .as_ref()
                 .map(|alias| add_registry(space, ns, &model_path, &model_node, alias)),
+            remote: model
+                .remote_url
+                .as_ref()
+                .map(|url| add_remote(space, ns, &model_path, &model_node, url)),
         };
         let mut nodes = nodes;
         let drift_path = format!("{model_path}/Drift");
@@ -587,6 +603,48 @@ pub(crate) fn add_version(
     }
 }
 
+/// `Models/<model>/Remote/`: the engine's URL (known now), whether it
+/// answers and its last error (published with the model's status).
+fn add_remote(
+    space: &mut AddressSpace,
+    ns: u16,
+    model_path: &str,
+    model_node: &NodeId,
+    url: &str,
+) -> RemoteNodes {
+    let path = format!("{model_path}/Remote");
+    let remote = add_folder(space, ns, path.clone(), "Remote", model_node);
+    add_variable(
+        space,
+        ns,
+        format!("{path}/Url"),
+        "Url",
+        &remote,
+        DataTypeId::String,
+        Some(Variant::from(url.to_string())),
+    );
+    RemoteNodes {
+        reachable: add_variable(
+            space,
+            ns,
+            format!("{path}/Reachable"),
+            "Reachable",
+            &remote,
+            DataTypeId::Boolean,
+            None,
+        ),
+        last_error: add_variable(
+            space,
+            ns,
+            format!("{path}/LastError"),
+            "LastError",
+            &remote,
+            DataTypeId::String,
+            None,
+        ),
+    }
+}
+
 fn add_gate(space: &mut AddressSpace, ns: u16, model_path: &str, model_node: &NodeId) -> GateNodes {
     let path = format!("{model_path}/Gate");
     let gate = add_object(space, ns, path.clone(), "Gate", model_node);
@@ -770,6 +828,7 @@ mod tests {
                 outputs: vec!["wear_pct".into()],
                 machines: vec!["press-7".into()],
                 registry_alias: None,
+                remote_url: None,
             }],
         }
     }

@@ -23,4 +23,6 @@ pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPAC
 pub use config::{
     OpcUaLimits, OpcUaServerConfig, OpcUaUserConfig, Role, SUPPORTED_SECURITY_POLICIES,
 };
-pub use server::{start, GatewayStatusView, ModelStatusView, OpcUaPublisher, RegistryStatusView};
+pub use server::{
+    start, GatewayStatusView, ModelStatusView, OpcUaPublisher, RegistryStatusView, RemoteStatusView,
+};

@@ -53,6 +53,17 @@ pub struct ModelStatusView {
     pub outputs: Vec<String>,
     /// The version running as shadow, if any.
     pub shadow_version: Option<String>,
+    /// `Models/<model>/Remote/Reachable | LastError`, for a model with
+    /// `backend = "remote"`.
+    pub remote: Option<RemoteStatusView>,
+}
+
+/// A remote inference engine's reachability, for `Models/<model>/Remote/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteStatusView {
+    pub reachable: bool,
+    /// Empty while the engine answers.
+    pub last_error: String,
 }
 
 /// What a model's registry sync last saw, for `Models/<model>/Registry/`.
@@ -474,7 +485,7 @@ impl OpcUaPublisher {
         };
         let now = DateTime::now();
         let good = |value: Variant| status_now(value, StatusCode::Good, now);
-        inner.set_values(vec![
+        let mut values = vec![
             (
                 &nodes.active_version,
                 good(Variant::from(status.active_version.clone())),
@@ -503,7 +514,18 @@ impl OpcUaPublisher {
                     status.shadow_version.clone().unwrap_or_default(),
                 )),
             ),
-        ]);
+        ];
+        if let (Some(remote_nodes), Some(remote)) = (&nodes.remote, &status.remote) {
+            values.push((
+                &remote_nodes.reachable,
+                good(Variant::from(remote.reachable)),
+            ));
+            values.push((
+                &remote_nodes.last_error,
+                good(Variant::from(remote.last_error.clone())),
+            ));
+        }
+        inner.set_values(values);
     }
 
     /// Sets `Models/<model>/Shadow/<machine>/<output>`: a shadow version's

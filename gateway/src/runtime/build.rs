@@ -12,13 +12,19 @@ use ironbridge_connectors::influx::InfluxWriter;
 use ironbridge_connectors::Source;
 use ironbridge_metrics::MetricsRegistry;
 use ironbridge_models::{
-    DeviceChoice, InferenceOptions, LifecycleOptions, ModelLifecycle, ModelManifest, ModelState,
+    DeviceChoice, InferenceOptions, LifecycleOptions, ModelError, ModelLifecycle, ModelManifest,
+    ModelState, RemoteOptions, REMOTE_BACKOFF,
 };
 
-use crate::config::{DeviceSetting, GatewayConfig, GatewayIdentity, ModelConfig};
+use crate::config::{
+    resolve, BackendSetting, DeviceSetting, GatewayConfig, GatewayIdentity, ModelConfig,
+    DEFAULT_REMOTE_TIMEOUT_MS,
+};
 use crate::features::FeatureMap;
 use crate::modbus_server::{MapMachine, MapModel, RegisterMap};
-use crate::opcua_server::{AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView};
+use crate::opcua_server::{
+    AddressSpaceLayout, MachineLayout, ModelLayout, ModelStatusView, RemoteStatusView,
+};
 use crate::GatewayError;
 
 /// One served model: its versions and the one serving (the lifecycle), the
@@ -62,6 +68,10 @@ impl ServedModel {
             inputs: self.manifest.input_names(),
             outputs: self.manifest.output_names(),
             shadow_version: self.lifecycle.shadow().map(|s| s.version.to_string()),
+            remote: status.remote.map(|r| RemoteStatusView {
+                reachable: r.reachable,
+                last_error: r.last_error.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -149,6 +159,7 @@ fn load_model(
             intra_op_threads: model.intra_op_threads,
         },
         metrics: metrics.clone(),
+        remote: remote_options(config, model).map_err(err)?,
     };
     let lifecycle = ModelLifecycle::start(
         &model.name,
@@ -192,6 +203,46 @@ fn load_model(
     })
 }
 
+/// The engine a `backend = "remote"` model runs on; `None` for a local one.
+/// Call after validation (which checked the keys and that `token_env` is
+/// set).
+fn remote_options(
+    config: &GatewayConfig,
+    model: &ModelConfig,
+) -> Result<Option<RemoteOptions>, ModelError> {
+    if model.backend_setting() != Some(BackendSetting::Remote) {
+        return Ok(None);
+    }
+    let setup = |message: String| ModelError::RemoteSetup {
+        model: model.name.clone(),
+        message,
+    };
+    let url = model
+        .url
+        .clone()
+        .ok_or_else(|| setup("backend = \"remote\" needs a url".to_owned()))?;
+    let token = model
+        .token_env
+        .as_deref()
+        .map(|name| {
+            std::env::var(name).map_err(|e| setup(format!("token_env variable {name}: {e}")))
+        })
+        .transpose()?;
+    // TLS files relative to the configuration file, like model paths.
+    let file = |path: &Option<std::path::PathBuf>| path.as_ref().map(|p| resolve(&config.file, p));
+    Ok(Some(RemoteOptions {
+        url,
+        remote_model: model.remote_model_name().to_owned(),
+        timeout: Duration::from_millis(model.timeout_ms.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS)),
+        token,
+        tls_ca: file(&model.tls_ca),
+        tls_cert: file(&model.tls_cert),
+        tls_key: file(&model.tls_key),
+        backoff: REMOTE_BACKOFF,
+        fallback_version: model.fallback_version.clone(),
+    }))
+}
+
 fn layout(
     gateway: &GatewayIdentity,
     sources: &[Box<dyn Source>],
@@ -214,6 +265,9 @@ fn layout(
                 outputs: m.manifest.output_names(),
                 machines: m.config.machines.clone(),
                 registry_alias: m.config.registry.as_ref().map(|r| r.alias.clone()),
+                remote_url: (m.config.backend_setting() == Some(BackendSetting::Remote))
+                    .then(|| m.config.url.clone())
+                    .flatten(),
             })
             .collect(),
     }

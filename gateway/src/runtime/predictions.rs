@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ironbridge_connectors::{GateRecord, Prediction, Record};
-use ironbridge_models::{Gate, GateConfig, GateDecision, ModelLifecycle, PendingPrediction};
+use ironbridge_models::{
+    Gate, GateConfig, GateDecision, ModelError, ModelLifecycle, PendingPrediction,
+};
 use tokio::sync::mpsc;
 
 use super::drift::DriftMonitor;
@@ -77,18 +79,20 @@ impl PredictionCollector {
     pub(crate) async fn run(mut self, mut requests: mpsc::Receiver<PredictionRequest>) {
         let mut running: Option<RunningGate> = None;
         while let Some(request) = requests.recv().await {
-            let active = match request.pending.wait().await {
-                Ok(values) => {
+            let active = match request.pending.wait_versioned().await {
+                Ok((values, fallback)) => {
+                    // A remote version's local fallback tags its own answers.
+                    let version = fallback.unwrap_or_else(|| request.version.clone());
                     let prediction = Arc::new(self.prediction(
                         &request.machine,
-                        request.version.clone(),
+                        version.clone(),
                         request.inputs_acquired_at,
                         &values,
                     ));
                     self.requests.predictions.inc();
                     let drifting = self.observe_drift(
                         &request.machine,
-                        &request.version,
+                        &version,
                         request.inputs_acquired_at,
                         request.inputs.as_deref(),
                         &values,
@@ -103,7 +107,11 @@ impl PredictionCollector {
                 }
                 Err(e) => {
                     self.requests.failed.inc();
-                    tracing::warn!(model = %self.model, "inference failed: {e}");
+                    // A remote engine's outage fails every row until it
+                    // answers; its backend logs once per attempt instead.
+                    if !matches!(e, ModelError::RemoteUnavailable { .. }) {
+                        tracing::warn!(model = %self.model, "inference failed: {e}");
+                    }
                     None
                 }
             };
@@ -114,7 +122,9 @@ impl PredictionCollector {
                 Ok(values) => values,
                 Err(e) => {
                     self.requests.failed.inc();
-                    tracing::warn!(model = %self.model, version = %shadow.version, "shadow inference failed: {e}");
+                    if !matches!(e, ModelError::RemoteUnavailable { .. }) {
+                        tracing::warn!(model = %self.model, version = %shadow.version, "shadow inference failed: {e}");
+                    }
                     continue;
                 }
             };
