@@ -235,17 +235,34 @@ def main():
                     time.sleep(0.05)
             if sim_addr is None:
                 raise SystemExit(f"simulator {i} did not say where it listens")
-            http_port, opcua_port = free_port(), free_port()
-            config = os.path.join(gdir, "gateway.toml")
+            gateways.append({"name": f"fleet-{i:03d}", "index": i, "dir": gdir,
+                             "sim_addr": sim_addr, "log": f"{gdir}/gateway.log"})
+
+        def launch(g):
+            # Ports picked now and bound by the gateway a moment later: in
+            # between, another process's outgoing connection may take one
+            # (same ephemeral range), so a start that fails on it is retried.
+            g["http_port"], opcua_port = free_port(), free_port()
+            config = os.path.join(g["dir"], "gateway.toml")
             with open(config, "w") as f:
-                f.write(gateway_config(i, vm_url, mlflow_url, sim_addr, opcua_port, http_port, args))
-            gw = start(f"gateway-{i}", [os.path.join(args.bin_dir, "ironbridge"), "run",
-                       "--config", config], f"{gdir}/gateway.log", env=env)
-            gateways.append({"name": f"fleet-{i:03d}", "proc": gw, "http_port": http_port,
-                             "log": f"{gdir}/gateway.log"})
+                f.write(gateway_config(g["index"], vm_url, mlflow_url, g["sim_addr"], opcua_port,
+                                       g["http_port"], args))
+            g["proc"] = start(g["name"], [os.path.join(args.bin_dir, "ironbridge"), "run",
+                              "--config", config], g["log"], env=env)
+
+        for g in gateways:
+            launch(g)
         started = time.time()
         for g in gateways:
-            wait_port(g["http_port"], timeout=120, proc=g["proc"], log=g["log"])
+            for attempt in range(3):
+                try:
+                    wait_port(g["http_port"], timeout=120, proc=g["proc"], log=g["log"])
+                    break
+                except SystemExit:
+                    if attempt == 2 or "Address already in use" not in open(g["log"]).read():
+                        raise
+                    log(f"{g['name']}: a port was taken before it bound it; starting it again")
+                    launch(g)
         while True:
             versions = [serving_version(g["http_port"]) for g in gateways]
             if all(v == "1.0.0" for v in versions):
