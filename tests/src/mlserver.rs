@@ -63,7 +63,10 @@ pub struct MlServer {
     model: String,
     child: Option<ChildGuard>,
     http: reqwest::Client,
-    _mlflow: Arc<tempfile::TempDir>,
+    /// The converted model's folder, when the model is not a registry's.
+    _mlflow: Option<Arc<tempfile::TempDir>>,
+    /// `MLFLOW_TRACKING_URI`, when the model comes from a registry.
+    tracking_uri: Option<String>,
 }
 
 impl MlServer {
@@ -71,8 +74,28 @@ impl MlServer {
     /// `/v2/models/<name>/ready` answers 200.
     pub async fn start(version_dir: &Path, name: &str) -> Result<Self> {
         let mlflow = mlflow_model(version_dir).await?;
+        let uri = mlflow.path().join("model").display().to_string();
+        Self::serve(&uri, name, Some(mlflow), None).await
+    }
+
+    /// Serves `model_uri` of the MLflow registry at `tracking_uri` (e.g.
+    /// `models:/bearing-wear@champion`: what the alias points to, fetched by
+    /// MLflow's own client at load) as model `name`.
+    pub async fn start_from_registry(
+        tracking_uri: &str,
+        model_uri: &str,
+        name: &str,
+    ) -> Result<Self> {
+        Self::serve(model_uri, name, None, Some(tracking_uri.to_string())).await
+    }
+
+    async fn serve(
+        uri: &str,
+        name: &str,
+        mlflow: Option<Arc<tempfile::TempDir>>,
+        tracking_uri: Option<String>,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let uri = mlflow.path().join("model");
         std::fs::write(
             dir.path().join("model-settings.json"),
             serde_json::json!({
@@ -104,6 +127,7 @@ impl MlServer {
                 .timeout(Duration::from_secs(10))
                 .build()?,
             _mlflow: mlflow,
+            tracking_uri,
         };
         server.launch().await?;
         Ok(server)
@@ -170,6 +194,7 @@ impl MlServer {
             .arg(self.dir.path())
             .current_dir(self.dir.path())
             .env("PATH", path)
+            .envs(self.tracking_uri.iter().map(|u| ("MLFLOW_TRACKING_URI", u)))
             .stdout(self.log_file()?)
             .stderr(self.log_file()?);
         let mut child = ChildGuard::spawn("mlserver", &mut cmd)

@@ -12,6 +12,8 @@
 //!   say why; with the engine back they resume. With `fallback_version` the
 //!   local version answers meanwhile, tagged with its own version.
 //! - `tls_ca`, `tls_cert`, `tls_key` against an engine requiring mutual TLS.
+//! - MLServer loading the model from a real MLflow registry (the run the
+//!   alias points to) answers as libtorch does.
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use ironbridge_models::{
     InferenceOptions, LifecycleOptions, ModelLifecycle, ModelState, RemoteOptions, REMOTE_BACKOFF,
 };
 use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions, MACHINE, MODEL, MODEL_VERSION};
+use ironbridge_tests::mlflow::{MlflowServer, PublishOptions};
 use ironbridge_tests::mlserver::MlServer;
 use ironbridge_tests::model_dirs::{copy_dir, copy_version};
 use ironbridge_tests::paths::repo_root;
@@ -77,6 +80,43 @@ fn rows(manifest: &ironbridge_models::ModelManifest, n: usize) -> Vec<Vec<f32>> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_predictions_equal_in_process_ones() -> Result<()> {
     let engine = MlServer::start(&example_dir().join(MODEL_VERSION), MODEL).await?;
+    remote_answers_equal_in_process_ones(&engine).await
+}
+
+/// The engine loads the model of the run the registry's alias points to,
+/// as `publish_to_mlflow.py` logged it (the `model/` artifact beside the
+/// gateway's files), through MLflow's own client: the fleet's registry and
+/// serving engine hold the same version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_serves_the_version_the_registry_alias_points_to() -> Result<()> {
+    let registry = MlflowServer::start().await?;
+    let published = registry
+        .publish(
+            &example_dir().join(MODEL_VERSION),
+            PublishOptions {
+                alias: Some("champion"),
+                serving_flavor: true,
+                unchecked: false,
+            },
+        )
+        .await?;
+    assert_eq!(published.version, "1", "{published:?}");
+    // The registered version's source is the gateway's folder
+    // (`ironbridge/`); the serving flavor sits beside it in the same run.
+    let answer = registry.alias(MODEL, "champion").await?;
+    let run_id = answer["model_version"]["run_id"]
+        .as_str()
+        .context("the alias's version names its run")?;
+    assert_eq!(run_id, published.run_id);
+    let engine =
+        MlServer::start_from_registry(&registry.url(), &format!("runs:/{run_id}/model"), MODEL)
+            .await?;
+    remote_answers_equal_in_process_ones(&engine).await
+}
+
+/// 40 rows through a remote and a local lifecycle of the same version
+/// folder: the engine's answers equal libtorch's within 1e-5.
+async fn remote_answers_equal_in_process_ones(engine: &MlServer) -> Result<()> {
     let remote_lifecycle_options = options(Some(remote_options(engine.url())));
     let remote_metrics = remote_lifecycle_options.metrics.clone();
     let remote = ModelLifecycle::start(
