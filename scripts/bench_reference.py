@@ -46,7 +46,8 @@ MODEL = "bench-mlp"
 # python: the reference's `tick` style; python-per-machine: its other style;
 # python-opcua: `tick` with its asyncua server.
 # ironbridge-disk: IronBridge with buffer = "disk" whatever --buffer says.
-CONTESTANTS = ("ironbridge", "ironbridge-disk", "python", "python-per-machine", "python-opcua")
+CONTESTANTS = ("ironbridge", "ironbridge-disk", "ironbridge-baseline", "python",
+               "python-per-machine", "python-opcua")
 
 
 def wait_port(port, timeout=60, proc=None, log=None):
@@ -129,10 +130,14 @@ class Contestant:
             config = gateway_config(self.tmp, env["vm"], env["devices"], env["names"],
                                     self.poll_ms, self.buffer, ua_port,
                                     self.http.rsplit(":", 1)[1], env["models"])
+            binary = (self.args.baseline if self.kind == "ironbridge-baseline"
+                      else f"{ROOT}/target/release/ironbridge")
             self.proc = subprocess.Popen(
-                [f"{ROOT}/target/release/ironbridge", "run", "--config", config],
+                [binary, "run", "--config", config],
                 stdout=subprocess.DEVNULL, stderr=open(f"{self.tmp}/gateway.log", "w"),
-                env={**os.environ, "RUST_LOG": "warn"})
+                env={**os.environ, "RUST_LOG": "warn",
+                     **(dict(kv.split("=", 1) for kv in self.args.gateway_env)
+                        if self.kind != "ironbridge-baseline" else {})})
             log = f"{self.tmp}/gateway.log"
             wait_port(ua_port, proc=self.proc, log=log)
             wait_port(int(self.http.rsplit(":", 1)[1]), proc=self.proc, log=log)
@@ -282,12 +287,20 @@ def main():
     ap.add_argument("--perf", metavar="FILE",
                     help="after the rounds, one more IronBridge window at the shortest poll "
                          "under `perf record` into FILE (not in the table); prints its top symbols")
+    ap.add_argument("--gateway-env", metavar="NAME=VALUE", action="append", default=[],
+                    help="environment of the gateway under test (not the baseline's), "
+                         "e.g. TOKIO_WORKER_THREADS=1; repeatable")
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help="the gateway binary the contestant ironbridge-baseline runs (another "
+                         "build, e.g. main's, for a before/after in one run)")
     ap.add_argument("--contestants", default="ironbridge,python",
                     help=f"comma-separated, run in this order each round: {', '.join(CONTESTANTS)}")
     args = ap.parse_args()
     kinds = args.contestants.split(",")
     if not set(kinds) <= set(CONTESTANTS):
         ap.error(f"--contestants: choose from {', '.join(CONTESTANTS)}")
+    if "ironbridge-baseline" in kinds and not args.baseline:
+        ap.error("the contestant ironbridge-baseline needs --baseline BINARY")
 
     tmp = tempfile.mkdtemp(prefix="ironbridge-bench-ref-")
     procs = []
@@ -334,7 +347,10 @@ def main():
             for ours in [k for k in kinds if k.startswith("ironbridge")]:
                 mine = [r["cpu_us_per_value"] for r in results
                         if r["poll_ms"] == poll_ms and r["gateway"] == ours]
-                for ref in [k for k in kinds if k.startswith("python")]:
+                refs = [k for k in kinds if k.startswith("python")]
+                if ours == "ironbridge" and "ironbridge-baseline" in kinds:
+                    refs.append("ironbridge-baseline")
+                for ref in refs:
                     theirs = [r["cpu_us_per_value"] for r in results
                               if r["poll_ms"] == poll_ms and r["gateway"] == ref]
                     pairs = " / ".join(f"{a / b:.2f}" for a, b in zip(mine, theirs))

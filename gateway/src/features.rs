@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 use ironbridge_connectors::{Quality, Scan, TagValue};
 use ironbridge_models::InputValue;
 
+use crate::scan_layout::ScanLayout;
+
 /// The latest reading of one tag.
 #[derive(Debug, Clone, PartialEq)]
 struct Latest {
@@ -25,26 +27,47 @@ struct Latest {
 /// before feature assembly).
 #[derive(Debug, Default)]
 pub struct MachineState {
-    tags: HashMap<Arc<str>, Latest>,
+    /// tag → its slot in `latest`.
+    slots: HashMap<Arc<str>, usize>,
+    latest: Vec<Latest>,
+    /// The slots of the machine's scans, by tag order (no lookup by name
+    /// while the order stays).
+    layout: ScanLayout,
 }
 
 impl MachineState {
     /// Takes every reading of `scan` as its tag's latest. A Bad reading
     /// replaces the value too: an old value is never passed off as current.
     pub fn apply(&mut self, scan: &Scan) {
-        for r in &scan.readings {
-            let latest = Latest {
-                value: r.value.clone(),
-                quality: r.quality,
-                acquired_at: scan.acquired_at,
-            };
-            match self.tags.get_mut(&r.tag) {
-                Some(slot) => *slot = latest,
-                None => {
-                    self.tags.insert(r.tag.clone(), latest);
-                }
+        let Self {
+            slots,
+            latest,
+            layout,
+        } = self;
+        let placed = layout.slots(scan, |tag| {
+            Some(*slots.entry(tag.clone()).or_insert_with(|| {
+                latest.push(Latest {
+                    value: None,
+                    quality: Quality::Bad,
+                    acquired_at: scan.acquired_at,
+                });
+                latest.len() - 1
+            }))
+        });
+        for (r, slot) in scan.readings.iter().zip(placed) {
+            // Every name resolves to a slot (new names get one).
+            if let Some(entry) = slot.and_then(|i| latest.get_mut(i)) {
+                *entry = Latest {
+                    value: r.value.clone(),
+                    quality: r.quality,
+                    acquired_at: scan.acquired_at,
+                };
             }
         }
+    }
+
+    fn get(&self, tag: &str) -> Option<&Latest> {
+        self.slots.get(tag).and_then(|&i| self.latest.get(i))
     }
 }
 
@@ -52,7 +75,7 @@ impl MachineState {
     /// The tag's latest value if it is Good and numeric (a label for the
     /// gate, for instance).
     pub fn good_value(&self, tag: &str) -> Option<f64> {
-        let latest = self.tags.get(tag)?;
+        let latest = self.get(tag)?;
         match (latest.quality, &latest.value) {
             (Quality::Good, Some(v)) => v.as_f64(),
             _ => None,
@@ -93,7 +116,7 @@ impl FeatureMap {
     pub fn assemble(&self, state: &MachineState, now: SystemTime) -> Vec<InputValue> {
         self.tags
             .iter()
-            .map(|tag| match state.tags.get(tag) {
+            .map(|tag| match state.get(tag) {
                 None => InputValue::Missing,
                 Some(latest) => {
                     let age = now.duration_since(latest.acquired_at).unwrap_or_default();

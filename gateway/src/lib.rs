@@ -16,6 +16,7 @@ pub mod model_cli;
 pub mod model_verify;
 pub mod opcua_server;
 pub mod runtime;
+pub mod scan_layout;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -249,12 +249,20 @@ pub(crate) struct GatewayNodes {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeIndex {
     pub(crate) gateway: GatewayNodes,
-    /// machine → tag → variable
-    pub(crate) tags: HashMap<String, HashMap<String, NodeId>>,
+    /// machine → its tag variables
+    pub(crate) tags: HashMap<String, MachineTagNodes>,
     /// machine → model → variables
     pub(crate) predictions: HashMap<String, HashMap<String, PredictionNodes>>,
     /// model → variables
     pub(crate) models: HashMap<String, ModelNodes>,
+}
+
+/// The tag variables of one machine, in the layout's order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MachineTagNodes {
+    pub(crate) nodes: Vec<NodeId>,
+    /// tag → index in `nodes`
+    pub(crate) by_tag: HashMap<String, usize>,
 }
 
 /// Adds the layout's nodes to `space` (namespace index `ns`). The layout must
@@ -281,22 +289,20 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
             "Tags",
             &machine_node,
         );
-        let tag_nodes = machine
-            .tags
-            .iter()
-            .map(|tag| {
-                let id = add_variable(
-                    space,
-                    ns,
-                    format!("{machine_path}/Tags/{tag}"),
-                    tag,
-                    &tags_node,
-                    DataTypeId::BaseDataType,
-                    None,
-                );
-                (tag.clone(), id)
-            })
-            .collect();
+        let mut tag_nodes = MachineTagNodes::default();
+        for tag in &machine.tags {
+            let id = add_variable(
+                space,
+                ns,
+                format!("{machine_path}/Tags/{tag}"),
+                tag,
+                &tags_node,
+                DataTypeId::BaseDataType,
+                None,
+            );
+            tag_nodes.by_tag.insert(tag.clone(), tag_nodes.nodes.len());
+            tag_nodes.nodes.push(id);
+        }
         index.tags.insert(machine.name.clone(), tag_nodes);
         add_folder(
             space,

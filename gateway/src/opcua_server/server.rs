@@ -29,6 +29,7 @@ use super::config::{password_from_env, OpcUaServerConfig};
 use super::nodes::{GatewayNodes, GatewayNodesBuilder, ModelControl};
 
 type GatewayNodeManager = InMemoryNodeManager<GatewayNodes>;
+use crate::scan_layout::ScanLayout;
 use crate::GatewayError;
 
 /// Path of every endpoint; clients connect to `opc.tcp://host:port/`.
@@ -109,12 +110,20 @@ struct PublisherInner {
     ns: u16,
     /// model → version → its nodes, added as version folders are found.
     versions: Mutex<HashMap<String, HashMap<String, VersionNodes>>>,
-    /// The DataType last declared per tag variable (they start as
-    /// BaseDataType; see `address_space`).
-    declared_tag_types: Mutex<HashMap<NodeId, DataTypeId>>,
+    /// machine → what publishing its scans remembers (taken by the fan-out
+    /// only, so never contended).
+    scan_states: HashMap<String, Mutex<MachineScanState>>,
     /// Values that had no node (a machine, tag, model or output the layout
     /// does not know): counted, not fatal.
     unknown_values: AtomicU64,
+}
+
+/// What publishing one machine's scans remembers.
+struct MachineScanState {
+    /// The tag variable of each reading, by tag order.
+    layout: ScanLayout,
+    /// The DataType last declared per tag variable, same index as its node.
+    declared: Vec<Option<DataTypeId>>,
 }
 
 impl std::fmt::Debug for OpcUaPublisher {
@@ -300,6 +309,17 @@ pub async fn start(
         }
     });
 
+    let scan_states = index
+        .tags
+        .iter()
+        .map(|(machine, tags)| {
+            let state = MachineScanState {
+                layout: ScanLayout::default(),
+                declared: vec![None; tags.nodes.len()],
+            };
+            (machine.clone(), Mutex::new(state))
+        })
+        .collect();
     let publisher = OpcUaPublisher {
         inner: Arc::new(PublisherInner {
             node_manager,
@@ -308,7 +328,7 @@ pub async fn start(
             index,
             ns,
             versions: Mutex::new(HashMap::new()),
-            declared_tag_types: Mutex::new(HashMap::new()),
+            scan_states,
             unknown_values: AtomicU64::new(0),
         }),
     };
@@ -334,21 +354,40 @@ impl OpcUaPublisher {
     /// StatusCode from the quality.
     pub fn publish_scan(&self, scan: &Scan) {
         let inner = &self.inner;
-        let Some(tags) = inner.index.tags.get(&*scan.machine) else {
+        let (Some(tags), Some(state)) = (
+            inner.index.tags.get(&*scan.machine),
+            inner.scan_states.get(&*scan.machine),
+        ) else {
             inner.count_unknown(scan.readings.len());
             return;
         };
+        let mut state = match state.lock() {
+            Ok(guard) => guard,
+            // It only caches lookups and declared types; a panic elsewhere
+            // cannot leave it inconsistent.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let MachineScanState { layout, declared } = &mut *state;
+        let slots = layout.slots(scan, |tag| tags.by_tag.get(&**tag).copied());
         let source_timestamp = Some(ua_date_time(scan.acquired_at));
         let server_timestamp = Some(DateTime::now());
         let mut updates = Vec::with_capacity(scan.readings.len());
         let mut type_changes = Vec::new();
-        for reading in &scan.readings {
-            let Some(node) = tags.get(&*reading.tag) else {
+        for (reading, slot) in scan.readings.iter().zip(slots) {
+            let Some((node, declared)) =
+                slot.and_then(|i| tags.nodes.get(i).zip(declared.get_mut(i)))
+            else {
                 inner.count_unknown(1);
                 continue;
             };
             if let Some(value) = &reading.value {
-                type_changes.extend(inner.declare_tag_type(node, data_type_of(value)));
+                // Tag variables start as BaseDataType (see `address_space`);
+                // the first value, and a change of type, declares it.
+                let data_type = data_type_of(value);
+                if *declared != Some(data_type) {
+                    *declared = Some(data_type);
+                    type_changes.push((node, data_type));
+                }
             }
             updates.push((
                 node,
@@ -733,25 +772,6 @@ fn status_now(value: Variant, status: StatusCode, now: DateTime) -> DataValue {
 impl PublisherInner {
     fn count_unknown(&self, n: usize) {
         self.unknown_values.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// `Some` when the tag's declared DataType must change to `data_type`.
-    fn declare_tag_type<'n>(
-        &self,
-        node: &'n NodeId,
-        data_type: DataTypeId,
-    ) -> Option<(&'n NodeId, DataTypeId)> {
-        let mut declared = match self.declared_tag_types.lock() {
-            Ok(guard) => guard,
-            // The map only caches what was declared; a panic elsewhere
-            // cannot leave it inconsistent.
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if declared.get(node) == Some(&data_type) {
-            return None;
-        }
-        declared.insert(node.clone(), data_type);
-        Some((node, data_type))
     }
 
     fn set_values(&self, updates: Vec<(&NodeId, DataValue)>) {
