@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::ports::free_port;
-use crate::process::ChildGuard;
+use crate::process::{wait_until_answers, ChildGuard};
 
 const BINARY: &str = "influxd";
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -194,24 +194,16 @@ bind-address = "127.0.0.1:{rpc}"
             .with_context(|| format!("{BINARY} not installed? run scripts/setup.sh"))?;
 
         let ping = format!("{}/ping", self.url());
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_exited()? {
-                bail!("{BINARY} exited with {status}:\n{}", self.log());
-            }
-            if let Ok(response) = self.http.get(&ping).send().await {
-                if response.status().is_success() {
-                    break;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{BINARY} did not answer {ping} within {STARTUP_DEADLINE:?}:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_answers(
+            BINARY,
+            &self.http,
+            &ping,
+            STARTUP_DEADLINE,
+            Duration::from_millis(50),
+            || child.try_exited(),
+            || self.log(),
+        )
+        .await?;
         self.child = Some(child);
         Ok(())
     }

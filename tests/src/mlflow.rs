@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::paths::{repo_root, venv_python};
 use crate::ports::free_port;
+use crate::process::wait_until_answers;
 
 /// MLflow imports a lot; on a busy 2-core machine its start takes ~6-30 s.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
@@ -212,29 +213,27 @@ impl MlflowServer {
         self.child = Some(child);
 
         let health = format!("{}/health", self.url());
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                bail!("mlflow server exited with {status}:\n{}", self.log());
-            }
-            if let Ok(response) = self.http.get(&health).send().await {
-                if response.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "mlflow server did not answer {health} within {STARTUP_DEADLINE:?}:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let log_path = self.log_path();
+        let child = &mut self.child;
+        let ready = wait_until_answers(
+            "mlflow server",
+            &self.http,
+            &health,
+            STARTUP_DEADLINE,
+            Duration::from_millis(200),
+            || Ok(child.as_mut().and_then(|c| c.try_wait().ok().flatten())),
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        )
+        .await;
+        // A server that exited has no group left to stop.
+        if self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            self.child = None;
         }
+        ready
     }
 }
 

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::paths::{repo_root, venv_python};
 use crate::ports::free_port;
-use crate::process::ChildGuard;
+use crate::process::{wait_until_answers, ChildGuard};
 
 // MLServer's own startup (imports, model load) takes ~3 s alone; a loaded
 // two-core machine stretches that.
@@ -200,24 +200,16 @@ impl MlServer {
         let mut child = ChildGuard::spawn("mlserver", &mut cmd)
             .context("mlserver not installed? run scripts/setup.sh")?;
         let ready = format!("{}/v2/models/{}/ready", self.url(), self.model);
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_exited()? {
-                bail!("mlserver exited with {status}:\n{}", self.log());
-            }
-            if let Ok(response) = self.http.get(&ready).send().await {
-                if response.status().is_success() {
-                    break;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "mlserver did not answer {ready} within {STARTUP_DEADLINE:?}:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_answers(
+            "mlserver",
+            &self.http,
+            &ready,
+            STARTUP_DEADLINE,
+            Duration::from_millis(100),
+            || child.try_exited(),
+            || self.log(),
+        )
+        .await?;
         self.child = Some(child);
         Ok(())
     }

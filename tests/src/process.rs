@@ -60,6 +60,38 @@ impl ChildGuard {
     }
 }
 
+/// Polls `url` every `poll` until it answers with a success status: a
+/// server the harness started is ready. Fails with the server's `log` when
+/// `exited` reports the process gone, or when `deadline` passes first.
+pub async fn wait_until_answers(
+    name: &str,
+    http: &reqwest::Client,
+    url: &str,
+    deadline: std::time::Duration,
+    poll: std::time::Duration,
+    mut exited: impl FnMut() -> anyhow::Result<Option<std::process::ExitStatus>>,
+    log: impl Fn() -> String,
+) -> anyhow::Result<()> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(status) = exited()? {
+            anyhow::bail!("{name} exited with {status}:\n{}", log());
+        }
+        if let Ok(response) = http.get(url).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            anyhow::bail!(
+                "{name} did not answer {url} within {deadline:?}:\n{}",
+                log()
+            );
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();

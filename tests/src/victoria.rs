@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::ports::free_port;
-use crate::process::ChildGuard;
+use crate::process::{wait_until_answers, ChildGuard};
 
 const BINARY: &str = "victoria-metrics";
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -184,24 +184,16 @@ impl VictoriaMetrics {
             .with_context(|| format!("{BINARY} not installed? run scripts/setup.sh"))?;
 
         let health = format!("{}/health", self.url());
-        let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_exited()? {
-                bail!("{BINARY} exited with {status}:\n{}", self.log());
-            }
-            if let Ok(response) = self.http.get(&health).send().await {
-                if response.status().is_success() {
-                    break;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "{BINARY} did not answer {health} within {STARTUP_DEADLINE:?}:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until_answers(
+            BINARY,
+            &self.http,
+            &health,
+            STARTUP_DEADLINE,
+            Duration::from_millis(50),
+            || child.try_exited(),
+            || self.log(),
+        )
+        .await?;
         self.child = Some(child);
         Ok(())
     }
