@@ -4,12 +4,20 @@
 //! Callers submit single rows through a cloneable [`InferenceHandle`]; the
 //! queue is bounded and full means the newest request is rejected and
 //! counted. Dropping every handle stops the worker.
+//!
+//! A lone row of a fast in-process model skips the queue (unless a batching
+//! window `max_wait` is set): when the worker is idle, nothing is queued,
+//! the model's last forward took at most [`INLINE_FORWARD_MAX`] and every
+//! answer run this way has been taken (else a caller is sending a burst,
+//! whose rows should queue and share one forward), the caller runs the
+//! forward itself. Two thread hand-offs (there and back) cost more than
+//! such a forward (BENCHMARKS.md §1).
 
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -197,6 +205,8 @@ struct Counters {
     remote_errors: Counter,
     /// Rows a remote version's local fallback answered.
     fallback_inferences: Counter,
+    /// Rows run on the submitting thread instead of the worker's.
+    inline_inferences: Counter,
     /// Seconds per forward call.
     latency: Histogram,
     /// Rows per forward call.
@@ -226,6 +236,7 @@ impl Default for Counters {
             failures: Counter::default(),
             remote_errors: Counter::default(),
             fallback_inferences: Counter::default(),
+            inline_inferences: Counter::default(),
             latency: Histogram::new(&LATENCY_BUCKETS_S),
             batch_sizes: Histogram::new(&BATCH_SIZE_BUCKETS),
         }
@@ -260,6 +271,9 @@ pub struct InferenceStatsSnapshot {
     /// Rows the local fallback version answered while the engine failed
     /// (not in `inferences`, which counts this version's own rows).
     pub fallback_inferences: u64,
+    /// Rows of `inferences` run on the submitting thread, alone, instead
+    /// of the worker's (see the module docs).
+    pub inline_inferences: u64,
 }
 
 impl InferenceStats {
@@ -284,6 +298,12 @@ impl InferenceStats {
             "Forward calls of each model version that succeeded.",
             labels(),
             &c.batches,
+        );
+        registry.add_counter(
+            "ironbridge_inferences_inline",
+            "Rows of each model version run alone on the submitting thread instead of the inference thread (a lone row of a fast model, while that thread is idle).",
+            labels(),
+            &c.inline_inferences,
         );
         for (reason, counter) in [
             ("missing", &c.skipped_missing),
@@ -332,6 +352,7 @@ impl InferenceStats {
             failures: get(&c.failures),
             remote_errors: get(&c.remote_errors),
             fallback_inferences: get(&c.fallback_inferences),
+            inline_inferences: get(&c.inline_inferences),
         }
     }
 
@@ -490,33 +511,108 @@ impl InferenceService {
 /// a trait object: one match per batch, nothing per row, and the
 /// in-process path stays as it was.
 enum Backend {
-    Torch(TorchModel),
-    Remote(RemoteBackend),
+    Torch(Arc<InlineTorch>),
+    // Boxed: a remote backend is many times the size of the Arc.
+    Remote(Box<RemoteBackend>),
 }
 
 impl From<TorchModel> for Backend {
     fn from(model: TorchModel) -> Self {
-        Backend::Torch(model)
+        Backend::Torch(Arc::new(InlineTorch {
+            version: model.version().clone(),
+            manifest: model.manifest().clone(),
+            model: Mutex::new(model),
+            last_forward_ns: AtomicU64::new(0),
+            unclaimed: AtomicUsize::new(0),
+        }))
+    }
+}
+
+/// The longest forward a caller runs on its own thread: a tokio worker may
+/// be held this long without starving the tasks behind it.
+pub const INLINE_FORWARD_MAX: Duration = Duration::from_micros(200);
+
+/// A libtorch model shared by its worker and the callers that run a lone
+/// row themselves. The mutex says who runs a forward now: the worker takes
+/// it for every batch, a caller only if it is free.
+struct InlineTorch {
+    version: ModelVersion,
+    manifest: ModelManifest,
+    model: Mutex<TorchModel>,
+    /// The last forward's duration in ns; 0 until the worker ran one
+    /// (TorchScript's first runs profile the graph and are slow).
+    last_forward_ns: AtomicU64,
+    /// Answers run on a caller's thread that nobody has taken yet: a
+    /// caller that submits again before taking its answer is sending a
+    /// burst, whose rows should share one forward.
+    unclaimed: AtomicUsize,
+}
+
+/// Held by an answer run on the caller's thread until the caller takes it.
+struct InlineClaim(Arc<InlineTorch>);
+
+impl Drop for InlineClaim {
+    fn drop(&mut self) {
+        self.0.unclaimed.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl InlineTorch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TorchModel> {
+        // A forward that panicked leaves the model as it was: libtorch
+        // holds no state of ours between calls.
+        self.model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn note_forward(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.last_forward_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// Runs `row` on the calling thread if that is quicker than the queue
+    /// (see the module docs); `None`: queue it.
+    fn run_alone(
+        self: &Arc<Self>,
+        row: &[f32],
+        queue_empty: bool,
+    ) -> Option<(Result<Vec<f32>, ModelError>, Duration, InlineClaim)> {
+        let forward = self.last_forward_ns.load(Ordering::Relaxed);
+        let known_fast = forward != 0 && forward <= INLINE_FORWARD_MAX.as_nanos() as u64;
+        let alone = self.unclaimed.load(Ordering::Relaxed) == 0;
+        if !(queue_empty && known_fast && alone) {
+            return None;
+        }
+        let model = self.model.try_lock().ok()?;
+        self.unclaimed.fetch_add(1, Ordering::Relaxed);
+        let claim = InlineClaim(Arc::clone(self));
+        let started = Instant::now();
+        let result = model.forward(row, 1);
+        let took = started.elapsed();
+        drop(model);
+        self.note_forward(took);
+        Some((result, took, claim))
     }
 }
 
 impl From<RemoteBackend> for Backend {
     fn from(backend: RemoteBackend) -> Self {
-        Backend::Remote(backend)
+        Backend::Remote(Box::new(backend))
     }
 }
 
 impl Backend {
     fn version(&self) -> &ModelVersion {
         match self {
-            Backend::Torch(model) => model.version(),
+            Backend::Torch(torch) => &torch.version,
             Backend::Remote(remote) => remote.model().version(),
         }
     }
 
     fn manifest(&self) -> &ModelManifest {
         match self {
-            Backend::Torch(model) => model.manifest(),
+            Backend::Torch(torch) => &torch.manifest,
             Backend::Remote(remote) => remote.model().manifest(),
         }
     }
@@ -577,6 +673,11 @@ fn spawn_with_start_gate(
             .map(|per_s| RateLimiter::direct(Quota::per_second(per_s))),
         state: AtomicU8::new(ModelState::Loading.to_u8()),
     });
+    // A batching window asks for batches over latency: no row skips it.
+    let inline = match &backend {
+        Backend::Torch(torch) if options.max_wait.is_zero() => Some(Arc::clone(torch)),
+        _ => None,
+    };
     let worker = Worker {
         backend,
         requests,
@@ -591,7 +692,11 @@ fn spawn_with_start_gate(
             model: name.clone(),
             source,
         })?;
-    Ok(InferenceHandle { queue, shared })
+    Ok(InferenceHandle {
+        queue,
+        shared,
+        inline,
+    })
 }
 
 fn options_problem(options: &InferenceOptions) -> Option<String> {
@@ -695,6 +800,9 @@ impl Shared {
 pub struct InferenceHandle {
     queue: mpsc::Sender<Request>,
     shared: Arc<Shared>,
+    /// An in-process model, for rows run on the caller's thread. Not in
+    /// `Shared`: monitors outlive handles and must not keep the model.
+    inline: Option<Arc<InlineTorch>>,
 }
 
 impl fmt::Debug for InferenceHandle {
@@ -707,8 +815,10 @@ impl fmt::Debug for InferenceHandle {
 }
 
 impl InferenceHandle {
-    /// Queues one row (one value per model input, in manifest order).
-    /// Never waits: a full queue or the rate limit rejects this request.
+    /// Queues one row (one value per model input, in manifest order), or
+    /// runs it at once on this thread when that is quicker (see the module
+    /// docs). Never waits for other requests: a full queue or the rate
+    /// limit rejects this one.
     pub fn submit(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
         let c = &*self.shared.stats.counters;
         c.requests.inc();
@@ -726,10 +836,44 @@ impl InferenceHandle {
             }
         }
         let (reply, answer) = oneshot::channel();
+        if let Some(torch) = &self.inline {
+            // Before the worker serves (its start gate), everything queues.
+            let serving = self.shared.state() == ModelState::Serving;
+            if let Some((result, took, claim)) =
+                torch.run_alone(&row, serving && self.queue_depth() == 0)
+            {
+                c.latency.observe(took.as_secs_f64());
+                c.batch_sizes.observe(1.0);
+                let result = match result {
+                    Ok(values) => {
+                        c.batches.inc();
+                        c.inferences.inc();
+                        c.inline_inferences.inc();
+                        Ok(Answer {
+                            values,
+                            by_fallback: false,
+                        })
+                    }
+                    Err(error) => {
+                        c.failures.inc();
+                        tracing::warn!(model = %self.shared.version.name, rows = 1, %error, "inference batch failed");
+                        Err(error)
+                    }
+                };
+                // The receiver is right here: the answer cannot be refused.
+                let _ = reply.send(result);
+                return Ok(PendingPrediction {
+                    answer,
+                    shared: Arc::clone(&self.shared),
+                    _claim: Some(claim),
+                });
+            }
+        }
         match self.queue.try_send(Request { row, reply }) {
             Ok(()) => Ok(PendingPrediction {
                 answer,
                 shared: Arc::clone(&self.shared),
+                _claim: None,
             }),
             Err(TrySendError::Full(_)) => {
                 c.rejected_queue_full.inc();
@@ -855,6 +999,8 @@ struct Answer {
 pub struct PendingPrediction {
     answer: oneshot::Receiver<Result<Answer, ModelError>>,
     shared: Arc<Shared>,
+    /// Set when the caller's thread ran it: taken when this is dropped.
+    _claim: Option<InlineClaim>,
 }
 
 impl fmt::Debug for PendingPrediction {
@@ -1055,7 +1201,11 @@ impl Worker {
         // forward runs under tch::no_grad (grad mode is per thread).
         let started = std::time::Instant::now();
         let (result, attempted) = match &mut self.backend {
-            Backend::Torch(model) => (model.forward(rows, n_rows), true),
+            Backend::Torch(torch) => {
+                let result = torch.lock().forward(rows, n_rows);
+                torch.note_forward(started.elapsed());
+                (result, true)
+            }
             Backend::Remote(remote) => match remote.forward(&self.clock, rows, n_rows) {
                 RemoteOutcome::Answered(values) => (Ok(values), true),
                 RemoteOutcome::Failed(error) => {
@@ -1242,6 +1392,54 @@ mod tests {
         }
         let stats = handle.stats().snapshot();
         assert_eq!((stats.batches, stats.inferences), (1, 8));
+    }
+
+    #[tokio::test]
+    async fn a_lone_row_runs_on_the_callers_thread_and_a_burst_shares_a_forward() {
+        let handle = InferenceService::spawn(tiny_model(), InferenceOptions::default()).unwrap();
+        // The worker runs the first rows: until a forward was timed short
+        // (TorchScript's first runs are slow), nothing runs inline.
+        let first = handle.submit(vec![1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(first.await.unwrap(), vec![14.5, -1.0]);
+        let mut lone = 0;
+        while handle.stats().snapshot().inline_inferences == 0 {
+            lone += 1;
+            assert!(lone < 100, "no row ran on the caller's thread");
+            let x = lone as f32;
+            let answer = handle.submit(vec![x, 0.0, 0.0]).unwrap().await.unwrap();
+            assert_eq!(answer, vec![x + 0.5, -x - 1.0]);
+        }
+
+        // A caller that submits again before taking its answer sends a
+        // burst: the first row runs inline, the rest queue for the worker.
+        let before = handle.stats().snapshot();
+        let pending: Vec<_> = (0..9)
+            .map(|i| handle.submit(vec![i as f32, 0.0, 0.0]).unwrap())
+            .collect();
+        for (i, prediction) in pending.into_iter().enumerate() {
+            let x = i as f32;
+            assert_eq!(prediction.await.unwrap(), vec![x + 0.5, -x - 1.0]);
+        }
+        let after = handle.stats().snapshot();
+        assert_eq!(after.inferences - before.inferences, 9);
+        assert_eq!(after.inline_inferences - before.inline_inferences, 1);
+        assert!(after.batches - before.batches < 9, "{after:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batching_window_keeps_every_row_on_the_worker() {
+        let options = InferenceOptions {
+            max_wait: Duration::from_millis(1),
+            ..InferenceOptions::default()
+        };
+        let handle = InferenceService::spawn(tiny_model(), options).unwrap();
+        for i in 0..20 {
+            let x = i as f32;
+            let answer = handle.submit(vec![x, 0.0, 0.0]).unwrap().await.unwrap();
+            assert_eq!(answer, vec![x + 0.5, -x - 1.0]);
+        }
+        let stats = handle.stats().snapshot();
+        assert_eq!((stats.inferences, stats.inline_inferences), (20, 0));
     }
 
     #[tokio::test]
