@@ -195,7 +195,8 @@ async def connected_run(client, args, result):
 
         if args.subscribe:
             result["subscription"] = await collect_changes(
-                client, node(args.subscribe), args.count, args.sampling_interval
+                client, node(args.subscribe), args.count, args.sampling_interval,
+                args.publishing_interval, result
             )
     finally:
         await client.disconnect()
@@ -262,11 +263,21 @@ class Collector:
         )
 
 
-async def collect_changes(client, node, count, sampling_interval):
+async def collect_changes(client, node, count, sampling_interval, publishing_interval, result):
     """Gathers notifications until `count` distinct values arrived after the
-    first one (the current value a new monitored item always reports)."""
+    first one (the current value a new monitored item always reports).
+    Notes the server's revised publishing interval in `result`."""
     collector = Collector()
-    sub = await client.create_subscription(100, collector)
+    # asyncua keeps the revised interval to itself: look at the server's
+    # answer where asyncua reads it.
+    revise = client.get_subscription_revised_params
+
+    def note_revised(params, answer):
+        result["revised_publishing_interval_ms"] = answer.RevisedPublishingInterval
+        return revise(params, answer)
+
+    client.get_subscription_revised_params = note_revised
+    sub = await client.create_subscription(publishing_interval, collector)
     await sub.subscribe_data_change(node, sampling_interval=sampling_interval)
     seen = []
     first = await asyncio.wait_for(collector.changes.get(), 30)
@@ -314,6 +325,9 @@ def main():
     # The monitored item's sampling interval in ms; -1 asks for the
     # publishing interval (OPC UA Part 4, 7.16).
     p.add_argument("--sampling-interval", type=float, default=0.0)
+    # The subscription's requested publishing interval in ms (the server
+    # revises it to at least its minimum).
+    p.add_argument("--publishing-interval", type=float, default=100.0)
     # Connect from this local address (e.g. 127.0.0.2): another client
     # address on the same machine, for the per-address login throttle.
     p.add_argument("--source-address")

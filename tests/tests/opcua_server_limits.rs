@@ -2,7 +2,7 @@
 //! asyncua clients.
 
 use anyhow::Result;
-use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions};
+use ironbridge_tests::gateway_rig::{GatewayRig, RigOptions, MACHINE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_beyond_max_sessions_are_refused_and_the_rest_keep_working() -> Result<()> {
@@ -47,5 +47,37 @@ async fn sessions_beyond_max_sessions_are_refused_and_the_rest_keep_working() ->
         env!("CARGO_PKG_VERSION")
     );
     rig.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_publishing_interval_sets_what_a_subscriber_is_granted() -> Result<()> {
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 50,
+        flush_ms: 200,
+        opcua_limits: Some("min_publishing_interval_ms = 20".into()),
+        ..RigOptions::default()
+    })
+    .await?;
+    // An HMI asking for "as fast as you can" (0) gets the configured
+    // minimum, not async-opcua's 100 ms, and its values keep coming.
+    let speed = format!("Machines/{MACHINE}/Tags/speed_rpm");
+    let answer = rig
+        .opcua_client(
+            &[],
+            &[
+                "--subscribe",
+                &speed,
+                "--count",
+                "5",
+                "--publishing-interval",
+                "0",
+            ],
+        )
+        .await?;
+    rig.stop().await;
+    assert_eq!(answer["revised_publishing_interval_ms"], 20.0, "{answer}");
+    let changes = answer["subscription"].as_array().map_or(0, Vec::len);
+    assert!(changes >= 6, "{answer}");
     Ok(())
 }

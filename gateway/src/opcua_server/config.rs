@@ -73,6 +73,12 @@ pub struct OpcUaLimits {
     pub login_lockout_ms: u64,
     /// ...up to this.
     pub max_login_lockout_ms: u64,
+    /// The shortest publishing and sampling interval a client is granted,
+    /// and the period of the server's subscription tick that sends data
+    /// changes (async-opcua's default: 100 ms). Lower it for HMIs that
+    /// need values sooner; each tick wakes the server once, subscribed or
+    /// not.
+    pub min_publishing_interval_ms: u64,
 }
 
 impl Default for OpcUaLimits {
@@ -86,12 +92,21 @@ impl Default for OpcUaLimits {
             failed_logins_before_lockout: 5,
             login_lockout_ms: 1_000,
             max_login_lockout_ms: 60_000,
+            min_publishing_interval_ms: DEFAULT_MIN_PUBLISHING_INTERVAL_MS,
         }
     }
 }
 
 /// OPC UA Part 6: a peer must accept messages of at least 8192 bytes.
 const MIN_MESSAGE_SIZE: usize = 8192;
+
+/// async-opcua's own subscription tick.
+const DEFAULT_MIN_PUBLISHING_INTERVAL_MS: u64 = 100;
+
+/// Ticks shorter than this cost wake-ups for nothing a client can use: a
+/// scan reaches the address space once per poll, and polls are rarely
+/// faster than 10 ms on the machines a gateway reads.
+const SHORTEST_PUBLISHING_INTERVAL_MS: u64 = 10;
 
 impl OpcUaLimits {
     fn validate(&self, path: &str, problems: &mut Vec<Problem>) {
@@ -125,6 +140,12 @@ impl OpcUaLimits {
                     "must be at least login_lockout_ms ({})",
                     self.login_lockout_ms
                 ),
+            ));
+        }
+        if !(SHORTEST_PUBLISHING_INTERVAL_MS..=60_000).contains(&self.min_publishing_interval_ms) {
+            problems.push(Problem::new(
+                at("min_publishing_interval_ms"),
+                format!("must be between {SHORTEST_PUBLISHING_INTERVAL_MS} and 60000"),
             ));
         }
         if self.max_message_size < MIN_MESSAGE_SIZE {
@@ -364,9 +385,10 @@ mod tests {
         assert_eq!(config.limits.failed_logins_before_lockout, 5);
         assert_eq!(config.limits.login_lockout_ms, 1_000);
         assert_eq!(config.limits.max_login_lockout_ms, 60_000);
+        assert_eq!(config.limits.min_publishing_interval_ms, 100);
         let bad = parse(
             "[limits]\nmax_sessions = 0\nmax_monitored_items_per_subscription = 0\n\
-             max_message_size = 100\nlogin_lockout_ms = 0\n",
+             max_message_size = 100\nlogin_lockout_ms = 0\nmin_publishing_interval_ms = 1\n",
         )
         .expect("parses");
         let problems = bad.validate("opcua");
@@ -380,6 +402,7 @@ mod tests {
                 "opcua.limits.max_sessions",
                 "opcua.limits.max_monitored_items_per_subscription",
                 "opcua.limits.login_lockout_ms",
+                "opcua.limits.min_publishing_interval_ms",
                 "opcua.limits.max_message_size"
             ]
         );

@@ -188,9 +188,15 @@ pub async fn start(
             ..LoginThrottleConfig::default()
         })
         // The session count for ironbridge_opcua_sessions.
-        .diagnostics_enabled(true);
+        .diagnostics_enabled(true)
+        // A data change waits in its monitored item until the next tick:
+        // the tick bounds how soon a subscriber sees it.
+        .subscription_poll_interval_ms(config.limits.min_publishing_interval_ms);
     {
         let subscriptions = &mut builder.limits_mut().subscriptions;
+        let shortest = config.limits.min_publishing_interval_ms as f64;
+        subscriptions.min_publishing_interval_ms = shortest;
+        subscriptions.min_sampling_interval_ms = shortest;
         subscriptions.max_subscriptions_per_session = config.limits.max_subscriptions_per_session;
         subscriptions.max_monitored_items_per_sub =
             config.limits.max_monitored_items_per_subscription;
