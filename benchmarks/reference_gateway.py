@@ -7,13 +7,14 @@ runs it beside IronBridge on the same machines, model and store.
 Two ways a data engineer writes it (--style):
 - `tick` (default, the cheaper): every --poll-ms it reads every machine
   concurrently (asyncio.gather; one pymodbus async TCP client per machine,
-  one 124-register read each), decodes 62 f32 per machine, runs the model
+  one 124-register read each, more with --f32 above 62), decodes 62 f32 per
+  machine (--f32), runs the model
   once on the batch of this tick's scans, and writes the tick's points;
 - `per-machine`: one asyncio task per machine, each polling on its own
   clock and running the model on its own scan (batch of 1).
 Either way the model's row is the machine's first 8 values in the
 manifest's input order, and every scan gives one `process` point (62
-fields) and one `prediction` point, handed to influxdb-client's batching
+fields, or --f32) and one `prediction` point, handed to influxdb-client's batching
 write API, which sends them from its own thread. The lines have the shape IronBridge writes
 (`process,machine=M v00=...,... <ns>`, `prediction,machine=M,model=..,version=..
 y=... <ns>`), stamped with the time each read returned.
@@ -43,7 +44,8 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import WriteOptions
 from pymodbus.client import AsyncModbusTcpClient
 
-REGISTERS = 124
+# The largest read of f32 values: 62 of them, 124 registers.
+READ_F32 = 62
 
 
 def parse_args():
@@ -52,6 +54,9 @@ def parse_args():
                     help="comma-separated host:port, one per machine")
     ap.add_argument("--names", help="comma-separated machine names (default machine-000, ...)")
     ap.add_argument("--poll-ms", type=float, default=100)
+    ap.add_argument("--f32", type=int, default=62,
+                    help="f32 values per machine (holding registers 0..); more than 62 "
+                         "take one read per 62")
     ap.add_argument("--model", required=True, help="a model version folder (manifest.toml)")
     ap.add_argument("--influx-url", required=True)
     ap.add_argument("--org", default="plant")
@@ -97,7 +102,8 @@ async def main():
     devices = [d.rsplit(":", 1) for d in args.devices.split(",")]
     names = (args.names.split(",") if args.names
              else [f"machine-{i:03d}" for i in range(len(devices))])
-    tags = [f"v{k:02d}" for k in range(REGISTERS // 2)]
+    tags = [f"v{k:02d}" for k in range(args.f32)]
+    reads = [(2 * k, 2 * min(READ_F32, args.f32 - k)) for k in range(0, args.f32, READ_F32)]
 
     with open(os.path.join(args.model, "manifest.toml"), "rb") as f:
         manifest = tomllib.load(f)
@@ -142,14 +148,18 @@ async def main():
     dump_stats()  # the first one says: connected, about to poll
 
     async def scan(client):
-        try:
-            reply = await client.read_holding_registers(0, count=REGISTERS, device_id=1)
-        except Exception:  # a dead link: count it, try again next tick
-            return None
-        if reply.isError():
-            return None
-        values = client.convert_from_registers(
-            reply.registers, data_type=client.DATATYPE.FLOAT32)
+        values = []
+        for start, count in reads:
+            try:
+                reply = await client.read_holding_registers(start, count=count, device_id=1)
+            except Exception:  # a dead link: count it, try again next tick
+                return None
+            if reply.isError():
+                return None
+            part = client.convert_from_registers(
+                reply.registers, data_type=client.DATATYPE.FLOAT32)
+            # pymodbus gives a bare float for one value
+            values.extend(part if isinstance(part, list) else [part])
         return time.time_ns(), values
 
     async def handle(results):

@@ -112,8 +112,8 @@ enum Command {
         bind: SocketAddr,
         #[arg(long, default_value_t = 10)]
         devices: u16,
-        /// f32 values per device (1-62: one device is one read of at most
-        /// 124 registers).
+        /// f32 values per device (1-4096; up to 62 are one read of at most
+        /// 124 registers, more take a read per 125 registers).
         #[arg(long = "f32", default_value_t = 62)]
         f32_count: u16,
     },

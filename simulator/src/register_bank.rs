@@ -21,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::SimError;
 
-/// Most f32 values of one bank: 125 registers is the largest Modbus read,
-/// and a bank is meant to be read whole in one request.
-pub const MAX_BANK_F32: u16 = 62;
+/// Most f32 values of one bank. Up to 62 fit one read (125 registers is
+/// the largest Modbus read); a larger bank is read in several. 4096 keeps
+/// every value's steps of 1/1000 apart in f32 (its resolution near 4096 is
+/// 1/2048).
+pub const MAX_BANK_F32: u16 = 4096;
 
 /// Value `k` of a bank at its `read`-th read (see the module docs).
 pub fn bank_value(k: u16, read: u64) -> f32 {
@@ -119,7 +121,7 @@ mod tests {
 
     #[test]
     fn values_stay_in_their_unit_interval_and_change_every_read() {
-        for k in [0, 7, 61] {
+        for k in [0, 7, 61, MAX_BANK_F32 - 1] {
             for read in [0, 1, 999, 1000, 123_456] {
                 let v = bank_value(k, read);
                 assert!(
