@@ -41,7 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402
 from bench_e2e import ROOT, count_samples, cpu_seconds, free_port, memory_kib  # noqa: E402
 
-F32 = 62
 MODEL = "bench-mlp"
 # python: the reference's `tick` style; python-per-machine: its other style;
 # python-opcua: `tick` with its asyncua server.
@@ -67,14 +66,15 @@ def metric_totals(url):
     return totals
 
 
-def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models):
+def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models,
+                   f32_count):
     tags = "".join(f"""
   [[machines.tags]]
   name = "v{k:02d}"
   register = "holding"
   address = {2 * k}
   type = "f32"
-""" for k in range(F32))
+""" for k in range(f32_count))
     parts = [f"""
 [opcua]
 port = {ua_port}
@@ -129,7 +129,8 @@ class Contestant:
             ua_port = free_port()
             config = gateway_config(self.tmp, env["vm"], env["devices"], env["names"],
                                     self.poll_ms, self.buffer, ua_port,
-                                    self.http.rsplit(":", 1)[1], env["models"])
+                                    self.http.rsplit(":", 1)[1], env["models"],
+                                    self.args.tags)
             binary = (self.args.baseline if self.kind == "ironbridge-baseline"
                       else f"{ROOT}/target/release/ironbridge")
             self.proc = subprocess.Popen(
@@ -145,7 +146,8 @@ class Contestant:
             self.stats_file = os.path.join(self.tmp, "stats.json")
             cmd = [f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/reference_gateway.py",
                    "--devices", ",".join(env["devices"]), "--names", ",".join(env["names"]),
-                   "--poll-ms", str(self.poll_ms), "--model", f"{env['models']}/{MODEL}/1.0.0",
+                   "--poll-ms", str(self.poll_ms), "--f32", str(self.args.tags),
+                   "--model", f"{env['models']}/{MODEL}/1.0.0",
                    "--influx-url", env["vm"], "--bucket", "bench", "--stats", self.stats_file]
             if self.kind == "python-per-machine":
                 cmd += ["--style", "per-machine"]
@@ -157,7 +159,8 @@ class Contestant:
             if self.kind == "python-opcua":
                 wait_port(ua_port, proc=self.proc, log=f"{self.tmp}/reference.log")
             # Its first stats file says it is connected; before, SIGUSR1 would kill it.
-            deadline = time.time() + 60
+            # It connects to its machines one after the other.
+            deadline = time.time() + 60 + 0.2 * len(env["devices"])
             while not os.path.exists(self.stats_file):
                 if self.proc.poll() is not None or time.time() > deadline:
                     raise SystemExit(f"{self.kind} did not start; see {self.tmp}/reference.log")
@@ -221,6 +224,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
         k1 = c.counters()
         mem = memory_kib(c.proc.pid)
+        split = torch_split_kib(c.proc.pid)
         load = os.getloadavg()[0]
         # Let the window's last values be flushed (1 s batches) before counting.
         time.sleep(2.5)
@@ -241,7 +245,8 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "poll_ms": poll_ms,
         "window_s": round(window, 1),
         "scans_wanted_per_s": round(args.machines * 1000 / poll_ms),
-        "scans_stored_per_s": round(process / F32 / window),
+        "tags_per_machine": args.tags,
+        "scans_stored_per_s": round(process / args.tags / window),
         "values_per_s": round(values / window),
         "predictions_stored_per_s": round(predictions / window),
         "predictions_made_per_s": round(d["predictions"] / window),
@@ -254,22 +259,43 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "cpu_us_per_value": round((cpu1 - cpu0) / max(values, 1) * 1e6, 2),
         "rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
         "peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),
+        "rss_torch_libs_mib": round(split["torch_libs"] / 1024, 1),
+        "rss_without_torch_libs_mib": round(split["rest"] / 1024, 1),
         "device_cpu_cores": round((dev1 - dev0) / window, 3),
         "store_cpu_cores": round((vm1 - vm0) / window, 3),
         "load_1min": round(load, 2),
     }
 
 
+def torch_split_kib(pid):
+    """Resident KiB in libtorch's own mappings (the shared libraries torch
+    ships: libtorch*, libc10*, libgomp*, ... under torch/lib) and in the
+    rest (the program, its heap and stacks), from /proc/PID/smaps."""
+    split = {"torch_libs": 0, "rest": 0}
+    current = "rest"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 6)
+            if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:
+                path = head[5].strip() if len(head) > 5 else ""
+                current = "torch_libs" if "/torch/lib/" in path else "rest"
+            elif line.startswith("Rss:"):
+                split[current] += int(line.split()[1])
+    return split
+
+
 def table(results):
     head = ("| gateway | poll | values/s | scans/s (wanted) | predictions/s made | refused "
-            "| CPU cores | CPU µs/value | RSS MiB | device cores | store cores |")
+            "| CPU cores | CPU µs/value | RSS MiB (without torch's libraries) | device cores "
+            "| store cores |")
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(
             f"| {r['gateway'].split('-disk')[0]}{'/' + r['buffer'] if r['buffer'] else ''} | {r['poll_ms']} ms "
             f"| {r['values_per_s']:,} | {r['scans_stored_per_s']:,} ({r['scans_wanted_per_s']:,}) "
             f"| {r['predictions_made_per_s']:,} | {r['predictions_refused']:,} "
-            f"| {r['cpu_cores']} | {r['cpu_us_per_value']} | {r['peak_rss_mib']} "
+            f"| {r['cpu_cores']} | {r['cpu_us_per_value']} "
+            f"| {r['peak_rss_mib']} ({r['rss_without_torch_libs_mib']}) "
             f"| {r['device_cpu_cores']} | {r['store_cpu_cores']} |")
     return "\n".join(lines)
 
@@ -277,6 +303,9 @@ def table(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--machines", type=int, default=10)
+    ap.add_argument("--tags", type=int, default=62,
+                    help="f32 tags per machine (8-4096; 62 fit one Modbus read, more take "
+                         "one read per 62)")
     ap.add_argument("--poll-ms", default="100,1",
                     help="comma-separated poll intervals; 1 = saturated")
     ap.add_argument("--rounds", type=int, default=2)
@@ -301,6 +330,8 @@ def main():
         ap.error(f"--contestants: choose from {', '.join(CONTESTANTS)}")
     if "ironbridge-baseline" in kinds and not args.baseline:
         ap.error("the contestant ironbridge-baseline needs --baseline BINARY")
+    if not 8 <= args.tags <= 4096:
+        ap.error("--tags: 8 to 4096 (the model reads each machine's first 8)")
 
     tmp = tempfile.mkdtemp(prefix="ironbridge-bench-ref-")
     procs = []
@@ -316,7 +347,7 @@ def main():
         wait_port(vm_port)
         device = subprocess.Popen(
             [f"{ROOT}/target/release/ironbridge-sim", "serve-registers",
-             "--bind", "127.0.0.1:0", "--devices", str(args.machines), "--f32", str(F32)],
+             "--bind", "127.0.0.1:0", "--devices", str(args.machines), "--f32", str(args.tags)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "RUST_LOG": "warn"})
         procs.append(device)
