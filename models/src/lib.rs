@@ -48,6 +48,7 @@ pub use remote::{
 pub use service::{
     prepare_inputs, HistogramSnapshot, InferenceHandle, InferenceMonitor, InferenceOptions,
     InferenceService, InferenceStats, InferenceStatsSnapshot, InputValue, ModelState, ModelStatus,
-    PendingPrediction, RemoteEngineStatus, SkipReason, SubmitError,
+    PendingPrediction, RemoteEngineStatus, SkipReason, SubmitError, INLINE_FORWARD_MAX,
+    LONE_ROW_GAP,
 };
 pub use torch_backend::{DeviceChoice, TorchModel};

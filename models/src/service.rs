@@ -6,18 +6,21 @@
 //! counted. Dropping every handle stops the worker.
 //!
 //! A lone row of a fast in-process model skips the queue (unless a batching
-//! window `max_wait` is set): when the worker is idle, nothing is queued,
-//! the model's last forward took at most [`INLINE_FORWARD_MAX`] and every
-//! answer run this way has been taken (else a caller is sending a burst,
-//! whose rows should queue and share one forward), the caller runs the
-//! forward itself. Two thread hand-offs (there and back) cost more than
-//! such a forward (BENCHMARKS.md §1).
+//! window `max_wait` is set): when the previous request came at least
+//! [`LONE_ROW_GAP`] before, nothing is queued, the inference thread is idle
+//! and the model's last forward took at most [`INLINE_FORWARD_MAX`], the
+//! caller runs the forward itself. Such a row would run alone on the
+//! inference thread anyway, and the two thread hand-offs (there and back)
+//! cost more than a small model's forward (BENCHMARKS.md §1). Rows closer
+//! together queue, so they can share a forward: on issue 10's workload,
+//! running every row inline at 10,000 rows/s cost more CPU per value than
+//! batching them (BENCHMARKS.md §12).
 
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -523,14 +526,20 @@ impl From<TorchModel> for Backend {
             manifest: model.manifest().clone(),
             model: Mutex::new(model),
             last_forward_ns: AtomicU64::new(0),
-            unclaimed: AtomicUsize::new(0),
+            last_request_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
         }))
     }
 }
 
 /// The longest forward a caller runs on its own thread: a tokio worker may
 /// be held this long without starving the tasks behind it.
-pub const INLINE_FORWARD_MAX: Duration = Duration::from_micros(200);
+pub const INLINE_FORWARD_MAX: Duration = Duration::from_micros(500);
+
+/// How long before a row the previous one must have come for the row to be
+/// lone: well above [`INLINE_FORWARD_MAX`], so no forward that could have
+/// taken it as a batch-mate is still running.
+pub const LONE_ROW_GAP: Duration = Duration::from_millis(1);
 
 /// A libtorch model shared by its worker and the callers that run a lone
 /// row themselves. The mutex says who runs a forward now: the worker takes
@@ -542,19 +551,9 @@ struct InlineTorch {
     /// The last forward's duration in ns; 0 until the worker ran one
     /// (TorchScript's first runs profile the graph and are slow).
     last_forward_ns: AtomicU64,
-    /// Answers run on a caller's thread that nobody has taken yet: a
-    /// caller that submits again before taking its answer is sending a
-    /// burst, whose rows should share one forward.
-    unclaimed: AtomicUsize,
-}
-
-/// Held by an answer run on the caller's thread until the caller takes it.
-struct InlineClaim(Arc<InlineTorch>);
-
-impl Drop for InlineClaim {
-    fn drop(&mut self) {
-        self.0.unclaimed.fetch_sub(1, Ordering::Relaxed);
-    }
+    /// When the newest request came, in ns since `epoch` (0: none yet).
+    last_request_ns: AtomicU64,
+    epoch: Instant,
 }
 
 impl InlineTorch {
@@ -577,22 +576,25 @@ impl InlineTorch {
         self: &Arc<Self>,
         row: &[f32],
         queue_empty: bool,
-    ) -> Option<(Result<Vec<f32>, ModelError>, Duration, InlineClaim)> {
+    ) -> Option<(Result<Vec<f32>, ModelError>, Duration)> {
+        // Counted from `epoch` plus one, so that 0 stays "no request yet".
+        let now = u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let previous = self.last_request_ns.swap(now, Ordering::Relaxed);
+        let lone = previous == 0 || now - previous >= LONE_ROW_GAP.as_nanos() as u64;
         let forward = self.last_forward_ns.load(Ordering::Relaxed);
         let known_fast = forward != 0 && forward <= INLINE_FORWARD_MAX.as_nanos() as u64;
-        let alone = self.unclaimed.load(Ordering::Relaxed) == 0;
-        if !(queue_empty && known_fast && alone) {
+        if !(queue_empty && known_fast && lone) {
             return None;
         }
         let model = self.model.try_lock().ok()?;
-        self.unclaimed.fetch_add(1, Ordering::Relaxed);
-        let claim = InlineClaim(Arc::clone(self));
         let started = Instant::now();
         let result = model.forward(row, 1);
         let took = started.elapsed();
         drop(model);
         self.note_forward(took);
-        Some((result, took, claim))
+        Some((result, took))
     }
 }
 
@@ -839,8 +841,7 @@ impl InferenceHandle {
         if let Some(torch) = &self.inline {
             // Before the worker serves (its start gate), everything queues.
             let serving = self.shared.state() == ModelState::Serving;
-            if let Some((result, took, claim)) =
-                torch.run_alone(&row, serving && self.queue_depth() == 0)
+            if let Some((result, took)) = torch.run_alone(&row, serving && self.queue_depth() == 0)
             {
                 c.latency.observe(took.as_secs_f64());
                 c.batch_sizes.observe(1.0);
@@ -865,7 +866,6 @@ impl InferenceHandle {
                 return Ok(PendingPrediction {
                     answer,
                     shared: Arc::clone(&self.shared),
-                    _claim: Some(claim),
                 });
             }
         }
@@ -873,7 +873,6 @@ impl InferenceHandle {
             Ok(()) => Ok(PendingPrediction {
                 answer,
                 shared: Arc::clone(&self.shared),
-                _claim: None,
             }),
             Err(TrySendError::Full(_)) => {
                 c.rejected_queue_full.inc();
@@ -999,8 +998,6 @@ struct Answer {
 pub struct PendingPrediction {
     answer: oneshot::Receiver<Result<Answer, ModelError>>,
     shared: Arc<Shared>,
-    /// Set when the caller's thread ran it: taken when this is dropped.
-    _claim: Option<InlineClaim>,
 }
 
 impl fmt::Debug for PendingPrediction {
@@ -1397,21 +1394,24 @@ mod tests {
     #[tokio::test]
     async fn a_lone_row_runs_on_the_callers_thread_and_a_burst_shares_a_forward() {
         let handle = InferenceService::spawn(tiny_model(), InferenceOptions::default()).unwrap();
+        let lone_row = || std::thread::sleep(LONE_ROW_GAP * 2);
         // The worker runs the first rows: until a forward was timed short
         // (TorchScript's first runs are slow), nothing runs inline.
         let first = handle.submit(vec![1.0, 2.0, 3.0]).unwrap();
         assert_eq!(first.await.unwrap(), vec![14.5, -1.0]);
-        let mut lone = 0;
+        let mut tries = 0;
         while handle.stats().snapshot().inline_inferences == 0 {
-            lone += 1;
-            assert!(lone < 100, "no row ran on the caller's thread");
-            let x = lone as f32;
+            tries += 1;
+            assert!(tries < 100, "no lone row ran on the caller's thread");
+            lone_row();
+            let x = tries as f32;
             let answer = handle.submit(vec![x, 0.0, 0.0]).unwrap().await.unwrap();
             assert_eq!(answer, vec![x + 0.5, -x - 1.0]);
         }
 
-        // A caller that submits again before taking its answer sends a
-        // burst: the first row runs inline, the rest queue for the worker.
+        // A burst after a pause: its first row is lone and runs inline, the
+        // rest come right behind it and queue for the worker.
+        lone_row();
         let before = handle.stats().snapshot();
         let pending: Vec<_> = (0..9)
             .map(|i| handle.submit(vec![i as f32, 0.0, 0.0]).unwrap())
@@ -1424,6 +1424,16 @@ mod tests {
         assert_eq!(after.inferences - before.inferences, 9);
         assert_eq!(after.inline_inferences - before.inline_inferences, 1);
         assert!(after.batches - before.batches < 9, "{after:?}");
+
+        // Rows one right after the other are not lone: none runs inline.
+        let before = handle.stats().snapshot();
+        for i in 0..20 {
+            let x = i as f32;
+            let answer = handle.submit(vec![x, 0.0, 0.0]).unwrap().await.unwrap();
+            assert_eq!(answer, vec![x + 0.5, -x - 1.0]);
+        }
+        let after = handle.stats().snapshot();
+        assert_eq!(after.inline_inferences, before.inline_inferences);
     }
 
     #[tokio::test]
