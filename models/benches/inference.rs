@@ -15,6 +15,8 @@ use ironbridge_models::{
 const WARM_UP: usize = 200;
 const ITERATIONS: usize = 2000;
 const ROUNDS: usize = 5;
+/// Calls per round of the lone-row cases (each after a pause of 2 ms).
+const LONE_ITERATIONS: usize = 300;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // cargo passes `--bench` to harness-less benches; the only positional
@@ -54,6 +56,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let mut table = Vec::new();
+    // A lone request (the previous one long gone, as at one machine's poll
+    // rate): the service runs it on the caller's thread. Timed per call,
+    // the gaps between calls left out; raw forward timed the same way,
+    // since caches cool in the gaps too.
+    {
+        let input = raw_model.input_tensor(&row, 1)?;
+        let module = raw_model.module();
+        let raw = measure_lone(LONE_ITERATIONS, || {
+            tch::no_grad(|| module.forward_ts(&[&input])).map(drop)
+        })?;
+        table.push(Line::new("raw forward_ts, lone", 1, raw, raw));
+        let handle = InferenceService::spawn(
+            TorchModel::load(&verified, DeviceChoice::Cpu)?,
+            InferenceOptions::default(),
+        )?;
+        let service = measure_lone(LONE_ITERATIONS, || {
+            runtime.block_on(submit_and_await(&handle, &row, 1))
+        })?;
+        let stats = handle.stats().snapshot();
+        table.push(
+            Line::new("service, lone rows", 1, service, raw)
+                .batches(stats.batches as f64 / stats.inferences as f64),
+        );
+        println!(
+            "lone rows run on the caller's thread: {} of {}",
+            stats.inline_inferences, stats.inferences
+        );
+    }
     for batch in [1usize, 64] {
         let rows: Vec<f32> = row.iter().copied().cycle().take(batch * n_inputs).collect();
         let input = raw_model.input_tensor(&rows, batch)?;
@@ -132,6 +162,36 @@ impl Line {
         self.batches_per_call = Some(per_call);
         self
     }
+}
+
+/// Like [`measure`], with a pause of twice `LONE_ROW_GAP` before each call
+/// that is not timed.
+fn measure_lone<E>(
+    iterations: usize,
+    mut call: impl FnMut() -> Result<(), E>,
+) -> Result<Duration, E> {
+    let gap = ironbridge_models::LONE_ROW_GAP * 2;
+    measure_rounds(|| {
+        let mut took = Duration::ZERO;
+        for _ in 0..iterations {
+            std::thread::sleep(gap);
+            let start = Instant::now();
+            call()?;
+            took += start.elapsed();
+        }
+        Ok(took / iterations as u32)
+    })
+}
+
+/// Median over rounds of what `round` returns, after one round to warm up.
+fn measure_rounds<E>(mut round: impl FnMut() -> Result<Duration, E>) -> Result<Duration, E> {
+    round()?;
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        rounds.push(round()?);
+    }
+    rounds.sort();
+    Ok(rounds[ROUNDS / 2])
 }
 
 /// Median over rounds of the mean time per call.
