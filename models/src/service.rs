@@ -573,7 +573,7 @@ impl InlineTorch {
     /// Runs `row` on the calling thread if that is quicker than the queue
     /// (see the module docs); `None`: queue it.
     fn run_alone(
-        self: &Arc<Self>,
+        &self,
         row: &[f32],
         queue_empty: bool,
     ) -> Option<(Result<Vec<f32>, ModelError>, Duration)> {
