@@ -179,6 +179,15 @@ async fn stored_predictions_equal_in_process(rig: &GatewayRig, version: &str) ->
     let verified = ironbridge_models::ModelRegistry::open(example_dir())?.load(MODEL_VERSION)?;
     let torch = ironbridge_models::TorchModel::load(&verified, Default::default())?;
     let manifest = verified.manifest();
+    // Predictions first: the gateway is still running, and a scan's
+    // process line is written no later than its prediction, so every
+    // prediction read here has its inputs in the store by the next read.
+    let predictions = rig
+        .vm
+        .export(&format!(
+            "prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"{version}\"}}"
+        ))
+        .await?;
     let mut process: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
     for series in rig
         .vm
@@ -192,13 +201,7 @@ async fn stored_predictions_equal_in_process(rig: &GatewayRig, version: &str) ->
     }
     let mut rows = Vec::new();
     let mut stored = Vec::new();
-    for series in rig
-        .vm
-        .export(&format!(
-            "prediction_bearing_wear{{machine=\"{MACHINE}\",version=\"{version}\"}}"
-        ))
-        .await?
-    {
+    for series in predictions {
         for (ts, value) in series.samples() {
             for input in &manifest.inputs {
                 let value = process
