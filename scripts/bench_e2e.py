@@ -107,6 +107,19 @@ def wait_port(port, timeout=30, proc=None, log=None):
     raise SystemExit(f"nothing listens on {port}")
 
 
+def stop_processes(procs, timeout=20):
+    """SIGTERM to each (newest first), then wait; kill what does not stop."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -237,13 +250,7 @@ max_wait_ms = {args.max_wait_ms}
         }
         print(json.dumps(result))
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

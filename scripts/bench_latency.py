@@ -53,7 +53,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -67,23 +66,19 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import ModbusTcpServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_e2e as e2e  # noqa: E402
-from bench_e2e import ROOT, free_port  # noqa: E402
+from bench_e2e import free_port, stop_processes  # noqa: E402
+# The workload's devices, model and configuration: the same as the
+# performance benchmark's.
+from bench_reference import (F32, ROOT, gateway_config, start_register_banks,  # noqa: E402
+                             wait_port)
 
-F32 = 62
 PROBE_TAGS = 8
-MODEL = "bench-mlp"
 NS_URI = "urn:ironbridge:gateway"
 # async-opcua's subscription tick when [opcua.limits] does not change it.
 OPCUA_TICK_MS = 100
 WARMUP_S = 3
 OPCUA_QUEUE = 10
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
-
-
-def wait_port(port, timeout=60, proc=None, log=None):
-    # The gateway loads libtorch and the model before it listens.
-    e2e.wait_port(port, timeout, proc, log)
 
 
 def f32_words(value):
@@ -225,75 +220,30 @@ async def connect_opcua(url, gateway, log, timeout=60):
             await asyncio.sleep(0.2)
 
 
-def gateway_config(run_dir, proxy, probe, devices, names, args, flush_ms, ua_port, http_port, models):
+def probe_toml(probe, args):
+    """The probe machine (tags p00..p07) and, if asked, the OPC UA tick: TOML
+    appended to the workload's configuration."""
     limits = (f"\n[opcua.limits]\nmin_publishing_interval_ms = {args.opcua_min_publishing_ms}\n"
               if args.opcua_min_publishing_ms is not None else "")
-    parts = [f"""
-[opcua]
-port = {ua_port}
-pki_dir = "{run_dir}/pki"
-insecure_loopback_endpoint = true
-{limits}
-[http]
-address = "127.0.0.1:{http_port}"
-
-[influx]
-url = "{proxy}"
-bucket = "bench"
-flush_interval_ms = {flush_ms}
-buffer = "memory"
-dead_letter_path = "{run_dir}/dead-letter.lp"
-
-[[machines]]
-name = "probe"
-protocol = "modbus-tcp"
-address = "{probe}"
-poll_interval_ms = {args.poll_ms}
-"""]
-    parts += [f"""
+    tags = "".join(f"""
   [[machines.tags]]
   name = "p{k:02d}"
   register = "holding"
   address = {2 * k}
   type = "f32"
-""" for k in range(PROBE_TAGS)]
-    tags = "".join(f"""
-  [[machines.tags]]
-  name = "v{k:02d}"
-  register = "holding"
-  address = {2 * k}
-  type = "f32"
-""" for k in range(F32))
-    for name, device in zip(names, devices):
-        parts.append(f"""
+""" for k in range(PROBE_TAGS))
+    return f"""{limits}
 [[machines]]
-name = "{name}"
+name = "probe"
 protocol = "modbus-tcp"
-address = "{device}"
+address = "{probe}"
 poll_interval_ms = {args.poll_ms}
-{tags}""")
-    if names:
-        parts.append(f"""
-[[models]]
-name = "{MODEL}"
-path = "{models}/{MODEL}"
-version = "1.0.0"
-machines = {json.dumps(names)}
-""")
-    path = os.path.join(run_dir, "ironbridge.toml")
-    with open(path, "w") as f:
-        f.write("".join(parts))
-    return path
+{tags}"""
 
 
 def stop(proc):
-    if proc and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    if proc:
+        stop_processes([proc], timeout=30)
 
 
 async def run(env, args, flush_ms):
@@ -314,8 +264,9 @@ async def run(env, args, flush_ms):
         probe_port = probe.transport.sockets[0].getsockname()[1]
         ua_port, http_port = free_port(), free_port()
         config = gateway_config(run_dir, f"http://127.0.0.1:{proxy.server_port}",
-                                f"127.0.0.1:{probe_port}", env["devices"], env["names"], args,
-                                flush_ms, ua_port, http_port, env["models"])
+                                env["devices"], env["names"], args.poll_ms, "memory", ua_port,
+                                http_port, env["models"], F32, flush_ms=flush_ms,
+                                extra=probe_toml(f"127.0.0.1:{probe_port}", args))
         gateway = subprocess.Popen(
             [f"{ROOT}/target/release/ironbridge", "run", "--config", config],
             stdout=subprocess.DEVNULL, stderr=open(log, "w"),
@@ -444,18 +395,8 @@ def main():
         wait_port(vm_port)
         devices, names, models = [], [], None
         if args.load_machines:
-            device = subprocess.Popen(
-                [f"{ROOT}/target/release/ironbridge-sim", "serve-registers", "--bind", "127.0.0.1:0",
-                 "--devices", str(args.load_machines), "--f32", str(F32)],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                env={**os.environ, "RUST_LOG": "warn"})
+            device, devices = start_register_banks(args.load_machines, F32)
             procs.append(device)
-            ready = ""
-            while not ready.startswith("listening on "):
-                ready = device.stdout.readline()
-                if not ready:
-                    raise SystemExit("serve-registers did not start")
-            devices = ready.split()[2:]
             names = [f"machine-{i:03d}" for i in range(args.load_machines)]
             models = os.path.join(tmp, "models")
             subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
@@ -485,13 +426,7 @@ def main():
         print()
         print(table(results))
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 

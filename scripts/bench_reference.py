@@ -39,8 +39,11 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402
-from bench_e2e import ROOT, count_samples, cpu_seconds, free_port, memory_kib  # noqa: E402
+from bench_e2e import (ROOT, count_samples, cpu_seconds, free_port, memory_kib,  # noqa: E402
+                       stop_processes)
 
+# The issue's workload: f32 values per machine, one 124-register read.
+F32 = 62
 MODEL = "bench-mlp"
 # python: the reference's `tick` style; python-per-machine: its other style;
 # python-opcua: `tick` with its asyncua server.
@@ -67,7 +70,11 @@ def metric_totals(url):
 
 
 def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models,
-                   f32_count):
+                   f32_count, flush_ms=1000, extra=""):
+    """Writes tmp/ironbridge.toml: the workload's machines (tags v00..,
+    one block read) feeding the benchmark's model (none without machines),
+    OPC UA on its loopback endpoint, [http], [influx] at `vm`; `extra` is
+    TOML appended as is (more tables, more [[machines]])."""
     tags = "".join(f"""
   [[machines.tags]]
   name = "v{k:02d}"
@@ -87,7 +94,7 @@ address = "127.0.0.1:{http_port}"
 [influx]
 url = "{vm}"
 bucket = "bench"
-flush_interval_ms = 1000
+flush_interval_ms = {flush_ms}
 buffer = "{buffer}"
 {f'spool_dir = "{tmp}/spool"' if buffer == "disk" else ""}
 dead_letter_path = "{tmp}/dead-letter.lp"
@@ -100,17 +107,36 @@ protocol = "modbus-tcp"
 address = "{device}"
 poll_interval_ms = {poll_ms}
 {tags}""")
-    parts.append(f"""
+    if names:
+        parts.append(f"""
 [[models]]
 name = "{MODEL}"
 path = "{models}/{MODEL}"
 version = "1.0.0"
 machines = {json.dumps(names)}
 """)
+    parts.append(extra)
     path = os.path.join(tmp, "ironbridge.toml")
     with open(path, "w") as f:
         f.write("".join(parts))
     return path
+
+
+def start_register_banks(machines, f32_count):
+    """`ironbridge-sim serve-registers` with `machines` devices on free
+    ports: the process and the devices' addresses."""
+    device = subprocess.Popen(
+        [f"{ROOT}/target/release/ironbridge-sim", "serve-registers",
+         "--bind", "127.0.0.1:0", "--devices", str(machines), "--f32", str(f32_count)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "RUST_LOG": "warn"})
+    ready = ""
+    while not ready.startswith("listening on "):
+        ready = device.stdout.readline()
+        if not ready:
+            stop_processes([device])
+            raise SystemExit("serve-registers did not start")
+    return device, ready.split()[2:]
 
 
 class Contestant:
@@ -192,13 +218,8 @@ class Contestant:
                 "failed": 0, "points_dropped": 0, "read_errors": s["read_errors"]}
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_processes([self.proc], timeout=30)
 
 
 def measure(kind, env, poll_ms, args, perf_data=None):
@@ -303,7 +324,7 @@ def table(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--machines", type=int, default=10)
-    ap.add_argument("--tags", type=int, default=62,
+    ap.add_argument("--tags", type=int, default=F32,
                     help="f32 tags per machine (8-4096; 62 fit one Modbus read, more take "
                          "one read per 62)")
     ap.add_argument("--poll-ms", default="100,1",
@@ -345,22 +366,13 @@ def main():
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(vm_proc)
         wait_port(vm_port)
-        device = subprocess.Popen(
-            [f"{ROOT}/target/release/ironbridge-sim", "serve-registers",
-             "--bind", "127.0.0.1:0", "--devices", str(args.machines), "--f32", str(args.tags)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "RUST_LOG": "warn"})
+        device, devices = start_register_banks(args.machines, args.tags)
         procs.append(device)
-        ready = ""
-        while not ready.startswith("listening on "):
-            ready = device.stdout.readline()
-            if not ready:
-                raise SystemExit("serve-registers did not start")
         models = os.path.join(tmp, "models")
         subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
                         "--out", models], check=True, stdout=subprocess.DEVNULL)
         env = {"tmp": tmp, "vm": vm, "vm_pid": vm_proc.pid, "device_pid": device.pid,
-               "devices": ready.split()[2:], "models": models,
+               "devices": devices, "models": models,
                "names": [f"machine-{i:03d}" for i in range(args.machines)]}
         for poll_ms in [int(p) for p in args.poll_ms.split(",")]:
             for _ in range(args.rounds):
@@ -396,13 +408,7 @@ def main():
                     if line.strip() and not line.startswith("#")]
             print("\n".join(rows[:25]))
     finally:
-        for p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
