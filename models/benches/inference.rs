@@ -1,4 +1,5 @@
-//! Raw libtorch forward vs. the full inference-service path, batch 1 and 64.
+//! Raw libtorch forward vs. the full inference-service path, batch 1 and 64
+//! (rows submitted one by one, and 64 handed over together).
 //!
 //! cargo bench -p ironbridge-models --bench inference -- [model-version-dir]
 //!
@@ -110,8 +111,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..InferenceOptions::default()
             };
             let (service, batches_per_call) =
-                measure_service(&verified, options, &runtime, &row, batch, iterations)?;
+                measure_service(&verified, options, &runtime, &row, batch, iterations, false)?;
             table.push(Line::new(label, batch, service, raw).batches(batches_per_call));
+        }
+        // The rows handed over whole, as the gateway's fan-out hands the
+        // rows of the scans that queued together. Timed in rounds
+        // alternating with the raw forward (the ratio is what matters, and
+        // this machine's speed drifts between cases).
+        if batch > 1 {
+            let handle = InferenceService::spawn(
+                TorchModel::load(&verified, DeviceChoice::Cpu)?,
+                InferenceOptions::default(),
+            )?;
+            let (raw, service) = measure_pair(
+                ITERATIONS,
+                || {
+                    tch::no_grad(|| module.forward_ts(&[&input]))
+                        .map(drop)
+                        .map_err(Into::into)
+                },
+                || runtime.block_on(submit_many_and_await(&handle, &row, batch)),
+            )?;
+            let stats = handle.stats().snapshot();
+            table.push(Line::new("raw forward_ts (paired)", batch, raw, raw));
+            table.push(
+                Line::new("service, submit_many", batch, service, raw)
+                    .batches(stats.batches as f64 / (stats.inferences as f64 / batch as f64)),
+            );
         }
     }
 
@@ -211,8 +237,40 @@ fn measure<E>(iterations: usize, mut call: impl FnMut() -> Result<(), E>) -> Res
     Ok(rounds[ROUNDS / 2])
 }
 
-/// Times submit-and-await of `batch` rows through a fresh service; also
-/// returns how many forwards ran per call.
+/// Medians over rounds of two calls' mean times, the rounds alternating
+/// (a, b, a, b, ...) so that both see the machine in the same state.
+fn measure_pair(
+    iterations: usize,
+    mut a: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
+    mut b: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
+    for _ in 0..WARM_UP.min(iterations) {
+        a()?;
+        b()?;
+    }
+    // Twice the rounds, each half as long: the same calls as `measure`.
+    let per_round = (iterations / 2).max(1);
+    let mut rounds = [Vec::new(), Vec::new()];
+    for _ in 0..ROUNDS * 2 {
+        let calls: [&mut dyn FnMut() -> Result<(), Box<dyn std::error::Error>>; 2] =
+            [&mut a, &mut b];
+        for (call, rounds) in calls.into_iter().zip(rounds.iter_mut()) {
+            let start = Instant::now();
+            for _ in 0..per_round {
+                call()?;
+            }
+            rounds.push(start.elapsed() / per_round as u32);
+        }
+    }
+    let [mut rounds_a, mut rounds_b] = rounds;
+    rounds_a.sort();
+    rounds_b.sort();
+    Ok((rounds_a[ROUNDS], rounds_b[ROUNDS]))
+}
+
+/// Times submit-and-await of `batch` rows through a fresh service, one
+/// `submit` per row or (`together`) one `submit_many`; also returns how
+/// many forwards ran per call.
 fn measure_service(
     verified: &VerifiedModel,
     options: InferenceOptions,
@@ -220,10 +278,15 @@ fn measure_service(
     row: &[f32],
     batch: usize,
     iterations: usize,
+    together: bool,
 ) -> Result<(Duration, f64), Box<dyn std::error::Error>> {
     let handle = InferenceService::spawn(TorchModel::load(verified, DeviceChoice::Cpu)?, options)?;
     let per_call = measure(iterations, || {
-        runtime.block_on(submit_and_await(&handle, row, batch))
+        if together {
+            runtime.block_on(submit_many_and_await(&handle, row, batch))
+        } else {
+            runtime.block_on(submit_and_await(&handle, row, batch))
+        }
     })?;
     let stats = handle.stats().snapshot();
     Ok((
@@ -245,6 +308,18 @@ async fn submit_and_await(
     }
     for prediction in pending {
         prediction.await?;
+    }
+    Ok(())
+}
+
+async fn submit_many_and_await(
+    handle: &InferenceHandle,
+    row: &[f32],
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = (0..batch).map(|_| row.to_vec()).collect();
+    for prediction in handle.submit_many(rows) {
+        prediction?.await?;
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! Batched inference: one worker thread per model gathers queued rows into
 //! batches and runs one forward per batch.
 //!
-//! Callers submit single rows through a cloneable [`InferenceHandle`]; the
-//! queue is bounded and full means the newest request is rejected and
-//! counted. Dropping every handle stops the worker.
+//! Callers submit rows through a cloneable [`InferenceHandle`], one at a
+//! time or several that arrived together; the queue is bounded and full
+//! means the newest request is rejected and counted. Dropping every handle
+//! stops the worker.
 //!
 //! A lone row of a fast in-process model skips the queue (unless a batching
 //! window `max_wait` is set): when the previous request came at least
@@ -15,6 +16,11 @@
 //! together queue, so they can share a forward: on issue 10's workload,
 //! running every row inline at 10,000 rows/s cost more CPU per value than
 //! batching them (BENCHMARKS.md §12).
+//!
+//! Rows submitted together ([`InferenceHandle::submit_many`], at most
+//! `max_batch`) are a batch already: they run on the caller's thread as one
+//! forward under the same conditions, except that they need not be lone.
+//! Their answers are there at once, with no channel.
 
 use std::fmt;
 use std::future::Future;
@@ -304,7 +310,7 @@ impl InferenceStats {
         );
         registry.add_counter(
             "ironbridge_inferences_inline",
-            "Rows of each model version run alone on the submitting thread instead of the inference thread (a lone row of a fast model, while that thread is idle).",
+            "Rows of each model version run on the submitting thread instead of the inference thread (a lone row, or rows submitted together, of a fast model while that thread is idle).",
             labels(),
             &c.inline_inferences,
         );
@@ -570,11 +576,14 @@ impl InlineTorch {
         self.last_forward_ns.store(ns, Ordering::Relaxed);
     }
 
-    /// Runs `row` on the calling thread if that is quicker than the queue
-    /// (see the module docs); `None`: queue it.
-    fn run_alone(
+    /// Runs `n_rows` rows (`rows`, row after row) on the calling thread as
+    /// one forward if that is quicker than the queue (see the module docs);
+    /// `None`: queue them. A single row must be lone; several rows handed
+    /// over together are a batch already.
+    fn run_inline(
         &self,
-        row: &[f32],
+        rows: &[f32],
+        n_rows: usize,
         queue_empty: bool,
     ) -> Option<(Result<Vec<f32>, ModelError>, Duration)> {
         // Counted from `epoch` plus one, so that 0 stays "no request yet".
@@ -585,12 +594,12 @@ impl InlineTorch {
         let lone = previous == 0 || now - previous >= LONE_ROW_GAP.as_nanos() as u64;
         let forward = self.last_forward_ns.load(Ordering::Relaxed);
         let known_fast = forward != 0 && forward <= INLINE_FORWARD_MAX.as_nanos() as u64;
-        if !(queue_empty && known_fast && lone) {
+        if !(queue_empty && known_fast && (lone || n_rows > 1)) {
             return None;
         }
         let model = self.model.try_lock().ok()?;
         let started = Instant::now();
-        let result = model.forward(row, 1);
+        let result = model.forward(rows, n_rows);
         let took = started.elapsed();
         drop(model);
         self.note_forward(took);
@@ -680,6 +689,7 @@ fn spawn_with_start_gate(
         Backend::Torch(torch) if options.max_wait.is_zero() => Some(Arc::clone(torch)),
         _ => None,
     };
+    let max_inline_rows = options.max_batch;
     let worker = Worker {
         backend,
         requests,
@@ -698,6 +708,7 @@ fn spawn_with_start_gate(
         queue,
         shared,
         inline,
+        max_inline_rows,
     })
 }
 
@@ -805,6 +816,8 @@ pub struct InferenceHandle {
     /// An in-process model, for rows run on the caller's thread. Not in
     /// `Shared`: monitors outlive handles and must not keep the model.
     inline: Option<Arc<InlineTorch>>,
+    /// The most rows run on the caller's thread at once (`max_batch`).
+    max_inline_rows: usize,
 }
 
 impl fmt::Debug for InferenceHandle {
@@ -822,6 +835,62 @@ impl InferenceHandle {
     /// docs). Never waits for other requests: a full queue or the rate
     /// limit rejects this one.
     pub fn submit(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
+        let row = self.admit(row)?;
+        if let Some(mut answers) = self.run_inline(&row, 1) {
+            if let Some(answer) = answers.pop() {
+                return Ok(self.ready(answer));
+            }
+        }
+        self.enqueue(row)
+    }
+
+    /// Submits rows that arrived together (a burst of scans), one answer
+    /// per row in the same order, each as [`Self::submit`] would give it.
+    /// When the inference thread is idle they run at once on this thread as
+    /// one forward: a batch handed over whole, with no thread hand-off;
+    /// otherwise each row queues.
+    pub fn submit_many(&self, rows: Vec<Vec<f32>>) -> Vec<Result<PendingPrediction, SubmitError>> {
+        let admitted: Vec<_> = rows.into_iter().map(|row| self.admit(row)).collect();
+        let n_rows = admitted.iter().filter(|row| row.is_ok()).count();
+        let inline = match n_rows {
+            0 => None,
+            1 => admitted
+                .iter()
+                .find_map(|row| row.as_ref().ok())
+                .and_then(|row| self.run_inline(row, 1)),
+            _ => {
+                let flat: Vec<f32> = admitted
+                    .iter()
+                    .filter_map(|row| row.as_ref().ok())
+                    .flatten()
+                    .copied()
+                    .collect();
+                self.run_inline(&flat, n_rows)
+            }
+        };
+        match inline {
+            Some(answers) => {
+                let mut answers = answers.into_iter();
+                admitted
+                    .into_iter()
+                    .map(|row| {
+                        let _ = row?;
+                        // One answer per admitted row, in order.
+                        let answer = answers.next().unwrap_or_else(|| {
+                            Err(ModelError::ServiceStopped {
+                                model: self.shared.version.name.clone(),
+                            })
+                        });
+                        Ok(self.ready(answer))
+                    })
+                    .collect()
+            }
+            None => admitted.into_iter().map(|row| self.enqueue(row?)).collect(),
+        }
+    }
+
+    /// Counts the request and checks its length and the rate limit.
+    fn admit(&self, row: Vec<f32>) -> Result<Vec<f32>, SubmitError> {
         let c = &*self.shared.stats.counters;
         c.requests.inc();
         if row.len() != self.shared.inputs.len() {
@@ -837,41 +906,62 @@ impl InferenceHandle {
                 return Err(SubmitError::RateLimited);
             }
         }
-        let (reply, answer) = oneshot::channel();
-        if let Some(torch) = &self.inline {
-            // Before the worker serves (its start gate), everything queues.
-            let serving = self.shared.state() == ModelState::Serving;
-            if let Some((result, took)) = torch.run_alone(&row, serving && self.queue_depth() == 0)
-            {
-                c.latency.observe(took.as_secs_f64());
-                c.batch_sizes.observe(1.0);
-                let result = match result {
-                    Ok(values) => {
-                        c.batches.inc();
-                        c.inferences.inc();
-                        c.inline_inferences.inc();
-                        Ok(Answer {
-                            values,
-                            by_fallback: false,
+        Ok(row)
+    }
+
+    /// Runs `n_rows` admitted rows on this thread if the model allows it
+    /// now; one answer per row, or `None`: queue them.
+    fn run_inline(&self, rows: &[f32], n_rows: usize) -> Option<Vec<Result<Answer, ModelError>>> {
+        let torch = self.inline.as_ref()?;
+        if n_rows > self.max_inline_rows {
+            return None;
+        }
+        // Before the worker serves (its start gate), everything queues.
+        let serving = self.shared.state() == ModelState::Serving;
+        let (result, took) = torch.run_inline(rows, n_rows, serving && self.queue_depth() == 0)?;
+        let c = &*self.shared.stats.counters;
+        c.latency.observe(took.as_secs_f64());
+        c.batch_sizes.observe(n_rows as f64);
+        let n = n_rows as u64;
+        match result {
+            Ok(values) => {
+                c.batches.inc();
+                c.inferences.add(n);
+                c.inline_inferences.add(n);
+                let n_outputs = self.shared.outputs.len().max(1);
+                Some(
+                    values
+                        .chunks_exact(n_outputs)
+                        .map(|output| {
+                            Ok(Answer {
+                                values: output.to_vec(),
+                                by_fallback: false,
+                            })
                         })
-                    }
-                    Err(error) => {
-                        c.failures.inc();
-                        tracing::warn!(model = %self.shared.version.name, rows = 1, %error, "inference batch failed");
-                        Err(error)
-                    }
-                };
-                // The receiver is right here: the answer cannot be refused.
-                let _ = reply.send(result);
-                return Ok(PendingPrediction {
-                    answer,
-                    shared: Arc::clone(&self.shared),
-                });
+                        .collect(),
+                )
+            }
+            Err(error) => {
+                c.failures.add(n);
+                tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
+                Some((0..n_rows).map(|_| Err(copy_of(&error))).collect())
             }
         }
+    }
+
+    fn ready(&self, answer: Result<Answer, ModelError>) -> PendingPrediction {
+        PendingPrediction {
+            answer: AnswerSlot::Ready(Some(answer)),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    fn enqueue(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
+        let c = &*self.shared.stats.counters;
+        let (reply, answer) = oneshot::channel();
         match self.queue.try_send(Request { row, reply }) {
             Ok(()) => Ok(PendingPrediction {
-                answer,
+                answer: AnswerSlot::Waiting(answer),
                 shared: Arc::clone(&self.shared),
             }),
             Err(TrySendError::Full(_)) => {
@@ -996,8 +1086,15 @@ struct Answer {
 
 /// The answer to one submitted row: await it (or call [`Self::wait`]).
 pub struct PendingPrediction {
-    answer: oneshot::Receiver<Result<Answer, ModelError>>,
+    answer: AnswerSlot,
     shared: Arc<Shared>,
+}
+
+/// A row run on the caller's thread has its answer at once: no channel.
+enum AnswerSlot {
+    /// `None` once a poll has taken it.
+    Ready(Option<Result<Answer, ModelError>>),
+    Waiting(oneshot::Receiver<Result<Answer, ModelError>>),
 }
 
 impl fmt::Debug for PendingPrediction {
@@ -1025,9 +1122,14 @@ impl PendingPrediction {
     /// version's local fallback computed it (`None`: the version it was
     /// submitted to did).
     pub async fn wait_versioned(self) -> Result<(Vec<f32>, Option<Arc<str>>), ModelError> {
-        let answer = match self.answer.await {
-            Ok(answer) => answer?,
-            Err(_) => {
+        let answer = match self.answer {
+            AnswerSlot::Ready(answer) => answer,
+            AnswerSlot::Waiting(answer) => answer.await.ok(),
+        };
+        let answer = match answer {
+            Some(answer) => answer?,
+            // The worker dropped the reply without answering: it died.
+            None => {
                 return Err(ModelError::ServiceStopped {
                     model: self.shared.version.name.clone(),
                 })
@@ -1044,8 +1146,11 @@ impl PendingPrediction {
     /// For callers outside an async context; must not be called inside one.
     pub fn blocking_wait(self) -> Result<Vec<f32>, ModelError> {
         let model = self.shared.version.name.clone();
-        self.answer
-            .blocking_recv()
+        let answer = match self.answer {
+            AnswerSlot::Ready(answer) => answer,
+            AnswerSlot::Waiting(answer) => answer.blocking_recv().ok(),
+        };
+        answer
             .unwrap_or(Err(ModelError::ServiceStopped { model }))
             .map(|answer| answer.values)
     }
@@ -1055,14 +1160,20 @@ impl Future for PendingPrediction {
     type Output = Result<Vec<f32>, ModelError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match Pin::new(&mut self.answer).poll(cx) {
-            Poll::Ready(Ok(answer)) => Poll::Ready(answer.map(|a| a.values)),
+        let answer = match &mut self.answer {
+            AnswerSlot::Ready(answer) => answer.take(),
+            AnswerSlot::Waiting(answer) => match Pin::new(answer).poll(cx) {
+                Poll::Ready(answer) => answer.ok(),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        Poll::Ready(match answer {
+            Some(answer) => answer.map(|a| a.values),
             // The worker dropped the reply without answering: it died.
-            Poll::Ready(Err(_)) => Poll::Ready(Err(ModelError::ServiceStopped {
+            None => Err(ModelError::ServiceStopped {
                 model: self.shared.version.name.clone(),
-            })),
-            Poll::Pending => Poll::Pending,
-        }
+            }),
+        })
     }
 }
 
@@ -1434,6 +1545,50 @@ mod tests {
             // The test thread was held up mid-burst (a loaded machine):
             // a row after the pause is lone again.
             assert!(inline < 9, "{after:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_submitted_together_run_as_one_forward_and_answer_in_order() {
+        let handle = InferenceService::spawn(tiny_model(), InferenceOptions::default()).unwrap();
+        // Until a forward was timed short, nothing runs inline (see above).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            assert!(tries < 100, "no burst ran on the caller's thread");
+            std::thread::sleep(LONE_ROW_GAP * 2);
+            let before = handle.stats().snapshot();
+            let rows = vec![
+                vec![1.0, 0.0, 0.0],
+                vec![9.0],
+                vec![2.0, 0.0, 0.0],
+                vec![3.0, 0.0, 0.0],
+            ];
+            let answers = handle.submit_many(rows);
+            assert_eq!(answers.len(), 4);
+            let mut answers = answers.into_iter();
+            let first = answers.next().unwrap().unwrap();
+            assert_eq!(
+                answers.next().unwrap().unwrap_err(),
+                SubmitError::RowLength {
+                    expected: 3,
+                    actual: 1
+                }
+            );
+            let rest: Vec<_> = answers.map(Result::unwrap).collect();
+            assert_eq!(first.await.unwrap(), vec![1.5, -2.0]);
+            for (x, prediction) in [2.0f32, 3.0].into_iter().zip(rest) {
+                assert_eq!(prediction.await.unwrap(), vec![x + 0.5, -x - 1.0]);
+            }
+            let after = handle.stats().snapshot();
+            assert_eq!(after.inferences - before.inferences, 3);
+            assert_eq!(after.failures - before.failures, 1);
+            if after.inline_inferences > before.inline_inferences {
+                // The three rows ran inline, together.
+                assert_eq!(after.inline_inferences - before.inline_inferences, 3);
+                assert_eq!(after.batches - before.batches, 1);
+                break;
+            }
         }
     }
 

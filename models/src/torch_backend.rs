@@ -113,10 +113,19 @@ impl TorchModel {
             });
         }
         let shape = [to_i64(n_rows), to_i64(n_inputs)];
-        Tensor::f_from_slice(rows)
-            .and_then(|t| t.f_view(shape))
-            .and_then(|t| t.f_to_device(self.device))
-            .map_err(|e| self.inference_error(e))
+        // One libtorch call makes the tensor in its shape: each further op
+        // (a view, a move to the CPU it is on) goes through libtorch's
+        // dispatcher, about a microsecond each (BENCHMARKS.md §1).
+        let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let input = Tensor::f_from_data_size(&bytes, &shape, Kind::Float)
+            .map_err(|e| self.inference_error(e))?;
+        if self.device == Device::Cpu {
+            Ok(input)
+        } else {
+            input
+                .f_to_device(self.device)
+                .map_err(|e| self.inference_error(e))
+        }
     }
 
     /// Runs `n_rows` row-major input rows and returns `n_rows x n_outputs`
@@ -143,10 +152,16 @@ impl TorchModel {
         }
         let n_values = n_rows * self.n_outputs();
         let mut values = vec![0f32; n_values];
-        output
-            .f_to_kind(Kind::Float)
-            .and_then(|t| t.f_copy_data(&mut values, n_values))
-            .map_err(|e| self.inference_error(e))?;
+        // A float output is copied out as it is (libtorch's copy moves it
+        // to the CPU first if needed); others are converted.
+        let copied = if matches!(output.f_kind(), Ok(Kind::Float)) {
+            output.f_copy_data(&mut values, n_values)
+        } else {
+            output
+                .f_to_kind(Kind::Float)
+                .and_then(|t| t.f_copy_data(&mut values, n_values))
+        };
+        copied.map_err(|e| self.inference_error(e))?;
         Ok(values)
     }
 
