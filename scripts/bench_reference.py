@@ -18,7 +18,9 @@ over a window after a warm-up:
   - its CPU (user+sys from /proc, all threads) per stored value, RSS,
   - predictions made, refused (IronBridge: ironbridge_inference_rejected_total
     over all reasons) and skipped (out of range), from its counters,
-  - the devices' and victoria-metrics' CPU (they share the cores).
+  - the devices' and victoria-metrics' CPU (they share the cores),
+  - the gateway's context switches per second per thread name (JSON only:
+    each voluntary one is a thread that waited and was woken).
 JSON lines on stdout, then a table.
 
 Usage: scripts/bench_reference.py --rounds 2 --poll-ms 100,1 --seconds 20
@@ -233,6 +235,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         k0 = c.counters()
         t0 = time.time()
         cpu0, dev0, vm0 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        switches0 = context_switches(c.proc.pid)
         if perf_data:
             # Software clock sampling: virtual machines often have no
             # hardware counters. Costs the profiled window a little CPU.
@@ -243,6 +246,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         time.sleep(args.seconds)
         t1 = time.time()
         cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        switches1 = context_switches(c.proc.pid)
         k1 = c.counters()
         mem = memory_kib(c.proc.pid)
         split = torch_split_kib(c.proc.pid)
@@ -285,7 +289,41 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "device_cpu_cores": round((dev1 - dev0) / window, 3),
         "store_cpu_cores": round((vm1 - vm0) / window, 3),
         "load_1min": round(load, 2),
+        # Per thread name: voluntary (it waited: a wake-up each) and
+        # involuntary (preempted) context switches per second.
+        "context_switches_per_s": switch_rates(switches0, switches1, window),
     }
+
+
+def context_switches(pid):
+    """Thread id -> (name, voluntary, involuntary context switches), from
+    /proc/PID/task."""
+    threads = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue  # the thread ended meanwhile
+        v = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)[1])
+        n = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M)[1])
+        threads[tid] = (name, v, n)
+    return threads
+
+
+def switch_rates(before, after, window):
+    """Thread name -> [voluntary (the thread waited: one wake-up each),
+    involuntary (preempted)] switches per second over the window, summed
+    over the threads of that name alive at its end."""
+    rates = {}
+    for tid, (name, v, n) in after.items():
+        _, v0, n0 = before.get(tid, (name, 0, 0))
+        rate = rates.setdefault(name, [0, 0])
+        rate[0] += (v - v0) / window
+        rate[1] += (n - n0) / window
+    return {name: [round(v), round(n)] for name, (v, n) in rates.items()}
 
 
 def torch_split_kib(pid):
