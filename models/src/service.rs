@@ -19,8 +19,10 @@
 //!
 //! Rows submitted together ([`InferenceHandle::submit_many`], at most
 //! `max_batch`) are a batch already: they run on the caller's thread as one
-//! forward under the same conditions, except that they need not be lone.
-//! Their answers are there at once, with no channel.
+//! forward under the same conditions, except that they need not be lone and
+//! the bound applies to the whole forward, estimated from the last one (in
+//! proportion to the rows when there are more). Their answers are there at
+//! once, with no channel.
 
 use std::fmt;
 use std::future::Future;
@@ -532,6 +534,7 @@ impl From<TorchModel> for Backend {
             manifest: model.manifest().clone(),
             model: Mutex::new(model),
             last_forward_ns: AtomicU64::new(0),
+            last_forward_rows: AtomicU64::new(1),
             last_request_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         }))
@@ -557,6 +560,9 @@ struct InlineTorch {
     /// The last forward's duration in ns; 0 until the worker ran one
     /// (TorchScript's first runs profile the graph and are slow).
     last_forward_ns: AtomicU64,
+    /// The rows of that forward (read apart from it: a torn pair only
+    /// skews one estimate).
+    last_forward_rows: AtomicU64,
     /// When the newest request came, in ns since `epoch` (0: none yet).
     last_request_ns: AtomicU64,
     epoch: Instant,
@@ -571,9 +577,26 @@ impl InlineTorch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn note_forward(&self, took: Duration) {
+    fn note_forward(&self, took: Duration, n_rows: usize) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.last_forward_ns.store(ns, Ordering::Relaxed);
+        let rows = u64::try_from(n_rows).unwrap_or(u64::MAX).max(1);
+        self.last_forward_rows.store(rows, Ordering::Relaxed);
+    }
+
+    /// What a forward of `n_rows` may take, from the last one: no longer for
+    /// as many rows or fewer, proportionally longer for more (an upper
+    /// bound: a forward's fixed cost does not grow with its rows). 0: no
+    /// forward timed yet.
+    fn forward_estimate_ns(&self, n_rows: usize) -> u64 {
+        let last = self.last_forward_ns.load(Ordering::Relaxed);
+        let last_rows = self.last_forward_rows.load(Ordering::Relaxed).max(1);
+        let n = u64::try_from(n_rows).unwrap_or(u64::MAX);
+        if n <= last_rows {
+            last
+        } else {
+            last.saturating_mul(n) / last_rows
+        }
     }
 
     /// Runs `n_rows` rows (`rows`, row after row) on the calling thread as
@@ -592,7 +615,8 @@ impl InlineTorch {
             .saturating_add(1);
         let previous = self.last_request_ns.swap(now, Ordering::Relaxed);
         let lone = previous == 0 || now - previous >= LONE_ROW_GAP.as_nanos() as u64;
-        let forward = self.last_forward_ns.load(Ordering::Relaxed);
+        // A burst must fit the bound as a whole, not just its first row.
+        let forward = self.forward_estimate_ns(n_rows);
         let known_fast = forward != 0 && forward <= INLINE_FORWARD_MAX.as_nanos() as u64;
         if !(queue_empty && known_fast && (lone || n_rows > 1)) {
             return None;
@@ -602,7 +626,7 @@ impl InlineTorch {
         let result = model.forward(rows, n_rows);
         let took = started.elapsed();
         drop(model);
-        self.note_forward(took);
+        self.note_forward(took, n_rows);
         Some((result, took))
     }
 }
@@ -1311,7 +1335,7 @@ impl Worker {
         let (result, attempted) = match &mut self.backend {
             Backend::Torch(torch) => {
                 let result = torch.lock().forward(rows, n_rows);
-                torch.note_forward(started.elapsed());
+                torch.note_forward(started.elapsed(), n_rows);
                 (result, true)
             }
             Backend::Remote(remote) => match remote.forward(&self.clock, rows, n_rows) {
@@ -1590,6 +1614,25 @@ mod tests {
                 break;
             }
         }
+    }
+
+    #[test]
+    fn a_bursts_forward_is_estimated_in_proportion_to_its_rows() {
+        let Backend::Torch(torch) = Backend::from(tiny_model()) else {
+            unreachable!("a TorchModel makes a Torch backend")
+        };
+        assert_eq!(torch.forward_estimate_ns(1), 0, "no forward timed yet");
+        torch.note_forward(Duration::from_micros(100), 1);
+        assert_eq!(torch.forward_estimate_ns(1), 100_000);
+        // Four rows after a one-row forward of 100 µs: up to 400 µs.
+        assert_eq!(torch.forward_estimate_ns(4), 400_000);
+        // Six rows would pass INLINE_FORWARD_MAX: they queue.
+        assert!(torch.forward_estimate_ns(6) > INLINE_FORWARD_MAX.as_nanos() as u64);
+        // After a forward of 64 rows in 40 µs, fewer rows take no longer.
+        torch.note_forward(Duration::from_micros(40), 64);
+        assert_eq!(torch.forward_estimate_ns(1), 40_000);
+        assert_eq!(torch.forward_estimate_ns(64), 40_000);
+        assert_eq!(torch.forward_estimate_ns(128), 80_000);
     }
 
     #[tokio::test]
