@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..InferenceOptions::default()
             };
             let (service, batches_per_call) =
-                measure_service(&verified, options, &runtime, &row, batch, iterations, false)?;
+                measure_service(&verified, options, &runtime, &row, batch, iterations)?;
             table.push(Line::new(label, batch, service, raw).batches(batches_per_call));
         }
         // The rows handed over whole, as the gateway's fan-out hands the
@@ -268,9 +268,8 @@ fn measure_pair(
     Ok((rounds_a[ROUNDS], rounds_b[ROUNDS]))
 }
 
-/// Times submit-and-await of `batch` rows through a fresh service, one
-/// `submit` per row or (`together`) one `submit_many`; also returns how
-/// many forwards ran per call.
+/// Times submit-and-await of `batch` rows through a fresh service; also
+/// returns how many forwards ran per call.
 fn measure_service(
     verified: &VerifiedModel,
     options: InferenceOptions,
@@ -278,15 +277,10 @@ fn measure_service(
     row: &[f32],
     batch: usize,
     iterations: usize,
-    together: bool,
 ) -> Result<(Duration, f64), Box<dyn std::error::Error>> {
     let handle = InferenceService::spawn(TorchModel::load(verified, DeviceChoice::Cpu)?, options)?;
     let per_call = measure(iterations, || {
-        if together {
-            runtime.block_on(submit_many_and_await(&handle, row, batch))
-        } else {
-            runtime.block_on(submit_and_await(&handle, row, batch))
-        }
+        runtime.block_on(submit_and_await(&handle, row, batch))
     })?;
     let stats = handle.stats().snapshot();
     Ok((

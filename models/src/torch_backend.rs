@@ -114,8 +114,8 @@ impl TorchModel {
         }
         let shape = [to_i64(n_rows), to_i64(n_inputs)];
         // One libtorch call makes the tensor in its shape: each further op
-        // (a view, a move to the CPU it is on) goes through libtorch's
-        // dispatcher, about a microsecond each (BENCHMARKS.md §1).
+        // (a view, a move to the CPU it is on) would be another trip
+        // through libtorch's dispatcher on every forward.
         let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let input = Tensor::f_from_data_size(&bytes, &shape, Kind::Float)
             .map_err(|e| self.inference_error(e))?;
