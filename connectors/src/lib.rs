@@ -13,12 +13,14 @@ pub mod error;
 pub mod influx;
 pub mod modbus;
 pub mod opcua;
+pub mod poll_clock;
 pub mod scan;
 pub mod source;
 pub mod validation;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use error::ConnectorError;
+pub use poll_clock::PollClock;
 pub use scan::{
     DriftRecord, GateRecord, GatewayInfoRecord, ModelEventRecord, Prediction, Quality, Record,
     Scan, SourceStatus, TagReading, TagValue,

@@ -1,13 +1,15 @@
 //! The Modbus TCP source against pymodbus servers: exact values in every type
 //! and byte order, device exceptions, and machines that go away and return.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _};
 use ironbridge_connectors::modbus::{
-    BackoffConfig, ModbusMachineConfig, ModbusTagConfig, ModbusTcpSource, RegisterKind,
+    BackoffConfig, ByteOrder, DataType, ModbusMachineConfig, ModbusTagConfig, ModbusTcpSource,
+    RegisterKind,
 };
 use ironbridge_connectors::{Quality, Scan, SourceStats};
+use ironbridge_tests::counter_device::CounterDevice;
 use ironbridge_tests::modbus_peer::{ModbusPeer, PeerLayout};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -162,6 +164,70 @@ async fn a_device_exception_marks_only_its_tags_bad_and_keeps_the_link() -> anyh
     assert_eq!(stats.device_errors(), 1);
     assert_eq!(stats.link_failures(), 0);
     assert_eq!(stats.reconnects(), 0);
+    Ok(())
+}
+
+/// Machines on one poll interval are read at the same ticks even when they
+/// start apart, so their answers reach the gateway together (one burst,
+/// one model forward). Each keeps its own link and task.
+#[tokio::test]
+async fn machines_on_one_interval_are_polled_at_the_same_ticks() -> anyhow::Result<()> {
+    init_logs();
+    let device = CounterDevice::start().await?;
+    let seq = ModbusTagConfig {
+        name: "seq".into(),
+        register: RegisterKind::Holding,
+        address: 0,
+        data_type: DataType::U32,
+        byte_order: ByteOrder::Abcd,
+        scale: 1.0,
+        offset: 0.0,
+        unit: None,
+    };
+    let period = Duration::from_millis(200);
+    let config = |name: &str| {
+        let mut c = machine(name, device.addr().to_string(), vec![seq.clone()]);
+        c.poll_interval_ms = period.as_millis() as u64;
+        c
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let (_, task_a) = spawn(config("press-1"), tx.clone(), &cancel)?;
+    // With a timer of its own, press-2 would poll 90 ms after press-1.
+    tokio::time::sleep(Duration::from_millis(90)).await;
+    let (_, task_b) = spawn(config("press-2"), tx, &cancel)?;
+
+    // Each machine's first poll is at its start; the ones after on the ticks.
+    let mut times: [Vec<SystemTime>; 2] = [Vec::new(), Vec::new()];
+    let until = Instant::now() + DEADLINE;
+    while times.iter().any(|t| t.len() < 7) {
+        let scan = next_scan(&mut rx, until).await?;
+        assert!(all_good(&scan), "{scan:?}");
+        let i = usize::from(&*scan.machine == "press-2");
+        times[i].push(scan.acquired_at);
+    }
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task_a).await??;
+    tokio::time::timeout(DEADLINE, task_b).await??;
+
+    // How far each of press-2's polls is from press-1's nearest one.
+    let mut gaps: Vec<Duration> = times[1][1..]
+        .iter()
+        .map(|b| {
+            times[0][1..]
+                .iter()
+                .map(|a| a.duration_since(*b).unwrap_or_else(|e| e.duration()))
+                .min()
+                .unwrap_or(Duration::MAX)
+        })
+        .collect();
+    gaps.sort();
+    // The median, so one poll a loaded machine delayed does not decide.
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        median < Duration::from_millis(45),
+        "press-2's polls are {median:?} from press-1's (all: {gaps:?})"
+    );
     Ok(())
 }
 

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::mpsc;
-use tokio::time::MissedTickBehavior;
 use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -24,6 +23,7 @@ use crate::modbus::config::{
 use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
 use crate::modbus::link::{Block, ModbusLink, Span, TcpLink};
 use crate::modbus::plan::{BlockRead, ReadPlan};
+use crate::poll_clock::PollClock;
 use crate::scan::{Quality, Scan, SourceStatus, TagReading, TagValue};
 use crate::source::{Source, SourceStats};
 use crate::validation::Problem;
@@ -159,14 +159,13 @@ impl ModbusSource {
         self.link.start();
         let mut backoff = Backoff::new(self.unit.backoff);
         let mut blocks = vec![BlockState::Answering; self.plan.reads.len()];
-        let mut ticker = tokio::time::interval(Duration::from_millis(self.unit.poll_interval_ms));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut clock = PollClock::new(Duration::from_millis(self.unit.poll_interval_ms));
         // One unreachable-scan per outage, not one per failed attempt.
         let mut in_outage = false;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = ticker.tick() => {}
+                () = clock.tick() => {}
             }
             let polled = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -221,7 +220,7 @@ impl ModbusSource {
                         () = tokio::time::sleep(delay) => {}
                     }
                     // Poll right after the backoff, not a whole interval later.
-                    ticker.reset_immediately();
+                    clock.reset_immediately();
                 }
             }
         }

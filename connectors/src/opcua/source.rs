@@ -556,8 +556,9 @@ impl OpcUaSource {
                 ..Default::default()
             })
             .collect();
-        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.poll_interval_ms));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first Read as soon as the session is up, then on the clock's ticks.
+        let mut clock =
+            crate::poll_clock::PollClock::new(Duration::from_millis(self.config.poll_interval_ms));
         let mut ended = std::pin::pin!(live.lost());
         let timeout = self.request_timeout();
         let mut last_sample: Vec<Option<(SystemTime, crate::scan::Quality)>> =
@@ -568,7 +569,7 @@ impl OpcUaSource {
                 status = &mut ended => {
                     return SessionEnd::Lost(self.link_error(format!("session lost: {status}")));
                 }
-                _ = ticker.tick() => {}
+                () = clock.tick() => {}
             }
             let read = tokio::time::timeout(
                 timeout,
