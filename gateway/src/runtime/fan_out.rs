@@ -42,9 +42,23 @@ impl FanOut {
         // Per model (same index): rows prepared from this burst's scans.
         let mut rows: Vec<Vec<PreparedRow>> = self.models.iter().map(|_| Vec::new()).collect();
         // Whatever queued while the last burst ran is the next one: under
-        // load scans queue and their rows share forwards; when idle a burst
-        // is one scan.
+        // load scans queue and their rows share forwards.
         while scans.recv_many(&mut burst, MAX_BURST).await > 0 {
+            // Machines on one poll interval are due at the same tick
+            // (`PollClock`): the first scan wakes this task while the other
+            // machines' answers are still being read. Yielding once lets
+            // the tasks that are ready run first, so their scans join this
+            // burst (one forward per model) instead of each waking the
+            // fan-out again. Under load the burst is full and nothing waits.
+            if burst.len() < MAX_BURST {
+                tokio::task::yield_now().await;
+                while burst.len() < MAX_BURST {
+                    match scans.try_recv() {
+                        Ok(scan) => burst.push(scan),
+                        Err(_) => break,
+                    }
+                }
+            }
             for scan in burst.drain(..) {
                 self.take_scan(scan, &mut machines, &mut rows).await;
             }
