@@ -202,7 +202,9 @@ class Contestant:
                     "refused": t.get("ironbridge_inference_rejected_total", 0),
                     "skipped": t.get("ironbridge_inference_rows_skipped_total", 0),
                     "failed": t.get("ironbridge_inference_failed_total", 0),
-                    "points_dropped": t.get("ironbridge_sink_points_dropped_total", 0)}
+                    "points_dropped": t.get("ironbridge_sink_points_dropped_total", 0),
+                    # Model forwards (queued batches and inline runs alike).
+                    "forwards": t.get("ironbridge_inference_batches_total", 0)}
         # The reference never refuses: it runs the model on every tick's scans.
         with open(self.stats_file) as f:
             before = json.load(f)["dumps"]
@@ -240,7 +242,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
             # Software clock sampling: virtual machines often have no
             # hardware counters. Costs the profiled window a little CPU.
             perf = subprocess.Popen(
-                ["perf", "record", "-q", "-F", "499", "-e", "cpu-clock",
+                ["perf", "record", "-q", "-F", str(args.perf_hz), "-e", "cpu-clock",
                  "-p", str(c.proc.pid), "-o", perf_data, "--", "sleep", str(args.seconds)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.seconds)
@@ -275,6 +277,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "values_per_s": round(values / window),
         "predictions_stored_per_s": round(predictions / window),
         "predictions_made_per_s": round(d["predictions"] / window),
+        "forwards_per_s": round(d["forwards"] / window) if "forwards" in d else None,
         "predictions_refused": int(d["refused"]),
         "predictions_skipped": int(d["skipped"]),
         "inference_failed": int(d["failed"]),
@@ -375,6 +378,9 @@ def main():
     ap.add_argument("--perf", metavar="FILE",
                     help="after the rounds, one more IronBridge window at the shortest poll "
                          "under `perf record` into FILE (not in the table); prints its top symbols")
+    ap.add_argument("--perf-hz", type=int, default=499,
+                    help="perf's sampling rate (at 100 ms polls the gateway is idle most of "
+                         "the time: 5000 gives enough samples)")
     ap.add_argument("--gateway-env", metavar="NAME=VALUE", action="append", default=[],
                     help="environment of the gateway under test (not the baseline's), "
                          "e.g. TOKIO_WORKER_THREADS=1; repeatable")
