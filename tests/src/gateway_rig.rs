@@ -83,6 +83,10 @@ pub struct RigOptions {
     /// Keys of the example's `[opcua.limits]` to change (e.g.
     /// `max_sessions = 2`, one per line).
     pub opcua_limits: Option<String>,
+    /// More pumps as (machine name, `host:port` of a simulated pump), each
+    /// a copy of the example's pump-1 (same tags and poll interval) that
+    /// also feeds bearing-wear.
+    pub more_pumps: Vec<(String, String)>,
 }
 
 /// An InfluxDB 1.x for the gateway to write to.
@@ -248,6 +252,23 @@ impl GatewayRig {
         self.gateway.as_ref().and_then(|g| g.http_addr)
     }
 
+    /// The value of `name{model="bearing-wear",...}` on the gateway's
+    /// /metrics (e.g. `ironbridge_predictions_total`).
+    pub async fn model_metric(&self, name: &str) -> Result<f64> {
+        let addr = self.http_addr().context("the rig serves /metrics")?;
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await?
+            .text()
+            .await?;
+        // Other labels (the example's `gateway`) may follow the model's.
+        let series = format!("{name}{{model=\"{MODEL}\"");
+        body.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|rest| rest.split_once("} "))
+            .and_then(|(_, value)| value.trim().parse().ok())
+            .with_context(|| format!("no {series}...}} in /metrics:\n{body}"))
+    }
+
     pub fn opcua_url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.opcua_port)
     }
@@ -406,6 +427,12 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
                 }
                 lines
             }
+            "machines = [\"pump-1\"]" if !at.options.more_pumps.is_empty() => {
+                let names: Vec<&str> = std::iter::once(MACHINE)
+                    .chain(at.options.more_pumps.iter().map(|(name, _)| name.as_str()))
+                    .collect();
+                format!("machines = {names:?}")
+            }
             // Port 0: several rigs run at once.
             l if l.starts_with("address = \"127.0.0.1:9184\"") => {
                 "address = \"127.0.0.1:0\"".to_string()
@@ -419,6 +446,26 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         };
         out.push_str(&replaced);
         out.push('\n');
+    }
+    if !at.options.more_pumps.is_empty() {
+        let pump = pump_block(example)?;
+        for (name, address) in &at.options.more_pumps {
+            out.push('\n');
+            for line in pump.lines() {
+                let line = match line.trim_start() {
+                    l if l.starts_with("name = \"pump-1\"") => format!("name = {name:?}"),
+                    l if l.starts_with("address = \"127.0.0.1:5020\"") => {
+                        format!("address = {address:?}")
+                    }
+                    l if l.starts_with("poll_interval_ms =") => {
+                        format!("poll_interval_ms = {}", at.options.poll_ms)
+                    }
+                    _ => line.to_string(),
+                };
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
     }
     for (username, password, role) in &at.options.opcua_users {
         let env = format!("IRONBRIDGE_TEST_USER_{}", username.to_uppercase());
@@ -435,6 +482,10 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         "dead_letter_path = \"dead-letter/influx.lp\"".to_string(),
     ];
     musts.extend(limits.iter().map(|(_, line)| line.to_string()));
+    for (name, address) in &at.options.more_pumps {
+        musts.push(format!("\"{name}\""));
+        musts.push(format!("address = {address:?}"));
+    }
     match influx_v1 {
         Some(v1) => {
             musts.push(v1.url.clone());
@@ -453,4 +504,23 @@ fn rig_config(example: &str, at: &RigPlaces<'_>) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// The example's `[[machines]]` table of pump-1 with its tags, as written
+/// there (up to the next top-level table; comments included).
+fn pump_block(example: &str) -> Result<String> {
+    let lines: Vec<&str> = example.lines().collect();
+    let name = lines
+        .iter()
+        .position(|l| l.trim() == format!("name = \"{MACHINE}\""))
+        .context("config/example.toml changed shape: no pump-1 machine")?;
+    let start = lines[..name]
+        .iter()
+        .rposition(|l| l.trim() == "[[machines]]")
+        .context("config/example.toml changed shape: pump-1 outside [[machines]]")?;
+    let end = lines[name..]
+        .iter()
+        .position(|l| l.starts_with('['))
+        .map_or(lines.len(), |n| name + n);
+    Ok(lines[start..end].join("\n"))
 }

@@ -10,9 +10,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ironbridge_models::ModelRegistry;
-use ironbridge_tests::gateway_rig::{GatewayRig, MACHINE, MODEL, MODEL_VERSION, SPINDLE};
+use ironbridge_models::{ModelManifest, ModelRegistry};
+use ironbridge_simulator::{SimOptions, Simulator};
+use ironbridge_tests::gateway_rig::{
+    GatewayRig, RigOptions, MACHINE, MODEL, MODEL_VERSION, SPINDLE,
+};
 use ironbridge_tests::paths::{repo_root, venv_python};
+use tokio_util::sync::CancellationToken;
 
 /// `[gateway] name` in config/example.toml.
 const GATEWAY_NAME: &str = "gateway-1";
@@ -33,66 +37,7 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
         .load(MODEL_VERSION)?
         .manifest()
         .clone();
-
-    // Process values by tag, then by timestamp (ms).
-    let mut process: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
-    for series in rig
-        .vm
-        .export(&format!(
-            "{{__name__=~\"process_.*\",machine=\"{MACHINE}\"}}"
-        ))
-        .await?
-    {
-        assert_eq!(series.label("machine"), Some(MACHINE));
-        // config/example.toml's `[gateway] name`, on every point.
-        assert_eq!(series.label("gateway"), Some(GATEWAY_NAME));
-        let tag = series
-            .name()
-            .strip_prefix("process_")
-            .context("process series name")?
-            .to_string();
-        process.entry(tag).or_default().extend(series.samples());
-    }
-    for input in &manifest.inputs {
-        assert!(
-            process.contains_key(&input.name),
-            "no process values stored for model input {}",
-            input.name
-        );
-    }
-
-    let predictions = rig.vm.export(prediction_selector).await?;
-    assert_eq!(predictions.len(), manifest.outputs.len());
-    let mut rows = Vec::new();
-    let mut stored = Vec::new();
-    for series in &predictions {
-        assert_eq!(series.label("machine"), Some(MACHINE));
-        assert_eq!(series.label("model"), Some(MODEL));
-        assert_eq!(series.label("version"), Some(MODEL_VERSION));
-        assert_eq!(series.label("gateway"), Some(GATEWAY_NAME));
-        assert_eq!(
-            series.name(),
-            format!("prediction_{}", manifest.outputs[0].name)
-        );
-        for (ts, value) in series.samples() {
-            // The prediction carries the acquisition time of its inputs:
-            // every input has a stored value at exactly that timestamp.
-            let row: Vec<f64> = manifest
-                .inputs
-                .iter()
-                .map(|i| {
-                    process[&i.name].get(&ts).copied().with_context(|| {
-                        format!(
-                            "prediction at {ts} has no {} input stored at the same time",
-                            i.name
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?;
-            rows.push(row);
-            stored.push((ts, value));
-        }
-    }
+    let (rows, stored) = stored_predictions(&rig, &manifest, MACHINE).await?;
     assert!(rows.len() >= 20, "only {} predictions", rows.len());
 
     // Acquisition times, not send times: scans are ~200 ms apart while
@@ -130,6 +75,169 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
         stored.len()
     );
     Ok(())
+}
+
+/// Pumps polled at the same interval are read at the same ticks, and the
+/// fan-out hands their rows to the model together: rows share forwards,
+/// and every pump's stored predictions are still torch on that pump's own
+/// stored inputs (a forward's answers go back to the right machines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pumps_polled_together_share_forwards_and_keep_their_own_predictions() -> Result<()> {
+    let pumps = CancellationToken::new();
+    let mut more_pumps = Vec::new();
+    for (n, seed) in [(2, 11), (3, 12), (4, 13)] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        more_pumps.push((format!("pump-{n}"), listener.local_addr()?.to_string()));
+        // Another seed: each pump's values are its own.
+        let pump = Simulator::new(SimOptions {
+            seed,
+            time_scale: 600.0,
+            ..SimOptions::default()
+        })?;
+        let stop = pumps.clone();
+        tokio::spawn(async move { pump.serve(listener, stop).await });
+    }
+    let mut rig = GatewayRig::start_with(RigOptions {
+        poll_ms: 200,
+        flush_ms: 500,
+        more_pumps: more_pumps.clone(),
+        ..RigOptions::default()
+    })
+    .await?;
+    let machines: Vec<String> = std::iter::once(MACHINE.to_string())
+        .chain(more_pumps.into_iter().map(|(name, _)| name))
+        .collect();
+    for machine in &machines {
+        let selector = format!("{{__name__=~\"prediction_.*\",machine=\"{machine}\"}}");
+        rig.wait_for_samples(&selector, 20, Duration::from_secs(60))
+            .await?;
+    }
+    let predictions = rig.model_metric("ironbridge_predictions_total").await?;
+    let forwards = rig
+        .model_metric("ironbridge_inference_batches_total")
+        .await?;
+    rig.stop().await;
+    pumps.cancel();
+
+    // Rows shared forwards, so the check below covers answers of bursts.
+    // How many share depends on scheduling (here 1.6-2.6 rows a forward;
+    // 1.2 with a timer per machine and no yield in the fan-out): the
+    // benchmark measures that, BENCHMARKS.md §14.
+    assert!(
+        forwards < predictions,
+        "{predictions} predictions in {forwards} forwards"
+    );
+
+    let manifest = ModelRegistry::open(repo_root().join("models/examples").join(MODEL))?
+        .load(MODEL_VERSION)?
+        .manifest()
+        .clone();
+    let mut rows = Vec::new();
+    let mut stored = Vec::new();
+    let mut first_rows = Vec::new();
+    for machine in &machines {
+        let (machine_rows, machine_stored) = stored_predictions(&rig, &manifest, machine).await?;
+        assert!(machine_rows.len() >= 20, "{machine}: {machine_rows:?}");
+        first_rows.push(machine_rows[0].clone());
+        rows.extend(machine_rows);
+        stored.extend(machine_stored.into_iter().map(|s| (machine.clone(), s)));
+    }
+    // The pumps' inputs differ, so an answer given to the wrong pump
+    // would not match torch on that pump's inputs.
+    assert!(
+        first_rows.windows(2).all(|w| w[0] != w[1]),
+        "pumps with the same inputs: {first_rows:?}"
+    );
+    let reference = torch_reference(&rows)?;
+    for ((machine, (ts, value)), want) in stored.iter().zip(&reference) {
+        let diff = (value - want[0]).abs();
+        assert!(
+            diff <= TOLERANCE,
+            "{machine}'s prediction at {ts}: stored {value}, torch {}, diff {diff}",
+            want[0]
+        );
+    }
+    eprintln!(
+        "{} predictions of {} pumps match torch; {predictions} predictions in {forwards} forwards",
+        stored.len(),
+        machines.len()
+    );
+    Ok(())
+}
+
+/// The machine's stored predictions as (timestamp ms, value), each with the
+/// row of its inputs as stored at exactly its timestamp; checks the labels
+/// every stored point of the machine carries.
+async fn stored_predictions(
+    rig: &GatewayRig,
+    manifest: &ModelManifest,
+    machine: &str,
+) -> Result<(Vec<Vec<f64>>, Vec<(i64, f64)>)> {
+    // Process values by tag, then by timestamp (ms).
+    let mut process: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+    for series in rig
+        .vm
+        .export(&format!(
+            "{{__name__=~\"process_.*\",machine=\"{machine}\"}}"
+        ))
+        .await?
+    {
+        assert_eq!(series.label("machine"), Some(machine));
+        // config/example.toml's `[gateway] name`, on every point.
+        assert_eq!(series.label("gateway"), Some(GATEWAY_NAME));
+        let tag = series
+            .name()
+            .strip_prefix("process_")
+            .context("process series name")?
+            .to_string();
+        process.entry(tag).or_default().extend(series.samples());
+    }
+    for input in &manifest.inputs {
+        assert!(
+            process.contains_key(&input.name),
+            "no process values stored for model input {} of {machine}",
+            input.name
+        );
+    }
+
+    let predictions = rig
+        .vm
+        .export(&format!(
+            "{{__name__=~\"prediction_.*\",machine=\"{machine}\"}}"
+        ))
+        .await?;
+    assert_eq!(predictions.len(), manifest.outputs.len());
+    let mut rows = Vec::new();
+    let mut stored = Vec::new();
+    for series in &predictions {
+        assert_eq!(series.label("machine"), Some(machine));
+        assert_eq!(series.label("model"), Some(MODEL));
+        assert_eq!(series.label("version"), Some(MODEL_VERSION));
+        assert_eq!(series.label("gateway"), Some(GATEWAY_NAME));
+        assert_eq!(
+            series.name(),
+            format!("prediction_{}", manifest.outputs[0].name)
+        );
+        for (ts, value) in series.samples() {
+            // The prediction carries the acquisition time of its inputs:
+            // every input has a stored value at exactly that timestamp.
+            let row: Vec<f64> = manifest
+                .inputs
+                .iter()
+                .map(|i| {
+                    process[&i.name].get(&ts).copied().with_context(|| {
+                        format!(
+                            "{machine}'s prediction at {ts} has no {} input stored at the same time",
+                            i.name
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            rows.push(row);
+            stored.push((ts, value));
+        }
+    }
+    Ok((rows, stored))
 }
 
 /// Python torch's outputs for `rows`, from the same model file.

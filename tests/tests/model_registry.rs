@@ -69,22 +69,6 @@ async fn wait_for_text(rig: &GatewayRig, path: &str, needle: &str) -> Result<()>
     }
 }
 
-/// The value of `name{model="bearing-wear",...}` on the gateway's /metrics.
-async fn metric(rig: &GatewayRig, name: &str) -> Result<f64> {
-    let addr = rig.http_addr().context("the rig serves /metrics")?;
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?;
-    // Other labels (the example's `gateway`) may follow the model's.
-    let series = format!("{name}{{model=\"{MODEL}\"");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .and_then(|rest| rest.split_once("} "))
-        .and_then(|(_, value)| value.trim().parse().ok())
-        .with_context(|| format!("no {series}...}} in /metrics:\n{body}"))
-}
-
 fn flip_a_byte_of_the_model(folder: &Path) -> Result<()> {
     let model = folder.join("model.pt");
     let mut bytes = std::fs::read(&model)?;
@@ -141,7 +125,7 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
 
     // Nothing registered yet: reported, not fatal, looked at again.
     wait_for_text(&rig, &node("Registry/LastError"), "has no alias").await?;
-    assert!(metric(&rig, "ironbridge_registry_errors_total").await? >= 1.0);
+    assert!(rig.model_metric("ironbridge_registry_errors_total").await? >= 1.0);
 
     // The alias on the version the gateway starts with; published with the
     // serving flavor, as the training script does.
@@ -208,11 +192,16 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         "{answer}"
     );
     assert_eq!(
-        metric(&rig, "ironbridge_registry_downloads_total").await?,
+        rig.model_metric("ironbridge_registry_downloads_total")
+            .await?,
         0.0
     );
-    assert!(metric(&rig, "ironbridge_registry_syncs_total").await? >= 1.0);
-    assert!(metric(&rig, "ironbridge_registry_last_sync_seconds").await? > 1.7e9);
+    assert!(rig.model_metric("ironbridge_registry_syncs_total").await? >= 1.0);
+    assert!(
+        rig.model_metric("ironbridge_registry_last_sync_seconds")
+            .await?
+            > 1.7e9
+    );
 
     // A new version on the alias: downloaded whole, run as the shadow.
     let v2 = mlflow
@@ -249,7 +238,8 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         .collect();
     assert!(hidden.is_empty(), "staging left behind: {hidden:?}");
     assert_eq!(
-        metric(&rig, "ironbridge_registry_downloads_total").await?,
+        rig.model_metric("ironbridge_registry_downloads_total")
+            .await?,
         1.0
     );
 
@@ -271,7 +261,7 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
 
     // A model file that does not match its manifest: Failed on its hash,
     // never served; the shadow and the active version stay.
-    let errors_before = metric(&rig, "ironbridge_registry_errors_total").await?;
+    let errors_before = rig.model_metric("ironbridge_registry_errors_total").await?;
     let v4 = mlflow
         .publish(
             &published.join("1.3.0"),
@@ -306,12 +296,12 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         .as_str()
         .unwrap_or_default();
     assert!(last_error.contains("sha256"), "{answer}");
-    assert!(metric(&rig, "ironbridge_registry_errors_total").await? > errors_before);
+    assert!(rig.model_metric("ironbridge_registry_errors_total").await? > errors_before);
 
     // A registry version whose folder exists with other content: refused,
     // counted, the folder untouched.
     let before = std::fs::read(served.join("1.1.0/manifest.toml"))?;
-    let errors_before = metric(&rig, "ironbridge_registry_errors_total").await?;
+    let errors_before = rig.model_metric("ironbridge_registry_errors_total").await?;
     let v5 = mlflow
         .publish(
             &other.join("1.1.0"),
@@ -323,17 +313,17 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
         .await?;
     wait_for_nodes(&rig, &[(node("Registry/VersionSeen"), v5.version.as_str())]).await?;
     wait_for_text(&rig, &node("Registry/LastError"), "not overwritten").await?;
-    assert!(metric(&rig, "ironbridge_registry_errors_total").await? > errors_before);
+    assert!(rig.model_metric("ironbridge_registry_errors_total").await? > errors_before);
     assert_eq!(std::fs::read(served.join("1.1.0/manifest.toml"))?, before);
 
     // The registry goes away: serving goes on, the failure is reported.
-    let predictions = metric(&rig, "ironbridge_predictions_total").await?;
-    let errors_before = metric(&rig, "ironbridge_registry_errors_total").await?;
+    let predictions = rig.model_metric("ironbridge_predictions_total").await?;
+    let errors_before = rig.model_metric("ironbridge_registry_errors_total").await?;
     mlflow.stop().await?;
     wait_for_text(&rig, &node("Registry/LastError"), &mlflow.url()).await?;
-    assert!(metric(&rig, "ironbridge_registry_errors_total").await? > errors_before);
+    assert!(rig.model_metric("ironbridge_registry_errors_total").await? > errors_before);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(&rig, "ironbridge_predictions_total").await? <= predictions {
+    while rig.model_metric("ironbridge_predictions_total").await? <= predictions {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "no prediction while the registry is away"
@@ -351,10 +341,10 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
 
     // Back again: the lookups answer again (the alias still names the
     // refused version, so that is what LastError says again).
-    let syncs = metric(&rig, "ironbridge_registry_syncs_total").await?;
+    let syncs = rig.model_metric("ironbridge_registry_syncs_total").await?;
     mlflow.restart().await?;
     wait_for_text(&rig, &node("Registry/LastError"), "not overwritten").await?;
-    assert!(metric(&rig, "ironbridge_registry_syncs_total").await? > syncs);
+    assert!(rig.model_metric("ironbridge_registry_syncs_total").await? > syncs);
     rig.stop().await;
     drop(rig);
 
@@ -392,7 +382,8 @@ async fn versions_follow_the_registry_alias_and_a_bad_one_never_serves() -> Resu
     )
     .await?;
     assert_eq!(
-        metric(&rig, "ironbridge_registry_downloads_total").await?,
+        rig.model_metric("ironbridge_registry_downloads_total")
+            .await?,
         1.0
     );
     rig.stop().await;
