@@ -35,6 +35,9 @@ pub(crate) struct FanOut {
 /// default `max_batch`).
 const MAX_BURST: usize = 64;
 
+/// Most yields while gathering a burst (see `FanOut::run`).
+const GATHER_YIELDS: usize = 4;
+
 impl FanOut {
     pub(crate) async fn run(self, mut scans: mpsc::Receiver<Scan>) {
         let mut machines: HashMap<Arc<str>, MachineEntry> = HashMap::new();
@@ -46,17 +49,27 @@ impl FanOut {
         while scans.recv_many(&mut burst, MAX_BURST).await > 0 {
             // Machines on one poll interval are due at the same tick
             // (`PollClock`): the first scan wakes this task while the other
-            // machines' answers are still being read. Yielding once lets
-            // the tasks that are ready run first, so their scans join this
-            // burst (one forward per model) instead of each waking the
-            // fan-out again. Under load the burst is full and nothing waits.
-            if burst.len() < MAX_BURST {
+            // machines' answers are still being read. A yield lets the
+            // tasks that are ready run first (and the runtime look at its
+            // sockets), so their scans join this burst (one forward per
+            // model) instead of each waking the fan-out again. It yields
+            // again while a yield brought more scans, a few times at most,
+            // so that a steady stream is not held back: the wait is only as
+            // long as those tasks run.
+            for _ in 0..GATHER_YIELDS {
+                if burst.len() == MAX_BURST {
+                    break;
+                }
                 tokio::task::yield_now().await;
+                let before = burst.len();
                 while burst.len() < MAX_BURST {
                     match scans.try_recv() {
                         Ok(scan) => burst.push(scan),
                         Err(_) => break,
                     }
+                }
+                if burst.len() == before {
+                    break;
                 }
             }
             for scan in burst.drain(..) {
