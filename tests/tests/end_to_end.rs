@@ -120,7 +120,7 @@ async fn pumps_polled_together_share_forwards_and_keep_their_own_predictions() -
     pumps.cancel();
 
     // Rows shared forwards, so the check below covers answers of bursts.
-    // How many share depends on scheduling (here 1.6-2.6 rows a forward;
+    // How many share depends on scheduling (here 1.6-1.9 rows a forward;
     // 1.2 with a timer per machine and no yield in the fan-out): the
     // benchmark measures that, BENCHMARKS.md §14.
     assert!(
