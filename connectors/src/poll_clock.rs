@@ -1,10 +1,10 @@
 //! When pollers read their machines: on one time grid for the whole
 //! process. Every machine with the same `poll_interval_ms` (or a multiple of
 //! it) is due at the same instants, so tokio's timer wakes them all in one
-//! pass, their answers arrive together and the gateway handles them as one
-//! burst (one wake-up of each task downstream, one model forward for all
-//! rows) instead of one per machine at scattered times. A SCADA "scan
-//! class" does the same.
+//! pass, their answers arrive close together and the gateway can handle
+//! them in bursts (fewer wake-ups downstream, rows sharing model forwards)
+//! instead of one by one at scattered times. A SCADA "scan class" does the
+//! same.
 //!
 //! Each machine keeps its own task and link, so a slow or dead machine
 //! still never delays another: only their start instants are shared.
