@@ -168,8 +168,8 @@ async fn a_device_exception_marks_only_its_tags_bad_and_keeps_the_link() -> anyh
 }
 
 /// Machines on one poll interval are read at the same ticks even when they
-/// start apart, so their answers reach the gateway together (one burst,
-/// one model forward). Each keeps its own link and task.
+/// start apart, so their answers reach the gateway close together (and can
+/// share a burst and a model forward). Each keeps its own link and task.
 #[tokio::test]
 async fn machines_on_one_interval_are_polled_at_the_same_ticks() -> anyhow::Result<()> {
     init_logs();
