@@ -243,6 +243,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
             # hardware counters. Costs the profiled window a little CPU.
             perf = subprocess.Popen(
                 ["perf", "record", "-q", "-F", str(args.perf_hz), "-e", "cpu-clock",
+                 *(["--call-graph", args.perf_call_graph] if args.perf_call_graph else []),
                  "-p", str(c.proc.pid), "-o", perf_data, "--", "sleep", str(args.seconds)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.seconds)
@@ -378,6 +379,10 @@ def main():
     ap.add_argument("--perf", metavar="FILE",
                     help="after the rounds, one more IronBridge window at the shortest poll "
                          "under `perf record` into FILE (not in the table); prints its top symbols")
+    ap.add_argument("--perf-call-graph", metavar="MODE",
+                    help="record call chains too, with perf's --call-graph MODE (`dwarf`: "
+                         "release builds have no frame pointers); read them with "
+                         "`perf report -i FILE --children`")
     ap.add_argument("--perf-hz", type=int, default=499,
                     help="perf's sampling rate (at 100 ms polls the gateway is idle most of "
                          "the time: 5000 gives enough samples)")
