@@ -342,6 +342,11 @@ fn check_contract(answer: &Value, published: &Published) {
     assert_eq!(good["is_good"], true, "{good}");
     // Declared Double (ns=0;i=11) once a float arrived.
     assert_eq!(good["data_type"], 11, "{good}");
+    // A value `feed` published (60 + k/2, k >= 1): a Read brings the
+    // waiting value into the address space (`hot_values`).
+    let value = good["value"].as_f64().expect("numeric tag value");
+    let k = (value - 60.0) * 2.0;
+    assert!(k >= 1.0 && k.fract() == 0.0, "never published: {good}");
     let bad = &reads[format!("Machines/{MACHINE}/Tags/{BAD_TAG}")];
     assert_eq!(bad["is_bad"], true, "{bad}");
     assert_eq!(bad["status"], "BadNoCommunication", "{bad}");

@@ -3,7 +3,9 @@
 //!
 //! - [`config`]: the `[opcua]` table and its validation;
 //! - [`address_space`]: the node layout (`Objects/IronBridge/...`);
-//! - [`server`]: [`start`] and the [`OpcUaPublisher`] that pushes values.
+//! - [`server`]: [`start`] and the [`OpcUaPublisher`] that pushes values;
+//! - `hot_values`: where tag and prediction values wait until read or
+//!   subscribed (no NodeId lookup per value).
 //!
 //! Secure by default: one SignAndEncrypt endpoint per configured policy,
 //! username/password users (passwords from the environment), unknown client
@@ -15,6 +17,7 @@
 pub mod address_space;
 pub mod auth;
 pub mod config;
+mod hot_values;
 pub mod nodes;
 pub mod rejected;
 pub mod server;

@@ -2,7 +2,8 @@
 //! for everything (values, subscriptions), with our own `Call` so a model
 //! method knows who calls it and over which channel. The simple manager's
 //! method callbacks see only the arguments; role checks and the audit
-//! (`user` of a `model_event`) need the session.
+//! (`user` of a `model_event`) need the session. Reads and new monitored
+//! items first bring the [`HotValues`] they ask for into the address space.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -22,10 +23,15 @@ use opcua::server::node_manager::{
 use opcua::server::CreateMonitoredItem;
 use opcua::sync::RwLock;
 use opcua::types::{
-    DataValue, MessageSecurityMode, MonitoringMode, NodeId, StatusCode, TimestampsToReturn, Variant,
+    AttributeId, DataValue, MessageSecurityMode, MonitoringMode, NodeId, StatusCode,
+    TimestampsToReturn, Variant,
 };
 
 use super::config::Role;
+use super::hot_values::HotValues;
+
+/// The hot values, set once the address space exists (like the methods).
+pub(crate) type SharedHotValues = Arc<OnceLock<HotValues>>;
 
 /// The model methods under `Models/<model>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,13 +163,20 @@ impl ModelControl {
 pub struct GatewayNodesBuilder {
     simple: SimpleNodeManagerBuilder,
     control: Arc<ModelControl>,
+    hot: SharedHotValues,
 }
 
 impl GatewayNodesBuilder {
-    pub fn new(namespace: NamespaceMetadata, name: &str, control: Arc<ModelControl>) -> Self {
+    pub(crate) fn new(
+        namespace: NamespaceMetadata,
+        name: &str,
+        control: Arc<ModelControl>,
+        hot: SharedHotValues,
+    ) -> Self {
         Self {
             simple: SimpleNodeManagerBuilder::new(namespace, name),
             control,
+            hot,
         }
     }
 }
@@ -175,6 +188,7 @@ impl InMemoryNodeManagerImplBuilder for GatewayNodesBuilder {
         GatewayNodes {
             simple: self.simple.build(context, address_space),
             control: self.control,
+            hot: self.hot,
         }
     }
 }
@@ -183,6 +197,7 @@ impl InMemoryNodeManagerImplBuilder for GatewayNodesBuilder {
 pub struct GatewayNodes {
     simple: SimpleNodeManagerImpl,
     control: Arc<ModelControl>,
+    hot: SharedHotValues,
 }
 
 #[async_trait]
@@ -207,6 +222,9 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         max_age: f64,
         timestamps_to_return: TimestampsToReturn,
     ) -> Vec<DataValue> {
+        if let Some(hot) = self.hot.get() {
+            hot.flush(address_space, nodes.iter().map(|n| &n.node_id));
+        }
         self.simple
             .read_values(context, address_space, nodes, max_age, timestamps_to_return)
             .await
@@ -218,6 +236,19 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
         address_space: &RwLock<AddressSpace>,
         items: &mut [&mut &mut CreateMonitoredItem],
     ) {
+        // Watched before the waiting values are flushed and the first value
+        // is read (by the simple manager's own `read_values`, not ours): a
+        // value published in between goes to the address space at once and
+        // notifies the new item.
+        if let Some(hot) = self.hot.get() {
+            for item in items.iter() {
+                hot.watch(&item.item_to_monitor().node_id);
+            }
+            hot.flush(
+                address_space,
+                items.iter().map(|item| &item.item_to_monitor().node_id),
+            );
+        }
         self.simple
             .create_value_monitored_items(context, address_space, items)
             .await
@@ -241,6 +272,13 @@ impl InMemoryNodeManagerImpl for GatewayNodes {
     }
 
     async fn delete_monitored_items(&self, context: &RequestContext, items: &[&MonitoredItemRef]) {
+        if let Some(hot) = self.hot.get() {
+            for item in items {
+                if item.attribute() == AttributeId::Value {
+                    hot.unwatch(item.node_id());
+                }
+            }
+        }
         self.simple.delete_monitored_items(context, items).await
     }
 

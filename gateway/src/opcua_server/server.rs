@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::address_space::{self, AddressSpaceLayout, NodeIndex, VersionNodes, NAMESPACE_URI};
 use super::config::{password_from_env, OpcUaServerConfig};
-use super::nodes::{GatewayNodes, GatewayNodesBuilder, ModelControl};
+use super::hot_values::{HotGroup, HotValues};
+use super::nodes::{GatewayNodes, GatewayNodesBuilder, ModelControl, SharedHotValues};
 
 type GatewayNodeManager = InMemoryNodeManager<GatewayNodes>;
 use crate::scan_layout::ScanLayout;
@@ -113,6 +114,8 @@ struct PublisherInner {
     /// machine → what publishing its scans remembers (taken by the fan-out
     /// only, so never contended).
     scan_states: HashMap<String, Mutex<MachineScanState>>,
+    /// machine → model → the slots of its prediction variables.
+    prediction_slots: HashMap<String, HashMap<String, PredictionSlots>>,
     /// Values that had no node (a machine, tag, model or output the layout
     /// does not know): counted, not fatal.
     unknown_values: AtomicU64,
@@ -124,6 +127,16 @@ struct MachineScanState {
     layout: ScanLayout,
     /// The DataType last declared per tag variable, same index as its node.
     declared: Vec<Option<DataTypeId>>,
+    /// The tag variables' values, same index as their nodes.
+    values: Arc<HotGroup>,
+}
+
+/// The hot slots of one machine's predictions of one model.
+struct PredictionSlots {
+    values: Arc<HotGroup>,
+    /// output → its slot; `ModelVersion` is the last slot.
+    outputs: HashMap<String, usize>,
+    model_version: usize,
 }
 
 impl std::fmt::Debug for OpcUaPublisher {
@@ -227,6 +240,7 @@ pub async fn start(
         user_tokens,
     )));
     let control = Arc::new(ModelControl::new(roles));
+    let hot = SharedHotValues::default();
     builder = builder.with_node_manager(InMemoryNodeManagerBuilder::new(GatewayNodesBuilder::new(
         NamespaceMetadata {
             namespace_uri: NAMESPACE_URI.to_string(),
@@ -234,6 +248,7 @@ pub async fn start(
         },
         "ironbridge",
         control.clone(),
+        hot.clone(),
     )));
     for policy_name in &config.security_policies {
         let policy = secure_policy(policy_name).ok_or_else(|| {
@@ -315,6 +330,7 @@ pub async fn start(
         }
     });
 
+    let mut hot_values = HotValues::default();
     let scan_states = index
         .tags
         .iter()
@@ -322,10 +338,39 @@ pub async fn start(
             let state = MachineScanState {
                 layout: ScanLayout::default(),
                 declared: vec![None; tags.nodes.len()],
+                values: hot_values.add_group(tags.nodes.clone()),
             };
             (machine.clone(), Mutex::new(state))
         })
         .collect();
+    let prediction_slots = index
+        .predictions
+        .iter()
+        .map(|(machine, models)| {
+            let models = models
+                .iter()
+                .map(|(model, nodes)| {
+                    let mut outputs = HashMap::new();
+                    let mut slot_nodes = Vec::with_capacity(nodes.outputs.len() + 1);
+                    for (output, node) in &nodes.outputs {
+                        outputs.insert(output.clone(), slot_nodes.len());
+                        slot_nodes.push(node.clone());
+                    }
+                    let model_version = slot_nodes.len();
+                    slot_nodes.push(nodes.model_version.clone());
+                    let slots = PredictionSlots {
+                        values: hot_values.add_group(slot_nodes),
+                        outputs,
+                        model_version,
+                    };
+                    (model.clone(), slots)
+                })
+                .collect();
+            (machine.clone(), models)
+        })
+        .collect();
+    // Set once; `start` is the only writer.
+    let _ = hot.set(hot_values);
     let publisher = OpcUaPublisher {
         inner: Arc::new(PublisherInner {
             node_manager,
@@ -335,6 +380,7 @@ pub async fn start(
             ns,
             versions: Mutex::new(HashMap::new()),
             scan_states,
+            prediction_slots,
             unknown_values: AtomicU64::new(0),
         }),
     };
@@ -373,16 +419,21 @@ impl OpcUaPublisher {
             // cannot leave it inconsistent.
             Err(poisoned) => poisoned.into_inner(),
         };
-        let MachineScanState { layout, declared } = &mut *state;
+        let MachineScanState {
+            layout,
+            declared,
+            values,
+        } = &mut *state;
         let slots = layout.slots(scan, |tag| tags.by_tag.get(&**tag).copied());
         let source_timestamp = Some(ua_date_time(scan.acquired_at));
         let server_timestamp = Some(DateTime::now());
         let mut updates = Vec::with_capacity(scan.readings.len());
         let mut type_changes = Vec::new();
         for (reading, slot) in scan.readings.iter().zip(slots) {
-            let Some((node, declared)) =
-                slot.and_then(|i| tags.nodes.get(i).zip(declared.get_mut(i)))
-            else {
+            let Some((i, node, declared)) = slot.and_then(|i| {
+                let (node, declared) = tags.nodes.get(i).zip(declared.get_mut(i))?;
+                Some((i, node, declared))
+            }) else {
                 inner.count_unknown(1);
                 continue;
             };
@@ -396,7 +447,7 @@ impl OpcUaPublisher {
                 }
             }
             updates.push((
-                node,
+                i,
                 DataValue {
                     // Never `None`: async-opcua 0.19 reads a value-less
                     // DataValue as Good, dropping its status.
@@ -427,7 +478,11 @@ impl OpcUaPublisher {
                 tracing::warn!(%status, machine = %scan.machine, "cannot set tag data types");
             }
         }
-        inner.set_values(updates);
+        let mut direct = Vec::new();
+        values.store(updates, &mut direct);
+        if !direct.is_empty() {
+            inner.set_values(direct);
+        }
     }
 
     /// Sets the outputs of one prediction (SourceTimestamp = acquisition
@@ -441,9 +496,8 @@ impl OpcUaPublisher {
     /// the value is still there, a client sees it is less trustworthy.
     pub fn publish_prediction_with(&self, prediction: &Prediction, drifting: bool) {
         let inner = &self.inner;
-        let Some(nodes) = inner
-            .index
-            .predictions
+        let Some(slots) = inner
+            .prediction_slots
             .get(&*prediction.machine)
             .and_then(|models| models.get(&*prediction.model))
         else {
@@ -466,9 +520,9 @@ impl OpcUaPublisher {
         };
         let mut updates = Vec::with_capacity(prediction.outputs.len() + 1);
         for (output, value) in &prediction.outputs {
-            match nodes.outputs.get(&**output) {
-                Some(node) => updates.push((
-                    node,
+            match slots.outputs.get(&**output) {
+                Some(&slot) => updates.push((
+                    slot,
                     DataValue {
                         status: Some(output_status),
                         ..good(Variant::from(*value))
@@ -478,10 +532,14 @@ impl OpcUaPublisher {
             }
         }
         updates.push((
-            &nodes.model_version,
+            slots.model_version,
             good(Variant::from(prediction.version.to_string())),
         ));
-        inner.set_values(updates);
+        let mut direct = Vec::new();
+        slots.values.store(updates, &mut direct);
+        if !direct.is_empty() {
+            inner.set_values(direct);
+        }
     }
 
     /// Sets the `Models/<model>` variables.
