@@ -104,7 +104,10 @@ impl HotValues {
 
     /// A Value monitored item was made on `node`: from now on its values
     /// go to the address space at once. Call [`Self::flush`] after this,
-    /// before the item's first value is read.
+    /// before the item's first value is read. (A count left too high, say
+    /// by an item the library refuses after this, only costs the direct
+    /// path; one too low would starve a subscriber, so nothing else lowers
+    /// it than [`Self::unwatch`].)
     pub(crate) fn watch(&self, node: &NodeId) {
         if let Some((group, i)) = self.slot_of(node) {
             if let Some(slot) = group.lock().get_mut(i) {
