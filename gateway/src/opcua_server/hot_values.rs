@@ -13,10 +13,11 @@
 //!   monitored item, first moves the waiting values of the nodes it asks
 //!   for into the address space ([`HotValues::flush`]).
 //!
-//! Locks: a group's mutex is never held while the address space's lock is
-//! taken, and `flush` takes the group's mutex inside the address space's
-//! write lock, so a value taken from a slot cannot land after a newer one
-//! set directly.
+//! Locks: nothing takes the address space's lock while it holds a group's
+//! mutex (`store` returns before its caller sets the direct values), and
+//! `flush` takes a group's mutex inside the address space's write lock. So
+//! there is one lock order, and a value taken from a slot cannot land after
+//! a newer one set directly.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
