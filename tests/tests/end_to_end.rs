@@ -33,10 +33,7 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
         .await?;
     rig.stop().await;
 
-    let manifest = ModelRegistry::open(repo_root().join("models/examples").join(MODEL))?
-        .load(MODEL_VERSION)?
-        .manifest()
-        .clone();
+    let manifest = example_manifest()?;
     let (rows, stored) = stored_predictions(&rig, &manifest, MACHINE).await?;
     assert!(rows.len() >= 20, "only {} predictions", rows.len());
 
@@ -53,16 +50,7 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
     assert!(distinct.iter().all(|&ts| ts >= start_ms));
 
     let reference = torch_reference(&rows)?;
-    let mut worst: f64 = 0.0;
-    for ((ts, value), want) in stored.iter().zip(&reference) {
-        let diff = (value - want[0]).abs();
-        worst = worst.max(diff);
-        assert!(
-            diff <= TOLERANCE,
-            "prediction at {ts}: stored {value}, torch {}, diff {diff}",
-            want[0]
-        );
-    }
+    let worst = assert_match_torch(MACHINE, &stored, &reference);
     // The predictions are not all the same number (a model fed constants, or
     // a stuck pipeline, would pass the comparison trivially).
     let first = stored[0].1;
@@ -128,25 +116,24 @@ async fn pumps_polled_together_share_forwards_and_keep_their_own_predictions() -
         "{predictions} predictions in {forwards} forwards"
     );
 
-    let manifest = ModelRegistry::open(repo_root().join("models/examples").join(MODEL))?
-        .load(MODEL_VERSION)?
-        .manifest()
-        .clone();
+    let manifest = example_manifest()?;
+    // All pumps' rows go to torch in one run; each pump's stored
+    // predictions, with where its rows start.
     let mut rows = Vec::new();
-    let mut stored = Vec::new();
-    // Index in `rows` of each pump's first row.
-    let mut first_rows = Vec::new();
+    let mut per_pump = Vec::new();
     for machine in &machines {
-        let (machine_rows, machine_stored) = stored_predictions(&rig, &manifest, machine).await?;
+        let (machine_rows, stored) = stored_predictions(&rig, &manifest, machine).await?;
         assert!(machine_rows.len() >= 20, "{machine}: {machine_rows:?}");
-        first_rows.push(rows.len());
+        per_pump.push((machine, rows.len(), stored));
         rows.extend(machine_rows);
-        stored.extend(machine_stored.into_iter().map(|s| (machine.clone(), s)));
     }
     let reference = torch_reference(&rows)?;
     // The pumps' answers differ by more than the tolerance, so an answer
     // given to the wrong pump would not match torch on that pump's inputs.
-    let firsts: Vec<f64> = first_rows.iter().map(|&i| reference[i][0]).collect();
+    let firsts: Vec<f64> = per_pump
+        .iter()
+        .map(|(_, first, _)| reference[*first][0])
+        .collect();
     for (a, x) in firsts.iter().enumerate() {
         for y in &firsts[a + 1..] {
             assert!(
@@ -155,21 +142,43 @@ async fn pumps_polled_together_share_forwards_and_keep_their_own_predictions() -
             );
         }
     }
-    for ((machine, (ts, value)), want) in stored.iter().zip(&reference) {
+    for (machine, first, stored) in &per_pump {
+        assert_match_torch(machine, stored, &reference[*first..*first + stored.len()]);
+    }
+    eprintln!(
+        "{} predictions of {} pumps match torch (first ones {firsts:?}); \
+         {predictions} predictions in {forwards} forwards",
+        rows.len(),
+        machines.len()
+    );
+    Ok(())
+}
+
+/// The example model's manifest (config/example.toml serves this version).
+fn example_manifest() -> Result<ModelManifest> {
+    Ok(
+        ModelRegistry::open(repo_root().join("models/examples").join(MODEL))?
+            .load(MODEL_VERSION)?
+            .manifest()
+            .clone(),
+    )
+}
+
+/// Asserts that each stored prediction (timestamp ms, value) of `machine`
+/// is within [`TOLERANCE`] of torch's answer on the same row; returns the
+/// largest difference.
+fn assert_match_torch(machine: &str, stored: &[(i64, f64)], reference: &[Vec<f64>]) -> f64 {
+    let mut worst: f64 = 0.0;
+    for ((ts, value), want) in stored.iter().zip(reference) {
         let diff = (value - want[0]).abs();
+        worst = worst.max(diff);
         assert!(
             diff <= TOLERANCE,
             "{machine}'s prediction at {ts}: stored {value}, torch {}, diff {diff}",
             want[0]
         );
     }
-    eprintln!(
-        "{} predictions of {} pumps match torch (first ones {firsts:?}); \
-         {predictions} predictions in {forwards} forwards",
-        stored.len(),
-        machines.len()
-    );
-    Ok(())
+    worst
 }
 
 /// The machine's stored predictions as (timestamp ms, value), each with the
@@ -288,10 +297,7 @@ async fn opcua_client_sees_model_version_and_live_predictions() -> Result<()> {
         .join("models/examples")
         .join(MODEL)
         .join(MODEL_VERSION);
-    let manifest = ModelRegistry::open(version_dir.parent().context("model dir")?)?
-        .load(MODEL_VERSION)?
-        .manifest()
-        .clone();
+    let manifest = example_manifest()?;
     let file_sha = hex::encode(Sha256::digest(std::fs::read(
         version_dir.join(&manifest.file),
     )?));

@@ -478,11 +478,7 @@ impl OpcUaPublisher {
                 tracing::warn!(%status, machine = %scan.machine, "cannot set tag data types");
             }
         }
-        let mut direct = Vec::new();
-        values.store(updates, &mut direct);
-        if !direct.is_empty() {
-            inner.set_values(direct);
-        }
+        inner.store_hot(values, updates);
     }
 
     /// Sets the outputs of one prediction (SourceTimestamp = acquisition
@@ -535,11 +531,7 @@ impl OpcUaPublisher {
             slots.model_version,
             good(Variant::from(prediction.version.to_string())),
         ));
-        let mut direct = Vec::new();
-        slots.values.store(updates, &mut direct);
-        if !direct.is_empty() {
-            inner.set_values(direct);
-        }
+        inner.store_hot(&slots.values, updates);
     }
 
     /// Sets the `Models/<model>` variables.
@@ -836,6 +828,16 @@ fn status_now(value: Variant, status: StatusCode, now: DateTime) -> DataValue {
 impl PublisherInner {
     fn count_unknown(&self, n: usize) {
         self.unknown_values.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Stores `(slot, value)` pairs in `group`; sets those whose node is
+    /// watched in the address space now (see `hot_values`).
+    fn store_hot(&self, group: &HotGroup, updates: Vec<(usize, DataValue)>) {
+        let mut direct = Vec::new();
+        group.store(updates, &mut direct);
+        if !direct.is_empty() {
+            self.set_values(direct);
+        }
     }
 
     fn set_values(&self, updates: Vec<(&NodeId, DataValue)>) {
