@@ -1,6 +1,7 @@
 //! A verified TorchScript model loaded into libtorch.
 
 use std::io::Cursor;
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use tch::{CModule, Device, Kind, Tensor};
@@ -50,6 +51,11 @@ pub struct TorchModel {
     manifest: ModelManifest,
     device: Device,
     version: ModelVersion,
+    /// The last forward's input tensor and its rows, refilled in place when
+    /// the next forward has as many: a new tensor costs a trip through
+    /// libtorch's dispatcher (`torch::zeros`), about 8 % of a 64-row
+    /// forward of the example model (BENCHMARKS.md §1).
+    input: Mutex<Option<(usize, Tensor)>>,
 }
 
 impl TorchModel {
@@ -69,6 +75,7 @@ impl TorchModel {
             manifest: model.manifest().clone(),
             device,
             version: ModelVersion::new(model, SystemTime::now()),
+            input: Mutex::new(None),
         })
     }
 
@@ -101,22 +108,15 @@ impl TorchModel {
     /// Builds the `[n_rows, n_inputs]` float32 input tensor on the model's
     /// device from row-major values.
     pub fn input_tensor(&self, rows: &[f32], n_rows: usize) -> Result<Tensor, ModelError> {
-        let n_inputs = self.n_inputs();
-        let expected = n_rows.saturating_mul(n_inputs);
-        if rows.len() != expected {
-            return Err(ModelError::InputShape {
-                model: self.version.name.clone(),
-                n_rows,
-                n_inputs,
-                expected,
-                actual: rows.len(),
-            });
-        }
-        let shape = [to_i64(n_rows), to_i64(n_inputs)];
+        let shape = self.input_shape(rows, n_rows)?;
         // One libtorch call makes the tensor in its shape: each further op
         // (a view, a move to the CPU it is on) would be another trip
         // through libtorch's dispatcher on every forward.
-        let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        // Sized once: collecting a flat_map grows the vector step by step.
+        let mut bytes = Vec::with_capacity(rows.len() * 4);
+        for value in rows {
+            bytes.extend_from_slice(&value.to_ne_bytes());
+        }
         let input = Tensor::f_from_data_size(&bytes, &shape, Kind::Float)
             .map_err(|e| self.inference_error(e))?;
         if self.device == Device::Cpu {
@@ -128,17 +128,47 @@ impl TorchModel {
         }
     }
 
+    /// The `[n_rows, n_inputs]` shape of `rows`, or why they have not got it.
+    fn input_shape(&self, rows: &[f32], n_rows: usize) -> Result<[i64; 2], ModelError> {
+        let n_inputs = self.n_inputs();
+        let expected = n_rows.saturating_mul(n_inputs);
+        if rows.len() != expected {
+            return Err(ModelError::InputShape {
+                model: self.version.name.clone(),
+                n_rows,
+                n_inputs,
+                expected,
+                actual: rows.len(),
+            });
+        }
+        Ok([to_i64(n_rows), to_i64(n_inputs)])
+    }
+
     /// Runs `n_rows` row-major input rows and returns `n_rows x n_outputs`
     /// values, row-major. Fails if the model's output shape differs from
     /// what the manifest promises.
     pub fn forward(&self, rows: &[f32], n_rows: usize) -> Result<Vec<f32>, ModelError> {
-        let input = self.input_tensor(rows, n_rows)?;
+        self.input_shape(rows, n_rows)?;
         if n_rows == 0 {
             return Ok(Vec::new());
         }
+        // Held for the whole forward: the tensor is refilled only when no
+        // forward reads it. A forward that panicked left it whole.
+        let mut input = self.input.lock().unwrap_or_else(PoisonError::into_inner);
+        let input = match input.take() {
+            // On the CPU its memory is written directly; a CUDA tensor's
+            // is the device's, so it is made anew each time.
+            Some((rows_before, mut tensor))
+                if rows_before == n_rows && self.device == Device::Cpu =>
+            {
+                self.refill(&mut tensor, rows);
+                input.insert((n_rows, tensor))
+            }
+            _ => input.insert((n_rows, self.input_tensor(rows, n_rows)?)),
+        };
         // Grad mode is per thread; no_grad here keeps callers on any thread
         // from building autograd graphs.
-        let output = tch::no_grad(|| self.module.forward_ts(&[input]))
+        let output = tch::no_grad(|| self.module.forward_ts(&[&input.1]))
             .map_err(|e| self.inference_error(e))?;
 
         let expected = [to_i64(n_rows), to_i64(self.n_outputs())];
@@ -153,16 +183,32 @@ impl TorchModel {
         let n_values = n_rows * self.n_outputs();
         let mut values = vec![0f32; n_values];
         // A float output is copied out as it is (libtorch's copy moves it
-        // to the CPU first if needed); others are converted.
-        let copied = if matches!(output.f_kind(), Ok(Kind::Float)) {
-            output.f_copy_data(&mut values, n_values)
-        } else {
-            output
+        // to the CPU first if needed); others are converted. The copy
+        // checks the kind itself: no second call to ask it first.
+        let copied = match output.f_copy_data(&mut values, n_values) {
+            Err(tch::TchError::Kind(_)) => output
                 .f_to_kind(Kind::Float)
-                .and_then(|t| t.f_copy_data(&mut values, n_values))
+                .and_then(|t| t.f_copy_data(&mut values, n_values)),
+            copied => copied,
         };
         copied.map_err(|e| self.inference_error(e))?;
         Ok(values)
+    }
+
+    /// Copies `rows` into `tensor`, the last forward's input, which has
+    /// their number of values.
+    fn refill(&self, tensor: &mut Tensor, rows: &[f32]) {
+        debug_assert_eq!(tensor.numel(), rows.len());
+        let data = tensor.data_ptr().cast::<f32>();
+        // SAFETY: `tensor` was made by `input_tensor` on the CPU as a new
+        // contiguous float tensor of `rows.len()` values (the caller checked
+        // the rows against the shape it was made with), so `data` points to
+        // that many aligned f32s in memory libtorch owns. libtorch reads a
+        // tensor only inside a forward, and this model's forwards run under
+        // the lock the caller holds, so nothing reads it while it is
+        // written; a module that kept a reference sees the new rows, as
+        // after an in-place op.
+        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), data, rows.len()) };
     }
 
     fn inference_error(&self, e: tch::TchError) -> ModelError {

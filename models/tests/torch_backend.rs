@@ -19,6 +19,25 @@ fn forward_matches_the_hand_computed_outputs() {
 }
 
 #[test]
+fn each_forward_sees_its_own_rows_when_the_shape_repeats() {
+    // The input tensor of one shape is reused: every forward must answer
+    // for its own rows, whatever ran before it.
+    let model = tiny_model();
+    let batches: [&[[f32; 3]]; 5] = [
+        &[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]],
+        &[[-1.0, 0.5, 2.0], [4.0, -3.0, 0.25]],
+        &[[7.0, 1.0, -2.0]],
+        &[[2.0, 2.0, 2.0], [-5.0, 1.5, 0.0]],
+        &[[3.0, -1.0, 1.0]],
+    ];
+    for rows in batches {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let by_formula: Vec<f32> = rows.iter().flat_map(|r| expected_tiny(r)).collect();
+        assert_eq!(model.forward(&flat, rows.len()).unwrap(), by_formula);
+    }
+}
+
+#[test]
 fn forward_of_zero_rows_is_empty() {
     assert_eq!(tiny_model().forward(&[], 0).unwrap(), Vec::<f32>::new());
 }
