@@ -1,10 +1,14 @@
 //! Raw libtorch forward vs. the full inference-service path, batch 1 and 64
-//! (rows submitted one by one, and 64 handed over together).
+//! (rows submitted one by one, 64 handed over together as rows, and 64 in
+//! one flat buffer).
 //!
 //! cargo bench -p ironbridge-models --bench inference -- [model-version-dir]
 //!
 //! The directory defaults to the tiny test fixture. Each case is warmed up,
-//! then timed over several rounds; the table shows the median round.
+//! then timed over several rounds; the table shows the median round. The
+//! cases compared with the raw forward side by side alternate with it
+//! (round by round for 64 rows, call by call for lone rows), and their
+//! ratio or difference is the median over those pairs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,7 +20,10 @@ use ironbridge_models::{
 const WARM_UP: usize = 200;
 const ITERATIONS: usize = 2000;
 const ROUNDS: usize = 5;
-/// Calls per round of the lone-row cases (each after a pause of 2 ms).
+/// Rounds of the alternating cases, each of a tenth of `ITERATIONS` calls.
+const ALTERNATING_ROUNDS: usize = 100;
+/// Pairs of lone calls that warm up (each call after a pause of 2 ms);
+/// `ROUNDS` times as many are timed.
 const LONE_ITERATIONS: usize = 300;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,22 +66,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut table = Vec::new();
     // A lone request (the previous one long gone, as at one machine's poll
     // rate): the service runs it on the caller's thread. Timed per call,
-    // the gaps between calls left out; raw forward timed the same way,
-    // since caches cool in the gaps too.
+    // the gaps between calls left out, alternating call by call with the
+    // raw forward, which is timed the same way since caches cool in the
+    // gaps too.
+    let lone_difference;
     {
         let input = raw_model.input_tensor(&row, 1)?;
         let module = raw_model.module();
-        let raw = measure_lone(LONE_ITERATIONS, || {
-            tch::no_grad(|| module.forward_ts(&[&input])).map(drop)
-        })?;
-        table.push(Line::new("raw forward_ts, lone", 1, raw, raw));
         let handle = InferenceService::spawn(
             TorchModel::load(&verified, DeviceChoice::Cpu)?,
             InferenceOptions::default(),
         )?;
-        let service = measure_lone(LONE_ITERATIONS, || {
-            runtime.block_on(submit_and_await(&handle, &row, 1))
-        })?;
+        let (raw, service, difference) = measure_lone_pair(
+            || {
+                tch::no_grad(|| module.forward_ts(&[&input]))
+                    .map(drop)
+                    .map_err(Into::into)
+            },
+            || runtime.block_on(submit_and_await(&handle, &row, 1)),
+        )?;
+        lone_difference = difference;
+        table.push(Line::new("raw forward_ts, lone", 1, raw, raw));
         let stats = handle.stats().snapshot();
         table.push(
             Line::new("service, lone rows", 1, service, raw)
@@ -114,30 +126,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 measure_service(&verified, options, &runtime, &row, batch, iterations)?;
             table.push(Line::new(label, batch, service, raw).batches(batches_per_call));
         }
-        // The rows handed over whole, as the gateway's fan-out hands the
-        // rows of the scans that queued together. Timed in rounds
-        // alternating with the raw forward (the ratio is what matters, and
-        // this machine's speed drifts between cases).
+        // The rows handed over whole: as rows (the gateway's fan-out hands
+        // the rows of the scans that queued together so), and in one flat
+        // buffer. Timed in rounds alternating with the raw forward and the
+        // model's own forward (tensor made from the rows, outputs copied
+        // out), since the ratio is what matters and this machine's speed
+        // drifts between cases.
         if batch > 1 {
-            let handle = InferenceService::spawn(
-                TorchModel::load(&verified, DeviceChoice::Cpu)?,
-                InferenceOptions::default(),
-            )?;
-            let (raw, service) = measure_pair(
+            let spawn = || {
+                InferenceService::spawn(
+                    TorchModel::load(&verified, DeviceChoice::Cpu)?,
+                    InferenceOptions::default(),
+                )
+            };
+            let (many, flat) = (spawn()?, spawn()?);
+            let n_outputs = batch * manifest.outputs.len();
+            let times = measure_alternating(
                 ITERATIONS,
-                || {
-                    tch::no_grad(|| module.forward_ts(&[&input]))
-                        .map(drop)
-                        .map_err(Into::into)
-                },
-                || runtime.block_on(submit_many_and_await(&handle, &row, batch)),
+                &mut [
+                    &mut || {
+                        tch::no_grad(|| module.forward_ts(&[&input]))
+                            .map(drop)
+                            .map_err(Into::into)
+                    },
+                    &mut || {
+                        raw_model
+                            .forward(&rows, batch)
+                            .map(drop)
+                            .map_err(Into::into)
+                    },
+                    &mut || runtime.block_on(submit_many_and_await(&many, &row, batch)),
+                    &mut || runtime.block_on(submit_batch_and_await(&flat, &rows, n_outputs)),
+                ],
             )?;
-            let stats = handle.stats().snapshot();
+            let raw = times[0].0;
+            let forwards = |handle: &InferenceHandle| {
+                let stats = handle.stats().snapshot();
+                stats.batches as f64 / (stats.inferences as f64 / batch as f64)
+            };
             table.push(Line::new("raw forward_ts (paired)", batch, raw, raw));
-            table.push(
-                Line::new("service, submit_many", batch, service, raw)
-                    .batches(stats.batches as f64 / (stats.inferences as f64 / batch as f64)),
-            );
+            let paired = |path, (time, ratio): (Duration, f64)| {
+                Line::new(path, batch, time, raw).ratio(ratio)
+            };
+            table.push(paired("TorchModel::forward", times[1]));
+            table.push(paired("service, submit_many", times[2]).batches(forwards(&many)));
+            table.push(paired("service, submit_batch", times[3]).batches(forwards(&flat)));
         }
     }
 
@@ -156,12 +189,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if line.path.starts_with("raw") {
                 "-".to_owned()
             } else {
-                format!("{:.2}x", line.per_call_us / line.raw_us)
+                format!(
+                    "{:.2}x",
+                    line.ratio.unwrap_or(line.per_call_us / line.raw_us)
+                )
             },
             line.batches_per_call
                 .map_or("-".to_owned(), |b| format!("{b:.2}")),
         );
     }
+    println!(
+        "lone rows, service minus raw forward, median of the pairs: {:+.1} µs",
+        lone_difference * 1e6
+    );
     Ok(())
 }
 
@@ -171,6 +211,8 @@ struct Line {
     per_call_us: f64,
     raw_us: f64,
     batches_per_call: Option<f64>,
+    /// Against the raw forward, when measured round by round.
+    ratio: Option<f64>,
 }
 
 impl Line {
@@ -181,7 +223,13 @@ impl Line {
             per_call_us: per_call.as_secs_f64() * 1e6,
             raw_us: raw.as_secs_f64() * 1e6,
             batches_per_call: None,
+            ratio: None,
         }
+    }
+
+    fn ratio(mut self, ratio: f64) -> Self {
+        self.ratio = Some(ratio);
+        self
     }
 
     fn batches(mut self, per_call: f64) -> Self {
@@ -190,34 +238,39 @@ impl Line {
     }
 }
 
-/// Like [`measure`], with a pause of twice `LONE_ROW_GAP` before each call
-/// that is not timed.
-fn measure_lone<E>(
-    iterations: usize,
-    mut call: impl FnMut() -> Result<(), E>,
-) -> Result<Duration, E> {
+/// Two calls alternating call by call, each after a pause of twice
+/// `LONE_ROW_GAP` that is not timed: the median call of each, and the
+/// median over the pairs of the second's time minus the first's, in
+/// seconds. The first `LONE_ITERATIONS` pairs warm up.
+fn measure_lone_pair(
+    mut a: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
+    mut b: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<(Duration, Duration, f64), Box<dyn std::error::Error>> {
     let gap = ironbridge_models::LONE_ROW_GAP * 2;
-    measure_rounds(|| {
-        let mut took = Duration::ZERO;
-        for _ in 0..iterations {
-            std::thread::sleep(gap);
-            let start = Instant::now();
-            call()?;
-            took += start.elapsed();
+    let timed = |call: &mut dyn FnMut() -> Result<(), Box<dyn std::error::Error>>| {
+        std::thread::sleep(gap);
+        let start = Instant::now();
+        call()?;
+        Ok::<_, Box<dyn std::error::Error>>(start.elapsed())
+    };
+    let pairs = LONE_ITERATIONS * ROUNDS;
+    let (mut times_a, mut times_b, mut differences) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..LONE_ITERATIONS + pairs {
+        let (took_a, took_b) = (timed(&mut a)?, timed(&mut b)?);
+        if i >= LONE_ITERATIONS {
+            times_a.push(took_a);
+            times_b.push(took_b);
+            differences.push(took_b.as_secs_f64() - took_a.as_secs_f64());
         }
-        Ok(took / iterations as u32)
-    })
-}
-
-/// Median over rounds of what `round` returns, after one round to warm up.
-fn measure_rounds<E>(mut round: impl FnMut() -> Result<Duration, E>) -> Result<Duration, E> {
-    round()?;
-    let mut rounds = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
-        rounds.push(round()?);
     }
-    rounds.sort();
-    Ok(rounds[ROUNDS / 2])
+    times_a.sort();
+    times_b.sort();
+    differences.sort_by(f64::total_cmp);
+    Ok((
+        times_a[pairs / 2],
+        times_b[pairs / 2],
+        differences[pairs / 2],
+    ))
 }
 
 /// Median over rounds of the mean time per call.
@@ -237,35 +290,57 @@ fn measure<E>(iterations: usize, mut call: impl FnMut() -> Result<(), E>) -> Res
     Ok(rounds[ROUNDS / 2])
 }
 
-/// Medians over rounds of two calls' mean times, the rounds alternating
-/// (a, b, a, b, ...) so that both see the machine in the same state.
-fn measure_pair(
+type Call<'a> = &'a mut dyn FnMut() -> Result<(), Box<dyn std::error::Error>>;
+
+/// Several calls timed in alternating rounds (a, b, c, c, b, a, a, b, ...),
+/// so that all see the machine in the same states and none always follows
+/// the same one. For each call: the median round's mean time per call, and
+/// the median over rounds of its time against the first call's in the same
+/// round (robust to the machine's speed drifting between rounds).
+fn measure_alternating(
     iterations: usize,
-    mut a: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
-    mut b: impl FnMut() -> Result<(), Box<dyn std::error::Error>>,
-) -> Result<(Duration, Duration), Box<dyn std::error::Error>> {
+    calls: &mut [Call<'_>],
+) -> Result<Vec<(Duration, f64)>, Box<dyn std::error::Error>> {
     for _ in 0..WARM_UP.min(iterations) {
-        a()?;
-        b()?;
-    }
-    // Twice the rounds, each half as long: the same calls as `measure`.
-    let per_round = (iterations / 2).max(1);
-    let mut rounds = [Vec::new(), Vec::new()];
-    for _ in 0..ROUNDS * 2 {
-        let calls: [&mut dyn FnMut() -> Result<(), Box<dyn std::error::Error>>; 2] =
-            [&mut a, &mut b];
-        for (call, rounds) in calls.into_iter().zip(rounds.iter_mut()) {
-            let start = Instant::now();
-            for _ in 0..per_round {
-                call()?;
-            }
-            rounds.push(start.elapsed() / per_round as u32);
+        for call in calls.iter_mut() {
+            call()?;
         }
     }
-    let [mut rounds_a, mut rounds_b] = rounds;
-    rounds_a.sort();
-    rounds_b.sort();
-    Ok((rounds_a[ROUNDS], rounds_b[ROUNDS]))
+    // Many short rounds: each call sees every phase of the drift, and the
+    // medians drop the rounds a neighbour spoilt.
+    let per_round = (iterations / 10).max(1);
+    let mut rounds = vec![Vec::with_capacity(ALTERNATING_ROUNDS); calls.len()];
+    for round in 0..ALTERNATING_ROUNDS {
+        let mut order: Vec<usize> = (0..calls.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let start = Instant::now();
+            for _ in 0..per_round {
+                calls[i]()?;
+            }
+            rounds[i].push(start.elapsed() / per_round as u32);
+        }
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let first = rounds[0].clone();
+    Ok(rounds
+        .into_iter()
+        .map(|times| {
+            let ratios = times
+                .iter()
+                .zip(&first)
+                .map(|(t, f)| t.as_secs_f64() / f.as_secs_f64())
+                .collect();
+            let mut sorted = times;
+            sorted.sort();
+            (sorted[ALTERNATING_ROUNDS / 2], median(ratios))
+        })
+        .collect())
 }
 
 /// Times submit-and-await of `batch` rows through a fresh service; also
@@ -314,6 +389,18 @@ async fn submit_many_and_await(
     let rows = (0..batch).map(|_| row.to_vec()).collect();
     for prediction in handle.submit_many(rows) {
         prediction?.await?;
+    }
+    Ok(())
+}
+
+async fn submit_batch_and_await(
+    handle: &InferenceHandle,
+    rows: &[f32],
+    n_outputs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let outputs = handle.submit_batch(rows)?.await?;
+    if outputs.len() != n_outputs {
+        return Err(format!("{} outputs, not {n_outputs}", outputs.len()).into());
     }
     Ok(())
 }

@@ -23,6 +23,12 @@
 //! the bound applies to the whole forward, estimated from the last one (in
 //! proportion to the rows when there are more). Their answers are there at
 //! once, with no channel.
+//!
+//! A batch in one flat buffer ([`InferenceHandle::submit_batch`]) is one
+//! request with one answer, the outputs row after row: nothing is allocated
+//! per row, so its cost stays close to libtorch's own forward
+//! (BENCHMARKS.md §1). When it queues it takes one place in the queue and
+//! is never split: the worker adds it to a batch only whole.
 
 use std::fmt;
 use std::future::Future;
@@ -89,6 +95,10 @@ pub enum SubmitError {
     RateLimited,
     /// The row does not have one value per model input.
     RowLength { expected: usize, actual: usize },
+    /// A flat batch's length is not a whole number of rows.
+    BatchLength { n_inputs: usize, actual: usize },
+    /// A flat batch has more rows than the service's `max_batch`.
+    TooManyRows { max_batch: usize, actual: usize },
     /// The worker is gone (it panicked); nothing will be answered.
     Stopped,
 }
@@ -103,6 +113,14 @@ impl fmt::Display for SubmitError {
             SubmitError::RowLength { expected, actual } => {
                 write!(f, "row has {actual} values but the model takes {expected}")
             }
+            SubmitError::BatchLength { n_inputs, actual } => write!(
+                f,
+                "batch has {actual} values, not a whole number of rows of {n_inputs} (the model's inputs)"
+            ),
+            SubmitError::TooManyRows { max_batch, actual } => write!(
+                f,
+                "batch has {actual} rows but the service runs at most {max_batch} (max_batch) in one forward"
+            ),
             SubmitError::Stopped => f.write_str("inference service stopped"),
         }
     }
@@ -257,7 +275,8 @@ impl Default for Counters {
 /// The counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct InferenceStatsSnapshot {
-    /// Calls to `submit`, accepted or not.
+    /// Rows submitted, accepted or not (a flat batch whose length is not
+    /// a whole number of rows counts as one).
     pub requests: u64,
     /// Rows run through the model successfully.
     pub inferences: u64,
@@ -713,10 +732,11 @@ fn spawn_with_start_gate(
         Backend::Torch(torch) if options.max_wait.is_zero() => Some(Arc::clone(torch)),
         _ => None,
     };
-    let max_inline_rows = options.max_batch;
+    let max_batch = options.max_batch;
     let worker = Worker {
         backend,
         requests,
+        held: None,
         shared: Arc::clone(&shared),
         options,
         clock,
@@ -732,7 +752,7 @@ fn spawn_with_start_gate(
         queue,
         shared,
         inline,
-        max_inline_rows,
+        max_batch,
     })
 }
 
@@ -840,8 +860,8 @@ pub struct InferenceHandle {
     /// An in-process model, for rows run on the caller's thread. Not in
     /// `Shared`: monitors outlive handles and must not keep the model.
     inline: Option<Arc<InlineTorch>>,
-    /// The most rows run on the caller's thread at once (`max_batch`).
-    max_inline_rows: usize,
+    /// The most rows in one forward, on either thread.
+    max_batch: usize,
 }
 
 impl fmt::Debug for InferenceHandle {
@@ -860,12 +880,29 @@ impl InferenceHandle {
     /// limit rejects this one.
     pub fn submit(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
         let row = self.admit(row)?;
-        if let Some(mut answers) = self.run_inline(&row, 1) {
-            if let Some(answer) = answers.pop() {
-                return Ok(self.ready(answer));
-            }
+        if let Some(answer) = self.run_inline(&row, 1) {
+            return Ok(self.ready(answer.map(Answer::new)));
         }
-        self.enqueue(row)
+        self.enqueue(row, 1)
+    }
+
+    /// Submits `rows`, row after row (one value per model input each), as
+    /// one request: they run in one forward, and the answer is their
+    /// outputs, row after row. At most `max_batch` rows; a length that is
+    /// not a whole number of rows is refused. Like [`Self::submit_many`]
+    /// the rows run at once on this thread when the inference thread is
+    /// idle; otherwise they queue as one request, copied, and the worker
+    /// may add other queued rows to their forward. The rate limit counts
+    /// every row and takes all or none.
+    pub fn submit_batch(&self, rows: &[f32]) -> Result<PendingPrediction, SubmitError> {
+        let n_rows = self.admit_batch(rows)?;
+        if n_rows == 0 {
+            return Ok(self.ready(Ok(Answer::new(Vec::new()))));
+        }
+        if let Some(answer) = self.run_inline(rows, n_rows) {
+            return Ok(self.ready(answer.map(Answer::new)));
+        }
+        self.enqueue(rows.to_vec(), n_rows)
     }
 
     /// Submits rows that arrived together (a burst of scans), one answer
@@ -893,23 +930,35 @@ impl InferenceHandle {
             }
         };
         match inline {
-            Some(answers) => {
-                let mut answers = answers.into_iter();
+            Some(Ok(values)) => {
+                let n_outputs = self.shared.outputs.len().max(1);
+                let mut answers = values.chunks_exact(n_outputs);
                 admitted
                     .into_iter()
                     .map(|row| {
                         let _ = row?;
                         // One answer per admitted row, in order.
-                        let answer = answers.next().unwrap_or_else(|| {
-                            Err(ModelError::ServiceStopped {
+                        let answer = match answers.next() {
+                            Some(output) => Ok(Answer::new(output.to_vec())),
+                            None => Err(ModelError::ServiceStopped {
                                 model: self.shared.version.name.clone(),
-                            })
-                        });
+                            }),
+                        };
                         Ok(self.ready(answer))
                     })
                     .collect()
             }
-            None => admitted.into_iter().map(|row| self.enqueue(row?)).collect(),
+            Some(Err(error)) => admitted
+                .into_iter()
+                .map(|row| {
+                    let _ = row?;
+                    Ok(self.ready(Err(copy_of(&error))))
+                })
+                .collect(),
+            None => admitted
+                .into_iter()
+                .map(|row| self.enqueue(row?, 1))
+                .collect(),
         }
     }
 
@@ -933,11 +982,47 @@ impl InferenceHandle {
         Ok(row)
     }
 
+    /// Counts a flat batch's rows and checks its length, its size and the
+    /// rate limit; the number of rows.
+    fn admit_batch(&self, rows: &[f32]) -> Result<usize, SubmitError> {
+        let c = &*self.shared.stats.counters;
+        let n_inputs = self.shared.inputs.len();
+        if n_inputs == 0 || !rows.len().is_multiple_of(n_inputs) {
+            c.requests.inc();
+            c.failures.inc();
+            return Err(SubmitError::BatchLength {
+                n_inputs,
+                actual: rows.len(),
+            });
+        }
+        let n_rows = rows.len() / n_inputs;
+        let n = n_rows as u64;
+        c.requests.add(n);
+        if n_rows > self.max_batch {
+            c.failures.add(n);
+            return Err(SubmitError::TooManyRows {
+                max_batch: self.max_batch,
+                actual: n_rows,
+            });
+        }
+        if let (Some(limiter), Some(cells)) = (
+            &self.shared.limiter,
+            u32::try_from(n_rows).ok().and_then(NonZeroU32::new),
+        ) {
+            // Err: more rows than the burst allows at all; Ok(Err): not now.
+            if !matches!(limiter.check_n(cells), Ok(Ok(()))) {
+                c.rejected_rate_limited.add(n);
+                return Err(SubmitError::RateLimited);
+            }
+        }
+        Ok(n_rows)
+    }
+
     /// Runs `n_rows` admitted rows on this thread if the model allows it
-    /// now; one answer per row, or `None`: queue them.
-    fn run_inline(&self, rows: &[f32], n_rows: usize) -> Option<Vec<Result<Answer, ModelError>>> {
+    /// now: their outputs, row after row, or `None`: queue them.
+    fn run_inline(&self, rows: &[f32], n_rows: usize) -> Option<Result<Vec<f32>, ModelError>> {
         let torch = self.inline.as_ref()?;
-        if n_rows > self.max_inline_rows {
+        if n_rows > self.max_batch {
             return None;
         }
         // Before the worker serves (its start gate), everything queues.
@@ -947,30 +1032,18 @@ impl InferenceHandle {
         c.latency.observe(took.as_secs_f64());
         c.batch_sizes.observe(n_rows as f64);
         let n = n_rows as u64;
-        match result {
-            Ok(values) => {
+        match &result {
+            Ok(_) => {
                 c.batches.inc();
                 c.inferences.add(n);
                 c.inline_inferences.add(n);
-                let n_outputs = self.shared.outputs.len().max(1);
-                Some(
-                    values
-                        .chunks_exact(n_outputs)
-                        .map(|output| {
-                            Ok(Answer {
-                                values: output.to_vec(),
-                                by_fallback: false,
-                            })
-                        })
-                        .collect(),
-                )
             }
             Err(error) => {
                 c.failures.add(n);
                 tracing::warn!(model = %self.shared.version.name, rows = n_rows, %error, "inference batch failed");
-                Some((0..n_rows).map(|_| Err(copy_of(&error))).collect())
             }
         }
+        Some(result)
     }
 
     fn ready(&self, answer: Result<Answer, ModelError>) -> PendingPrediction {
@@ -980,20 +1053,25 @@ impl InferenceHandle {
         }
     }
 
-    fn enqueue(&self, row: Vec<f32>) -> Result<PendingPrediction, SubmitError> {
+    /// Queues `n_rows` admitted rows (`rows`, row after row) as one request.
+    fn enqueue(&self, rows: Vec<f32>, n_rows: usize) -> Result<PendingPrediction, SubmitError> {
         let c = &*self.shared.stats.counters;
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Request { row, reply }) {
+        match self.queue.try_send(Request {
+            rows,
+            n_rows,
+            reply,
+        }) {
             Ok(()) => Ok(PendingPrediction {
                 answer: AnswerSlot::Waiting(answer),
                 shared: Arc::clone(&self.shared),
             }),
             Err(TrySendError::Full(_)) => {
-                c.rejected_queue_full.inc();
+                c.rejected_queue_full.add(n_rows as u64);
                 Err(SubmitError::QueueFull)
             }
             Err(TrySendError::Closed(_)) => {
-                c.failures.inc();
+                c.failures.add(n_rows as u64);
                 Err(SubmitError::Stopped)
             }
         }
@@ -1108,7 +1186,18 @@ struct Answer {
     by_fallback: bool,
 }
 
-/// The answer to one submitted row: await it (or call [`Self::wait`]).
+impl Answer {
+    /// The version's own answer.
+    fn new(values: Vec<f32>) -> Self {
+        Self {
+            values,
+            by_fallback: false,
+        }
+    }
+}
+
+/// The answer to one request: a row's outputs, or a flat batch's outputs
+/// row after row. Await it (or call [`Self::wait`]).
 pub struct PendingPrediction {
     answer: AnswerSlot,
     shared: Arc<Shared>,
@@ -1137,7 +1226,8 @@ impl PendingPrediction {
         &self.shared.version
     }
 
-    /// The output row (one value per model output, in manifest order).
+    /// The output row (one value per model output, in manifest order; for
+    /// a flat batch, every row's, row after row).
     pub async fn wait(self) -> Result<Vec<f32>, ModelError> {
         self.await
     }
@@ -1202,13 +1292,18 @@ impl Future for PendingPrediction {
 }
 
 struct Request {
-    row: Vec<f32>,
+    /// `n_rows` rows, row after row.
+    rows: Vec<f32>,
+    n_rows: usize,
     reply: oneshot::Sender<Result<Answer, ModelError>>,
 }
 
 struct Worker {
     backend: Backend,
     requests: mpsc::Receiver<Request>,
+    /// A request received that would have made the last batch larger than
+    /// `max_batch`; it starts the next one.
+    held: Option<Request>,
     shared: Arc<Shared>,
     options: InferenceOptions,
     clock: tokio::runtime::Runtime,
@@ -1266,7 +1361,7 @@ impl Worker {
         let mut batch = Vec::with_capacity(self.options.max_batch);
         let mut rows = Vec::with_capacity(self.options.max_batch * self.shared.inputs.len());
         // `None` from blocking_recv: every handle is gone, so shut down.
-        while let Some(first) = self.requests.blocking_recv() {
+        while let Some(first) = self.held.take().or_else(|| self.requests.blocking_recv()) {
             batch.push(first);
             self.gather(&mut batch);
             self.run_batch(&mut batch, &mut rows);
@@ -1274,34 +1369,37 @@ impl Worker {
         tracing::info!(model = %self.shared.version.name, "inference service stopped");
     }
 
-    /// Adds queued requests to `batch` until it is full or `max_wait` has
-    /// passed since its first request arrived.
+    /// Adds queued requests to `batch` until its rows reach `max_batch` or
+    /// `max_wait` has passed since its first request arrived. A request
+    /// whose rows would not fit waits in `held` for the next batch.
     fn gather(&mut self, batch: &mut Vec<Request>) {
         // A max_wait too large for Instant means no deadline.
         let deadline = Instant::now().checked_add(self.options.max_wait);
-        while batch.len() < self.options.max_batch {
-            match self.requests.try_recv() {
-                Ok(request) => {
-                    batch.push(request);
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => {}
-            }
-            let next = match deadline {
-                Some(deadline) if Instant::now() >= deadline => return,
-                Some(deadline) => self.clock.block_on(async {
-                    tokio::time::timeout_at(deadline.into(), self.requests.recv())
-                        .await
-                        .ok()
-                        .flatten()
-                }),
-                None => self.clock.block_on(self.requests.recv()),
+        let mut n_rows: usize = batch.iter().map(|r| r.n_rows).sum();
+        while n_rows < self.options.max_batch {
+            let next = match self.requests.try_recv() {
+                Ok(request) => Some(request),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => match deadline {
+                    Some(deadline) if Instant::now() >= deadline => None,
+                    Some(deadline) => self.clock.block_on(async {
+                        tokio::time::timeout_at(deadline.into(), self.requests.recv())
+                            .await
+                            .ok()
+                            .flatten()
+                    }),
+                    None => self.clock.block_on(self.requests.recv()),
+                },
             };
-            match next {
-                Some(request) => batch.push(request),
-                None => return,
+            let Some(request) = next else {
+                return;
+            };
+            if n_rows + request.n_rows > self.options.max_batch {
+                self.held = Some(request);
+                return;
             }
+            n_rows += request.n_rows;
+            batch.push(request);
         }
     }
 
@@ -1325,11 +1423,12 @@ impl Worker {
             return;
         }
         rows.clear();
+        let mut n_rows = 0;
         for request in batch.iter() {
-            rows.extend_from_slice(&request.row);
+            rows.extend_from_slice(&request.rows);
+            n_rows += request.n_rows;
         }
         let c = &*self.shared.stats.counters;
-        let n_rows = batch.len();
         // forward runs under tch::no_grad (grad mode is per thread).
         let started = std::time::Instant::now();
         let (result, attempted) = match &mut self.backend {
@@ -1377,7 +1476,13 @@ impl Worker {
                     c.inferences.add(n_rows as u64);
                 }
                 let n_outputs = self.shared.outputs.len();
-                for (request, output) in batch.drain(..).zip(values.chunks_exact(n_outputs)) {
+                let mut rest = values.as_slice();
+                for request in batch.drain(..) {
+                    // forward checked the output's shape: the values are
+                    // there for every row.
+                    let (output, after) =
+                        rest.split_at((request.n_rows * n_outputs).min(rest.len()));
+                    rest = after;
                     // A caller that gave up meanwhile is no concern.
                     let _ = request.reply.send(Ok(Answer {
                         values: output.to_vec(),
@@ -1524,6 +1629,122 @@ mod tests {
         }
         let stats = handle.stats().snapshot();
         assert_eq!((stats.batches, stats.inferences), (1, 8));
+    }
+
+    #[tokio::test]
+    async fn a_queued_flat_batch_is_never_split_and_answers_row_after_row() {
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let options = InferenceOptions {
+            max_batch: 4,
+            max_wait: Duration::ZERO,
+            ..InferenceOptions::default()
+        };
+        let handle = spawn_with_start_gate(tiny_model(), options, Some(gate)).unwrap();
+        let row = |x: f32| [x, 0.0, 0.0];
+        // 1 + 3 rows fill the first forward; 2 + 1 make the second, since
+        // the 2 do not fit in the first.
+        let pending = [
+            handle.submit(row(0.0).to_vec()).unwrap(),
+            handle
+                .submit_batch(&[row(1.0), row(2.0), row(3.0)].concat())
+                .unwrap(),
+            handle.submit_batch(&[row(4.0), row(5.0)].concat()).unwrap(),
+            handle.submit(row(6.0).to_vec()).unwrap(),
+        ];
+        assert_eq!(handle.queue_depth(), 4);
+        drop(open_gate);
+        let expected =
+            |xs: &[f32]| -> Vec<f32> { xs.iter().flat_map(|&x| [x + 0.5, -x - 1.0]).collect() };
+        let mut answers = Vec::new();
+        for prediction in pending {
+            answers.push(prediction.await.unwrap());
+        }
+        assert_eq!(
+            answers,
+            [
+                expected(&[0.0]),
+                expected(&[1.0, 2.0, 3.0]),
+                expected(&[4.0, 5.0]),
+                expected(&[6.0]),
+            ]
+        );
+        let stats = handle.stats().snapshot();
+        assert_eq!((stats.batches, stats.inferences, stats.requests), (2, 7, 7));
+        let sizes = handle.stats().batch_sizes();
+        assert_eq!((sizes.count, sizes.sum), (2, 7.0));
+    }
+
+    #[tokio::test]
+    async fn a_flat_batch_runs_on_the_callers_thread_as_one_forward() {
+        let handle = InferenceService::spawn(tiny_model(), InferenceOptions::default()).unwrap();
+        let rows = [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [3.0, 0.0, 0.0]].concat();
+        // Until a forward was timed short, nothing runs inline (see above).
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            assert!(tries < 100, "no flat batch ran on the caller's thread");
+            std::thread::sleep(LONE_ROW_GAP * 2);
+            let before = handle.stats().snapshot();
+            let answer = handle.submit_batch(&rows).unwrap().await.unwrap();
+            assert_eq!(answer, vec![1.5, -2.0, 2.5, -3.0, 3.5, -4.0]);
+            let after = handle.stats().snapshot();
+            assert_eq!(after.inferences - before.inferences, 3);
+            assert_eq!(after.batches - before.batches, 1);
+            if after.inline_inferences > before.inline_inferences {
+                assert_eq!(after.inline_inferences - before.inline_inferences, 3);
+                break;
+            }
+        }
+        // No rows: nothing to run, an empty answer.
+        assert_eq!(
+            handle.submit_batch(&[]).unwrap().await.unwrap(),
+            Vec::<f32>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flat_batch_is_refused_whole_for_its_length_size_or_rate() {
+        let options = InferenceOptions {
+            max_batch: 4,
+            rate_limit_per_s: NonZeroU32::new(2),
+            ..InferenceOptions::default()
+        };
+        let handle = InferenceService::spawn(tiny_model(), options).unwrap();
+        assert_eq!(
+            handle.submit_batch(&[1.0; 7]).unwrap_err(),
+            SubmitError::BatchLength {
+                n_inputs: 3,
+                actual: 7
+            }
+        );
+        assert_eq!(
+            handle.submit_batch(&[1.0; 15]).unwrap_err(),
+            SubmitError::TooManyRows {
+                max_batch: 4,
+                actual: 5
+            }
+        );
+        // 3 rows are more than the limit's burst of 2: refused whole, and
+        // they take nothing from it, so 2 rows still pass.
+        assert_eq!(
+            handle.submit_batch(&[1.0; 9]).unwrap_err(),
+            SubmitError::RateLimited
+        );
+        assert_eq!(
+            handle.submit_batch(&[1.0; 6]).unwrap().await.unwrap().len(),
+            4
+        );
+        let stats = handle.stats().snapshot();
+        assert_eq!(stats.requests, 1 + 5 + 3 + 2);
+        assert_eq!(stats.failures, 1 + 5);
+        assert_eq!(stats.rejected_rate_limited, 3);
+        assert_eq!(stats.inferences, 2);
+        assert!(SubmitError::TooManyRows {
+            max_batch: 4,
+            actual: 5
+        }
+        .to_string()
+        .contains("max_batch"));
     }
 
     #[tokio::test]

@@ -164,7 +164,11 @@ impl InferenceRefusals {
         let counter = match error {
             SubmitError::QueueFull => &self.queue_full,
             SubmitError::RateLimited => &self.rate_limited,
-            SubmitError::RowLength { .. } => &self.row_length,
+            // The gateway submits rows; a flat batch's shape errors are
+            // the same mistake, counted with them.
+            SubmitError::RowLength { .. }
+            | SubmitError::BatchLength { .. }
+            | SubmitError::TooManyRows { .. } => &self.row_length,
             SubmitError::Stopped => &self.stopped,
         };
         counter.inc();
