@@ -1,5 +1,6 @@
-//! Scans shaped like the example pump's, for the sink benchmarks: 8 tags
-//! (floats, integers, a bool) on one machine, 200 ms apart, values drifting.
+//! Scans for the sink benchmarks: shaped like the example pump's (8 tags:
+//! floats, integers, a bool) on one machine, 200 ms apart, values drifting;
+//! and like issue 10's workload (62 f32 registers, widened to f64).
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -43,6 +44,32 @@ pub fn scans(n: usize) -> Vec<Scan> {
                     tag("running", TagValue::Bool(true)),
                 ],
             }
+        })
+        .collect()
+}
+
+/// `n` scans of `tags` f32 registers each (`r00`, `r01`, ...), 100 ms apart,
+/// as a Modbus source widens them: most need 16-17 digits.
+#[allow(dead_code)] // Not every bench that includes this file uses it.
+pub fn register_scans(n: usize, tags: usize) -> Vec<Scan> {
+    let machine: Arc<str> = Arc::from("machine-01");
+    let names: Vec<Arc<str>> = (0..tags).map(|t| Arc::from(format!("r{t:02}"))).collect();
+    (0..n)
+        .map(|i| Scan {
+            machine: machine.clone(),
+            acquired_at: UNIX_EPOCH + Duration::from_millis(1_764_547_200_000 + 100 * i as u64),
+            readings: names
+                .iter()
+                .enumerate()
+                .map(|(t, name)| TagReading {
+                    tag: name.clone(),
+                    value: Some(TagValue::Float(f64::from(
+                        (t as f32) * 1.5 + ((i + t) as f32 * 0.1).sin(),
+                    ))),
+                    quality: Quality::Good,
+                    status: None,
+                })
+                .collect(),
         })
         .collect()
 }
