@@ -27,7 +27,7 @@
 //! A batch in one flat buffer ([`InferenceHandle::submit_batch`]) is one
 //! request with one answer, the outputs row after row: nothing is allocated
 //! per row, so its cost stays close to libtorch's own forward
-//! (BENCHMARKS.md §1). When it queues it takes one place in the queue and
+//! (BENCHMARKS.md §16). When it queues it takes one place in the queue and
 //! is never split: the worker adds it to a batch only whole.
 
 use std::fmt;

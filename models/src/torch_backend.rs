@@ -51,11 +51,49 @@ pub struct TorchModel {
     manifest: ModelManifest,
     device: Device,
     version: ModelVersion,
-    /// The last forward's input tensor and its rows, refilled in place when
-    /// the next forward has as many: a new tensor costs a trip through
+    /// The last forward's input tensor, refilled in place when the next
+    /// forward has as many rows: a new tensor costs a trip through
     /// libtorch's dispatcher (`torch::zeros`), about 8 % of a 64-row
-    /// forward of the example model (BENCHMARKS.md §1).
-    input: Mutex<Option<(usize, Tensor)>>,
+    /// forward of the example model (BENCHMARKS.md §16).
+    input: Mutex<Option<ReusedInput>>,
+}
+
+/// An input tensor made by [`TorchModel::input_tensor`] on the CPU, and
+/// where its values were then.
+#[derive(Debug)]
+struct ReusedInput {
+    n_rows: usize,
+    tensor: Tensor,
+    /// Its data pointer when it was made: a module may have changed the
+    /// tensor in place (`unsqueeze_`, `t_`, `set_`), and then it is not
+    /// refilled but made anew.
+    data: usize,
+}
+
+impl ReusedInput {
+    /// Copies `rows` into the tensor, on the CPU, after
+    /// [`Self::is_as_made`] with their shape.
+    fn refill(&mut self, rows: &[f32]) {
+        let data = self.tensor.data_ptr().cast::<f32>();
+        // SAFETY: the tensor was made by `input_tensor` on the CPU (the
+        // caller checks the device), and `is_as_made` checked that it is
+        // still a contiguous float tensor of `rows.len()` values over the
+        // same memory, so `data` points to that many aligned f32s that
+        // libtorch owns. libtorch reads a tensor only inside a forward, and
+        // the model's forwards run under the lock the caller holds, so
+        // nothing reads them while they are written; a module that kept a
+        // reference sees the new rows, as after an in-place op.
+        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), data, rows.len()) };
+    }
+
+    /// Still a contiguous float tensor of `shape` over the memory it was
+    /// made with.
+    fn is_as_made(&self, shape: [i64; 2]) -> bool {
+        self.tensor.data_ptr() as usize == self.data
+            && self.tensor.size() == shape
+            && self.tensor.is_contiguous()
+            && matches!(self.tensor.f_kind(), Ok(Kind::Float))
+    }
 }
 
 impl TorchModel {
@@ -148,27 +186,36 @@ impl TorchModel {
     /// values, row-major. Fails if the model's output shape differs from
     /// what the manifest promises.
     pub fn forward(&self, rows: &[f32], n_rows: usize) -> Result<Vec<f32>, ModelError> {
-        self.input_shape(rows, n_rows)?;
+        let shape = self.input_shape(rows, n_rows)?;
         if n_rows == 0 {
             return Ok(Vec::new());
         }
         // Held for the whole forward: the tensor is refilled only when no
         // forward reads it. A forward that panicked left it whole.
-        let mut input = self.input.lock().unwrap_or_else(PoisonError::into_inner);
-        let input = match input.take() {
-            // On the CPU its memory is written directly; a CUDA tensor's
-            // is the device's, so it is made anew each time.
-            Some((rows_before, mut tensor))
-                if rows_before == n_rows && self.device == Device::Cpu =>
+        let mut reused = self.input.lock().unwrap_or_else(PoisonError::into_inner);
+        let input = match reused.take() {
+            // A CUDA tensor's memory is the device's: made anew every time.
+            Some(mut input)
+                if self.device == Device::Cpu
+                    && input.n_rows == n_rows
+                    && input.is_as_made(shape) =>
             {
-                self.refill(&mut tensor, rows);
-                input.insert((n_rows, tensor))
+                input.refill(rows);
+                reused.insert(input)
             }
-            _ => input.insert((n_rows, self.input_tensor(rows, n_rows)?)),
+            _ => {
+                let tensor = self.input_tensor(rows, n_rows)?;
+                let data = tensor.data_ptr() as usize;
+                reused.insert(ReusedInput {
+                    n_rows,
+                    tensor,
+                    data,
+                })
+            }
         };
         // Grad mode is per thread; no_grad here keeps callers on any thread
         // from building autograd graphs.
-        let output = tch::no_grad(|| self.module.forward_ts(&[&input.1]))
+        let output = tch::no_grad(|| self.module.forward_ts(&[&input.tensor]))
             .map_err(|e| self.inference_error(e))?;
 
         let expected = [to_i64(n_rows), to_i64(self.n_outputs())];
@@ -193,22 +240,6 @@ impl TorchModel {
         };
         copied.map_err(|e| self.inference_error(e))?;
         Ok(values)
-    }
-
-    /// Copies `rows` into `tensor`, the last forward's input, which has
-    /// their number of values.
-    fn refill(&self, tensor: &mut Tensor, rows: &[f32]) {
-        debug_assert_eq!(tensor.numel(), rows.len());
-        let data = tensor.data_ptr().cast::<f32>();
-        // SAFETY: `tensor` was made by `input_tensor` on the CPU as a new
-        // contiguous float tensor of `rows.len()` values (the caller checked
-        // the rows against the shape it was made with), so `data` points to
-        // that many aligned f32s in memory libtorch owns. libtorch reads a
-        // tensor only inside a forward, and this model's forwards run under
-        // the lock the caller holds, so nothing reads it while it is
-        // written; a module that kept a reference sees the new rows, as
-        // after an in-place op.
-        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), data, rows.len()) };
     }
 
     fn inference_error(&self, e: tch::TchError) -> ModelError {

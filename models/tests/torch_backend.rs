@@ -38,6 +38,26 @@ fn each_forward_sees_its_own_rows_when_the_shape_repeats() {
 }
 
 #[test]
+fn a_module_that_changes_its_input_in_place_still_gets_each_forwards_rows() {
+    // This fixture zeroes and transposes its input after answering: the
+    // reused tensor is then not what it was, and must not be refilled.
+    let verified = ModelRegistry::open(common::fixtures().join("tiny-inplace"))
+        .unwrap()
+        .load("1.0.0")
+        .unwrap();
+    let model = TorchModel::load(&verified, DeviceChoice::Cpu).unwrap();
+    for rows in [
+        [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]],
+        [[-1.0, 0.5, 2.0], [4.0, -3.0, 0.25]],
+        [[7.0, 1.0, -2.0], [2.0, 2.0, 2.0]],
+    ] {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let by_formula: Vec<f32> = rows.iter().flat_map(|r| expected_tiny(r)).collect();
+        assert_eq!(model.forward(&flat, rows.len()).unwrap(), by_formula);
+    }
+}
+
+#[test]
 fn forward_of_zero_rows_is_empty() {
     assert_eq!(tiny_model().forward(&[], 0).unwrap(), Vec::<f32>::new());
 }
