@@ -68,42 +68,54 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // rate): the service runs it on the caller's thread. Timed per call,
     // the gaps between calls left out, alternating call by call with the
     // raw forward, which is timed the same way since caches cool in the
-    // gaps too.
-    let (lone_difference, lone_model_difference);
+    // gaps too. The answer is taken with `blocking_wait` (it is there at
+    // once, so nothing blocks), as a caller inside a task takes it with
+    // one poll; entering a runtime's `block_on` for each call would add
+    // the harness's own cost (timed below for comparison).
+    let mut lone = Vec::new();
     {
         let input = raw_model.input_tensor(&row, 1)?;
         let module = raw_model.module();
+        let raw = || -> Result<(), Box<dyn std::error::Error>> {
+            tch::no_grad(|| module.forward_ts(&[&input]))
+                .map(drop)
+                .map_err(Into::into)
+        };
         let handle = InferenceService::spawn(
             TorchModel::load(&verified, DeviceChoice::Cpu)?,
             InferenceOptions::default(),
         )?;
-        let (raw, service, difference) = measure_lone_pair(
-            || {
-                tch::no_grad(|| module.forward_ts(&[&input]))
-                    .map(drop)
-                    .map_err(Into::into)
-            },
-            || runtime.block_on(submit_and_await(&handle, &row, 1)),
-        )?;
-        lone_difference = difference;
-        table.push(Line::new("raw forward_ts, lone", 1, raw, raw));
-        // The model's own forward alone, to tell its part (the tensor in,
-        // the output copied out) from the service's bookkeeping.
-        let (raw_again, model, model_difference) = measure_lone_pair(
-            || {
-                tch::no_grad(|| module.forward_ts(&[&input]))
-                    .map(drop)
-                    .map_err(Into::into)
-            },
-            || raw_model.forward(&row, 1).map(drop).map_err(Into::into),
-        )?;
-        lone_model_difference = model_difference;
-        table.push(Line::new("TorchModel::forward, lone", 1, model, raw_again));
+        // Its own instance, as the service has: sharing the raw forward's
+        // module would find its memory warmed by the raw call beside it.
+        let model = TorchModel::load(&verified, DeviceChoice::Cpu)?;
+        let cases: [(&'static str, Call); 4] = [
+            // The model's own forward alone, to tell its part (the tensor
+            // in, the output copied out) from the service's bookkeeping.
+            ("TorchModel::forward, lone", &mut || {
+                model.forward(&row, 1).map(drop).map_err(Into::into)
+            }),
+            ("service, submit_batch, lone", &mut || {
+                handle.submit_batch(&row)?.blocking_wait()?;
+                Ok(())
+            }),
+            // The caller's own row vector included.
+            ("service, submit, lone", &mut || {
+                handle.submit(row.to_vec())?.blocking_wait()?;
+                Ok(())
+            }),
+            ("service, submit, block_on", &mut || {
+                runtime.block_on(submit_and_await(&handle, &row, 1))
+            }),
+        ];
+        for (path, case) in cases {
+            let (raw_time, time, difference) = measure_lone_pair(raw, case)?;
+            if lone.is_empty() {
+                table.push(Line::new("raw forward_ts, lone", 1, raw_time, raw_time));
+            }
+            table.push(Line::new(path, 1, time, raw_time));
+            lone.push((path, difference));
+        }
         let stats = handle.stats().snapshot();
-        table.push(
-            Line::new("service, lone rows", 1, service, raw)
-                .batches(stats.batches as f64 / stats.inferences as f64),
-        );
         println!(
             "lone rows run on the caller's thread: {} of {}",
             stats.inline_inferences, stats.inferences
@@ -188,12 +200,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!();
     println!(
-        "{:<24} {:>5} {:>12} {:>11} {:>13} {:>13}",
+        "{:<28} {:>5} {:>12} {:>11} {:>13} {:>13}",
         "path", "batch", "µs/call", "µs/row", "service/raw", "forwards/call"
     );
     for line in &table {
         println!(
-            "{:<24} {:>5} {:>12.1} {:>11.2} {:>13} {:>13}",
+            "{:<28} {:>5} {:>12.1} {:>11.2} {:>13} {:>13}",
             line.path,
             line.batch,
             line.per_call_us,
@@ -210,11 +222,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map_or("-".to_owned(), |b| format!("{b:.2}")),
         );
     }
-    println!(
-        "lone rows, median of the pairs' differences from the raw forward: service {:+.1} µs, TorchModel::forward {:+.1} µs",
-        lone_difference * 1e6,
-        lone_model_difference * 1e6
-    );
+    println!("lone rows, median of the pairs' differences from the raw forward beside them:");
+    for (path, difference) in lone {
+        println!("  {path:<28} {:+.1} µs", difference * 1e6);
+    }
     Ok(())
 }
 
@@ -269,7 +280,14 @@ fn measure_lone_pair(
     let pairs = LONE_ITERATIONS * ROUNDS;
     let (mut times_a, mut times_b, mut differences) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..LONE_ITERATIONS + pairs {
-        let (took_a, took_b) = (timed(&mut a)?, timed(&mut b)?);
+        // The order flips every pair: the second call of a pair runs
+        // warmer than the first (by about 2 µs on this machine).
+        let (took_a, took_b) = if i % 2 == 0 {
+            (timed(&mut a)?, timed(&mut b)?)
+        } else {
+            let took_b = timed(&mut b)?;
+            (timed(&mut a)?, took_b)
+        };
         if i >= LONE_ITERATIONS {
             times_a.push(took_a);
             times_b.push(took_b);

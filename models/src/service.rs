@@ -628,8 +628,10 @@ impl InlineTorch {
         n_rows: usize,
         queue_empty: bool,
     ) -> Option<(Result<Vec<f32>, ModelError>, Duration)> {
+        // One clock read: the request's time is also the forward's start.
+        let started = Instant::now();
         // Counted from `epoch` plus one, so that 0 stays "no request yet".
-        let now = u64::try_from(self.epoch.elapsed().as_nanos())
+        let now = u64::try_from(started.duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_add(1);
         let previous = self.last_request_ns.swap(now, Ordering::Relaxed);
@@ -641,7 +643,6 @@ impl InlineTorch {
             return None;
         }
         let model = self.model.try_lock().ok()?;
-        let started = Instant::now();
         let result = model.forward(rows, n_rows);
         let took = started.elapsed();
         drop(model);
@@ -1259,14 +1260,17 @@ impl PendingPrediction {
 
     /// For callers outside an async context; must not be called inside one.
     pub fn blocking_wait(self) -> Result<Vec<f32>, ModelError> {
-        let model = self.shared.version.name.clone();
         let answer = match self.answer {
             AnswerSlot::Ready(answer) => answer,
             AnswerSlot::Waiting(answer) => answer.blocking_recv().ok(),
         };
-        answer
-            .unwrap_or(Err(ModelError::ServiceStopped { model }))
-            .map(|answer| answer.values)
+        match answer {
+            Some(answer) => answer.map(|answer| answer.values),
+            // The worker dropped the reply without answering: it died.
+            None => Err(ModelError::ServiceStopped {
+                model: self.shared.version.name.clone(),
+            }),
+        }
     }
 }
 

@@ -74,7 +74,9 @@ impl ReusedInput {
     /// Copies `rows` into the tensor, on the CPU, after
     /// [`Self::is_as_made`] with their shape.
     fn refill(&mut self, rows: &[f32]) {
-        let data = self.tensor.data_ptr().cast::<f32>();
+        // `is_as_made` found the tensor's data pointer equal to this one:
+        // asking libtorch again would cost a call.
+        let data = std::ptr::with_exposed_provenance_mut::<f32>(self.data);
         // SAFETY: the tensor was made by `input_tensor` on the CPU (the
         // caller checks the device), and `is_as_made` checked that it is
         // still a contiguous float tensor of `rows.len()` values over the
@@ -89,7 +91,7 @@ impl ReusedInput {
     /// Still a contiguous float tensor of `shape` over the memory it was
     /// made with.
     fn is_as_made(&self, shape: [i64; 2]) -> bool {
-        self.tensor.data_ptr() as usize == self.data
+        self.tensor.data_ptr().addr() == self.data
             && self.tensor.size() == shape
             && self.tensor.is_contiguous()
             && matches!(self.tensor.f_kind(), Ok(Kind::Float))
@@ -205,7 +207,7 @@ impl TorchModel {
             }
             _ => {
                 let tensor = self.input_tensor(rows, n_rows)?;
-                let data = tensor.data_ptr() as usize;
+                let data = tensor.data_ptr().expose_provenance();
                 reused.insert(ReusedInput {
                     n_rows,
                     tensor,
@@ -228,10 +230,28 @@ impl TorchModel {
             });
         }
         let n_values = n_rows * self.n_outputs();
+        if n_values > 0
+            && output.device() == Device::Cpu
+            && output.is_contiguous()
+            && matches!(output.f_kind(), Ok(Kind::Float))
+        {
+            // Read where it lies: libtorch's own copy (`copy_data`) first
+            // moves the tensor to the CPU through its dispatcher, a no-op
+            // here that cost a lone row 0.3-0.5 µs more when caches are
+            // cold (BENCHMARKS.md §16).
+            let data = output.data_ptr().cast::<f32>().cast_const();
+            // SAFETY: `output` is a contiguous float tensor on the CPU of
+            // shape [n_rows, n_outputs] (checked above), so `data` (which
+            // includes its storage offset) points to `n_values` > 0 aligned
+            // f32s. libtorch keeps them alive while `output` is held, and
+            // nothing writes them meanwhile: even if they are the module's
+            // own memory or the input's, no other forward of this model runs
+            // while `reused`'s lock is held.
+            return Ok(unsafe { std::slice::from_raw_parts(data, n_values) }.to_vec());
+        }
         let mut values = vec![0f32; n_values];
-        // A float output is copied out as it is (libtorch's copy moves it
-        // to the CPU first if needed); others are converted. The copy
-        // checks the kind itself: no second call to ask it first.
+        // Otherwise libtorch copies it out (to the CPU first if needed),
+        // converting another kind to float.
         let copied = match output.f_copy_data(&mut values, n_values) {
             Err(tch::TchError::Kind(_)) => output
                 .f_to_kind(Kind::Float)

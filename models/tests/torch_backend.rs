@@ -58,6 +58,33 @@ fn a_module_that_changes_its_input_in_place_still_gets_each_forwards_rows() {
 }
 
 #[test]
+fn outputs_that_are_not_contiguous_float_come_out_in_row_order() {
+    // A contiguous float output is read where it lies; these fixtures
+    // answer as `tiny` in a transposed view and in float64, which must be
+    // copied out (and converted) instead.
+    let rows = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [-1.0, 0.5, 2.0]];
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let by_formula: Vec<f32> = rows.iter().flat_map(|r| expected_tiny(r)).collect();
+    for fixture in ["tiny-strided", "tiny-double"] {
+        let verified = ModelRegistry::open(common::fixtures().join(fixture))
+            .unwrap()
+            .load("1.0.0")
+            .unwrap();
+        let model = TorchModel::load(&verified, DeviceChoice::Cpu).unwrap();
+        assert_eq!(
+            model.forward(&flat, rows.len()).unwrap(),
+            by_formula,
+            "{fixture}"
+        );
+        assert_eq!(
+            model.forward(&flat[..3], 1).unwrap(),
+            expected_tiny(&rows[0]),
+            "{fixture}, one row"
+        );
+    }
+}
+
+#[test]
 fn forward_of_zero_rows_is_empty() {
     assert_eq!(tiny_model().forward(&[], 0).unwrap(), Vec::<f32>::new());
 }
