@@ -238,7 +238,7 @@ impl TorchModel {
             // Read where it lies: libtorch's own copy (`copy_data`) first
             // moves the tensor to the CPU through its dispatcher, a no-op
             // here that cost a lone row 0.3-0.5 µs more when caches are
-            // cold (BENCHMARKS.md §16).
+            // cold (BENCHMARKS.md §17).
             let data = output.data_ptr().cast::<f32>().cast_const();
             // SAFETY: `output` is a contiguous float tensor on the CPU of
             // shape [n_rows, n_outputs] (checked above), so `data` (which
