@@ -65,8 +65,10 @@ pub struct InferenceOptions {
     /// Requests accepted per second (bursts up to the same number); `None`
     /// accepts all.
     pub rate_limit_per_s: Option<NonZeroU32>,
-    /// libtorch intra-op threads. libtorch's pool is process-wide, so with
-    /// several services the last one started decides.
+    /// libtorch intra-op threads for this model's forwards: its worker's
+    /// and the rows run inline on a caller's thread (OpenMP's count is per
+    /// thread; a thread running forwards of several models takes each
+    /// model's count before its forward).
     pub intra_op_threads: usize,
 }
 
@@ -627,6 +629,7 @@ impl InlineTorch {
         rows: &[f32],
         n_rows: usize,
         queue_empty: bool,
+        intra_op_threads: i32,
     ) -> Option<(Result<Vec<f32>, ModelError>, Duration)> {
         // One clock read: the request's time is also the forward's start.
         let started = Instant::now();
@@ -643,6 +646,7 @@ impl InlineTorch {
             return None;
         }
         let model = self.model.try_lock().ok()?;
+        crate::torch_backend::use_intra_op_threads(intra_op_threads);
         let result = model.forward(rows, n_rows);
         let took = started.elapsed();
         drop(model);
@@ -734,6 +738,7 @@ fn spawn_with_start_gate(
         _ => None,
     };
     let max_batch = options.max_batch;
+    let inline_threads = intra_op_threads(&options);
     let worker = Worker {
         backend,
         requests,
@@ -754,7 +759,13 @@ fn spawn_with_start_gate(
         shared,
         inline,
         max_batch,
+        inline_threads,
     })
+}
+
+/// `options.intra_op_threads` as libtorch takes it (validated to fit).
+fn intra_op_threads(options: &InferenceOptions) -> i32 {
+    i32::try_from(options.intra_op_threads).unwrap_or(1)
 }
 
 fn options_problem(options: &InferenceOptions) -> Option<String> {
@@ -863,6 +874,8 @@ pub struct InferenceHandle {
     inline: Option<Arc<InlineTorch>>,
     /// The most rows in one forward, on either thread.
     max_batch: usize,
+    /// libtorch intra-op threads for a row run on the caller's thread.
+    inline_threads: i32,
 }
 
 impl fmt::Debug for InferenceHandle {
@@ -1028,7 +1041,8 @@ impl InferenceHandle {
         }
         // Before the worker serves (its start gate), everything queues.
         let serving = self.shared.state() == ModelState::Serving;
-        let (result, took) = torch.run_inline(rows, n_rows, serving && self.queue_depth() == 0)?;
+        let queue_empty = serving && self.queue_depth() == 0;
+        let (result, took) = torch.run_inline(rows, n_rows, queue_empty, self.inline_threads)?;
         let c = &*self.shared.stats.counters;
         c.latency.observe(took.as_secs_f64());
         c.batch_sizes.observe(n_rows as f64);
@@ -1336,8 +1350,7 @@ impl Worker {
             Backend::Remote(remote) => remote.model().fallback().is_some(),
         };
         if runs_libtorch {
-            // Options were validated to fit an i32.
-            tch::set_num_threads(i32::try_from(self.options.intra_op_threads).unwrap_or(1));
+            crate::torch_backend::use_intra_op_threads(intra_op_threads(&self.options));
         }
         if let Some(gate) = start_gate {
             // Either a message or a dropped sender opens the gate.

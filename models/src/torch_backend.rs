@@ -10,6 +10,24 @@ use crate::error::ModelError;
 use crate::manifest::ModelManifest;
 use crate::registry::{ModelVersion, VerifiedModel};
 
+/// Sets libtorch's intra-op threads for the calling thread, once per thread
+/// (again only when `threads` changes). OpenMP keeps this count per thread,
+/// and MKL's GEMM follows it: a thread that never set it forks a team of
+/// one thread per core even for a forward of a few rows, and that team then
+/// spins on the other cores after every forward. The inference worker and
+/// every thread that runs a row inline call this before their forward.
+pub(crate) fn use_intra_op_threads(threads: i32) {
+    thread_local! {
+        static SET: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+    }
+    SET.with(|set| {
+        if set.get() != threads {
+            tch::set_num_threads(threads);
+            set.set(threads);
+        }
+    });
+}
+
 /// Where the model runs. CUDA is used only when configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
