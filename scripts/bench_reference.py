@@ -158,7 +158,10 @@ class Contestant:
             config = gateway_config(self.tmp, env["vm"], env["devices"], env["names"],
                                     self.poll_ms, self.buffer, ua_port,
                                     self.http.rsplit(":", 1)[1], env["models"],
-                                    self.args.tags)
+                                    self.args.tags,
+                                    extra=(f"\n[runtime]\nworker_threads = {self.args.worker_threads}\n"
+                                           if self.args.worker_threads
+                                           and self.kind != "ironbridge-baseline" else ""))
             binary = (self.args.baseline if self.kind == "ironbridge-baseline"
                       else f"{ROOT}/target/release/ironbridge")
             self.proc = subprocess.Popen(
@@ -389,6 +392,9 @@ def main():
     ap.add_argument("--gateway-env", metavar="NAME=VALUE", action="append", default=[],
                     help="environment of the gateway under test (not the baseline's), "
                          "e.g. TOKIO_WORKER_THREADS=1; repeatable")
+    ap.add_argument("--worker-threads", type=int, metavar="N",
+                    help="[runtime] worker_threads of the gateway under test (not the "
+                         "baseline's; default: the gateway's, one per core)")
     ap.add_argument("--baseline", metavar="BINARY",
                     help="the gateway binary the contestant ironbridge-baseline runs (another "
                          "build, e.g. main's, for a before/after in one run)")

@@ -131,9 +131,12 @@ fn main() -> ExitCode {
 }
 
 fn run(config: GatewayConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = config.runtime.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.build()?;
     runtime.block_on(async {
         let cancel = CancellationToken::new();
         let gateway = ironbridge::Gateway::start(config, cancel.clone()).await?;

@@ -255,3 +255,77 @@ fn validate_checks_a_remote_model_and_its_fallback_version() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("models[0].url"), "{stderr}");
 }
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.0: the body, or None while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// `[runtime] worker_threads` sets the binary's async worker threads, as
+/// `/metrics` reports them (1 and 3: neither is every machine's default).
+#[test]
+fn run_starts_the_runtime_with_the_configured_worker_threads() {
+    for threads in [1, 3] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http_port = free_port();
+        let text = format!(
+            r#"
+[runtime]
+worker_threads = {threads}
+
+[opcua]
+port = {opcua_port}
+pki_dir = "{pki}"
+insecure_loopback_endpoint = true
+
+[http]
+address = "127.0.0.1:{http_port}"
+"#,
+            opcua_port = free_port(),
+            pki = dir.path().join("pki").display(),
+        );
+        let config = write_config(dir.path(), &text);
+        let mut child = ironbridge()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("TOKIO_WORKER_THREADS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let reported = loop {
+            let value = http_get(http_port, "/metrics").and_then(|body| {
+                body.lines()
+                    .find(|l| l.starts_with("ironbridge_runtime_worker_threads"))
+                    .and_then(|l| l.rsplit_once(' '))
+                    .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            });
+            if let Some(value) = value {
+                break Some(value);
+            }
+            if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(reported, Some(threads as f64), "worker_threads = {threads}");
+    }
+}

@@ -69,7 +69,10 @@ async fn predictions_in_the_store_equal_torch_on_the_stored_inputs() -> Result<(
 /// fan-out hands their rows to the model together: rows share forwards,
 /// and every pump's stored predictions are still torch on that pump's own
 /// stored inputs (a forward's answers go back to the right machines).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One worker thread: the gateway (in-process here) runs as the binary does
+// with `[runtime] worker_threads = 1`, its polls, fan-out bursts and sink
+// on one thread (the pumps and the rig share it too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn pumps_polled_together_share_forwards_and_keep_their_own_predictions() -> Result<()> {
     let pumps = CancellationToken::new();
     let mut more_pumps = Vec::new();

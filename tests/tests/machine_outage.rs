@@ -89,6 +89,7 @@ async fn an_unreachable_machine_turns_bad_and_recovers_while_another_keeps_flowi
         file: dir.path().join("gateway.toml"),
         source_sha256: String::new(),
         gateway: Default::default(),
+        runtime: Default::default(),
         opcua: OpcUaServerConfig {
             port,
             pki_dir: dir.path().join("pki"),

@@ -11,6 +11,7 @@
 
 mod identity;
 mod model;
+mod runtime;
 mod source_map;
 
 use std::collections::{BTreeMap, HashSet};
@@ -30,6 +31,7 @@ pub use model::{
     BackendSetting, DeviceSetting, DriftConfig, ModelConfig, OnNewVersion, RegistryConfig,
     DEFAULT_REMOTE_TIMEOUT_MS,
 };
+pub use runtime::{RuntimeConfig, MAX_WORKER_THREADS};
 pub use source_map::SourceMap;
 
 use crate::http::HttpConfig;
@@ -46,6 +48,8 @@ pub struct GatewayConfig {
     pub source_sha256: String,
     /// `[gateway]`: its name and site tags in a fleet.
     pub gateway: GatewayIdentity,
+    /// `[runtime]`: the async runtime's threads.
+    pub runtime: RuntimeConfig,
     pub opcua: OpcUaServerConfig,
     /// Absent: process values and predictions go to OPC UA only.
     pub influx: Option<InfluxSinkConfig>,
@@ -65,6 +69,7 @@ pub use ironbridge_connectors::SourceConfig as MachineConfig;
 const PROTOCOLS: &[&str] = SourceConfig::PROTOCOLS;
 const SECTIONS: &[&str] = &[
     "gateway",
+    "runtime",
     "opcua",
     "influx",
     "modbus_server",
@@ -250,6 +255,10 @@ impl SectionReader {
             Some(v) => self.section::<GatewayIdentity>(v, "gateway"),
             None => Some(GatewayIdentity::default()),
         };
+        let runtime = match root.remove("runtime") {
+            Some(v) => self.section::<RuntimeConfig>(v, "runtime"),
+            None => Some(RuntimeConfig::default()),
+        };
         let opcua = match root.remove("opcua") {
             Some(v) => self.section::<OpcUaServerConfig>(v, "opcua"),
             None => Some(OpcUaServerConfig::default()),
@@ -306,6 +315,7 @@ impl SectionReader {
             // A section that failed to read is already a problem; the default
             // only keeps the remaining checks going.
             gateway: gateway.unwrap_or_default(),
+            runtime: runtime.unwrap_or_default(),
             opcua: opcua.unwrap_or_default(),
             influx,
             modbus_server,
@@ -314,6 +324,7 @@ impl SectionReader {
             models,
         };
         self.problems.extend(config.gateway.validate("gateway"));
+        self.problems.extend(config.runtime.validate("runtime"));
         self.problems.extend(config.opcua.validate("opcua"));
         if let Some(http) = &config.http {
             self.problems.extend(http.validate("http"));

@@ -482,8 +482,18 @@ impl Gateway {
     }
 }
 
-/// The gateway's own series: which build runs, for how long.
+/// The gateway's own series: which build runs, for how long, on how many
+/// async worker threads.
 fn register_gateway_metrics(metrics: &MetricsRegistry) {
+    // `[runtime] worker_threads`, or one per core: what the runtime took.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let workers = runtime.metrics().num_workers() as f64;
+        metrics.add_computed_gauge(
+            "ironbridge_runtime_worker_threads",
+            "Async worker threads of the gateway's runtime ([runtime] worker_threads).",
+            move || vec![(Vec::new(), workers)],
+        );
+    }
     metrics.add_computed_gauge(
         "ironbridge_build_info",
         "The gateway's version and commit (value 1).",
