@@ -1344,7 +1344,7 @@ impl Drop for StateOnExit {
 impl Worker {
     fn run(mut self, start_gate: Option<std::sync::mpsc::Receiver<()>>) {
         let _state_on_exit = StateOnExit(Arc::clone(&self.shared));
-        // libtorch's pool is process-wide: a remote version leaves it alone.
+        // A remote version without a fallback runs no forward on this thread.
         let runs_libtorch = match &self.backend {
             Backend::Torch(_) => true,
             Backend::Remote(remote) => remote.model().fallback().is_some(),
