@@ -72,11 +72,13 @@ def metric_totals(url):
 
 
 def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models,
-                   f32_count, flush_ms=1000, extra=""):
+                   f32_count, flush_ms=1000, extra="", model_settings=(), influx_settings=()):
     """Writes tmp/ironbridge.toml: the workload's machines (tags v00..,
     one block read) feeding the benchmark's model (none without machines),
     OPC UA on its loopback endpoint, [http], [influx] at `vm`; `extra` is
-    TOML appended as is (more tables, more [[machines]])."""
+    TOML appended as is (more tables, more [[machines]]);
+    `model_settings` and `influx_settings` are `key = value` lines added
+    to the model's table and to [influx]."""
     tags = "".join(f"""
   [[machines.tags]]
   name = "v{k:02d}"
@@ -100,7 +102,7 @@ flush_interval_ms = {flush_ms}
 buffer = "{buffer}"
 {f'spool_dir = "{tmp}/spool"' if buffer == "disk" else ""}
 dead_letter_path = "{tmp}/dead-letter.lp"
-"""]
+""" + "".join(f"{kv}\n" for kv in influx_settings)]
     for name, device in zip(names, devices):
         parts.append(f"""
 [[machines]]
@@ -116,7 +118,7 @@ name = "{MODEL}"
 path = "{models}/{MODEL}"
 version = "1.0.0"
 machines = {json.dumps(names)}
-""")
+""" + "".join(f"{kv}\n" for kv in model_settings))
     parts.append(extra)
     path = os.path.join(tmp, "ironbridge.toml")
     with open(path, "w") as f:
@@ -161,7 +163,11 @@ class Contestant:
                                     self.args.tags,
                                     extra=(f"\n[runtime]\nworker_threads = {self.args.worker_threads}\n"
                                            if self.args.worker_threads
-                                           and self.kind != "ironbridge-baseline" else ""))
+                                           and self.kind != "ironbridge-baseline" else ""),
+                                    model_settings=([] if self.kind == "ironbridge-baseline"
+                                                    else self.args.model_setting),
+                                    influx_settings=([] if self.kind == "ironbridge-baseline"
+                                                     else self.args.influx_setting))
             binary = (self.args.baseline if self.kind == "ironbridge-baseline"
                       else f"{ROOT}/target/release/ironbridge")
             self.proc = subprocess.Popen(
@@ -395,6 +401,12 @@ def main():
     ap.add_argument("--worker-threads", type=int, metavar="N",
                     help="[runtime] worker_threads of the gateway under test (not the "
                          "baseline's; default: the gateway's, one per core)")
+    ap.add_argument("--model-setting", metavar="KEY=VALUE", action="append", default=[],
+                    help="a line added to the [[models]] table of the gateway under test "
+                         "(not the baseline's), e.g. max_wait_ms=1; repeatable")
+    ap.add_argument("--influx-setting", metavar="KEY=VALUE", action="append", default=[],
+                    help="a line added to the [influx] table of the gateway under test "
+                         "(not the baseline's), e.g. gzip=false; repeatable")
     ap.add_argument("--baseline", metavar="BINARY",
                     help="the gateway binary the contestant ironbridge-baseline runs (another "
                          "build, e.g. main's, for a before/after in one run)")

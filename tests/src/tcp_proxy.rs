@@ -3,6 +3,8 @@
 //! it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use tokio::io::AsyncReadExt;
@@ -31,6 +33,8 @@ pub struct TcpProxy {
     mode: watch::Sender<ProxyMode>,
     /// Bumped by [`TcpProxy::cut`]: every forwarded connection ends.
     cuts: watch::Sender<u64>,
+    /// Bytes the clients sent, counted when their connection ends.
+    bytes_to_upstream: Arc<AtomicU64>,
     accept_task: JoinHandle<()>,
 }
 
@@ -43,6 +47,8 @@ impl TcpProxy {
         let (cuts, _) = watch::channel(0);
         let modes = mode.clone();
         let cut_signals = cuts.clone();
+        let bytes_to_upstream = Arc::new(AtomicU64::new(0));
+        let counted = bytes_to_upstream.clone();
         let accept_task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 tokio::spawn(serve(
@@ -50,6 +56,7 @@ impl TcpProxy {
                     upstream,
                     modes.subscribe(),
                     cut_signals.subscribe(),
+                    counted.clone(),
                 ));
             }
         });
@@ -57,6 +64,7 @@ impl TcpProxy {
             addr,
             mode,
             cuts,
+            bytes_to_upstream,
             accept_task,
         })
     }
@@ -78,6 +86,13 @@ impl TcpProxy {
         *self.mode.borrow()
     }
 
+    /// Bytes clients sent upstream over the connections passed through
+    /// that have ended (both sides closed); a connection cut or switched
+    /// off midway is not counted.
+    pub fn bytes_to_upstream(&self) -> u64 {
+        self.bytes_to_upstream.load(Ordering::Relaxed)
+    }
+
     /// Closes every connection forwarded so far, as a network blip or a
     /// firewall's reset would; new connections pass as before.
     pub fn cut(&self) {
@@ -97,6 +112,7 @@ async fn serve(
     upstream: SocketAddr,
     mut mode: watch::Receiver<ProxyMode>,
     mut cuts: watch::Receiver<u64>,
+    bytes_to_upstream: Arc<AtomicU64>,
 ) {
     cuts.mark_unchanged();
     let current = *mode.borrow_and_update();
@@ -121,7 +137,11 @@ async fn serve(
                 return;
             };
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                copied = tokio::io::copy_bidirectional(&mut client, &mut server) => {
+                    if let Ok((sent, _)) = copied {
+                        bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
+                    }
+                }
                 _ = wait_until_not_passing(&mut mode) => {}
                 _ = cuts.changed() => {}
             }

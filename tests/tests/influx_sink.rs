@@ -309,6 +309,53 @@ async fn blackholed_server_times_out_and_everything_arrives_after() -> Result<()
     Ok(())
 }
 
+/// `gzip` unset sends plain bodies to a store on this host; `gzip = true`
+/// compresses them. The store keeps the same points either way.
+#[tokio::test]
+async fn bodies_go_plain_to_a_loopback_store_unless_gzip_is_set() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let mut bytes_sent = Vec::new();
+    for (gzip, machine) in [(None, "plain"), (Some(true), "gzipped")] {
+        let proxy = TcpProxy::start(vm.addr()).await?;
+        let mut config = config(&proxy.url());
+        config.gzip = gzip;
+        let sink = RunningSink::start(config)?;
+        sink.send((0..500).map(|i| {
+            scan(
+                machine,
+                T0_NS + i * 1_000_000_000,
+                vec![good("seq", TagValue::Int(i as i64))],
+            )
+        }))
+        .await?;
+        wait_for("500 lines written", || sink.stats.lines_written() == 500).await?;
+        sink.stop().await?;
+        // Stopping the sink drops its client, which closes the connection.
+        wait_for("the sink's connection closed", || {
+            proxy.bytes_to_upstream() > 0
+        })
+        .await?;
+        bytes_sent.push(proxy.bytes_to_upstream());
+        let series =
+            wait_for_export(&vm, &format!(r#"process_seq{{machine="{machine}"}}"#), 500).await?;
+        assert_eq!(
+            only_series(&series)?.samples(),
+            (0..500).map(numbered_sample).collect::<Vec<_>>()
+        );
+    }
+    // 500 lines of ~60 bytes: plain, the bodies alone are ~30 kB.
+    let [plain, gzipped] = bytes_sent[..] else {
+        bail!("two runs, got {bytes_sent:?}");
+    };
+    assert!(plain > 500 * 50, "plain: {plain} bytes");
+    assert!(
+        gzipped * 3 < plain,
+        "gzipped: {gzipped} bytes, plain: {plain}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_refused_line_goes_to_the_dead_letter_file_and_the_sink_carries_on() -> Result<()> {
     init_logs();
@@ -323,7 +370,7 @@ async fn a_refused_line_goes_to_the_dead_letter_file_and_the_sink_carries_on() -
     let dead_letter = dir.path().join("dead-letter").join("influx.lp");
     let mut config = config(&vm.url());
     config.dead_letter_path = Some(dead_letter.clone());
-    config.gzip = false;
+    config.gzip = Some(false);
     let sink = RunningSink::start(config)?;
 
     let wide: Vec<TagReading> = (0..60)

@@ -122,10 +122,12 @@ pub struct InfluxSinkConfig {
     /// Retry delay after a failed write (default 500 ms doubling up to 60 s).
     #[serde(default = "default_backoff")]
     pub backoff: BackoffConfig,
-    /// gzip the request bodies (default true; every InfluxDB and
-    /// victoria-metrics accepts it).
-    #[serde(default = "default_gzip")]
-    pub gzip: bool,
+    /// gzip the request bodies (every InfluxDB and victoria-metrics
+    /// accepts it). Unset: gzip unless the store is on this host (a
+    /// loopback address or `localhost`), where compressing saves no
+    /// bandwidth and costs CPU on both ends; see [`Self::gzips_bodies`].
+    #[serde(default)]
+    pub gzip: Option<bool>,
     /// Where lines the server refuses one by one go, each after a comment
     /// with the time and the server's answer (default: `dead-letter/influx.lp`
     /// beside the configuration file; absent in a configuration built in
@@ -151,9 +153,6 @@ fn default_spool_fsync_interval_ms() -> u64 {
 /// The smallest spool: a few segments of the smallest size.
 pub const MIN_SPOOL_MAX_BYTES: u64 = 256 * 1024;
 
-fn default_gzip() -> bool {
-    true
-}
 fn default_dead_letter_max_bytes() -> u64 {
     16 * 1024 * 1024
 }
@@ -202,7 +201,7 @@ impl InfluxSinkConfig {
             spool_fsync_interval_ms: default_spool_fsync_interval_ms(),
             request_timeout_ms: default_request_timeout_ms(),
             backoff: default_backoff(),
-            gzip: default_gzip(),
+            gzip: None,
             dead_letter_path: None,
             dead_letter_max_bytes: default_dead_letter_max_bytes(),
             point_tags: PointTags::none(),
@@ -234,6 +233,15 @@ impl InfluxSinkConfig {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Whether request bodies are gzipped: `gzip` when set, otherwise
+    /// unless `url` names this host. On issue 10's workload (a store on
+    /// loopback, 1 ms polls) gzip cost the gateway ~9 % of its CPU and the
+    /// store ~25 % of its own (BENCHMARKS.md §19) for bandwidth loopback
+    /// does not need; across a network the body is 3-4x smaller.
+    pub fn gzips_bodies(&self) -> bool {
+        self.gzip.unwrap_or_else(|| !names_this_host(&self.url))
     }
 
     /// Every problem of this section; `path` is its key path in the file
@@ -433,9 +441,66 @@ impl InfluxSinkConfig {
     }
 }
 
+/// Whether `url`'s host is this machine: `localhost` (and its subdomains,
+/// which resolvers answer with loopback) or a loopback address. Anything
+/// else, names included, counts as another host.
+fn names_this_host(url: &str) -> bool {
+    let Ok(url) = url::Url::parse(url) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_unset_means_every_store_but_one_on_this_host() {
+        let gzips = |url: &str, gzip: Option<bool>| {
+            let mut config = InfluxSinkConfig::new(url, "plant");
+            config.gzip = gzip;
+            config.gzips_bodies()
+        };
+        for local in [
+            "http://127.0.0.1:8086",
+            "http://127.8.9.10:8086",
+            "http://localhost:8086",
+            "http://LocalHost.:8086",
+            "http://db.localhost:8086",
+            "http://[::1]:8086",
+        ] {
+            assert!(!gzips(local, None), "{local}");
+            assert!(gzips(local, Some(true)), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5:8086",
+            "http://influxdb:8086",
+            "https://influx.example:8086",
+            "http://localhost.example:8086",
+            "http://[fe80::1]:8086",
+        ] {
+            assert!(gzips(remote, None), "{remote}");
+            assert!(!gzips(remote, Some(false)), "{remote}");
+        }
+        let config: InfluxSinkConfig = toml::from_str(
+            r#"
+            url = "http://127.0.0.1:8086"
+            bucket = "plant"
+            gzip = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.gzip, Some(true));
+    }
 
     fn paths(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.path.as_str()).collect()

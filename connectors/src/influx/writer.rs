@@ -87,7 +87,7 @@ impl std::fmt::Debug for Auth {
 /// Writes batches over HTTP to either write API (`[influx] api`):
 /// `POST <url>/api/v2/write?org=…&bucket=…&precision=ns` with a token, or
 /// `POST <url>/write?db=…[&rp=…]&precision=ns` with a user. The body is
-/// gzip-compressed unless `gzip = false`.
+/// gzip-compressed as [`InfluxSinkConfig::gzips_bodies`] says.
 ///
 /// Our own client (reqwest, which influxdb2 used underneath) rather than the
 /// influxdb2 crate: its write call returns only status and text, and the
@@ -158,7 +158,7 @@ impl InfluxWriter {
             http,
             write_url,
             auth,
-            gzip: config.gzip,
+            gzip: config.gzips_bodies(),
             request_timeout: config.request_timeout(),
         })
     }
@@ -216,7 +216,7 @@ impl LineWriter for InfluxWriter {
     }
 }
 
-/// The request body as the writer sends it with `gzip = true`.
+/// The request body as the writer sends it when it compresses.
 pub fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Write as _;
     // Level 2 of zlib-rs: on the example pump's lines about the size of
