@@ -237,9 +237,9 @@ impl InfluxSinkConfig {
 
     /// Whether request bodies are gzipped: `gzip` when set, otherwise
     /// unless `url` names this host. On issue 10's workload (a store on
-    /// loopback, 1 ms polls) gzip cost the gateway ~9 % of its CPU and the
-    /// store ~25 % of its own (BENCHMARKS.md §19) for bandwidth loopback
-    /// does not need; across a network the body is 3-4x smaller.
+    /// loopback, 1 ms polls) gzip cost the gateway 8-10 % of its CPU and
+    /// the store 15-32 % of its own (BENCHMARKS.md §19) for bandwidth
+    /// loopback does not need; across a network the body is 3-5x smaller.
     pub fn gzips_bodies(&self) -> bool {
         self.gzip.unwrap_or_else(|| !names_this_host(&self.url))
     }

@@ -114,10 +114,17 @@ impl Components {
             .influx
             .as_ref()
             .map(|influx| {
-                InfluxWriter::new(influx).map_err(|e| GatewayError::Machine {
+                let writer = InfluxWriter::new(influx).map_err(|e| GatewayError::Machine {
                     machine: "influx".into(),
                     source: e,
-                })
+                })?;
+                // gzip unset depends on the host; say which it came to.
+                tracing::info!(
+                    url = %writer.write_url(),
+                    gzip = influx.gzips_bodies(),
+                    "InfluxDB sink configured"
+                );
+                Ok::<_, GatewayError>(writer)
             })
             .transpose()?;
         let layout = layout(&config.gateway, &sources, &models);
