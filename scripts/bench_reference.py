@@ -155,6 +155,9 @@ class Contestant:
     def start(self):
         env = self.env
         if self.kind.startswith("ironbridge"):
+            # ironbridge-baseline runs --baseline with the defaults; the others
+            # run this build with the settings asked for.
+            under_test = self.kind != "ironbridge-baseline"
             self.http = f"http://127.0.0.1:{free_port()}"
             ua_port = free_port()
             config = gateway_config(self.tmp, env["vm"], env["devices"], env["names"],
@@ -162,20 +165,17 @@ class Contestant:
                                     self.http.rsplit(":", 1)[1], env["models"],
                                     self.args.tags,
                                     extra=(f"\n[runtime]\nworker_threads = {self.args.worker_threads}\n"
-                                           if self.args.worker_threads
-                                           and self.kind != "ironbridge-baseline" else ""),
-                                    model_settings=([] if self.kind == "ironbridge-baseline"
-                                                    else self.args.model_setting),
-                                    influx_settings=([] if self.kind == "ironbridge-baseline"
-                                                     else self.args.influx_setting))
-            binary = (self.args.baseline if self.kind == "ironbridge-baseline"
+                                           if self.args.worker_threads and under_test else ""),
+                                    model_settings=self.args.model_setting if under_test else [],
+                                    influx_settings=self.args.influx_setting if under_test else [])
+            binary = (self.args.baseline if not under_test
                       else f"{ROOT}/target/release/ironbridge")
             self.proc = subprocess.Popen(
                 [binary, "run", "--config", config],
                 stdout=subprocess.DEVNULL, stderr=open(f"{self.tmp}/gateway.log", "w"),
                 env={**os.environ, "RUST_LOG": "warn",
                      **(dict(kv.split("=", 1) for kv in self.args.gateway_env)
-                        if self.kind != "ironbridge-baseline" else {})})
+                        if under_test else {})})
             log = f"{self.tmp}/gateway.log"
             wait_port(ua_port, proc=self.proc, log=log)
             wait_port(int(self.http.rsplit(":", 1)[1]), proc=self.proc, log=log)

@@ -168,6 +168,11 @@ impl InfluxWriter {
     pub fn write_url(&self) -> &str {
         self.write_url.as_str()
     }
+
+    /// Whether it gzips the bodies it posts.
+    pub fn gzips(&self) -> bool {
+        self.gzip
+    }
 }
 
 impl LineWriter for InfluxWriter {

@@ -121,7 +121,7 @@ impl Components {
                 // gzip unset depends on the host; say which it came to.
                 tracing::info!(
                     url = %writer.write_url(),
-                    gzip = influx.gzips_bodies(),
+                    gzip = writer.gzips(),
                     "InfluxDB sink configured"
                 );
                 Ok::<_, GatewayError>(writer)
