@@ -469,6 +469,20 @@ impl MonitoredItem {
         }
     }
 
+    /// IronBridge patch 3 (see third_party/README.md): whether a value is
+    /// held back for a later sample.
+    pub(super) fn holds_back_a_value(&self) -> bool {
+        self.sample_skipped_data_value.is_some()
+    }
+
+    /// IronBridge patch 3: whether the held-back value is due at `now`
+    /// (the condition `maybe_enqueue_skipped_value` sends it under).
+    pub(super) fn held_back_value_due(&self, now: &DateTime) -> bool {
+        self.sample_skipped_data_value
+            .as_ref()
+            .is_some_and(|value| value.source_timestamp.is_some_and(|v| v <= *now))
+    }
+
     pub(super) fn notify_data_value(
         &mut self,
         mut value: DataValue,

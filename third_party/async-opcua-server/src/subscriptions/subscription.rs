@@ -99,6 +99,12 @@ pub struct Subscription {
     monitored_items: HashMap<u32, MonitoredItem>,
     /// Monitored items that have seen notifications.
     notified_monitored_items: HashSet<u32>,
+    /// IronBridge patch 3 (see third_party/README.md): monitored items
+    /// that hold a value back for a later sample. Upstream forgets them
+    /// once ticked, so a value held back past the tick that looked at it
+    /// went out only if a newer one arrived: the last value of a machine
+    /// that stopped was never sent.
+    held_back_monitored_items: HashSet<u32>,
     /// State of the subscription
     state: SubscriptionState,
     /// A value that contains the number of consecutive publishing timer expirations without Client
@@ -155,6 +161,7 @@ impl Subscription {
             priority,
             monitored_items: HashMap::new(),
             notified_monitored_items: HashSet::new(),
+            held_back_monitored_items: HashSet::new(),
             // State variables
             state: SubscriptionState::Creating,
             lifetime_counter,
@@ -453,6 +460,26 @@ impl Subscription {
         }
     }
 
+    /// IronBridge patch 3: moves the items whose held-back value is due to
+    /// the notified set, so this tick sends it.
+    fn release_due_held_back_values(&mut self, now: &DateTimeUtc) {
+        if self.held_back_monitored_items.is_empty() {
+            return;
+        }
+        let now = DateTime::from(*now);
+        let items = &self.monitored_items;
+        let notified = &mut self.notified_monitored_items;
+        self.held_back_monitored_items
+            .retain(|id| match items.get(id) {
+                Some(item) if item.held_back_value_due(&now) => {
+                    notified.insert(*id);
+                    false
+                }
+                Some(item) => item.holds_back_a_value(),
+                None => false,
+            });
+    }
+
     fn notifications_available(&self, resend_data: bool) -> bool {
         if !self.notified_monitored_items.is_empty() {
             true
@@ -485,6 +512,8 @@ impl Subscription {
         if matches!(tick_reason, TickReason::TickTimerFired) && !publishing_interval_elapsed {
             return TickResult::None;
         }
+        // IronBridge patch 3: held-back values now due count as notified.
+        self.release_due_held_back_values(now);
         // First, get the actual state transition we're in.
         let transition = self.get_state_transition(
             tick_reason,
@@ -661,7 +690,7 @@ impl Subscription {
 
         // If resend data is true, we must visit ever monitored item
         if resend_data {
-            for monitored_item in self.monitored_items.values_mut() {
+            for (item_id, monitored_item) in self.monitored_items.iter_mut() {
                 Self::tick_monitored_item(
                     monitored_item,
                     now,
@@ -672,6 +701,10 @@ impl Subscription {
                     &mut messages,
                     &mut self.sequence_number,
                 );
+                // IronBridge patch 3: remember a value still held back.
+                if monitored_item.holds_back_a_value() {
+                    self.held_back_monitored_items.insert(*item_id);
+                }
             }
         } else {
             for item_id in self.notified_monitored_items.drain() {
@@ -688,6 +721,10 @@ impl Subscription {
                     &mut messages,
                     &mut self.sequence_number,
                 );
+                // IronBridge patch 3: remember a value still held back.
+                if monitored_item.holds_back_a_value() {
+                    self.held_back_monitored_items.insert(item_id);
+                }
             }
         }
 
@@ -1024,5 +1061,63 @@ mod tests {
                 panic!("Wrong notification type");
             };
         }
+    }
+
+    /// IronBridge patch 3: a value held back by the sampling interval
+    /// until a time after the tick that looked at it must still go out on
+    /// a later tick, even if no newer value ever arrives (a machine that
+    /// stopped: its last value must not stay unsent).
+    #[test]
+    fn held_back_last_value_goes_out_on_a_later_tick() {
+        let mut sub = Subscription::new(1, true, Duration::from_millis(100), 100, 20, 1, 100, 1000);
+        let start = Instant::now();
+        let start_dt = Utc::now();
+        sub.last_time_publishing_interval_elapsed = start;
+        let at = |ms: i64| DateTime::from(start_dt + TimeDelta::milliseconds(ms));
+        sub.insert(
+            1,
+            new_monitored_item(
+                1,
+                ReadValueId {
+                    node_id: NodeId::null(),
+                    attribute_id: AttributeId::Value as u32,
+                    ..Default::default()
+                },
+                MonitoringMode::Reporting,
+                FilterType::None,
+                SamplingInterval::NonZero(TimeDelta::milliseconds(100)),
+                false,
+                Some(DataValue::new_at(0, at(0))),
+            ),
+        );
+        let values = |sub: &mut Subscription| -> Vec<Option<Variant>> {
+            let mut out = Vec::new();
+            while let Some(message) = sub.take_notification() {
+                for n in get_notifications(&message) {
+                    if let Notification::MonitoredItemNotification(m) = n {
+                        out.push(m.value.value);
+                    }
+                }
+            }
+            out
+        };
+        // The first tick only moves the subscription out of Creating.
+        sub.tick(&start_dt, start, TickReason::TickTimerFired, true);
+        let (time, inst) = offset(start_dt, start, 100);
+        sub.tick(&time, inst, TickReason::TickTimerFired, true);
+        assert_eq!(values(&mut sub), vec![Some(Variant::Int32(0))]);
+
+        // 130 ms after the last sent value: passes the sampling filter.
+        sub.notify_data_value(&1, DataValue::new_at(1, at(130)), &at(130));
+        // 50 ms after that: held back until 230.
+        sub.notify_data_value(&1, DataValue::new_at(2, at(180)), &at(180));
+        let (time, inst) = offset(start_dt, start, 200);
+        sub.tick(&time, inst, TickReason::TickTimerFired, true);
+        assert_eq!(values(&mut sub), vec![Some(Variant::Int32(1))]);
+
+        // Nothing new arrives; the held-back value is due at 230.
+        let (time, inst) = offset(start_dt, start, 300);
+        sub.tick(&time, inst, TickReason::TickTimerFired, true);
+        assert_eq!(values(&mut sub), vec![Some(Variant::Int32(2))]);
     }
 }
