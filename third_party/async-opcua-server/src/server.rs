@@ -499,9 +499,19 @@ impl Server {
             let mut tick = tokio::time::interval(Duration::from_millis(interval));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                tick.tick().await;
+                // IronBridge patch 4 (see third_party/README.md): the tick's
+                // scheduled instant, not the moment this task got to run.
+                // A subscription publishes when a whole publishing interval
+                // has passed since its last publish; measured with the
+                // wake-up time, a tick that ran a little less late than the
+                // one before saw 99.x ms of a 100 ms interval and skipped,
+                // so about every other publish came one tick later.
+                let scheduled = tick.tick().await;
 
-                context.subscriptions.periodic_tick(&context).await;
+                context
+                    .subscriptions
+                    .periodic_tick(&context, scheduled.into_std())
+                    .await;
             }
         }
     }

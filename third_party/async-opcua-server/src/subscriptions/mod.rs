@@ -127,7 +127,11 @@ impl SubscriptionCache {
     /// This is the periodic subscription tick where we check for
     /// triggered subscriptions.
     ///
-    pub(crate) async fn periodic_tick(&self, context: &ServerContext) {
+    ///
+    /// IronBridge patch 4: `scheduled` is the instant the tick was due, so
+    /// publishing intervals are measured on the tick's grid, free of the
+    /// wake-up's jitter.
+    pub(crate) async fn periodic_tick(&self, context: &ServerContext, scheduled: Instant) {
         // TODO: Look into replacing this with a smarter system, in theory it should be possible to
         // always just sleep for the exact time until the next expired publish request, which could
         // be more efficient, and would be more responsive.
@@ -135,7 +139,7 @@ impl SubscriptionCache {
         let mut items_to_delete = Vec::new();
         {
             let now = Utc::now();
-            let now_instant = Instant::now();
+            let now_instant = scheduled;
             let lck = trace_read_lock!(self.inner);
             for (session_id, sub) in lck.session_subscriptions.iter() {
                 let mut sub_lck = sub.lock();

@@ -1120,4 +1120,26 @@ mod tests {
         sub.tick(&time, inst, TickReason::TickTimerFired, true);
         assert_eq!(values(&mut sub), vec![Some(Variant::Int32(2))]);
     }
+
+    /// IronBridge patch 4: why periodic ticks pass their scheduled instant.
+    /// Measured with wake-up times, a tick that ran less late than the one
+    /// before sees less than a whole interval and skips: the publish comes
+    /// a tick later. On the tick's grid every tick of a 100 ms interval
+    /// publishes.
+    #[test]
+    fn publishing_interval_is_measured_on_the_tick_grid() {
+        let start = Instant::now();
+        let at = |ms: f64| start + Duration::from_micros((ms * 1000.0) as u64);
+        let mut sub = Subscription::new(1, true, Duration::from_millis(100), 100, 20, 1, 100, 1000);
+        sub.last_time_publishing_interval_elapsed = at(1.0);
+        // Wake-ups 1 ms, then 0.5 ms late: the second sees 99.5 ms.
+        assert!(sub.test_and_set_publishing_interval_elapsed(at(101.0)));
+        assert!(!sub.test_and_set_publishing_interval_elapsed(at(200.5)));
+        // The scheduled instants: every tick publishes.
+        let mut sub = Subscription::new(1, true, Duration::from_millis(100), 100, 20, 1, 100, 1000);
+        sub.last_time_publishing_interval_elapsed = at(0.0);
+        for k in 1..=5 {
+            assert!(sub.test_and_set_publishing_interval_elapsed(at(100.0 * k as f64)));
+        }
+    }
 }
