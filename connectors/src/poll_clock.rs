@@ -19,6 +19,16 @@ use tokio::time::Instant;
 /// timer granule now and then; catching up keeps them at the asked rate.
 pub const CATCH_UP: Duration = Duration::from_millis(5);
 
+/// The origin of the process-wide grid: a clock of period `p` ticks at
+/// this instant plus whole multiples of `p`. Fixed on first use. The
+/// gateway's OPC UA server puts its subscription ticks on the same grid
+/// (a little after the polls), so a value polled is published at the next
+/// tick instead of one that chance placed just before it.
+pub fn grid_epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// The ticks of one poll interval, on the process-wide grid.
 #[derive(Debug, Clone)]
 pub struct PollClock {
@@ -26,6 +36,8 @@ pub struct PollClock {
     epoch: Instant,
     /// The tick the next poll is for; `None`: poll at once.
     due: Option<Instant>,
+    /// Ticks passed over since [`PollClock::take_skipped`] last looked.
+    skipped: u64,
 }
 
 impl PollClock {
@@ -33,12 +45,25 @@ impl PollClock {
     /// machine's configuration refuses a zero interval). Its first tick is
     /// at once.
     pub fn new(period: Duration) -> Self {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
         Self {
             period: period.max(Duration::from_millis(1)),
-            epoch: *EPOCH.get_or_init(Instant::now),
+            epoch: grid_epoch(),
             due: None,
+            skipped: 0,
         }
+    }
+
+    /// The interval between ticks.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Ticks passed over (no poll for them) since the last call: a poll
+    /// that took longer than the period, or a wake-up that came that late.
+    /// The poll made late for a tick is not counted; those it passed over
+    /// are.
+    pub fn take_skipped(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Waits for the next tick. A tick missed by a little (up to
@@ -65,6 +90,13 @@ impl PollClock {
                 None
             }
             _ => {
+                if let Some(due) = self.due {
+                    // Ticks from `due` up to now, less the one polled now.
+                    let passed = (now - due).as_nanos() / self.period.as_nanos();
+                    self.skipped = self
+                        .skipped
+                        .saturating_add(u64::try_from(passed).unwrap_or(u64::MAX));
+                }
                 self.due = Some(self.next_after(now));
                 None
             }
@@ -154,6 +186,28 @@ mod tests {
         // A reset (after a backoff) ticks at once.
         clock.reset_immediately();
         assert_eq!(clock.advance(late), None);
+        // Late polls, none passed over.
+        assert_eq!(clock.take_skipped(), 0);
+    }
+
+    #[test]
+    fn ticks_passed_over_are_counted_once() {
+        let period = Duration::from_millis(100);
+        let mut clock = PollClock::new(period);
+        let start = Instant::now();
+        assert_eq!(clock.advance(start), None);
+        let tick = clock.advance(start).unwrap();
+        // The poll of `tick` takes 3.2 periods: the ticks at +1 and +2
+        // periods get no poll, the one at +3 is polled late, at once.
+        let now = tick + period * 16 / 5;
+        assert_eq!(clock.advance(now), None);
+        assert_eq!(clock.take_skipped(), 2);
+        assert_eq!(clock.take_skipped(), 0);
+        assert_eq!(clock.advance(now), Some(tick + period * 4));
+        // After a reset (a backoff) nothing was due: nothing skipped.
+        clock.reset_immediately();
+        assert_eq!(clock.advance(now + period * 10), None);
+        assert_eq!(clock.take_skipped(), 0);
     }
 
     #[test]
@@ -164,6 +218,7 @@ mod tests {
             period: Duration::from_millis(100),
             epoch,
             due: None,
+            skipped: 0,
         };
         let early = epoch - Duration::from_millis(250);
         assert_eq!(clock.next_after(early), epoch - Duration::from_millis(200));

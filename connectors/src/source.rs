@@ -19,6 +19,7 @@ use crate::modbus::{
     shared_line_problems, LineMember, ModbusMachineConfig, ModbusRtuMachineConfig, ModbusSource,
 };
 use crate::opcua::{OpcUaMachineConfig, OpcUaSource};
+use crate::poll_clock::PollClock;
 use crate::scan::Scan;
 use crate::validation::Problem;
 
@@ -51,6 +52,7 @@ pub struct SourceStats {
     outages: Counter,
     device_errors: Counter,
     notifications_dropped: Counter,
+    polls_skipped: Counter,
     /// 1 while the machine answers (a scan got through, or a session is
     /// open).
     up: Gauge,
@@ -60,7 +62,7 @@ impl SourceStats {
     /// Puts these counters into `registry` as the series of `machine`.
     pub fn register(&self, registry: &MetricsRegistry, machine: &str) {
         let labels = || vec![("machine", machine.to_string())];
-        let counters: [(&'static str, &'static str, &Counter); 6] = [
+        let counters: [(&'static str, &'static str, &Counter); 7] = [
             (
                 "ironbridge_source_scans",
                 "Scans delivered with data from the machine.",
@@ -90,6 +92,12 @@ impl SourceStats {
                 "ironbridge_source_notifications_dropped",
                 "OPC UA notifications dropped because the gateway did not take them fast enough.",
                 &self.notifications_dropped,
+            ),
+            (
+                "ironbridge_source_polls_skipped",
+                "Poll ticks that got no poll because polls ran late: the device answers slower \
+                 than poll_interval_ms, or the gateway is short of CPU ([runtime] worker_threads).",
+                &self.polls_skipped,
             ),
         ];
         for (name, help, counter) in counters {
@@ -134,6 +142,12 @@ impl SourceStats {
         self.notifications_dropped.get()
     }
 
+    /// Poll ticks that got no poll because polls ran late (a poll that took
+    /// longer than the interval, or a gateway too busy to start it).
+    pub fn polls_skipped(&self) -> u64 {
+        self.polls_skipped.get()
+    }
+
     /// Whether the machine answers now: set when a link or session is
     /// up (or a poll got an answer), cleared when it is lost. False until
     /// the first contact.
@@ -158,6 +172,28 @@ impl SourceStats {
     }
     pub fn count_device_errors(&self, n: u64) {
         self.device_errors.add(n);
+    }
+    /// Counts `n` skipped poll ticks; true when the total reached a new
+    /// power of two (1, 2, 4, ...): the moments worth a warning.
+    pub fn count_polls_skipped(&self, n: u64) -> bool {
+        let total = self.polls_skipped.add_get(n);
+        let before = total - n;
+        before.leading_zeros() != total.leading_zeros()
+    }
+
+    /// Books the ticks `clock` passed over since the last call, with a
+    /// warning each time their total reaches a power of two.
+    pub fn book_skipped_polls(&self, clock: &mut PollClock, machine: &str) {
+        let skipped = clock.take_skipped();
+        if skipped > 0 && self.count_polls_skipped(skipped) {
+            tracing::warn!(
+                machine,
+                polls_skipped = self.polls_skipped(),
+                poll_interval_ms = clock.period().as_millis() as u64,
+                "poll ticks skipped: polls take longer than poll_interval_ms (a slow device, \
+                 or a gateway short of CPU: see [runtime] worker_threads)"
+            );
+        }
     }
     /// Counts a dropped notification; returns the total (to warn at powers of two).
     pub fn count_notification_dropped(&self) -> u64 {

@@ -36,6 +36,10 @@ impl Counter {
     pub fn inc_get(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
+    /// Adds `n` and returns the new total.
+    pub fn add_get(&self, n: u64) -> u64 {
+        self.0.fetch_add(n, Ordering::Relaxed) + n
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }

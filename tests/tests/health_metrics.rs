@@ -169,6 +169,7 @@ async fn prometheus_scrapes_the_gateway_and_ready_names_what_stops() -> Result<(
         format!(
             "ironbridge_source_notifications_dropped_total|gateway=gateway-1,machine={MACHINE}"
         ),
+        format!("ironbridge_source_polls_skipped_total|gateway=gateway-1,machine={MACHINE}"),
         "ironbridge_sink_unauthorized|gateway=gateway-1".to_string(),
         "ironbridge_sink_points_dropped_total|gateway=gateway-1,reason=channel_full".to_string(),
     ] {

@@ -326,3 +326,37 @@ async fn a_machine_that_goes_away_turns_bad_and_recovers_without_disturbing_anot
     assert_eq!(stats_b.link_failures(), 0);
     Ok(())
 }
+
+/// A gateway that does not take the scans (here: nobody reads them) holds
+/// the poll loop; the ticks that pass meanwhile get no poll and are counted
+/// as skipped, and polling goes on on the grid afterwards.
+#[tokio::test]
+async fn ticks_passed_over_while_the_gateway_is_busy_are_counted_as_skipped() -> anyhow::Result<()>
+{
+    init_logs();
+    let peer = ModbusPeer::start().await?;
+    let config = machine("press-9", peer.address(), layout_tags(&peer.layout));
+    let interval = Duration::from_millis(config.poll_interval_ms);
+    // Room for one scan: the second poll waits for a free slot.
+    let (tx, mut rx) = mpsc::channel(1);
+    let cancel = CancellationToken::new();
+    let (stats, task) = spawn(config, tx, &cancel)?;
+    let until = Instant::now() + DEADLINE;
+    next_scan(&mut rx, until).await?;
+    assert_eq!(stats.polls_skipped(), 0, "nothing held the polls yet");
+
+    // Nobody takes the scans for 8 intervals.
+    tokio::time::sleep(interval * 8).await;
+    for _ in 0..3 {
+        next_scan(&mut rx, until).await?;
+    }
+    // Of the ~8 ticks of the stall, the one whose scan filled the slot,
+    // the one whose poll waited for it and the one polled late, at once,
+    // got polls; the other ~5 were passed over. (A few more if polls
+    // themselves overran on a loaded machine; never one per late poll.)
+    let skipped = stats.polls_skipped();
+    assert!((4..=10).contains(&skipped), "skipped {skipped}");
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await??;
+    Ok(())
+}

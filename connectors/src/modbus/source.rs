@@ -167,6 +167,7 @@ impl ModbusSource {
                 () = cancel.cancelled() => return,
                 () = clock.tick() => {}
             }
+            self.stats.book_skipped_polls(&mut clock, &self.machine);
             let polled = tokio::select! {
                 () = cancel.cancelled() => return,
                 polled = self.poll(&mut blocks) => polled,

@@ -571,6 +571,7 @@ impl OpcUaSource {
                 }
                 () = clock.tick() => {}
             }
+            self.stats.book_skipped_polls(&mut clock, &self.config.name);
             let read = tokio::time::timeout(
                 timeout,
                 live.session.read(&reads, TimestampsToReturn::Both, 0.0),
