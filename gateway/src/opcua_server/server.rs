@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ironbridge_connectors::{GateRecord, Prediction, Quality, Scan, SourceStatus, TagValue};
+use ironbridge_connectors::{
+    poll_clock, GateRecord, Prediction, Quality, Scan, SourceStatus, TagValue,
+};
 use ironbridge_models::{ModelLifecycle, VersionInfo};
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509Data};
 use opcua::server::diagnostics::NamespaceMetadata;
@@ -204,7 +206,14 @@ pub async fn start(
         .diagnostics_enabled(true)
         // A data change waits in its monitored item until the next tick:
         // the tick bounds how soon a subscriber sees it.
-        .subscription_poll_interval_ms(config.limits.min_publishing_interval_ms);
+        .subscription_poll_interval_ms(config.limits.min_publishing_interval_ms)
+        // The ticks a quarter of a tick after the polls' grid (our patch
+        // of async-opcua-server, third_party/README.md): a value polled
+        // on the grid and set within that quarter leaves at the next
+        // tick, not up to a whole tick later.
+        .subscription_tick_phase(subscription_tick_phase(
+            config.limits.min_publishing_interval_ms,
+        ));
     {
         let subscriptions = &mut builder.limits_mut().subscriptions;
         let shortest = config.limits.min_publishing_interval_ms as f64;
@@ -847,6 +856,15 @@ impl PublisherInner {
             tracing::error!(%status, "cannot set OPC UA values");
         }
     }
+}
+
+/// An instant of the subscription ticks' grid: the polls' grid
+/// ([`poll_clock::grid_epoch`]) plus a quarter of the tick. Polls whose
+/// interval is a multiple of the tick then land a quarter of a tick before
+/// one (room for the device's answer and the fan-out).
+fn subscription_tick_phase(tick_ms: u64) -> std::time::Instant {
+    let quarter = Duration::from_millis(tick_ms) / 4;
+    (poll_clock::grid_epoch() + quarter).into_std()
 }
 
 fn secure_policy(name: &str) -> Option<SecurityPolicy> {

@@ -26,6 +26,9 @@ pub struct ServerBuilder {
     pub(crate) build_info: BuildInfo,
     /// IronBridge patch.
     pub(crate) login_throttle: crate::login_throttle::LoginThrottleConfig,
+    /// IronBridge patch 5: the instant of one subscription tick; the
+    /// others follow on its grid.
+    pub(crate) subscription_tick_phase: Option<std::time::Instant>,
 }
 
 impl Default for ServerBuilder {
@@ -39,6 +42,7 @@ impl Default for ServerBuilder {
             build_info: BuildInfo::default(),
             type_loaders: TypeLoaderCollection::new(),
             login_throttle: Default::default(),
+            subscription_tick_phase: None,
         };
         #[cfg(feature = "generated-address-space")]
         {
@@ -431,6 +435,17 @@ impl ServerBuilder {
     /// Interval in milliseconds between each time the subscriptions are polled.
     pub fn subscription_poll_interval_ms(mut self, interval: u64) -> Self {
         self.config.subscription_poll_interval_ms = interval;
+        self
+    }
+
+    /// IronBridge patch 5: puts the subscription ticks on the grid of
+    /// `instant` (ticks at `instant` plus whole multiples of
+    /// `subscription_poll_interval_ms`) instead of the server's start. A
+    /// server whose values are set on a known schedule (after a poll) ticks
+    /// just after them instead of at a phase that chance chose, which can
+    /// be just before them: a whole tick of delay for every value.
+    pub fn subscription_tick_phase(mut self, instant: std::time::Instant) -> Self {
+        self.subscription_tick_phase = Some(instant);
         self
     }
 

@@ -90,6 +90,8 @@ pub struct Server {
     /// Manager for reverse connections. This does nothing unless users register
     /// reverse connect targets.
     reverse_connect_manager: ReverseConnectionManager,
+    /// IronBridge patch 5: the grid of the subscription ticks.
+    subscription_tick_phase: Option<std::time::Instant>,
 }
 
 impl Server {
@@ -250,6 +252,7 @@ impl Server {
                 session_notify,
                 status: status_wrapper.clone(),
                 reverse_connect_manager,
+                subscription_tick_phase: builder.subscription_tick_phase,
             },
             handle,
         ))
@@ -340,8 +343,11 @@ impl Server {
 
         pin!(discovery_fut);
 
-        let subscription_fut =
-            Self::run_subscription_ticks(self.config.subscription_poll_interval_ms, &context);
+        let subscription_fut = Self::run_subscription_ticks(
+            self.config.subscription_poll_interval_ms,
+            self.subscription_tick_phase,
+            &context,
+        );
         pin!(subscription_fut);
 
         let session_expiry_fut =
@@ -491,12 +497,25 @@ impl Server {
         self.run_with(listener).await
     }
 
-    async fn run_subscription_ticks(interval: u64, context: &ServerContext) -> Never {
+    async fn run_subscription_ticks(
+        interval: u64,
+        phase: Option<std::time::Instant>,
+        context: &ServerContext,
+    ) -> Never {
         if interval == 0 {
             futures::future::pending().await
         } else {
             let context = context.clone();
-            let mut tick = tokio::time::interval(Duration::from_millis(interval));
+            let period = Duration::from_millis(interval);
+            // IronBridge patch 5: the first tick on the grid of `phase` at
+            // or after now (tokio's interval keeps the grid from there).
+            // tokio's clock, not std's: a test runtime's paused clock too.
+            let now = tokio::time::Instant::now().into_std();
+            let start = match phase {
+                Some(phase) => next_on_grid(phase, period, now),
+                None => now,
+            };
+            let mut tick = tokio::time::interval_at(start.into(), period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 // IronBridge patch 4 (see third_party/README.md): the tick's
@@ -563,5 +582,42 @@ impl Server {
         } else {
             None
         }
+    }
+}
+
+/// IronBridge patch 5: the first instant at or after `now` of the grid
+/// `phase + k * period` (k any integer).
+fn next_on_grid(
+    phase: std::time::Instant,
+    period: Duration,
+    now: std::time::Instant,
+) -> std::time::Instant {
+    let period_ns = period.as_nanos().max(1);
+    if phase >= now {
+        let k = phase.duration_since(now).as_nanos() / period_ns;
+        phase - Duration::from_nanos((k * period_ns) as u64)
+    } else {
+        let since = now.duration_since(phase).as_nanos();
+        let k = since.div_ceil(period_ns);
+        phase + Duration::from_nanos((k * period_ns) as u64)
+    }
+}
+
+#[cfg(test)]
+mod subscription_tick_tests {
+    use std::time::{Duration, Instant};
+
+    use super::next_on_grid;
+
+    #[test]
+    fn next_on_grid_is_the_first_tick_at_or_after_now() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let period = ms(100);
+        // A phase in the past, one ahead, and on now itself.
+        assert_eq!(next_on_grid(t0, period, t0 + ms(250)), t0 + ms(300));
+        assert_eq!(next_on_grid(t0 + ms(425), period, t0 + ms(10)), t0 + ms(25));
+        assert_eq!(next_on_grid(t0 + ms(25), period, t0 + ms(25)), t0 + ms(25));
+        assert_eq!(next_on_grid(t0, period, t0 + ms(300)), t0 + ms(300));
     }
 }
