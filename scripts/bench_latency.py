@@ -25,8 +25,16 @@ Beside the probe runs the issue's workload as load (--load-machines, default
 --poll-ms, feeding the benchmark's model (benchmarks/make_model.py). The
 probe is not fed to the model: its tags are not the model's inputs.
 
-One gateway run per --flush-ms value (the [influx] flush interval), the
-rest of the set-up shared. For each: p50, p90, p99, max, n and the markers
+One gateway run per --flush-ms value (the [influx] flush interval) and
+--worker-threads value ([runtime] worker_threads; "default" leaves it out),
+the rest of the set-up shared. With --subscribers N, N more OPC UA clients
+(scripts/opcua_load_subscribers.py, one process beside this one) subscribe
+over SignAndEncrypt (Basic256Sha256, a username) to every tag and prediction
+of the load machines, at --subscriber-publishing-ms: the load of HMIs and
+SCADA on the gateway's OPC UA server. Each run also reports, over the marker
+window, the gateway's CPU (user+sys, in cores), the scans it took of those
+its polls asked, and the data changes each load subscriber received a
+second. For each: p50, p90, p99, max, n and the markers
 never seen (lost) per path, as JSON lines on stdout, then a table beside the
 targets (store p99 <= poll + flush + 5 ms; OPC UA below async-opcua's 100 ms
 publish tick). The JSON also splits each path at the gateway's own
@@ -40,6 +48,7 @@ scheduling (asyncio loop, the proxy thread, the GIL) adds up to ~1 ms of
 jitter to each stamp.
 
 Usage: scripts/bench_latency.py --changes 200 --flush-ms 1000,100
+       scripts/bench_latency.py --flush-ms 100 --worker-threads default,1 --subscribers 5
 (scripts/bench-latency.sh builds the release binaries first.)
 """
 import argparse
@@ -52,6 +61,8 @@ import logging
 import math
 import os
 import random
+import secrets
+import signal
 import shutil
 import struct
 import subprocess
@@ -66,11 +77,11 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import ModbusTcpServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_e2e import free_port, stop_processes  # noqa: E402
+from bench_e2e import cpu_seconds, free_port, stop_processes  # noqa: E402
 # The workload's devices, model and configuration: the same as the
 # performance benchmark's.
-from bench_reference import (F32, ROOT, gateway_config, start_register_banks,  # noqa: E402
-                             wait_port)
+from bench_reference import (F32, MODEL, ROOT, gateway_config, metric_totals,  # noqa: E402
+                             start_register_banks, wait_port)
 
 PROBE_TAGS = 8
 NS_URI = "urn:ironbridge:gateway"
@@ -78,6 +89,8 @@ NS_URI = "urn:ironbridge:gateway"
 OPCUA_TICK_MS = 100
 WARMUP_S = 3
 OPCUA_QUEUE = 10
+LOAD_USER = "load"
+LOAD_PASSWORD_ENV = "IRONBRIDGE_BENCH_LOAD_PASSWORD"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
 
 
@@ -220,11 +233,17 @@ async def connect_opcua(url, gateway, log, timeout=60):
             await asyncio.sleep(0.2)
 
 
-def probe_toml(probe, args):
-    """The probe machine (tags p00..p07) and, if asked, the OPC UA tick: TOML
-    appended to the workload's configuration."""
+def probe_toml(probe, args, workers):
+    """The probe machine (tags p00..p07) and, if asked, the OPC UA tick, the
+    load subscribers' user and the async worker threads: TOML appended to
+    the workload's configuration."""
     limits = (f"\n[opcua.limits]\nmin_publishing_interval_ms = {args.opcua_min_publishing_ms}\n"
               if args.opcua_min_publishing_ms is not None else "")
+    if args.subscribers:
+        limits += (f'\n[[opcua.users]]\nusername = "{LOAD_USER}"\n'
+                   f'password_env = "{LOAD_PASSWORD_ENV}"\n')
+    if workers != "default":
+        limits += f"\n[runtime]\nworker_threads = {workers}\n"
     tags = "".join(f"""
   [[machines.tags]]
   name = "p{k:02d}"
@@ -246,9 +265,47 @@ def stop(proc):
         stop_processes([proc], timeout=30)
 
 
-async def run(env, args, flush_ms):
+def load_nodes(names):
+    """The string NodeIds of the load machines' tags and predictions."""
+    nodes = []
+    for name in names:
+        nodes += [f"Machines/{name}/Tags/v{k:02d}" for k in range(F32)]
+        nodes.append(f"Machines/{name}/Predictions/{MODEL}/y")
+    return nodes
+
+
+def start_subscribers(args, env, run_dir, ua_port):
+    """The load subscribers' process, once every subscription is made."""
+    nodes = os.path.join(run_dir, "load-nodes.json")
+    with open(nodes, "w") as f:
+        json.dump(load_nodes(env["names"]), f)
+    proc = subprocess.Popen(
+        [f"{ROOT}/.venv/bin/python", f"{ROOT}/scripts/opcua_load_subscribers.py",
+         "--url", f"opc.tcp://127.0.0.1:{ua_port}/", "--nodes", nodes,
+         "--clients", str(args.subscribers), "--publishing-ms", str(args.subscriber_publishing_ms),
+         "--user", LOAD_USER, "--password-env", LOAD_PASSWORD_ENV,
+         "--pki", os.path.join(run_dir, "load-pki")],
+        stdout=subprocess.PIPE, stderr=open(os.path.join(run_dir, "subscribers.log"), "w"),
+        text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("ready"):
+        proc.wait(timeout=30)
+        raise SystemExit(f"the load subscribers did not start ({line.strip()!r}); see "
+                         f"{run_dir}/subscribers.log")
+    return proc
+
+
+def stop_subscribers(proc):
+    """SIGTERM, then their JSON summary."""
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"errors": [f"no summary, exit {proc.returncode}"]}
+
+
+async def run(env, args, flush_ms, workers, binary):
     """One gateway run: returns marker -> change time, store and OPC UA stamps."""
-    run_dir = os.path.join(env["tmp"], f"flush-{flush_ms}")
+    run_dir = os.path.join(env["tmp"], f"flush-{flush_ms}-workers-{workers}-{time.time_ns()}")
     os.makedirs(run_dir, exist_ok=True)
     # Protocol address 0 is the block's index 1 (pymodbus adds 1, see
     # tests/peers/modbus_server.py); the values beside p00 never change.
@@ -257,7 +314,8 @@ async def run(env, args, flush_ms):
     probe = ModbusTcpServer(context, address=("127.0.0.1", 0))
     proxy = StoreProxy(env["vm_port"])
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    gateway = client = None
+    gateway = client = subscribers = None
+    load = {}
     log = os.path.join(run_dir, "gateway.log")
     try:
         await probe.serve_forever(background=True)
@@ -266,11 +324,15 @@ async def run(env, args, flush_ms):
         config = gateway_config(run_dir, f"http://127.0.0.1:{proxy.server_port}",
                                 env["devices"], env["names"], args.poll_ms, "memory", ua_port,
                                 http_port, env["models"], F32, flush_ms=flush_ms,
-                                extra=probe_toml(f"127.0.0.1:{probe_port}", args))
+                                extra=probe_toml(f"127.0.0.1:{probe_port}", args, workers),
+                                opcua_settings=["trust_client_certs = true"] if args.subscribers
+                                else [])
+        password = secrets.token_urlsafe(16)
         gateway = subprocess.Popen(
-            [f"{ROOT}/target/release/ironbridge", "run", "--config", config],
+            [binary, "run", "--config", config],
             stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-            env={**os.environ, "RUST_LOG": "warn"})
+            env={**os.environ, "RUST_LOG": "warn", LOAD_PASSWORD_ENV: password})
+        os.environ[LOAD_PASSWORD_ENV] = password
         # In a thread: the probe must answer the gateway's first polls meanwhile.
         await asyncio.to_thread(wait_port, http_port, proc=gateway, log=log)
         client = await connect_opcua(f"opc.tcp://127.0.0.1:{ua_port}/", gateway, log)
@@ -284,15 +346,39 @@ async def run(env, args, flush_ms):
         await sub.subscribe_data_change(
             client.get_node(ua.NodeId("Machines/probe/Tags/p00", ns)), sampling_interval=0,
             queuesize=OPCUA_QUEUE)
+        if args.subscribers:
+            # In a thread: the probe must keep answering meanwhile.
+            subscribers = await asyncio.to_thread(start_subscribers, args, env, run_dir, ua_port)
         await asyncio.sleep(WARMUP_S)
         if gateway.poll() is not None:
             raise SystemExit(f"the gateway exited during warm-up; see {log}")
 
+        metrics = f"http://127.0.0.1:{http_port}/metrics"
+        scans_before = (await asyncio.to_thread(metric_totals, metrics)).get(
+            "ironbridge_source_scans_total", 0)
+        cpu_before, window_start = cpu_seconds(gateway.pid), time.monotonic()
+        load_cpu_before = cpu_seconds(subscribers.pid) if subscribers else 0.0
         changed = {}
         for marker in range(1, args.changes + 1):
             await asyncio.sleep(random.uniform(0.15, 0.35))
             block.setValues(1, f32_words(float(marker)))
             changed[marker] = time.time()
+        window = time.monotonic() - window_start
+        cpu = cpu_seconds(gateway.pid) - cpu_before
+        scans = (await asyncio.to_thread(metric_totals, metrics)).get(
+            "ironbridge_source_scans_total", 0) - scans_before
+        machines = len(env["names"]) + 1
+        load = {"window_s": round(window, 1), "gateway_cores": round(cpu / window, 4),
+                "scans_taken": round(scans / (machines * window * 1000 / args.poll_ms), 4)}
+        if subscribers:
+            load["subscribers_cores"] = round(
+                (cpu_seconds(subscribers.pid) - load_cpu_before) / window, 3)
+            summary_ = await asyncio.to_thread(stop_subscribers, subscribers)
+            subscribers = None
+            per_client = summary_.get("changes_per_client", [])
+            seconds = summary_.get("seconds") or 1.0
+            load["subscriber_changes_per_s"] = [round(c / seconds) for c in per_client]
+            load["subscriber_errors"] = summary_.get("errors", [])
         await asyncio.sleep(flush_ms / 1000 + 2)
         await client.disconnect()
         client = None
@@ -305,6 +391,8 @@ async def run(env, args, flush_ms):
                 await client.disconnect()
             except Exception:
                 pass
+        if subscribers:
+            await asyncio.to_thread(stop, subscribers)
         await asyncio.to_thread(stop, gateway)
         await probe.shutdown()
         proxy.shutdown()
@@ -313,7 +401,7 @@ async def run(env, args, flush_ms):
         warnings = sum(1 for line in f if " WARN " in line or " ERROR " in line)
     return {"changed": changed, "stored": dict(proxy.stored), "notified": dict(watcher.seen),
             "revised_ms": revised_ms, "writes": proxy.writes, "write_errors": proxy.write_errors,
-            "sample_line": proxy.sample_line, "gateway_warnings": warnings}
+            "sample_line": proxy.sample_line, "gateway_warnings": warnings, "load": load}
 
 
 def percentile(sorted_ms, p):
@@ -343,9 +431,10 @@ def summary(prefix, changed, seen):
 
 
 def table(results):
-    head = ("| poll | flush | load machines | OPC UA publishing (revised) | path | n | lost "
+    head = ("| gateway | poll | flush | load machines | workers | load subscribers "
+            "| OPC UA publishing (revised) | path | n | lost "
             "| p50 ms | p90 ms | p99 ms | max ms | target | p99 meets it |")
-    lines = [head, "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [head, "|---|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
         for path, target in (("store", r["store_target_ms"]), ("opcua", r["opcua_target_ms"])):
             cells = [r.get(f"{path}_{k}_ms", "–") for k in ("p50", "p90", "p99", "max")]
@@ -354,7 +443,9 @@ def table(results):
                 "yes" if (r[f"{path}_p99_ms"] <= target if path == "store"
                           else r[f"{path}_p99_ms"] < target) else "no")
             lines.append(
-                f"| {r['poll_ms']} ms | {r['flush_ms']} ms | {r['load_machines']} "
+                f"| {os.path.basename(r['gateway'])} | {r['poll_ms']} ms | {r['flush_ms']} ms "
+                f"| {r['load_machines']} "
+                f"| {r['worker_threads']} | {r['subscribers']} "
                 f"| {r['opcua_revised_publishing_ms']:g} ms | {'store' if path == 'store' else 'OPC UA'} "
                 f"| {r[f'{path}_n']} | {r[f'{path}_lost']} | " + " | ".join(map(str, cells))
                 + f" | {op} {target} ms | {met} |")
@@ -371,9 +462,24 @@ def main():
                     help="the issue's devices beside the probe (0: none, and no model)")
     ap.add_argument("--opcua-min-publishing-ms", type=int,
                     help="[opcua.limits] min_publishing_interval_ms (default: the gateway's)")
+    ap.add_argument("--worker-threads", default="default",
+                    help="comma-separated [runtime] worker_threads values (\"default\": the "
+                         "gateway's), one run each per flush interval; repeats allowed")
+    ap.add_argument("--subscribers", type=int, default=0,
+                    help="SignAndEncrypt OPC UA clients subscribed to every load tag and "
+                         "prediction (scripts/opcua_load_subscribers.py)")
+    ap.add_argument("--subscriber-publishing-ms", type=float, default=100,
+                    help="the load subscribers' requested publishing interval")
+    ap.add_argument("--gateways", default=f"{ROOT}/target/release/ironbridge",
+                    help="comma-separated gateway binaries, one run each per flush interval and "
+                         "worker setting, in turn (A/B in one run)")
     ap.add_argument("--keep", metavar="DIR", help="keep configurations and logs in DIR")
     args = ap.parse_args()
     flushes = [int(v) for v in args.flush_ms.split(",")]
+    workers_list = [w.strip() for w in args.worker_threads.split(",")]
+    for w in workers_list:
+        if w != "default" and not (w.isdigit() and int(w) > 0):
+            ap.error(f"--worker-threads: {w!r} is neither \"default\" nor a positive number")
     # Their warnings (revised session timeout and publishing interval) are
     # expected here; the revised interval is in the results.
     for name in ("pymodbus", "asyncua"):
@@ -402,11 +508,14 @@ def main():
             subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
                             "--out", models], check=True, stdout=subprocess.DEVNULL)
         env = {"tmp": tmp, "vm_port": vm_port, "devices": devices, "names": names, "models": models}
-        for flush_ms in flushes:
-            raw = asyncio.run(run(env, args, flush_ms))
+        binaries = [b.strip() for b in args.gateways.split(",")]
+        for flush_ms, workers, binary in [(f, w, b) for f in flushes for w in workers_list
+                                          for b in binaries]:
+            raw = asyncio.run(run(env, args, flush_ms, workers, binary))
             if raw["sample_line"]:
                 print(f"stored probe line (flush {flush_ms} ms): {raw['sample_line']}", file=sys.stderr)
             r = {"poll_ms": args.poll_ms, "flush_ms": flush_ms, "load_machines": args.load_machines,
+                 "gateway": binary, "worker_threads": workers, "subscribers": args.subscribers,
                  "changes": len(raw["changed"]),
                  "opcua_min_publishing_ms": args.opcua_min_publishing_ms,
                  "opcua_revised_publishing_ms": raw["revised_ms"],
@@ -415,7 +524,7 @@ def main():
                  **summary("store", raw["changed"], raw["stored"]),
                  **summary("opcua", raw["changed"], raw["notified"]),
                  "store_writes": raw["writes"], "store_write_errors": raw["write_errors"],
-                 "gateway_warnings": raw["gateway_warnings"]}
+                 "gateway_warnings": raw["gateway_warnings"], **raw["load"]}
             results.append(r)
             print(json.dumps(r), flush=True)
             for path, seen in (("store", raw["stored"]), ("OPC UA", raw["notified"])):
@@ -425,6 +534,16 @@ def main():
                           f"{missing[:20]}{' ...' if len(missing) > 20 else ''}", file=sys.stderr)
         print()
         print(table(results))
+        print()
+        print("| gateway | flush | workers | load subscribers | gateway CPU (cores) | scans taken "
+              "| changes/s per load subscriber | load subscribers' CPU (cores) |")
+        print("|---|---:|---|---:|---:|---:|---|---:|")
+        for r in results:
+            print(f"| {os.path.basename(r['gateway'])} | {r['flush_ms']} ms | {r['worker_threads']} "
+                  f"| {r['subscribers']} "
+                  f"| {r['gateway_cores']} | {r['scans_taken']} "
+                  f"| {' / '.join(map(str, r.get('subscriber_changes_per_s', []))) or '–'} "
+                  f"| {r.get('subscribers_cores', '–')} |")
     finally:
         stop_processes(procs)
         if not args.keep:

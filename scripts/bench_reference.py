@@ -72,13 +72,14 @@ def metric_totals(url):
 
 
 def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models,
-                   f32_count, flush_ms=1000, extra="", model_settings=(), influx_settings=()):
+                   f32_count, flush_ms=1000, extra="", model_settings=(), influx_settings=(),
+                   opcua_settings=()):
     """Writes tmp/ironbridge.toml: the workload's machines (tags v00..,
     one block read) feeding the benchmark's model (none without machines),
     OPC UA on its loopback endpoint, [http], [influx] at `vm`; `extra` is
     TOML appended as is (more tables, more [[machines]]);
-    `model_settings` and `influx_settings` are `key = value` lines added
-    to the model's table and to [influx]."""
+    `model_settings`, `influx_settings` and `opcua_settings` are
+    `key = value` lines added to the model's table, [influx] and [opcua]."""
     tags = "".join(f"""
   [[machines.tags]]
   name = "v{k:02d}"
@@ -91,7 +92,7 @@ def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port,
 port = {ua_port}
 pki_dir = "{tmp}/pki"
 insecure_loopback_endpoint = true
-
+""" + "".join(f"{kv}\n" for kv in opcua_settings) + f"""
 [http]
 address = "127.0.0.1:{http_port}"
 
