@@ -133,7 +133,8 @@ fn main() -> ExitCode {
 fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Some(threads) = config.runtime.worker_threads {
+    let tokio_env = std::env::var("TOKIO_WORKER_THREADS").ok();
+    if let Some(threads) = config.runtime.worker_threads_for(tokio_env.as_deref()) {
         runtime.worker_threads(threads);
     }
     let runtime = runtime.build()?;

@@ -277,16 +277,25 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// `[runtime] worker_threads` sets the binary's async worker threads, as
-/// `/metrics` reports them (1 and 3: neither is every machine's default).
+/// `/metrics` reports them; absent, one, or what `TOKIO_WORKER_THREADS`
+/// says when it is set.
 #[test]
 fn run_starts_the_runtime_with_the_configured_worker_threads() {
-    for threads in [1, 3] {
+    // (the key, TOKIO_WORKER_THREADS, the threads expected)
+    for (key, env, threads) in [
+        (Some(1), None, 1),
+        (Some(3), Some("2"), 3),
+        (None, None, 1),
+        (None, Some("2"), 2),
+    ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let http_port = free_port();
+        let runtime = key
+            .map(|n| format!("[runtime]\nworker_threads = {n}\n"))
+            .unwrap_or_default();
         let text = format!(
             r#"
-[runtime]
-worker_threads = {threads}
+{runtime}
 
 [opcua]
 port = {opcua_port}
@@ -300,14 +309,17 @@ address = "127.0.0.1:{http_port}"
             pki = dir.path().join("pki").display(),
         );
         let config = write_config(dir.path(), &text);
-        let mut child = ironbridge()
+        let mut command = ironbridge();
+        command
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("TOKIO_WORKER_THREADS")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("run");
+            .stderr(std::process::Stdio::null());
+        if let Some(env) = env {
+            command.env("TOKIO_WORKER_THREADS", env);
+        }
+        let mut child = command.spawn().expect("run");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let reported = loop {
             let value = http_get(http_port, "/metrics").and_then(|body| {
@@ -326,6 +338,10 @@ address = "127.0.0.1:{http_port}"
         };
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(reported, Some(threads as f64), "worker_threads = {threads}");
+        assert_eq!(
+            reported,
+            Some(threads as f64),
+            "worker_threads = {key:?}, TOKIO_WORKER_THREADS = {env:?}"
+        );
     }
 }

@@ -485,7 +485,7 @@ impl Gateway {
 /// The gateway's own series: which build runs, for how long, on how many
 /// async worker threads.
 fn register_gateway_metrics(metrics: &MetricsRegistry) {
-    // `[runtime] worker_threads`, or one per core: what the runtime took.
+    // `[runtime] worker_threads` or its default: what the runtime took.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let workers = runtime.metrics().num_workers() as f64;
         metrics.add_computed_gauge(
