@@ -25,9 +25,10 @@ Beside the probe runs the issue's workload as load (--load-machines, default
 --poll-ms, feeding the benchmark's model (benchmarks/make_model.py). The
 probe is not fed to the model: its tags are not the model's inputs.
 
-One gateway run per --flush-ms value (the [influx] flush interval) and
---worker-threads value ([runtime] worker_threads; "default" leaves it out),
-the rest of the set-up shared. With --subscribers N, N more OPC UA clients
+One gateway run per --flush-ms value (the [influx] flush interval),
+--worker-threads value ([runtime] worker_threads; "default" leaves it out)
+and --gateways binary (in turn, for A/B in one run), the rest of the set-up
+shared. With --subscribers N, N more OPC UA clients
 (scripts/opcua_load_subscribers.py, one process beside this one) subscribe
 over SignAndEncrypt (Basic256Sha256, a username) to every tag and prediction
 of the load machines, at --subscriber-publishing-ms: the load of HMIs and
@@ -48,7 +49,7 @@ scheduling (asyncio loop, the proxy thread, the GIL) adds up to ~1 ms of
 jitter to each stamp.
 
 Usage: scripts/bench_latency.py --changes 200 --flush-ms 1000,100
-       scripts/bench_latency.py --flush-ms 100 --worker-threads default,1 --subscribers 5
+       scripts/bench_latency.py --flush-ms 100 --worker-threads 1,2 --subscribers 5
 (scripts/bench-latency.sh builds the release binaries first.)
 """
 import argparse
@@ -274,7 +275,7 @@ def load_nodes(names):
     return nodes
 
 
-def start_subscribers(args, env, run_dir, ua_port):
+def start_subscribers(args, env, run_dir, ua_port, password):
     """The load subscribers' process, once every subscription is made."""
     nodes = os.path.join(run_dir, "load-nodes.json")
     with open(nodes, "w") as f:
@@ -286,7 +287,7 @@ def start_subscribers(args, env, run_dir, ua_port):
          "--user", LOAD_USER, "--password-env", LOAD_PASSWORD_ENV,
          "--pki", os.path.join(run_dir, "load-pki")],
         stdout=subprocess.PIPE, stderr=open(os.path.join(run_dir, "subscribers.log"), "w"),
-        text=True)
+        text=True, env={**os.environ, LOAD_PASSWORD_ENV: password})
     line = proc.stdout.readline()
     if not line.startswith("ready"):
         proc.wait(timeout=30)
@@ -332,7 +333,6 @@ async def run(env, args, flush_ms, workers, binary):
             [binary, "run", "--config", config],
             stdout=subprocess.DEVNULL, stderr=open(log, "w"),
             env={**os.environ, "RUST_LOG": "warn", LOAD_PASSWORD_ENV: password})
-        os.environ[LOAD_PASSWORD_ENV] = password
         # In a thread: the probe must answer the gateway's first polls meanwhile.
         await asyncio.to_thread(wait_port, http_port, proc=gateway, log=log)
         client = await connect_opcua(f"opc.tcp://127.0.0.1:{ua_port}/", gateway, log)
@@ -348,7 +348,8 @@ async def run(env, args, flush_ms, workers, binary):
             queuesize=OPCUA_QUEUE)
         if args.subscribers:
             # In a thread: the probe must keep answering meanwhile.
-            subscribers = await asyncio.to_thread(start_subscribers, args, env, run_dir, ua_port)
+            subscribers = await asyncio.to_thread(start_subscribers, args, env, run_dir, ua_port,
+                                                  password)
         await asyncio.sleep(WARMUP_S)
         if gateway.poll() is not None:
             raise SystemExit(f"the gateway exited during warm-up; see {log}")
@@ -373,12 +374,12 @@ async def run(env, args, flush_ms, workers, binary):
         if subscribers:
             load["subscribers_cores"] = round(
                 (cpu_seconds(subscribers.pid) - load_cpu_before) / window, 3)
-            summary_ = await asyncio.to_thread(stop_subscribers, subscribers)
+            totals = await asyncio.to_thread(stop_subscribers, subscribers)
             subscribers = None
-            per_client = summary_.get("changes_per_client", [])
-            seconds = summary_.get("seconds") or 1.0
+            per_client = totals.get("changes_per_client", [])
+            seconds = totals.get("seconds") or 1.0
             load["subscriber_changes_per_s"] = [round(c / seconds) for c in per_client]
-            load["subscriber_errors"] = summary_.get("errors", [])
+            load["subscriber_errors"] = totals.get("errors", [])
         await asyncio.sleep(flush_ms / 1000 + 2)
         await client.disconnect()
         client = None

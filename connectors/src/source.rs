@@ -175,7 +175,7 @@ impl SourceStats {
     }
     /// Counts `n` skipped poll ticks; true when the total reached a new
     /// power of two (1, 2, 4, ...): the moments worth a warning.
-    pub fn count_polls_skipped(&self, n: u64) -> bool {
+    fn count_polls_skipped(&self, n: u64) -> bool {
         let total = self.polls_skipped.add_get(n);
         let before = total - n;
         before.leading_zeros() != total.leading_zeros()
