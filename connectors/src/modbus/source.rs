@@ -24,7 +24,7 @@ use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
 use crate::modbus::link::{Block, ModbusLink, Span, TcpLink};
 use crate::modbus::plan::{BlockRead, ReadPlan};
 use crate::poll_clock::PollClock;
-use crate::scan::{Quality, Scan, SourceStatus, TagReading, TagValue};
+use crate::scan::{Quality, Scan, SourceStatus, TagReading};
 use crate::source::{Source, SourceStats};
 use crate::validation::Problem;
 
@@ -230,8 +230,13 @@ impl ModbusSource {
     /// One poll: every planned read that is not refused, in turn.
     async fn poll(&mut self, blocks: &mut [BlockState]) -> PollEnd {
         let acquired_at = SystemTime::now();
-        let mut values: Vec<Option<TagValue>> = vec![None; self.tag_names.len()];
-        let mut statuses: Vec<Option<SourceStatus>> = vec![None; self.tag_names.len()];
+        // Every tag Bad until its block's answer decodes: the scan's one
+        // allocation, filled in place (this runs for every poll).
+        let mut readings: Vec<TagReading> = self
+            .tag_names
+            .iter()
+            .map(|tag| TagReading::bad(tag.clone(), None))
+            .collect();
         for (index, read) in self.plan.reads.iter().enumerate() {
             let span = Span {
                 kind: read.kind,
@@ -239,7 +244,7 @@ impl ModbusSource {
                 count: read.count,
             };
             if let BlockState::Refused(code) = blocks[index] {
-                mark(&mut statuses, read, code);
+                mark(&mut readings, read, code);
                 continue;
             }
             let mut busy_retries = 0;
@@ -266,7 +271,7 @@ impl ModbusSource {
                         info!(machine = %self.machine, %span, %previous, "Modbus read answers again");
                     }
                     blocks[index] = BlockState::Answering;
-                    self.decode_block(read, &block, &mut values);
+                    self.decode_block(read, &block, &mut readings);
                     continue;
                 }
                 Err(code) => code,
@@ -290,7 +295,7 @@ impl ModbusSource {
                          it is not asked again and its tags stay Bad"
                     );
                     blocks[index] = BlockState::Refused(code);
-                    mark(&mut statuses, read, code);
+                    mark(&mut readings, read, code);
                 }
                 // A gateway in front of the unit says the unit is not there:
                 // the whole unit is out, as if its link had failed.
@@ -315,26 +320,10 @@ impl ModbusSource {
                         debug!(machine = %self.machine, error = %exception, "Modbus exception");
                     }
                     blocks[index] = BlockState::Failing(code);
-                    mark(&mut statuses, read, code);
+                    mark(&mut readings, read, code);
                 }
             }
         }
-        let readings = self
-            .tag_names
-            .iter()
-            .zip(values)
-            .zip(statuses)
-            .map(|((tag, value), status)| TagReading {
-                tag: tag.clone(),
-                quality: if value.is_some() {
-                    Quality::Good
-                } else {
-                    Quality::Bad
-                },
-                value,
-                status,
-            })
-            .collect();
         PollEnd::Scan(Scan {
             machine: self.machine.clone(),
             acquired_at,
@@ -361,7 +350,7 @@ impl ModbusSource {
         names.join(",")
     }
 
-    fn decode_block(&self, read: &BlockRead, block: &Block, values: &mut [Option<TagValue>]) {
+    fn decode_block(&self, read: &BlockRead, block: &Block, readings: &mut [TagReading]) {
         for planned in &read.tags {
             let tag = &self.unit.tags[planned.tag_index];
             let start = usize::from(planned.offset);
@@ -374,7 +363,10 @@ impl ModbusSource {
             };
             match raw {
                 Some(Ok(raw)) => {
-                    values[planned.tag_index] = Some(apply_scaling(raw, tag.scale, tag.offset));
+                    if let Some(reading) = readings.get_mut(planned.tag_index) {
+                        reading.value = Some(apply_scaling(raw, tag.scale, tag.offset));
+                        reading.quality = Quality::Good;
+                    }
                 }
                 // Only a device that answers short (or a planning bug) gets here.
                 Some(Err(failure)) => {
@@ -460,9 +452,11 @@ fn refuse(problems: Vec<Problem>) -> Result<(), ConnectorError> {
 }
 
 /// The read's tags carry `code` as their status (they stay Bad: no value).
-fn mark(statuses: &mut [Option<SourceStatus>], read: &BlockRead, code: ExceptionCode) {
+fn mark(readings: &mut [TagReading], read: &BlockRead, code: ExceptionCode) {
     for planned in &read.tags {
-        statuses[planned.tag_index] = Some(SourceStatus::ModbusException(u8::from(code)));
+        if let Some(reading) = readings.get_mut(planned.tag_index) {
+            reading.status = Some(SourceStatus::ModbusException(u8::from(code)));
+        }
     }
 }
 
