@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Where the gateway's resident memory is, on issue 10's workload
+(BENCHMARKS.md §22).
+
+For each --tags value: starts a store (victoria-metrics), the register
+banks and the gateway as scripts/bench_reference.py does (10 machines,
+100 ms polls, the benchmark's model), waits --seconds, and prints the
+resident set from /proc/PID/smaps by mapping: libtorch's own libraries,
+the binary's text and data, the heap, other anonymous memory (the other
+threads' malloc arenas, stacks), other libraries.
+
+With --heaptrack the gateway runs under heaptrack instead and is stopped
+with SIGKILL, so that what heaptrack reports as leaked is the heap that was
+live at that moment; it is printed by owner: libtorch, async-opcua's core
+namespace (ns=0, loaded at start), then by the innermost frame of ours or
+async-opcua's. Given two --tags values it also prints the difference per
+extra tag. heaptrack is Debian's `heaptrack` package.
+
+Usage: scripts/memory_split.py [--machines 10] [--tags 62 --tags 1000]
+       [--seconds 20] [--heaptrack]
+Needs the release binaries (scripts/bench-reference.sh builds them) and
+`source scripts/env.sh`.
+"""
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench_reference as br  # noqa: E402
+from bench_e2e import free_port, stop_processes  # noqa: E402
+
+ROOT = br.ROOT
+
+
+def smaps_split(pid):
+    """Resident KiB by kind of mapping."""
+    kinds = collections.Counter()
+    kind = "other"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 6)
+            if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:
+                path = head[5].strip() if len(head) > 5 else ""
+                if "/torch/lib/" in path:
+                    kind = "libtorch's libraries"
+                elif path.endswith("/ironbridge"):
+                    kind = "the binary's text" if "x" in head[1] else "the binary's data"
+                elif path == "[heap]":
+                    kind = "heap (main arena)"
+                elif path == "":
+                    kind = "other anonymous (arenas, stacks)"
+                elif path.startswith("/"):
+                    kind = "other libraries"
+                else:
+                    kind = "other"
+            elif line.startswith("Rss:"):
+                kinds[kind] += int(line.split()[1])
+    return kinds
+
+
+def readable(symbol):
+    """A Rust symbol without its hash and with its escapes undone."""
+    symbol = re.sub(r"::h[0-9a-f]{16}$", "", symbol)
+    for escaped, plain in (("$LT$", "<"), ("$GT$", ">"), ("$u20$", " "), ("$u7b$", "{"),
+                           ("$u7d$", "}"), ("$RF$", "&"), ("$C$", ","), ("..", "::")):
+        symbol = symbol.replace(escaped, plain)
+    return symbol.removeprefix("_")[:110]
+
+
+def live_heap_by_owner(recording, tmp):
+    """Bytes live at the end of a heaptrack recording, by owner."""
+    stacks = os.path.join(tmp, "stacks.txt")
+    subprocess.run(["heaptrack_print", "-f", recording, "--print-peaks", "0",
+                    "--print-allocators", "0", "--print-temporary", "0", "--print-leaks", "0",
+                    "-F", stacks, "--flamegraph-cost-type", "leaked"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    owners = collections.Counter()
+    with open(stacks) as f:
+        for line in f:
+            stack, _, n = line.rstrip().rpartition(" ")
+            if any(m in stack for m in ("c10::", "torch::", "at::", "dnnl")):
+                owner = "libtorch"
+            elif "CoreNodeManager" in stack or "import_node_set" in stack:
+                owner = "async-opcua: the core namespace (ns=0)"
+            else:
+                owner = next((readable(frame) for frame in reversed(stack.split(";"))
+                              if "ironbridge" in frame or "opcua" in frame), "other")
+            owners[owner] += int(n)
+    return owners
+
+
+def run(args, tags, tmp):
+    procs = []
+    try:
+        vm_port = free_port()
+        vm = f"http://127.0.0.1:{vm_port}"
+        procs.append(subprocess.Popen(
+            ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{vm_port}",
+             f"-storageDataPath={tmp}/vm"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        br.wait_port(vm_port)
+        device, devices = br.start_register_banks(args.machines, tags)
+        procs.append(device)
+        models = os.path.join(tmp, "models")
+        subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
+                        "--out", models], check=True, stdout=subprocess.DEVNULL)
+        names = [f"machine-{i:03d}" for i in range(args.machines)]
+        ua, http = free_port(), free_port()
+        config = br.gateway_config(tmp, vm, devices, names, 100, "memory", ua, http, models, tags)
+        recording = os.path.join(tmp, "gateway")
+        wrapper = ["heaptrack", "-o", recording] if args.heaptrack else []
+        log = os.path.join(tmp, "gateway.log")
+        gateway = subprocess.Popen(
+            wrapper + [f"{ROOT}/target/release/ironbridge", "run", "--config", config],
+            stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+            env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(gateway)
+        br.wait_port(ua, timeout=120, proc=gateway, log=log)
+        time.sleep(args.seconds)
+        pid = gateway.pid
+        if args.heaptrack:
+            # heaptrack's child is the gateway.
+            children = open(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read().split()
+            pid = int(children[-1]) if children else gateway.pid
+        split = smaps_split(pid)
+        if not args.heaptrack:
+            return split, None
+        os.kill(pid, 9)
+        gateway.wait(120)
+        return split, live_heap_by_owner(recording + ".zst", tmp)
+    finally:
+        stop_processes(procs, timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--machines", type=int, default=10)
+    ap.add_argument("--tags", type=int, action="append",
+                    help="f32 tags per machine; repeat for a difference per tag (default 62)")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--heaptrack", action="store_true",
+                    help="run the gateway under heaptrack and print its live heap by owner")
+    args = ap.parse_args()
+    tags = args.tags or [br.F32]
+    if args.heaptrack and not shutil.which("heaptrack"):
+        raise SystemExit("heaptrack is missing (Debian: apt-get install heaptrack)")
+    results = []
+    for t in tags:
+        tmp = tempfile.mkdtemp(prefix="ironbridge-memory-")
+        split, heap = run(args, t, tmp)
+        results.append((t, split, heap))
+        print(f"\n{args.machines} machines x {t} tags{' (under heaptrack)' if heap else ''}:")
+        print("| resident | MiB |\n|---|---:|")
+        for kind, kib in split.most_common():
+            print(f"| {kind} | {kib / 1024:.1f} |")
+        total = sum(split.values())
+        print(f"| **all** | **{total / 1024:.1f}** |")
+        torch_libs = split["libtorch's libraries"]
+        print(f"| without libtorch's libraries | {(total - torch_libs) / 1024:.1f} |")
+        if heap:
+            print(f"\nlive heap, {sum(heap.values()) / 1e6:.1f} MB, the largest owners:")
+            print("| owner | MB |\n|---|---:|")
+            for owner, n in heap.most_common(15):
+                print(f"| `{owner}` | {n / 1e6:.2f} |")
+        shutil.rmtree(tmp, ignore_errors=True)
+    if len(results) >= 2:
+        (t0, s0, h0), (t1, s1, h1) = results[0], results[-1]
+        extra = args.machines * (t1 - t0)
+        if extra:
+            print(f"\nper extra tag ({t0} -> {t1} tags a machine):")
+            if not (h0 and h1):
+                # Under heaptrack the resident set has heaptrack's own in it.
+                print(f"resident set: {(sum(s1.values()) - sum(s0.values())) * 1024 / extra:,.0f} bytes")
+            if h0 and h1:
+                print(f"live heap: {(sum(h1.values()) - sum(h0.values())) / extra:,.0f} bytes, of which")
+                print("| owner | bytes per tag |\n|---|---:|")
+                delta = collections.Counter({k: h1[k] - h0[k] for k in set(h0) | set(h1)})
+                for owner, n in delta.most_common(12):
+                    print(f"| `{owner}` | {n / extra:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
