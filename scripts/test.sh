@@ -31,7 +31,7 @@ status=${PIPESTATUS[0]}
 # their own under target/ so the next run reuses it.
 echo "== third_party/async-opcua-server: the patched modules' unit tests"
 cargo test --locked --manifest-path third_party/async-opcua-server/Cargo.toml \
-  --target-dir target/third_party --lib -- subscriptions:: subscription_tick login_throttle 2>&1 | tee -a "$log"
+  --target-dir target/third_party --lib -- subscriptions:: subscription_tick login_throttle sync_sampler 2>&1 | tee -a "$log"
 patch_status=${PIPESTATUS[0]}
 if [ "$status" -eq 0 ]; then
   status=$patch_status

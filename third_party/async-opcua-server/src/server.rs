@@ -518,6 +518,21 @@ impl Server {
             let mut tick = tokio::time::interval_at(start.into(), period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
+                // IronBridge patch 6 (see third_party/README.md): with no
+                // subscription a tick has nothing to do, so sleep until one
+                // is created instead of waking the runtime every interval,
+                // then go on from the grid's next tick.
+                if context.subscriptions.has_no_subscriptions() {
+                    context.subscriptions.subscription_added().await;
+                    let now = tokio::time::Instant::now().into_std();
+                    let start = match phase {
+                        Some(phase) => next_on_grid(phase, period, now),
+                        None => now,
+                    };
+                    tick = tokio::time::interval_at(start.into(), period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    continue;
+                }
                 // IronBridge patch 4 (see third_party/README.md): the tick's
                 // scheduled instant, not the moment this task got to run.
                 // A subscription publishes when a whole publishing interval

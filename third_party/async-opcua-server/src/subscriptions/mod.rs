@@ -101,6 +101,9 @@ pub struct SubscriptionCache {
     inner: RwLock<SubscriptionCacheInner>,
     /// Configured limits on subscriptions.
     limits: SubscriptionLimits,
+    /// IronBridge patch 6: wakes the subscription ticks when a session
+    /// gets its first subscription (they sleep while there is none).
+    subscription_added: tokio::sync::Notify,
 }
 
 impl SubscriptionCache {
@@ -112,7 +115,22 @@ impl SubscriptionCache {
                 monitored_items: HashMap::new(),
             }),
             limits,
+            subscription_added: tokio::sync::Notify::new(),
         }
+    }
+
+    /// IronBridge patch 6: true while no session has a subscription, when
+    /// a subscription tick would have nothing to do.
+    pub(crate) fn has_no_subscriptions(&self) -> bool {
+        trace_read_lock!(self.inner)
+            .session_subscriptions
+            .is_empty()
+    }
+
+    /// IronBridge patch 6: completes once a subscription was created or
+    /// transferred since the last call (a permit is kept if none waits).
+    pub(crate) async fn subscription_added(&self) {
+        self.subscription_added.notified().await
     }
 
     /// Get the `SessionSubscriptions` object for a single session by its numeric ID.
@@ -253,6 +271,8 @@ impl SubscriptionCache {
             .diagnostics
             .set_current_subscription_count(lck.subscription_to_session.len() as u32);
         context.info.diagnostics.inc_subscription_count();
+        // IronBridge patch 6: the ticks may be asleep.
+        self.subscription_added.notify_one();
         Ok(res)
     }
 
@@ -654,6 +674,9 @@ impl SubscriptionCache {
                     )))
                 })
                 .clone();
+            // IronBridge patch 6: the ticks may be asleep (a transfer
+            // needs a subscription, so they should not be; cheap to be sure).
+            self.subscription_added.notify_one();
             let mut session_subs_lck = session_subs.lock();
 
             for (sub_id, res) in &mut results {

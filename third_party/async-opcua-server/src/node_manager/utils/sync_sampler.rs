@@ -4,6 +4,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{MonitoredItemHandle, SubscriptionCache};
@@ -45,6 +46,9 @@ impl SamplerItem {
 /// to the server context.
 pub struct SyncSampler {
     samplers: Arc<Mutex<HashMap<(NodeId, AttributeId), SamplerItem>>>,
+    /// IronBridge patch 6: wakes the sampling loop, asleep while there is
+    /// nothing to sample, when a sampler is added.
+    added: Arc<Notify>,
     _guard: DropGuard,
     token: CancellationToken,
 }
@@ -61,6 +65,7 @@ impl SyncSampler {
         let token = CancellationToken::new();
         Self {
             samplers: Default::default(),
+            added: Default::default(),
             _guard: token.clone().drop_guard(),
             token,
         }
@@ -72,9 +77,10 @@ impl SyncSampler {
     pub fn run(&self, interval: Duration, subscriptions: Arc<SubscriptionCache>) {
         let token = self.token.clone();
         let samplers = self.samplers.clone();
+        let added = self.added.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = Self::run_internal(samplers, interval, subscriptions) => {},
+                _ = Self::run_internal(samplers, interval, subscriptions, added) => {},
                 _ = token.cancelled() => {}
             }
         });
@@ -110,6 +116,8 @@ impl SyncSampler {
             },
         );
         sampler.refresh_values();
+        // IronBridge patch 6: the loop may be asleep.
+        self.added.notify_one();
     }
 
     /// Update the sample rate of a monitored item.
@@ -172,10 +180,20 @@ impl SyncSampler {
         samplers: Arc<Mutex<HashMap<(NodeId, AttributeId), SamplerItem>>>,
         interval: Duration,
         subscriptions: Arc<SubscriptionCache>,
+        added: Arc<Notify>,
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            // IronBridge patch 6 (see third_party/README.md): with nothing
+            // to sample, sleep until a sampler is added instead of waking
+            // the runtime every interval.
+            if samplers.lock().is_empty() {
+                added.notified().await;
+                tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                continue;
+            }
             tick.tick().await;
             let now = Instant::now();
             let mut samplers = samplers.lock();
@@ -198,5 +216,86 @@ impl SyncSampler {
                 });
             subscriptions.notify_data_change(values);
         }
+    }
+}
+
+/// IronBridge patch 6: the sampling loop sleeps while it has nothing to
+/// sample; these check that it wakes for a sampler added after a while,
+/// and again after its last sampler went and a new one came.
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+        time::Duration,
+    };
+
+    use opcua_types::{AttributeId, MonitoringMode, NodeId};
+
+    use super::SyncSampler;
+    use crate::{config::SubscriptionLimits, MonitoredItemHandle, SubscriptionCache};
+
+    fn counting_sampler(
+        count: &Arc<AtomicUsize>,
+    ) -> impl FnMut() -> Option<opcua_types::DataValue> {
+        let count = count.clone();
+        move || {
+            count.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    fn handle(monitored_item_id: u32) -> MonitoredItemHandle {
+        MonitoredItemHandle {
+            subscription_id: 1,
+            monitored_item_id,
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_sampler_samples_an_item_added_while_it_slept() {
+        let sampler = SyncSampler::new();
+        let period = Duration::from_millis(10);
+        sampler.run(
+            period,
+            Arc::new(SubscriptionCache::new(SubscriptionLimits::default())),
+        );
+        // Idle for a few periods: nothing to sample.
+        tokio::time::sleep(period * 5).await;
+
+        let count = Arc::new(AtomicUsize::new(0));
+        let node = NodeId::new(1, "a");
+        sampler.add_sampler(
+            node.clone(),
+            AttributeId::Value,
+            counting_sampler(&count),
+            MonitoringMode::Reporting,
+            handle(1),
+            period,
+        );
+        tokio::time::sleep(period * 20).await;
+        let sampled = count.load(Ordering::Relaxed);
+        assert!(sampled >= 3, "sampled {sampled} times in 20 periods");
+
+        // The last sampler goes: the loop sleeps again, and wakes for the next.
+        sampler.remove_sampler(&node, AttributeId::Value, handle(1));
+        tokio::time::sleep(period * 5).await;
+        let again = Arc::new(AtomicUsize::new(0));
+        sampler.add_sampler(
+            NodeId::new(1, "b"),
+            AttributeId::Value,
+            counting_sampler(&again),
+            MonitoringMode::Reporting,
+            handle(2),
+            period,
+        );
+        tokio::time::sleep(period * 20).await;
+        let sampled = again.load(Ordering::Relaxed);
+        assert!(
+            sampled >= 3,
+            "after a second sleep: sampled {sampled} times in 20 periods"
+        );
     }
 }
