@@ -27,6 +27,7 @@ Usage: scripts/bench_reference.py --rounds 2 --poll-ms 100,1 --seconds 20
 (scripts/bench-reference.sh builds the release binaries first.)
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -340,21 +341,41 @@ def switch_rates(before, after, window):
     return {name: [round(v), round(n)] for name, (v, n) in rates.items()}
 
 
-def torch_split_kib(pid):
-    """Resident KiB in libtorch's own mappings (the shared libraries torch
-    ships: libtorch*, libc10*, libgomp*, ... under torch/lib) and in the
-    rest (the program, its heap and stacks), from /proc/PID/smaps."""
-    split = {"torch_libs": 0, "rest": 0}
-    current = "rest"
+def smaps_split(pid):
+    """Resident KiB by kind of mapping, from /proc/PID/smaps: libtorch's own
+    libraries (the shared libraries torch ships: libtorch*, libc10*,
+    libgomp*, ... under torch/lib), the binary's text and data, the heap,
+    other anonymous memory, other libraries."""
+    kinds = collections.Counter()
+    kind = "other"
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             head = line.split(None, 6)
             if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:
                 path = head[5].strip() if len(head) > 5 else ""
-                current = "torch_libs" if "/torch/lib/" in path else "rest"
+                if "/torch/lib/" in path:
+                    kind = "libtorch's libraries"
+                elif path.endswith("/ironbridge"):
+                    kind = "the binary's text" if "x" in head[1] else "the binary's data"
+                elif path == "[heap]":
+                    kind = "heap (main arena)"
+                elif path == "":
+                    kind = "other anonymous (arenas, stacks)"
+                elif path.startswith("/"):
+                    kind = "other libraries"
+                else:
+                    kind = "other"
             elif line.startswith("Rss:"):
-                split[current] += int(line.split()[1])
-    return split
+                kinds[kind] += int(line.split()[1])
+    return kinds
+
+
+def torch_split_kib(pid):
+    """Resident KiB in libtorch's own mappings and in the rest (the
+    program, its heap and stacks)."""
+    kinds = smaps_split(pid)
+    torch_libs = kinds["libtorch's libraries"]
+    return {"torch_libs": torch_libs, "rest": sum(kinds.values()) - torch_libs}
 
 
 def table(results):

@@ -39,32 +39,6 @@ from bench_e2e import free_port, stop_processes  # noqa: E402
 ROOT = br.ROOT
 
 
-def smaps_split(pid):
-    """Resident KiB by kind of mapping."""
-    kinds = collections.Counter()
-    kind = "other"
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split(None, 6)
-            if len(head) >= 5 and "-" in head[0] and ":" not in head[0]:
-                path = head[5].strip() if len(head) > 5 else ""
-                if "/torch/lib/" in path:
-                    kind = "libtorch's libraries"
-                elif path.endswith("/ironbridge"):
-                    kind = "the binary's text" if "x" in head[1] else "the binary's data"
-                elif path == "[heap]":
-                    kind = "heap (main arena)"
-                elif path == "":
-                    kind = "other anonymous (arenas, stacks)"
-                elif path.startswith("/"):
-                    kind = "other libraries"
-                else:
-                    kind = "other"
-            elif line.startswith("Rss:"):
-                kinds[kind] += int(line.split()[1])
-    return kinds
-
-
 def readable(symbol):
     """A Rust symbol without its hash and with its escapes undone."""
     symbol = re.sub(r"::h[0-9a-f]{16}$", "", symbol)
@@ -129,7 +103,7 @@ def run(args, tags, tmp):
             # heaptrack's child is the gateway.
             children = open(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read().split()
             pid = int(children[-1]) if children else gateway.pid
-        split = smaps_split(pid)
+        split = br.smaps_split(pid)
         if not args.heaptrack:
             return split, None
         os.kill(pid, 9)
