@@ -248,7 +248,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         k0 = c.counters()
         t0 = time.time()
         cpu0, dev0, vm0 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
-        switches0 = context_switches(c.proc.pid)
+        threads0 = thread_counters(c.proc.pid)
         if perf_data:
             # Software clock sampling: virtual machines often have no
             # hardware counters. Costs the profiled window a little CPU.
@@ -260,7 +260,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         time.sleep(args.seconds)
         t1 = time.time()
         cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
-        switches1 = context_switches(c.proc.pid)
+        threads1 = thread_counters(c.proc.pid)
         k1 = c.counters()
         mem = memory_kib(c.proc.pid)
         split = torch_split_kib(c.proc.pid)
@@ -306,13 +306,16 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "load_1min": round(load, 2),
         # Per thread name: voluntary (it waited: a wake-up each) and
         # involuntary (preempted) context switches per second.
-        "context_switches_per_s": switch_rates(switches0, switches1, window),
+        "context_switches_per_s": switch_rates(threads0, threads1, window),
+        # Per thread name: ms of CPU a second, and the time slices it came in.
+        "thread_cpu_ms_per_s": thread_cpu(threads0, threads1, window),
     }
 
 
-def context_switches(pid):
-    """Thread id -> (name, voluntary, involuntary context switches), from
-    /proc/PID/task."""
+def thread_counters(pid):
+    """Thread id -> (name, voluntary, involuntary context switches, CPU
+    nanoseconds, time slices run), from /proc/PID/task (status and
+    schedstat)."""
     threads = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -320,11 +323,14 @@ def context_switches(pid):
                 name = f.read().strip()
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 status = f.read()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                # on-CPU ns, waiting-to-run ns, time slices run
+                cpu_ns, _, slices = (int(x) for x in f.read().split())
         except OSError:
             continue  # the thread ended meanwhile
         v = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)[1])
         n = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", status, re.M)[1])
-        threads[tid] = (name, v, n)
+        threads[tid] = (name, v, n, cpu_ns, slices)
     return threads
 
 
@@ -333,12 +339,25 @@ def switch_rates(before, after, window):
     involuntary (preempted)] switches per second over the window, summed
     over the threads of that name alive at its end."""
     rates = {}
-    for tid, (name, v, n) in after.items():
-        _, v0, n0 = before.get(tid, (name, 0, 0))
+    for tid, (name, v, n, _, _) in after.items():
+        _, v0, n0, _, _ = before.get(tid, (name, 0, 0, 0, 0))
         rate = rates.setdefault(name, [0, 0])
         rate[0] += (v - v0) / window
         rate[1] += (n - n0) / window
     return {name: [round(v), round(n)] for name, (v, n) in rates.items()}
+
+
+def thread_cpu(before, after, window):
+    """Thread name -> [ms of CPU a second, time slices a second] over the
+    window, summed over the threads of that name alive at its end: which
+    thread the process's CPU goes to, and in how many pieces."""
+    rates = {}
+    for tid, (name, _, _, ns, slices) in after.items():
+        _, _, _, ns0, slices0 = before.get(tid, (name, 0, 0, 0, 0))
+        rate = rates.setdefault(name, [0, 0])
+        rate[0] += (ns - ns0) / 1e6 / window
+        rate[1] += (slices - slices0) / window
+    return {name: [round(ms, 2), round(n)] for name, (ms, n) in rates.items()}
 
 
 def smaps_split(pid):

@@ -17,7 +17,7 @@ async-opcua's. Given two --tags values it also prints the difference per
 extra tag. heaptrack is Debian's `heaptrack` package.
 
 Usage: scripts/memory_split.py [--machines 10] [--tags 62 --tags 1000]
-       [--seconds 20] [--heaptrack]
+       [--seconds 20] [--heaptrack] [--binary PATH]
 Needs the release binaries (scripts/bench-reference.sh builds them) and
 `source scripts/env.sh`.
 """
@@ -92,7 +92,7 @@ def run(args, tags, tmp):
         wrapper = ["heaptrack", "-o", recording] if args.heaptrack else []
         log = os.path.join(tmp, "gateway.log")
         gateway = subprocess.Popen(
-            wrapper + [f"{ROOT}/target/release/ironbridge", "run", "--config", config],
+            wrapper + [args.binary, "run", "--config", config],
             stdout=subprocess.DEVNULL, stderr=open(log, "w"),
             env={**os.environ, "RUST_LOG": "warn"})
         procs.append(gateway)
@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--tags", type=int, action="append",
                     help="f32 tags per machine; repeat for a difference per tag (default 62)")
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--binary", default=f"{ROOT}/target/release/ironbridge",
+                    help="the gateway binary to measure (default: the release build)")
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the gateway under heaptrack and print its live heap by owner")
     args = ap.parse_args()
