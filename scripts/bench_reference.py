@@ -367,6 +367,9 @@ def smaps_split(pid):
     other anonymous memory, other libraries."""
     kinds = collections.Counter()
     kind = "other"
+    # The program's own file, whatever it is named (memory_split.py
+    # --binary, a copy in /tmp for an A/B run).
+    exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             head = line.split(None, 6)
@@ -374,7 +377,7 @@ def smaps_split(pid):
                 path = head[5].strip() if len(head) > 5 else ""
                 if "/torch/lib/" in path:
                     kind = "libtorch's libraries"
-                elif path.endswith("/ironbridge"):
+                elif path.removesuffix(" (deleted)") == exe:
                     kind = "the binary's text" if "x" in head[1] else "the binary's data"
                 elif path == "[heap]":
                     kind = "heap (main arena)"
