@@ -395,6 +395,119 @@ async fn opcua_contract_over_insecure_loopback_endpoint() -> anyhow::Result<()> 
     server.stop().await
 }
 
+/// The tag variables are served by the gateway's own node manager, not the
+/// library's address space: what a client's configuration tool does with
+/// one (translate its browse path, browse it both ways, read its
+/// attributes, page through its folder, subscribe) must see an ordinary
+/// variable of the contract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_tag_variables_browse_translate_read_and_subscribe() -> anyhow::Result<()> {
+    let pki = tempfile::tempdir()?;
+    let config = OpcUaServerConfig {
+        port: free_port()?,
+        pki_dir: pki.path().join("pki"),
+        insecure_loopback_endpoint: true,
+        ..Default::default()
+    };
+    let server = RunningServer::start(config).await?;
+    let tags = format!("Machines/{MACHINE}/Tags");
+    let tag = format!("{tags}/{GOOD_TAG}");
+    let args = [
+        s("--url"),
+        server.url(),
+        s("--tag-probe"),
+        tag.clone(),
+        s("--subscribe"),
+        tag.clone(),
+        s("--count"),
+        s("3"),
+    ];
+    let answer = run_client(&args, &[]).await?;
+    server.stop().await?;
+    let probe = &answer["probe"];
+
+    assert_eq!(probe["translated"], tag.as_str(), "{probe}");
+    assert_eq!(probe["missing"], "BadNoMatch", "{probe}");
+
+    // Its parent by an inverse HasComponent (i=47), its type by
+    // HasTypeDefinition (i=40): BaseDataVariableType (i=63).
+    let refs = probe["references"].as_array().context("references")?;
+    assert_eq!(refs.len(), 2, "{refs:#?}");
+    let parent = refs
+        .iter()
+        .find(|r| r["reference_type"] == 47)
+        .context("no HasComponent reference")?;
+    assert_eq!(parent["is_forward"], false, "{parent}");
+    assert_eq!(parent["node_id"], tags.as_str(), "{parent}");
+    assert_eq!(parent["namespace_uri"], NAMESPACE_URI, "{parent}");
+    assert_eq!(parent["browse_name"], "Tags", "{parent}");
+    assert_eq!(parent["node_class"], "Object", "{parent}");
+    let type_def = refs
+        .iter()
+        .find(|r| r["reference_type"] == 40)
+        .context("no HasTypeDefinition reference")?;
+    assert_eq!(type_def["is_forward"], true, "{type_def}");
+    assert_eq!(type_def["node_id"], "63", "{type_def}");
+    assert_eq!(
+        type_def["browse_name"], "BaseDataVariableType",
+        "{type_def}"
+    );
+    assert_eq!(type_def["node_class"], "VariableType", "{type_def}");
+
+    let attributes = &probe["attributes"];
+    let expected = serde_json::json!({
+        "NodeClass": 2,
+        "BrowseName": format!("{NAMESPACE_URI}:{GOOD_TAG}"),
+        "DisplayName": GOOD_TAG,
+        // Double once a float arrived.
+        "DataType": 11,
+        "ValueRank": -1,
+        // CurrentRead only.
+        "AccessLevel": 1,
+        "UserAccessLevel": 1,
+        "Historizing": false,
+    });
+    for (name, value) in expected.as_object().context("expected")? {
+        assert_eq!(attributes[name]["status"], "Good", "{name}: {attributes}");
+        assert_eq!(&attributes[name]["value"], value, "{name}: {attributes}");
+    }
+
+    // One reference an answer: the folder's children come back through
+    // BrowseNext, each tag once, beside the folder's own references.
+    let answers = probe["folder_answers"]
+        .as_array()
+        .context("folder answers")?;
+    let mut children = Vec::new();
+    for a in answers {
+        assert_eq!(a["status"], "Good", "{a}");
+        let refs = a["references"].as_array().context("references")?;
+        assert!(refs.len() <= 1, "more than asked for: {a}");
+        children.extend(refs.iter().filter_map(|r| r["node_id"].as_str()));
+    }
+    children.sort_unstable();
+    let mut expected = vec![tag.clone(), format!("{tags}/{BAD_TAG}")];
+    expected.sort_unstable();
+    assert_eq!(children, expected, "{answers:#?}");
+
+    // Values as `feed` publishes them (60 + k/2 at start + k * 200 ms),
+    // each with its own SourceTimestamp.
+    let changes = answer["subscription"].as_array().context("subscription")?;
+    let mut last_ts = 0;
+    for change in changes {
+        let value = change["value"].as_f64().context("numeric tag value")?;
+        let k = (value - 60.0) * 2.0;
+        assert!(k >= 1.0 && k.fract() == 0.0, "never published: {change}");
+        let ts = change["source_timestamp_us"]
+            .as_i64()
+            .context("timestamp")?;
+        assert!(ts > last_ts, "timestamps must move on: {changes:?}");
+        last_ts = ts;
+        assert_eq!(change["status"], "Good", "{change}");
+    }
+    assert!(changes.len() >= 4, "initial + 3 new values: {changes:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_contract_over_sign_and_encrypt_with_user() -> anyhow::Result<()> {
     const PASSWORD_ENV: &str = "IRONBRIDGE_TEST_OPCUA_PW_SECURE";

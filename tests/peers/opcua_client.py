@@ -23,6 +23,12 @@ Aes256Sha256RsaPss with SignAndEncrypt and a client certificate generated in
 server's certificate (else it is fetched from the endpoints). --user and
 --password-env select username/password login, else anonymous.
 
+--tag-probe Machines/<machine>/Tags/<tag> looks at one node the way an
+HMI's configuration tool does, into "probe": the NodeId its browse path
+translates to (and the status of a path that does not exist), its references
+both ways, its attributes, and its parent folder browsed one reference per
+Browse/BrowseNext.
+
 --call Models/<model>/Activate=1.1.0 (or Models/<model>/Rollback) calls the
 method on its parent object, with the string argument after '=' if any;
 calls run after the reads, in order, and each one's status is reported.
@@ -193,6 +199,9 @@ async def connected_run(client, args, result):
             calls.append({"method": path, "args": [arg] if arg else [], "status": status})
         result["calls"] = calls
 
+        if args.tag_probe:
+            result["probe"] = await tag_probe(client, ns, args.tag_probe)
+
         if args.subscribe:
             result["subscription"] = await collect_changes(
                 client, node(args.subscribe), args.count, args.sampling_interval,
@@ -201,6 +210,79 @@ async def connected_run(client, args, result):
     finally:
         await client.disconnect()
     return result
+
+
+def reference_json(ref, ns_array):
+    target = ref.NodeId
+    return {
+        "reference_type": ref.ReferenceTypeId.Identifier,
+        "is_forward": ref.IsForward,
+        "node_id": str(target.Identifier),
+        "namespace_uri": ns_array[target.NamespaceIndex],
+        "browse_name": ref.BrowseName.Name,
+        "node_class": ref.NodeClass.name,
+        "type_definition": ref.TypeDefinition.Identifier,
+    }
+
+
+async def tag_probe(client, ns, path):
+    ns_array = await client.get_namespace_array()
+    probe = {}
+    names = [ua.QualifiedName(part, ns) for part in ["IronBridge", *path.split("/")]]
+    found = await client.nodes.objects.get_child(names)
+    probe["translated"] = found.nodeid.Identifier
+    try:
+        await client.nodes.objects.get_child(names[:-1] + [ua.QualifiedName("no_such_tag", ns)])
+        probe["missing"] = "Good"
+    except ua.UaStatusCodeError as e:
+        probe["missing"] = status_codes.get_name_and_doc(e.code)[0]
+
+    node = client.get_node(ua.NodeId(path, ns, ua.NodeIdType.String))
+    refs = await node.get_references(refs=ua.ObjectIds.References, direction=ua.BrowseDirection.Both)
+    probe["references"] = [reference_json(r, ns_array) for r in refs]
+
+    attributes = {}
+    for name in ["NodeClass", "BrowseName", "DisplayName", "DataType", "ValueRank",
+                 "AccessLevel", "UserAccessLevel", "Historizing"]:
+        dv = await node.read_attribute(getattr(ua.AttributeIds, name), raise_on_bad_status=False)
+        value = dv.Value.Value if dv.Value is not None else None
+        if isinstance(value, ua.QualifiedName):
+            value = f"{ns_array[value.NamespaceIndex]}:{value.Name}"
+        elif isinstance(value, ua.LocalizedText):
+            value = value.Text
+        elif isinstance(value, ua.NodeId):
+            value = value.Identifier
+        attributes[name] = {"value": jsonable(value), "status": status_name(dv.StatusCode)}
+    probe["attributes"] = attributes
+
+    # The parent folder, one reference per answer: every tag must come back
+    # through BrowseNext's continuation points.
+    folder = ua.NodeId(path.rsplit("/", 1)[0], ns, ua.NodeIdType.String)
+    desc = ua.BrowseDescription()
+    desc.NodeId = folder
+    desc.BrowseDirection = ua.BrowseDirection.Forward
+    desc.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HierarchicalReferences)
+    desc.IncludeSubtypes = True
+    desc.NodeClassMask = 0
+    desc.ResultMask = ua.BrowseResultMask.All
+    params = ua.BrowseParameters()
+    params.View = ua.ViewDescription()
+    # A null timestamp: "the current view" (asyncua's own browse does this).
+    params.View.Timestamp = ua.get_win_epoch()
+    params.RequestedMaxReferencesPerNode = 1
+    params.NodesToBrowse = [desc]
+    results = await client.uaclient.browse(params)
+    answers = [results[0]]
+    while answers[-1].ContinuationPoint and len(answers) < 1000:
+        next_params = ua.BrowseNextParameters()
+        next_params.ReleaseContinuationPoints = False
+        next_params.ContinuationPoints = [answers[-1].ContinuationPoint]
+        answers.append((await client.uaclient.browse_next(next_params))[0])
+    probe["folder_answers"] = [
+        {"status": status_name(a.StatusCode), "references": [reference_json(r, ns_array) for r in a.References]}
+        for a in answers
+    ]
+    return probe
 
 
 async def force_none_session(client, args, result):
@@ -318,6 +400,7 @@ def main():
     p.add_argument("--read", action="append", default=[])
     p.add_argument("--write", action="append", default=[])
     p.add_argument("--call", action="append", default=[])
+    p.add_argument("--tag-probe")
     p.add_argument("--subscribe")
     p.add_argument("--count", type=int, default=3)
     # Open this many other sessions first and keep them while connecting.

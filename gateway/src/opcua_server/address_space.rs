@@ -33,6 +33,10 @@
 //! publisher then narrows the DataType to Double, Int64, UInt64 or Boolean
 //! (what an HMI needs to map the tag), so a client browsing a running gateway
 //! sees the concrete type. Every variable is read-only (CurrentRead).
+//!
+//! The tag variables are not in this address space: `tag_nodes` serves
+//! them (same NodeIds, browse names and references) from a table that costs
+//! a fraction of what a node here does.
 
 use std::collections::{HashMap, HashSet};
 
@@ -249,20 +253,10 @@ pub(crate) struct GatewayNodes {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeIndex {
     pub(crate) gateway: GatewayNodes,
-    /// machine → its tag variables
-    pub(crate) tags: HashMap<String, MachineTagNodes>,
     /// machine → model → variables
     pub(crate) predictions: HashMap<String, HashMap<String, PredictionNodes>>,
     /// model → variables
     pub(crate) models: HashMap<String, ModelNodes>,
-}
-
-/// The tag variables of one machine, in the layout's order.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct MachineTagNodes {
-    pub(crate) nodes: Vec<NodeId>,
-    /// tag → index in `nodes`
-    pub(crate) by_tag: HashMap<String, usize>,
 }
 
 /// Adds the layout's nodes to `space` (namespace index `ns`). The layout must
@@ -282,28 +276,15 @@ pub(crate) fn build(space: &mut AddressSpace, ns: u16, layout: &AddressSpaceLayo
     for machine in &layout.machines {
         let machine_path = format!("Machines/{}", machine.name);
         let machine_node = add_object(space, ns, machine_path.clone(), &machine.name, &machines);
-        let tags_node = add_folder(
+        // The tag variables themselves are served by `tag_nodes`, not kept
+        // in the address space (their cost per tag, BENCHMARKS.md §26).
+        add_folder(
             space,
             ns,
             format!("{machine_path}/Tags"),
             "Tags",
             &machine_node,
         );
-        let mut tag_nodes = MachineTagNodes::default();
-        for tag in &machine.tags {
-            let id = add_variable(
-                space,
-                ns,
-                format!("{machine_path}/Tags/{tag}"),
-                tag,
-                &tags_node,
-                DataTypeId::BaseDataType,
-                None,
-            );
-            tag_nodes.by_tag.insert(tag.clone(), tag_nodes.nodes.len());
-            tag_nodes.nodes.push(id);
-        }
-        index.tags.insert(machine.name.clone(), tag_nodes);
         add_folder(
             space,
             ns,

@@ -1,5 +1,6 @@
-//! Values the gateway sets many times a second (tag values, prediction
-//! outputs), kept in slots beside the address space.
+//! Values the gateway sets many times a second in the address space (the
+//! prediction outputs; tag values live in `tag_nodes`), kept in slots
+//! beside it.
 //!
 //! Setting a value in async-opcua's address space finds its node by NodeId
 //! twice (the node, then its monitored items); with string NodeIds that was
@@ -26,8 +27,8 @@ use opcua::server::address_space::{AddressSpace, NodeType};
 use opcua::sync::RwLock;
 use opcua::types::{DataValue, NodeId};
 
-/// The slots of the nodes one publisher sets together (one machine's tags,
-/// or one machine's outputs of one model), in a fixed order.
+/// The slots of the nodes one publisher sets together (one machine's
+/// outputs of one model), in a fixed order.
 pub(crate) struct HotGroup {
     nodes: Vec<NodeId>,
     slots: Mutex<Vec<Slot>>,

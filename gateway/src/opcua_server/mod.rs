@@ -4,8 +4,10 @@
 //! - [`config`]: the `[opcua]` table and its validation;
 //! - [`address_space`]: the node layout (`Objects/IronBridge/...`);
 //! - [`server`]: [`start`] and the [`OpcUaPublisher`] that pushes values;
-//! - `hot_values`: where tag and prediction values wait until read or
-//!   subscribed (no NodeId lookup per value).
+//! - `tag_nodes`: the machines' tag variables, served by a node manager of
+//!   our own (a slot per tag, no address-space node);
+//! - `hot_values`: where prediction values wait until read or subscribed
+//!   (no NodeId lookup per value).
 //!
 //! Secure by default: one SignAndEncrypt endpoint per configured policy,
 //! username/password users (passwords from the environment), unknown client
@@ -21,6 +23,7 @@ mod hot_values;
 pub mod nodes;
 pub mod rejected;
 pub mod server;
+mod tag_nodes;
 
 pub use address_space::{AddressSpaceLayout, MachineLayout, ModelLayout, NAMESPACE_URI};
 pub use config::{

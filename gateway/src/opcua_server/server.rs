@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ironbridge_connectors::{
@@ -19,8 +19,8 @@ use opcua::server::{
     ServerBuilder, ServerEndpoint, ServerUserToken, SubscriptionCache, ANONYMOUS_USER_TOKEN_ID,
 };
 use opcua::types::{
-    ApplicationDescription, ApplicationType, AttributeId, DataTypeId, DataValue, DateTime,
-    LocalizedText, MessageSecurityMode, NodeId, StatusCode, UAString, Variant,
+    ApplicationDescription, ApplicationType, DataTypeId, DataValue, DateTime, LocalizedText,
+    MessageSecurityMode, NodeId, StatusCode, UAString, Variant,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -30,6 +30,7 @@ use super::address_space::{self, AddressSpaceLayout, NodeIndex, VersionNodes, NA
 use super::config::{password_from_env, OpcUaServerConfig};
 use super::hot_values::{HotGroup, HotValues};
 use super::nodes::{GatewayNodes, GatewayNodesBuilder, ModelControl, SharedHotValues};
+use super::tag_nodes::{TagNodes, TagTable};
 
 type GatewayNodeManager = InMemoryNodeManager<GatewayNodes>;
 use crate::scan_layout::ScanLayout;
@@ -113,24 +114,16 @@ struct PublisherInner {
     ns: u16,
     /// model → version → its nodes, added as version folders are found.
     versions: Mutex<HashMap<String, HashMap<String, VersionNodes>>>,
-    /// machine → what publishing its scans remembers (taken by the fan-out
-    /// only, so never contended).
-    scan_states: HashMap<String, Mutex<MachineScanState>>,
+    /// Every machine's tag variables (served by `tag_nodes`).
+    tags: Arc<TagTable>,
+    /// machine → the tag slot of each reading, by tag order (taken by the
+    /// fan-out only, so never contended).
+    scan_layouts: HashMap<String, Mutex<ScanLayout>>,
     /// machine → model → the slots of its prediction variables.
     prediction_slots: HashMap<String, HashMap<String, PredictionSlots>>,
     /// Values that had no node (a machine, tag, model or output the layout
     /// does not know): counted, not fatal.
     unknown_values: AtomicU64,
-}
-
-/// What publishing one machine's scans remembers.
-struct MachineScanState {
-    /// The tag variable of each reading, by tag order.
-    layout: ScanLayout,
-    /// The DataType last declared per tag variable, same index as its node.
-    declared: Vec<Option<DataTypeId>>,
-    /// The tag variables' values, same index as their nodes.
-    values: Arc<HotGroup>,
 }
 
 /// The hot slots of one machine's predictions of one model.
@@ -250,6 +243,16 @@ pub async fn start(
     )));
     let control = Arc::new(ModelControl::new(roles));
     let hot = SharedHotValues::default();
+    // Before the in-memory manager, which claims the whole namespace: the
+    // tag variables are answered here first (see `tag_nodes`).
+    let tag_table: Arc<OnceLock<Arc<TagTable>>> = Arc::default();
+    {
+        let tag_table = tag_table.clone();
+        builder =
+            builder.with_node_manager(move |_: opcua::server::node_manager::ServerContext| {
+                TagNodes::new(tag_table)
+            });
+    }
     builder = builder.with_node_manager(InMemoryNodeManagerBuilder::new(GatewayNodesBuilder::new(
         NamespaceMetadata {
             namespace_uri: NAMESPACE_URI.to_string(),
@@ -339,19 +342,21 @@ pub async fn start(
         }
     });
 
-    let mut hot_values = HotValues::default();
-    let scan_states = index
-        .tags
+    let tags = Arc::new(TagTable::new(
+        ns,
+        layout
+            .machines
+            .iter()
+            .map(|m| (m.name.as_str(), m.tags.as_slice())),
+    ));
+    // Set once; `start` is the only writer.
+    let _ = tag_table.set(tags.clone());
+    let scan_layouts = layout
+        .machines
         .iter()
-        .map(|(machine, tags)| {
-            let state = MachineScanState {
-                layout: ScanLayout::default(),
-                declared: vec![None; tags.nodes.len()],
-                values: hot_values.add_group(tags.nodes.clone()),
-            };
-            (machine.clone(), Mutex::new(state))
-        })
+        .map(|m| (m.name.clone(), Mutex::new(ScanLayout::default())))
         .collect();
+    let mut hot_values = HotValues::default();
     let prediction_slots = index
         .predictions
         .iter()
@@ -388,7 +393,8 @@ pub async fn start(
             index,
             ns,
             versions: Mutex::new(HashMap::new()),
-            scan_states,
+            tags,
+            scan_layouts,
             prediction_slots,
             unknown_values: AtomicU64::new(0),
         }),
@@ -415,46 +421,28 @@ impl OpcUaPublisher {
     /// StatusCode from the quality.
     pub fn publish_scan(&self, scan: &Scan) {
         let inner = &self.inner;
-        let (Some(tags), Some(state)) = (
-            inner.index.tags.get(&*scan.machine),
-            inner.scan_states.get(&*scan.machine),
+        let (Some(tags), Some(layout)) = (
+            inner.tags.machine(&scan.machine),
+            inner.scan_layouts.get(&*scan.machine),
         ) else {
             inner.count_unknown(scan.readings.len());
             return;
         };
-        let mut state = match state.lock() {
+        let mut layout = match layout.lock() {
             Ok(guard) => guard,
-            // It only caches lookups and declared types; a panic elsewhere
-            // cannot leave it inconsistent.
+            // It only caches lookups; a panic elsewhere cannot leave it
+            // inconsistent.
             Err(poisoned) => poisoned.into_inner(),
         };
-        let MachineScanState {
-            layout,
-            declared,
-            values,
-        } = &mut *state;
-        let slots = layout.slots(scan, |tag| tags.by_tag.get(&**tag).copied());
+        let slots = layout.slots(scan, |tag| tags.index_of(tag));
         let source_timestamp = Some(ua_date_time(scan.acquired_at));
         let server_timestamp = Some(DateTime::now());
         let mut updates = Vec::with_capacity(scan.readings.len());
-        let mut type_changes = Vec::new();
         for (reading, slot) in scan.readings.iter().zip(slots) {
-            let Some((i, node, declared)) = slot.and_then(|i| {
-                let (node, declared) = tags.nodes.get(i).zip(declared.get_mut(i))?;
-                Some((i, node, declared))
-            }) else {
+            let Some(i) = *slot else {
                 inner.count_unknown(1);
                 continue;
             };
-            if let Some(value) = &reading.value {
-                // Tag variables start as BaseDataType (see `address_space`);
-                // the first value, and a change of type, declares it.
-                let data_type = data_type_of(value);
-                if *declared != Some(data_type) {
-                    *declared = Some(data_type);
-                    type_changes.push((node, data_type));
-                }
-            }
             updates.push((
                 i,
                 DataValue {
@@ -470,24 +458,12 @@ impl OpcUaPublisher {
                     server_timestamp,
                     ..DataValue::null()
                 },
+                // Tag variables start as BaseDataType (see `address_space`);
+                // the first value, and a change of type, declares it.
+                reading.value.as_ref().map(data_type_of),
             ));
         }
-        if !type_changes.is_empty() {
-            let changes = type_changes.iter().map(|&(node, data_type)| {
-                (
-                    node,
-                    AttributeId::DataType,
-                    Variant::from(NodeId::from(data_type)),
-                )
-            });
-            if let Err(status) = inner
-                .node_manager
-                .set_attributes(&inner.subscriptions, changes)
-            {
-                tracing::warn!(%status, machine = %scan.machine, "cannot set tag data types");
-            }
-        }
-        inner.store_hot(values, updates);
+        tags.store(&inner.tags, updates, &inner.subscriptions);
     }
 
     /// Sets the outputs of one prediction (SourceTimestamp = acquisition
