@@ -187,6 +187,17 @@ impl RunningServer {
         })
     }
 
+    /// A server with the loopback None endpoint (anonymous), its PKI in `dir`.
+    async fn start_insecure(dir: &Path) -> anyhow::Result<Self> {
+        Self::start(OpcUaServerConfig {
+            port: free_port()?,
+            pki_dir: dir.join("pki"),
+            insecure_loopback_endpoint: true,
+            ..Default::default()
+        })
+        .await
+    }
+
     fn url(&self) -> String {
         format!("opc.tcp://127.0.0.1:{}/", self.port)
     }
@@ -378,13 +389,7 @@ fn check_contract(answer: &Value, published: &Published) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_contract_over_insecure_loopback_endpoint() -> anyhow::Result<()> {
     let pki = tempfile::tempdir()?;
-    let config = OpcUaServerConfig {
-        port: free_port()?,
-        pki_dir: pki.path().join("pki"),
-        insecure_loopback_endpoint: true,
-        ..Default::default()
-    };
-    let server = RunningServer::start(config).await?;
+    let server = RunningServer::start_insecure(pki.path()).await?;
     let answer = run_client(&contract_client_args(&server.url()), &[]).await?;
     check_contract(&answer, &server.published);
     // The forced None session the secure-defaults test expects refused
@@ -403,13 +408,7 @@ async fn opcua_contract_over_insecure_loopback_endpoint() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opcua_tag_variables_browse_translate_read_and_subscribe() -> anyhow::Result<()> {
     let pki = tempfile::tempdir()?;
-    let config = OpcUaServerConfig {
-        port: free_port()?,
-        pki_dir: pki.path().join("pki"),
-        insecure_loopback_endpoint: true,
-        ..Default::default()
-    };
-    let server = RunningServer::start(config).await?;
+    let server = RunningServer::start_insecure(pki.path()).await?;
     let tags = format!("Machines/{MACHINE}/Tags");
     let tag = format!("{tags}/{GOOD_TAG}");
     let args = [

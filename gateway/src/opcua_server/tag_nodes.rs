@@ -214,6 +214,14 @@ impl TagTable {
     }
 }
 
+impl TagTable {
+    /// [`Self::variable`] with tag `i`'s value and DataType now.
+    fn variable_now(&self, machine: &MachineTags, i: usize) -> Option<NodeType> {
+        let slots = machine.lock();
+        self.variable(machine, i, slots.get(i)?)
+    }
+}
+
 impl MachineTags {
     /// The slot of `tag`.
     pub(crate) fn index_of(&self, tag: &str) -> Option<usize> {
@@ -311,13 +319,7 @@ impl TagNodes {
         i: usize,
         read: &ParsedRead<'_>,
     ) -> DataValue {
-        let node = {
-            let slots = machine.lock();
-            slots
-                .get(i)
-                .and_then(|slot| table.variable(machine, i, slot))
-        };
-        let Some(node) = node else {
+        let Some(node) = table.variable_now(machine, i) else {
             return DataValue {
                 status: Some(StatusCode::BadNodeIdUnknown),
                 ..DataValue::null()
@@ -561,12 +563,7 @@ impl NodeManager for TagNodes {
             let Some(TagNode::Tag(machine, i)) = table.locate(&write.value().node_id) else {
                 continue;
             };
-            let node = {
-                let slots = machine.lock();
-                slots
-                    .get(i)
-                    .and_then(|slot| table.variable(machine, i, slot))
-            };
+            let node = table.variable_now(machine, i);
             // Tags are read-only: the library's check refuses every write
             // with the status it would give for a node in its address space.
             let status = match node {
@@ -715,7 +712,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_reads_waiting_until_its_first_value_then_declares_its_type() {
+    fn a_tag_waits_for_its_first_value_as_a_read_only_base_data_type_scalar() {
         let t = table();
         let machine = t.machine("press-7").expect("machine");
         let slot = &machine.lock()[0];
