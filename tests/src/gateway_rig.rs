@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ironbridge::config::GatewayConfig;
-use ironbridge::Gateway;
+use ironbridge::{Gateway, GatewayError};
 use ironbridge_simulator::{OpcUaMachine, OpcUaOptions, OpcUaUser, SimOptions, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -166,28 +166,44 @@ impl GatewayRig {
         // The example's admin user (a test that calls model methods adds
         // its own users).
         std::env::set_var("IRONBRIDGE_ADMIN_PASSWORD", "rig-admin-password");
-        let opcua_port = free_port()?;
         let example = std::fs::read_to_string(repo_root().join("config/example.toml"))?;
         let vm_url = vm.url();
         let sim_addr = sim_addr.to_string();
         let pki_dir = dir.path().join("pki");
-        let text = rig_config(
-            &example,
-            &RigPlaces {
-                vm_url: &vm_url,
-                sim_addr: &sim_addr,
-                spindle_endpoint: &spindle_endpoint,
-                opcua_port,
-                pki_dir: &pki_dir,
-                options: &options,
-            },
-        )?;
         let config_path = dir.path().join("gateway.toml");
-        std::fs::write(&config_path, text)?;
-        let config = GatewayConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let gateway = Gateway::start(config, cancel.child_token())
-            .await
-            .context("gateway start")?;
+        // The OPC UA port is picked free and bound only later, by the
+        // gateway; in between another test's connection may take it as its
+        // ephemeral port. So a port found taken is picked again.
+        let mut attempts = 0;
+        let (gateway, opcua_port) = loop {
+            attempts += 1;
+            let opcua_port = free_port()?;
+            let text = rig_config(
+                &example,
+                &RigPlaces {
+                    vm_url: &vm_url,
+                    sim_addr: &sim_addr,
+                    spindle_endpoint: &spindle_endpoint,
+                    opcua_port,
+                    pki_dir: &pki_dir,
+                    options: &options,
+                },
+            )?;
+            std::fs::write(&config_path, text)?;
+            let config = GatewayConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let attempt_cancel = cancel.child_token();
+            match Gateway::start(config, attempt_cancel.clone()).await {
+                Ok(gateway) => break (gateway, opcua_port),
+                Err(GatewayError::Bind { addr, source })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 5 =>
+                {
+                    // What the failed start spawned stops with its token.
+                    attempt_cancel.cancel();
+                    eprintln!("OPC UA port {addr} was taken meanwhile; picking another");
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("gateway start")),
+            }
+        };
         Ok(Self {
             vm,
             simulator,
