@@ -284,8 +284,8 @@ impl MachineTags {
         if !notify.is_empty() {
             subscriptions.notify_data_change(
                 notify
-                    .iter()
-                    .map(|(value, id)| (value.clone(), &**id, AttributeId::Value)),
+                    .iter_mut()
+                    .map(|(value, id)| (std::mem::take(value), &**id, AttributeId::Value)),
             );
         }
     }
