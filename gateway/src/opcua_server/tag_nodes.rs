@@ -481,8 +481,11 @@ impl NodeManager for TagNodes {
                 }
             }
             // Our nodes have few references: a folder's to its tags, a
-            // tag's to its folder and type. Past those the path leaves
-            // this manager, so at most two steps are ours.
+            // tag's to its folder and type. So only the path's next step is
+            // ours; the server hands what follows to the other managers.
+            // (So a path that steps through a tag to its folder or type
+            // again ends there: a tag has no children, and no client path
+            // of the contract does that.)
             let Some(first) = item.path().first().cloned() else {
                 continue;
             };
