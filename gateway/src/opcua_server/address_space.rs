@@ -757,6 +757,17 @@ fn add_object(
     id
 }
 
+/// What a variable reads before its first value: BadWaitingForInitialData,
+/// with an explicit empty value (async-opcua 0.19 reports a DataValue
+/// without a value as Good, dropping its status).
+pub(crate) fn waiting_for_initial_data() -> DataValue {
+    DataValue {
+        value: Some(Variant::Empty),
+        status: Some(StatusCode::BadWaitingForInitialData),
+        ..DataValue::null()
+    }
+}
+
 /// A read-only variable owned by `parent`. Without an initial value it reads
 /// as BadWaitingForInitialData until the first publish.
 fn add_variable(
@@ -784,13 +795,7 @@ fn add_variable(
     builder.insert(space);
     let initial_value = match initial {
         Some(value) => DataValue::new_now(value),
-        // An explicit empty value: async-opcua 0.19 reports a DataValue
-        // without a value as Good, dropping its status.
-        None => DataValue {
-            value: Some(Variant::Empty),
-            status: Some(StatusCode::BadWaitingForInitialData),
-            ..DataValue::null()
-        },
+        None => waiting_for_initial_data(),
     };
     if let Some(NodeType::Variable(variable)) = space.find_mut(&id) {
         variable.set_data_value(initial_value);

@@ -50,6 +50,8 @@ use opcua::types::{
     StatusCode, TimestampsToReturn, VariableTypeId, Variant,
 };
 
+use super::address_space::waiting_for_initial_data;
+
 /// Every machine's tags, and the namespace their NodeIds are in.
 pub(crate) struct TagTable {
     ns: u16,
@@ -81,13 +83,7 @@ struct TagSlot {
 impl Default for TagSlot {
     fn default() -> Self {
         Self {
-            // An explicit empty value: async-opcua 0.19 reads a DataValue
-            // without a value as Good, dropping its status.
-            value: DataValue {
-                value: Some(Variant::Empty),
-                status: Some(StatusCode::BadWaitingForInitialData),
-                ..DataValue::null()
-            },
+            value: waiting_for_initial_data(),
             data_type: DataTypeId::BaseDataType,
             watchers: 0,
             node_id: None,
@@ -165,8 +161,7 @@ impl TagTable {
     }
 
     fn tag_id(&self, machine: &MachineTags, i: usize) -> NodeId {
-        let tag = machine.tags.get(i).map_or("", |t| t);
-        NodeId::new(self.ns, tag_path(&machine.name, tag))
+        NodeId::new(self.ns, tag_path(&machine.name, machine.tag_name(i)))
     }
 
     fn folder_id(&self, machine: &MachineTags) -> NodeId {
@@ -174,18 +169,17 @@ impl TagTable {
     }
 
     fn browse_name(&self, machine: &MachineTags, i: usize) -> QualifiedName {
-        QualifiedName::new(self.ns, machine.tags.get(i).map_or("", |t| t))
+        QualifiedName::new(self.ns, machine.tag_name(i))
     }
 
     /// What a reference to tag `i` describes (a browse of its folder, or
     /// another manager's reference to it).
     fn metadata(&self, machine: &MachineTags, i: usize) -> NodeMetadata {
-        let name = machine.tags.get(i).map_or("", |t| t);
         NodeMetadata {
             node_id: self.tag_id(machine, i).into(),
             type_definition: NodeId::from(VariableTypeId::BaseDataVariableType).into(),
-            browse_name: QualifiedName::new(self.ns, name),
-            display_name: LocalizedText::from(name),
+            browse_name: self.browse_name(machine, i),
+            display_name: LocalizedText::from(machine.tag_name(i)),
             node_class: NodeClass::Variable,
         }
     }
@@ -212,9 +206,7 @@ impl TagTable {
         variable.set_data_value(slot.value.clone());
         Some(NodeType::Variable(Box::new(variable)))
     }
-}
 
-impl TagTable {
     /// [`Self::variable`] with tag `i`'s value and DataType now.
     fn variable_now(&self, machine: &MachineTags, i: usize) -> Option<NodeType> {
         let slots = machine.lock();
@@ -223,6 +215,11 @@ impl TagTable {
 }
 
 impl MachineTags {
+    /// Tag `i`'s name ("" past the end, which no caller asks for).
+    fn tag_name(&self, i: usize) -> &str {
+        self.tags.get(i).map_or("", |t| t)
+    }
+
     /// The slot of `tag`.
     pub(crate) fn index_of(&self, tag: &str) -> Option<usize> {
         self.by_tag.get(tag).copied()
