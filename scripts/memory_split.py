@@ -16,8 +16,13 @@ namespace (ns=0, loaded at start), then by the innermost frame of ours or
 async-opcua's. Given two --tags values it also prints the difference per
 extra tag. heaptrack is Debian's `heaptrack` package.
 
+With --malloc-info it also asks glibc, through gdb attached to the running
+gateway, what each malloc arena holds: its size, how much of it is free
+(kept by the allocator, not in use) and in which chunk sizes, and the
+blocks mapped on their own.
+
 Usage: scripts/memory_split.py [--machines 10] [--tags 62 --tags 1000]
-       [--seconds 20] [--heaptrack] [--binary PATH]
+       [--seconds 20] [--heaptrack] [--malloc-info] [--binary PATH]
 Needs the release binaries (scripts/bench-reference.sh builds them) and
 `source scripts/env.sh`.
 """
@@ -70,6 +75,40 @@ def live_heap_by_owner(recording, tmp):
     return owners
 
 
+def malloc_info(pid, tmp):
+    """glibc's malloc_info of a running process, parsed: one dict per arena
+    (system bytes, free bytes, free bytes by chunk size), and the mmapped
+    blocks. Calls into the process through gdb."""
+    out = os.path.join(tmp, "malloc-info.xml")
+    subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-nx",
+         "-ex", f'set $f = (void*)((void*(*)(char*,char*))fopen)("{out}", "w")',
+         "-ex", "call (int)malloc_info(0, $f)",
+         "-ex", "call (int)((int(*)(void*))fclose)($f)"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    xml = open(out).read()
+    arenas = []
+    for heap in re.findall(r'<heap nr="\d+">(.*?)</heap>', xml, re.S):
+        sizes = [(int(a), int(b), int(t)) for a, b, t in
+                 re.findall(r'<size from="(\d+)" to="(\d+)" total="(\d+)" count="\d+"/>', heap)]
+        free = sum(int(n) for n in re.findall(r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"/>', heap))
+        system = int(re.search(r'<system type="current" size="(\d+)"/>', heap).group(1))
+        arenas.append({"system": system, "free": free, "sizes": sizes})
+    mmap = re.search(r'</heap>\s*<total type="fast".*?<total type="mmap" count="(\d+)" size="(\d+)"/>',
+                     xml, re.S)
+    return arenas, (int(mmap.group(1)), int(mmap.group(2))) if mmap else (0, 0)
+
+
+def print_malloc_info(arenas, mmap):
+    print("\nmalloc arenas (glibc's malloc_info):")
+    print("| arena | size MiB | free MiB | free, the largest chunk sizes (KiB: MiB) |\n|---|---:|---:|---|")
+    for i, a in enumerate(arenas):
+        top = sorted(a["sizes"], key=lambda s: -s[2])[:4]
+        sizes = ", ".join(f"{lo // 1024}-{hi // 1024}: {t / 2**20:.1f}" for lo, hi, t in top)
+        print(f"| {i} | {a['system'] / 2**20:.1f} | {a['free'] / 2**20:.1f} | {sizes} |")
+    print(f"| mmapped blocks | {mmap[1] / 2**20:.1f} ({mmap[0]}) | | |")
+
+
 def run(args, tags, tmp):
     procs = []
     try:
@@ -104,6 +143,8 @@ def run(args, tags, tmp):
             children = open(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read().split()
             pid = int(children[-1]) if children else gateway.pid
         split = br.smaps_split(pid)
+        if args.malloc_info:
+            print_malloc_info(*malloc_info(pid, tmp))
         if not args.heaptrack:
             return split, None
         os.kill(pid, 9)
@@ -123,6 +164,8 @@ def main():
                     help="the gateway binary to measure (default: the release build)")
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the gateway under heaptrack and print its live heap by owner")
+    ap.add_argument("--malloc-info", action="store_true",
+                    help="print what each glibc malloc arena holds and keeps free (needs gdb)")
     args = ap.parse_args()
     tags = args.tags or [br.F32]
     if args.heaptrack and not shutil.which("heaptrack"):
