@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut buffer = LineBuffer::new(lines.len());
         let started = Instant::now();
         for line in &lines {
-            buffer.push(line.clone());
+            buffer.push(line);
         }
         samples.push(started.elapsed());
     }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use ironbridge_connectors::influx::{InfluxSinkConfig, InfluxWriter, LineWriter, WriteError};
+use ironbridge_connectors::influx::{
+    BatchBody, InfluxSinkConfig, InfluxWriter, LineWriter, WriteError,
+};
 use ironbridge_connectors::{Prediction, Quality, Record, Scan, TagReading, TagValue};
 use ironbridge_tests::sink_rig::{good, init_logs, wait_for, RunningSink, DEADLINE};
 use ironbridge_tests::tcp_proxy::{ProxyMode, TcpProxy};
@@ -511,9 +513,9 @@ struct FaultInjector {
 struct Injected(Arc<FaultInjector>);
 
 impl LineWriter for Injected {
-    async fn write(&self, body: String) -> Result<(), WriteError> {
+    async fn write(&self, body: BatchBody) -> Result<(), WriteError> {
         let this = &self.0;
-        let lines = body.lines().count();
+        let lines = body.line_count();
         if let Ok(mut calls) = this.calls.lock() {
             calls.push((tokio::time::Instant::now(), lines));
         }

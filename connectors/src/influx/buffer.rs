@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::Instant;
 
-pub use super::batch::{BatchOutcome, BatchSettled};
+use bytes::Bytes;
+
+pub use super::batch::{BatchBody, BatchOutcome, BatchSettled};
 use super::spool::{CommitOutcome, DiskSpool};
 
 /// Where the lines wait: chosen by `[influx] buffer`.
@@ -21,12 +23,16 @@ pub enum OutageBuffer {
 }
 
 impl OutageBuffer {
-    /// Appends a line; returns how many lines are now known to be lost to
-    /// make room (the oldest).
-    pub fn push(&mut self, line: String) -> usize {
+    /// Appends the line `encode` writes (`Ok(false)`: it has none; see
+    /// [`LineBuffer::push_with`]). Returns `Ok(None)` without a line, else
+    /// how many lines are now known to be lost to make room (the oldest).
+    pub fn push_with<E>(
+        &mut self,
+        encode: impl FnOnce(&mut String) -> Result<bool, E>,
+    ) -> Result<Option<usize>, E> {
         match self {
-            OutageBuffer::Memory(b) => b.push(line),
-            OutageBuffer::Disk(s) => s.push(&line),
+            OutageBuffer::Memory(b) => b.push_with(encode),
+            OutageBuffer::Disk(s) => s.push_with(encode),
         }
     }
 
@@ -59,10 +65,10 @@ impl OutageBuffer {
         }
     }
 
-    pub fn start_batch(&mut self, max_lines: usize) -> io::Result<Option<String>> {
+    pub fn start_batch(&mut self, max_lines: usize) -> io::Result<Option<BatchBody>> {
         match self {
             OutageBuffer::Memory(b) => Ok(b.start_batch(max_lines)),
-            OutageBuffer::Disk(s) => s.start_batch(max_lines),
+            OutageBuffer::Disk(s) => Ok(s.start_batch(max_lines)?.map(BatchBody::from)),
         }
     }
 
@@ -95,8 +101,7 @@ impl OutageBuffer {
     /// The line of a batch of one line.
     pub fn single_batch_line(&self) -> Option<String> {
         match self {
-            OutageBuffer::Memory(b) if b.batch_len() == 1 => b.batch().next().map(str::to_string),
-            OutageBuffer::Memory(_) => None,
+            OutageBuffer::Memory(b) => b.single_batch_line(),
             OutageBuffer::Disk(s) => s.single_batch_line().map(str::to_string),
         }
     }
@@ -140,7 +145,18 @@ pub struct Closed {
     pub error: Option<io::Error>,
 }
 
+/// A chunk takes no new lines once its text reaches this size. It bounds
+/// what lines already evicted can hold on to during an outage (their chunk
+/// is freed when its last line goes), and stays far above a flush's lines in
+/// normal running, so that a batch is one slice of one chunk.
+const CHUNK_BYTES: usize = 8 << 20;
+
 /// Lines waiting to be written, oldest first, at most `capacity` of them.
+///
+/// The lines are kept as text in chunks, each line followed by `\n`: a line
+/// costs its bytes and one offset, not an allocation of its own, and a batch
+/// within one chunk is written as a slice of it (shared with the write,
+/// not copied). A batch that spans chunks is copied into a body of its own.
 ///
 /// The head of the buffer is the current batch: [`LineBuffer::start_batch`]
 /// marks the first lines as being written and returns their body;
@@ -154,7 +170,13 @@ pub struct Closed {
 /// write failed).
 #[derive(Debug)]
 pub struct LineBuffer {
-    lines: VecDeque<String>,
+    /// Chunks that take no more lines, oldest first (shared with a write,
+    /// or full).
+    sealed: VecDeque<LineChunk<Bytes>>,
+    /// The newest lines, after the sealed ones; new lines go here.
+    open: LineChunk<String>,
+    /// Lines in all chunks.
+    len: usize,
     capacity: usize,
     /// Head lines in the batch being written (0: no batch).
     batch_lines: usize,
@@ -162,11 +184,38 @@ pub struct LineBuffer {
     batch_evicted: usize,
 }
 
+/// Lines in one piece of text, each followed by `\n`.
+#[derive(Debug, Default)]
+struct LineChunk<T> {
+    text: T,
+    /// The offset of each line's `\n`.
+    ends: Vec<usize>,
+    /// Lines at the front already gone (written, rejected or evicted).
+    gone: usize,
+}
+
+impl<T: AsRef<[u8]>> LineChunk<T> {
+    fn len(&self) -> usize {
+        self.ends.len() - self.gone
+    }
+
+    /// Its next `n` lines (1 ≤ n ≤ len), joined by `\n`.
+    fn lines(&self, n: usize) -> &[u8] {
+        let start = match self.gone {
+            0 => 0,
+            gone => self.ends[gone - 1] + 1,
+        };
+        &self.text.as_ref()[start..self.ends[self.gone + n - 1]]
+    }
+}
+
 impl LineBuffer {
     /// `capacity` is at least 1 (a zero capacity is treated as 1).
     pub fn new(capacity: usize) -> Self {
         Self {
-            lines: VecDeque::new(),
+            sealed: VecDeque::new(),
+            open: LineChunk::default(),
+            len: 0,
             capacity: capacity.max(1),
             batch_lines: 0,
             batch_evicted: 0,
@@ -174,11 +223,11 @@ impl LineBuffer {
     }
 
     pub fn len(&self) -> usize {
-        self.lines.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
+        self.len == 0
     }
 
     /// Lines of the batch being written still in the buffer.
@@ -186,9 +235,16 @@ impl LineBuffer {
         self.batch_lines
     }
 
-    /// The lines of the batch being written still in the buffer.
-    pub fn batch(&self) -> impl Iterator<Item = &str> {
-        self.lines.iter().take(self.batch_lines).map(String::as_str)
+    /// The line of a batch of one line.
+    pub fn single_batch_line(&self) -> Option<String> {
+        if self.batch_lines != 1 {
+            return None;
+        }
+        let line = match self.sealed.front() {
+            Some(chunk) => chunk.lines(1),
+            None => self.open.lines(1),
+        };
+        Some(String::from_utf8_lossy(line).into_owned())
     }
 
     pub fn is_batch_in_flight(&self) -> bool {
@@ -198,9 +254,40 @@ impl LineBuffer {
     /// Appends a line, evicting the oldest if full. Returns how many lines
     /// are now known to be lost (0 or 1; an evicted line of the batch being
     /// written is reported by [`LineBuffer::finish_batch`] instead).
-    pub fn push(&mut self, line: String) -> usize {
+    pub fn push(&mut self, line: &str) -> usize {
+        let written: Result<_, std::convert::Infallible> = self.push_with(|out| {
+            out.push_str(line);
+            Ok(true)
+        });
+        written.ok().flatten().unwrap_or(0)
+    }
+
+    /// Appends the line `encode` writes into the buffer's text (without a
+    /// line break; `Ok(false)`: no line). Returns `Ok(None)` without a line,
+    /// else how many lines are now known to be lost, as [`LineBuffer::push`].
+    /// On `Ok(false)` or an error nothing is added.
+    pub fn push_with<E>(
+        &mut self,
+        encode: impl FnOnce(&mut String) -> Result<bool, E>,
+    ) -> Result<Option<usize>, E> {
+        if self.open.text.len() >= CHUNK_BYTES {
+            self.seal_open();
+        }
+        let text = &mut self.open.text;
+        let start = text.len();
+        match encode(text) {
+            Ok(true) => {}
+            other => {
+                text.truncate(start);
+                return other.map(|_| None);
+            }
+        }
+        self.open.ends.push(text.len());
+        text.push('\n');
+        self.len += 1;
         let mut dropped = 0;
-        if self.lines.len() >= self.capacity && self.lines.pop_front().is_some() {
+        if self.len > self.capacity {
+            self.remove_front(1);
             if self.batch_lines > 0 {
                 self.batch_lines -= 1;
                 self.batch_evicted += 1;
@@ -208,32 +295,78 @@ impl LineBuffer {
                 dropped = 1;
             }
         }
-        self.lines.push_back(line);
-        dropped
+        Ok(Some(dropped))
+    }
+
+    /// Moves the open chunk's lines to the sealed ones, where they can be
+    /// shared with a write.
+    fn seal_open(&mut self) {
+        let open = std::mem::take(&mut self.open);
+        if open.len() > 0 {
+            self.sealed.push_back(LineChunk {
+                text: Bytes::from(open.text.into_bytes()),
+                ends: open.ends,
+                gone: open.gone,
+            });
+        }
+    }
+
+    /// Drops the `n` oldest lines (n ≤ len), and the chunks they emptied.
+    fn remove_front(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(chunk) = self.sealed.front_mut() else {
+                break;
+            };
+            let here = n.min(chunk.len());
+            chunk.gone += here;
+            n -= here;
+            if chunk.len() == 0 {
+                self.sealed.pop_front();
+            }
+        }
+        self.open.gone += n;
+        if self.open.len() == 0 {
+            // Empty again: its allocations are reused.
+            self.open.text.clear();
+            self.open.ends.clear();
+            self.open.gone = 0;
+        }
     }
 
     /// Marks up to `max_lines` head lines as the batch being written and
     /// returns their body (lines joined by `\n`), or `None` if the buffer is
     /// empty or a batch is already being written.
-    pub fn start_batch(&mut self, max_lines: usize) -> Option<String> {
-        if self.is_batch_in_flight() || self.lines.is_empty() {
+    pub fn start_batch(&mut self, max_lines: usize) -> Option<BatchBody> {
+        if self.is_batch_in_flight() || self.len == 0 {
             return None;
         }
-        self.batch_lines = self.lines.len().min(max_lines.max(1));
-        let mut body = String::with_capacity(
-            self.lines
-                .iter()
-                .take(self.batch_lines)
-                .map(|l| l.len() + 1)
-                .sum(),
-        );
-        for (i, line) in self.lines.iter().take(self.batch_lines).enumerate() {
-            if i > 0 {
-                body.push('\n');
-            }
-            body.push_str(line);
+        let lines = self.len.min(max_lines.max(1));
+        self.batch_lines = lines;
+        if self.sealed.is_empty() {
+            self.seal_open();
         }
-        Some(body)
+        if let Some(front) = self.sealed.front().filter(|c| c.len() >= lines) {
+            return Some(BatchBody::from_line_bytes(
+                front.text.slice_ref(front.lines(lines)),
+            ));
+        }
+        // Across chunks (after a failed write, or past a chunk's end).
+        let mut pieces = Vec::new();
+        let mut left = lines;
+        for chunk in &self.sealed {
+            let here = left.min(chunk.len());
+            if here > 0 {
+                pieces.push(chunk.lines(here));
+                left -= here;
+            }
+        }
+        let here = left.min(self.open.len());
+        if here > 0 {
+            pieces.push(self.open.lines(here));
+        }
+        let body = pieces.join(&b'\n');
+        Some(BatchBody::from_line_bytes(Bytes::from(body)))
     }
 
     /// Ends the batch being written (a no-op without one).
@@ -244,7 +377,7 @@ impl LineBuffer {
         self.batch_evicted = 0;
         match outcome {
             BatchOutcome::Delivered | BatchOutcome::Rejected => {
-                self.lines.drain(..in_batch);
+                self.remove_front(in_batch);
                 BatchSettled {
                     settled: in_batch + evicted,
                     dropped_overflow: 0,
@@ -261,8 +394,10 @@ impl LineBuffer {
 
     /// Takes every line out (for reporting what could not be delivered).
     pub fn clear(&mut self) -> usize {
-        let n = self.lines.len();
-        self.lines.clear();
+        let n = self.len;
+        self.sealed.clear();
+        self.open = LineChunk::default();
+        self.len = 0;
         self.batch_lines = 0;
         self.batch_evicted = 0;
         n
@@ -273,10 +408,14 @@ impl LineBuffer {
 mod tests {
     use super::*;
 
+    fn text(body: Option<BatchBody>) -> Option<String> {
+        body.map(|b| b.to_text())
+    }
+
     fn filled(capacity: usize, lines: &[&str]) -> LineBuffer {
         let mut buffer = LineBuffer::new(capacity);
         for line in lines {
-            assert_eq!(buffer.push(line.to_string()), 0);
+            assert_eq!(buffer.push(line), 0);
         }
         buffer
     }
@@ -284,7 +423,7 @@ mod tests {
     #[test]
     fn batches_take_head_lines_in_order() {
         let mut buffer = filled(10, &["a", "b", "c"]);
-        assert_eq!(buffer.start_batch(2).as_deref(), Some("a\nb"));
+        assert_eq!(text(buffer.start_batch(2)).as_deref(), Some("a\nb"));
         assert_eq!(buffer.start_batch(2), None, "one batch at a time");
         assert_eq!(
             buffer.finish_batch(BatchOutcome::Delivered),
@@ -294,7 +433,7 @@ mod tests {
             }
         );
         assert_eq!(buffer.len(), 1);
-        assert_eq!(buffer.start_batch(2).as_deref(), Some("c"));
+        assert_eq!(text(buffer.start_batch(2)).as_deref(), Some("c"));
         buffer.finish_batch(BatchOutcome::Rejected);
         assert!(buffer.is_empty());
         assert_eq!(buffer.start_batch(2), None);
@@ -303,31 +442,31 @@ mod tests {
     #[test]
     fn failed_batch_stays_at_the_head_and_new_lines_queue_behind() {
         let mut buffer = filled(10, &["a", "b"]);
-        assert_eq!(buffer.start_batch(5).as_deref(), Some("a\nb"));
-        assert_eq!(buffer.push("c".into()), 0);
+        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("a\nb"));
+        assert_eq!(buffer.push("c"), 0);
         assert_eq!(
             buffer.finish_batch(BatchOutcome::Failed),
             BatchSettled::default()
         );
         assert_eq!(buffer.len(), 3);
-        assert_eq!(buffer.start_batch(5).as_deref(), Some("a\nb\nc"));
+        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("a\nb\nc"));
     }
 
     #[test]
     fn full_buffer_drops_oldest() {
         let mut buffer = filled(3, &["a", "b", "c"]);
-        assert_eq!(buffer.push("d".into()), 1);
-        assert_eq!(buffer.push("e".into()), 1);
+        assert_eq!(buffer.push("d"), 1);
+        assert_eq!(buffer.push("e"), 1);
         assert_eq!(buffer.len(), 3);
-        assert_eq!(buffer.start_batch(10).as_deref(), Some("c\nd\ne"));
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("c\nd\ne"));
     }
 
     #[test]
     fn evicting_a_line_being_written_counts_it_once_the_outcome_is_known() {
         // Delivered: the evicted line reached the server after all.
         let mut buffer = filled(3, &["a", "b", "c"]);
-        assert_eq!(buffer.start_batch(2).as_deref(), Some("a\nb"));
-        assert_eq!(buffer.push("d".into()), 0);
+        assert_eq!(text(buffer.start_batch(2)).as_deref(), Some("a\nb"));
+        assert_eq!(buffer.push("d"), 0);
         assert_eq!(
             buffer.finish_batch(BatchOutcome::Delivered),
             BatchSettled {
@@ -335,12 +474,12 @@ mod tests {
                 dropped_overflow: 0
             }
         );
-        assert_eq!(buffer.start_batch(10).as_deref(), Some("c\nd"));
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("c\nd"));
 
         // Failed: the evicted line is lost; the rest of the batch stays.
         let mut buffer = filled(3, &["a", "b", "c"]);
         buffer.start_batch(2);
-        assert_eq!(buffer.push("d".into()), 0);
+        assert_eq!(buffer.push("d"), 0);
         assert_eq!(
             buffer.finish_batch(BatchOutcome::Failed),
             BatchSettled {
@@ -348,20 +487,16 @@ mod tests {
                 dropped_overflow: 1
             }
         );
-        assert_eq!(buffer.start_batch(10).as_deref(), Some("b\nc\nd"));
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("b\nc\nd"));
     }
 
     #[test]
     fn whole_batch_evicted_while_being_written() {
         let mut buffer = filled(2, &["a", "b"]);
         buffer.start_batch(2);
-        assert_eq!(buffer.push("c".into()), 0);
-        assert_eq!(buffer.push("d".into()), 0);
-        assert_eq!(
-            buffer.push("e".into()),
-            1,
-            "beyond the batch: dropped at once"
-        );
+        assert_eq!(buffer.push("c"), 0);
+        assert_eq!(buffer.push("d"), 0);
+        assert_eq!(buffer.push("e"), 1, "beyond the batch: dropped at once");
         assert!(buffer.is_batch_in_flight());
         assert_eq!(buffer.start_batch(2), None);
         assert_eq!(
@@ -371,7 +506,7 @@ mod tests {
                 dropped_overflow: 0
             }
         );
-        assert_eq!(buffer.start_batch(10).as_deref(), Some("d\ne"));
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("d\ne"));
     }
 
     #[test]
@@ -380,5 +515,77 @@ mod tests {
         buffer.start_batch(1);
         assert_eq!(buffer.clear(), 2);
         assert!(!buffer.is_batch_in_flight());
+    }
+
+    #[test]
+    fn a_batch_is_a_slice_of_the_buffer_and_a_retry_sends_the_same_bytes() {
+        let mut buffer = filled(10, &["a 1", "b 2", "c 3"]);
+        let first = buffer.start_batch(2).unwrap();
+        buffer.finish_batch(BatchOutcome::Failed);
+        let retry = buffer.start_batch(2).unwrap();
+        assert_eq!(retry.to_text(), "a 1\nb 2");
+        assert_eq!(
+            first.as_bytes().as_ptr(),
+            retry.as_bytes().as_ptr(),
+            "shared with the buffer, not copied"
+        );
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("c 3"));
+    }
+
+    #[test]
+    fn lines_not_encoded_leave_nothing_behind() {
+        let mut buffer = LineBuffer::new(10);
+        assert_eq!(buffer.push("a 1"), 0);
+        let none: Result<_, ()> = buffer.push_with(|out| {
+            out.push_str("half a line");
+            Ok(false)
+        });
+        assert_eq!(none, Ok(None));
+        let failed = buffer.push_with(|out| {
+            out.push_str("half a line");
+            Err("unencodable")
+        });
+        assert_eq!(failed, Err("unencodable"));
+        assert_eq!(buffer.push("b 2"), 0);
+        assert_eq!(buffer.len(), 2);
+        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("a 1\nb 2"));
+    }
+
+    #[test]
+    fn a_single_line_batch_names_its_line() {
+        let mut buffer = filled(10, &["a 1", "b 2"]);
+        buffer.start_batch(2);
+        assert_eq!(buffer.single_batch_line(), None);
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert_eq!(buffer.push("c 3"), 0);
+        buffer.start_batch(1);
+        assert_eq!(buffer.single_batch_line().as_deref(), Some("c 3"));
+    }
+
+    #[test]
+    fn lines_past_a_chunk_and_batches_across_chunks() {
+        // Lines of 1 MiB: a chunk closes after CHUNK_BYTES of them.
+        let per_chunk = CHUNK_BYTES / (1 << 20);
+        let lines: Vec<String> = (0..per_chunk * 2 + 3)
+            .map(|i| format!("{i:03}{}", "x".repeat((1 << 20) - 4)))
+            .collect();
+        let mut buffer = LineBuffer::new(lines.len() - 2);
+        let mut dropped = 0;
+        for line in &lines {
+            dropped += buffer.push(line);
+        }
+        assert_eq!(dropped, 2, "the two oldest made room");
+        assert!(buffer.sealed.len() >= 2, "{} chunks", buffer.sealed.len());
+        // The first chunk lost two lines to the capacity; a batch of a whole
+        // chunk's worth spans into the next one.
+        let body = buffer.start_batch(per_chunk).unwrap();
+        assert_eq!(body.to_text(), lines[2..2 + per_chunk].join("\n"));
+        buffer.finish_batch(BatchOutcome::Delivered);
+        let body = buffer.start_batch(lines.len()).unwrap();
+        assert_eq!(body.to_text(), lines[2 + per_chunk..].join("\n"));
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert!(buffer.is_empty());
+        assert!(buffer.sealed.is_empty(), "emptied chunks are freed");
     }
 }

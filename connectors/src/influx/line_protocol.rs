@@ -126,28 +126,42 @@ pub fn encode_record_tagged(
     record: &Record,
     point_tags: &PointTags,
 ) -> Result<Option<String>, ConnectorError> {
+    let mut line = String::with_capacity(128);
+    Ok(encode_record_tagged_into(record, point_tags, &mut line)?.then_some(line))
+}
+
+/// [`encode_record_tagged`] appended to `out` (without a line break), so that
+/// the sink writes a record straight into its buffer. Returns whether a line
+/// was written; `out` is left as it was when none is (`Ok(false)`) or on an
+/// error.
+pub fn encode_record_tagged_into(
+    record: &Record,
+    point_tags: &PointTags,
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     match record {
-        Record::Scan(scan) => encode_scan_tagged(scan, point_tags),
+        Record::Scan(scan) => encode_scan_into(scan, point_tags, out),
         Record::Prediction(prediction) => {
-            encode_prediction_as(PREDICTION_MEASUREMENT, prediction, point_tags)
+            encode_prediction_into(PREDICTION_MEASUREMENT, prediction, point_tags, out)
         }
         Record::ShadowPrediction(prediction) => {
-            encode_prediction_as(SHADOW_PREDICTION_MEASUREMENT, prediction, point_tags)
+            encode_prediction_into(SHADOW_PREDICTION_MEASUREMENT, prediction, point_tags, out)
         }
-        Record::Gate(gate) => encode_gate(gate, point_tags),
-        Record::Drift(drift) => encode_drift(drift, point_tags),
-        Record::ModelEvent(event) => encode_model_event(event, point_tags),
-        Record::GatewayInfo(info) => encode_gateway_info(info, point_tags),
+        Record::Gate(gate) => encode_gate_into(gate, point_tags, out),
+        Record::Drift(drift) => encode_drift_into(drift, point_tags, out),
+        Record::ModelEvent(event) => encode_model_event_into(event, point_tags, out),
+        Record::GatewayInfo(info) => encode_gateway_info_into(info, point_tags, out),
     }
 }
 
 /// `gateway_info,version=<v>,commit=<c>,config_sha256=<h> started=1i <ns>`:
 /// the identifiers are tags (as in a Prometheus info metric) so that stores
 /// which keep only numeric fields, victoria-metrics among them, keep them.
-pub fn encode_gateway_info(
+fn encode_gateway_info_into(
     info: &GatewayInfoRecord,
     point_tags: &PointTags,
-) -> Result<Option<String>, ConnectorError> {
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     let config = if info.config_sha256.is_empty() {
         "none"
     } else {
@@ -163,15 +177,17 @@ pub fn encode_gateway_info(
         point_tags,
         std::iter::once(("started", TagValue::Int(1))),
         info.started_at,
+        out,
     )
 }
 
 /// `model_event,model=<model> event="activated",version="…",previous="…",user="…"[,reason="…"] <ns>`
 /// (`previous` and `reason` only when there is one).
-pub fn encode_model_event(
+fn encode_model_event_into(
     event: &ModelEventRecord,
     point_tags: &PointTags,
-) -> Result<Option<String>, ConnectorError> {
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     let text = |s: &str| TagValue::Text(Arc::from(s));
     let mut fields = vec![
         ("event", text(event.event)),
@@ -190,19 +206,22 @@ pub fn encode_model_event(
         point_tags,
         fields.into_iter(),
         event.at,
+        out,
     )
 }
 
 /// `process,machine=<machine> <tag>=<value>,... <ns>`: only readings of
 /// quality Good that carry a value.
 pub fn encode_scan(scan: &Scan) -> Result<Option<String>, ConnectorError> {
-    encode_scan_tagged(scan, &PointTags::none())
+    let mut line = String::with_capacity(128);
+    Ok(encode_scan_into(scan, &PointTags::none(), &mut line)?.then_some(line))
 }
 
-fn encode_scan_tagged(
+fn encode_scan_into(
     scan: &Scan,
     point_tags: &PointTags,
-) -> Result<Option<String>, ConnectorError> {
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     let fields = scan
         .readings
         .iter()
@@ -216,21 +235,17 @@ fn encode_scan_tagged(
         point_tags,
         fields,
         scan.acquired_at,
+        out,
     )
-}
-
-/// `prediction,machine=<m>,model=<model>,version=<v> <output>=<value>,... <ns>`
-/// stamped with the acquisition time of the inputs.
-pub fn encode_prediction(prediction: &Prediction) -> Result<Option<String>, ConnectorError> {
-    encode_prediction_as(PREDICTION_MEASUREMENT, prediction, &PointTags::none())
 }
 
 /// `gate,model=<m>,active_version=<a>,shadow_version=<s> metric="mae",samples=<n>i,mean=…,lower=…,upper=…,margin=…[,psi=…],decision="Pending"`
 /// (bounds that are not finite yet are left out).
-pub fn encode_gate(
+fn encode_gate_into(
     gate: &GateRecord,
     point_tags: &PointTags,
-) -> Result<Option<String>, ConnectorError> {
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     let mut fields = vec![
         ("metric", TagValue::Text(Arc::from(gate.metric))),
         ("samples", TagValue::UInt(gate.samples)),
@@ -253,15 +268,17 @@ pub fn encode_gate(
         point_tags,
         fields.into_iter(),
         gate.at,
+        out,
     )
 }
 
 /// `drift,machine=<m>,model=<model>,version=<v>,input=<name> psi=<psi>` (or
 /// `output=<name>` for a model output).
-pub fn encode_drift(
+fn encode_drift_into(
     drift: &DriftRecord,
     point_tags: &PointTags,
-) -> Result<Option<String>, ConnectorError> {
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     encode_line(
         DRIFT_MEASUREMENT,
         &[
@@ -273,14 +290,19 @@ pub fn encode_drift(
         point_tags,
         std::iter::once(("psi", TagValue::Float(drift.psi))),
         drift.at,
+        out,
     )
 }
 
-fn encode_prediction_as(
+/// `prediction,machine=<m>,model=<model>,version=<v> <output>=<value>,... <ns>`
+/// (or `shadow_prediction,…`) stamped with the acquisition time of the
+/// inputs.
+fn encode_prediction_into(
     measurement: &str,
     prediction: &Prediction,
     point_tags: &PointTags,
-) -> Result<Option<String>, ConnectorError> {
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
     let fields = prediction
         .outputs
         .iter()
@@ -295,25 +317,44 @@ fn encode_prediction_as(
         point_tags,
         fields,
         prediction.inputs_acquired_at,
+        out,
     )
 }
 
+/// Appends one line to `out`; on `Ok(false)` (no writable field) or an error
+/// `out` is cut back to where it was.
 fn encode_line<'a>(
     measurement: &str,
     tags: &[(&str, &str)],
     point_tags: &PointTags,
     fields: impl Iterator<Item = (&'a str, TagValue)>,
     time: SystemTime,
-) -> Result<Option<String>, ConnectorError> {
-    let mut line = String::with_capacity(128);
-    escape_measurement(measurement, &mut line)?;
+    out: &mut String,
+) -> Result<bool, ConnectorError> {
+    let start = out.len();
+    let written = write_line(measurement, tags, point_tags, fields, time, out);
+    if !matches!(written, Ok(true)) {
+        out.truncate(start);
+    }
+    written
+}
+
+fn write_line<'a>(
+    measurement: &str,
+    tags: &[(&str, &str)],
+    point_tags: &PointTags,
+    fields: impl Iterator<Item = (&'a str, TagValue)>,
+    time: SystemTime,
+    line: &mut String,
+) -> Result<bool, ConnectorError> {
+    escape_measurement(measurement, line)?;
     for (key, value) in tags {
         check_identifier("tag key", key)?;
         check_identifier(key, value)?;
         line.push(',');
-        escape_key("tag key", key, &mut line)?;
+        escape_key("tag key", key, line)?;
         line.push('=');
-        escape_key(key, value, &mut line)?;
+        escape_key(key, value, line)?;
     }
     line.push_str(point_tags.as_str());
     let mut field_count = 0;
@@ -323,17 +364,17 @@ fn encode_line<'a>(
         }
         check_identifier("field key", key)?;
         line.push(if field_count == 0 { ' ' } else { ',' });
-        escape_key("field key", key, &mut line)?;
+        escape_key("field key", key, line)?;
         line.push('=');
-        write_value(&value, &mut line);
+        write_value(&value, line);
         field_count += 1;
     }
     if field_count == 0 {
-        return Ok(None);
+        return Ok(false);
     }
     line.push(' ');
     line.push_str(itoa::Buffer::new().format(timestamp_ns(time)?));
-    Ok(Some(line))
+    Ok(true)
 }
 
 /// Line protocol can carry neither empty keys/values nor line breaks in them.

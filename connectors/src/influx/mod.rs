@@ -10,6 +10,7 @@ pub mod sink;
 pub mod spool;
 pub mod writer;
 
+pub use batch::BatchBody;
 pub use config::{BackoffConfig, BufferKind, InfluxApi, InfluxSinkConfig, SpoolFsync};
 pub use sink::{InfluxSink, InfluxSinkStats, POINTS_DROPPED, POINTS_DROPPED_HELP};
 pub use writer::{InfluxWriter, LineWriter, WriteError};

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::buffer::{BatchOutcome, LineBuffer, OutageBuffer};
 use super::config::{BufferKind, InfluxSinkConfig, SpoolFsync};
-use super::line_protocol::encode_record_tagged;
+use super::line_protocol::encode_record_tagged_into;
 use super::spool::{is_disk_full, DiskSpool, FsyncPolicy};
 use super::writer::{LineWriter, WriteError};
 use crate::backoff::Backoff;
@@ -460,9 +460,12 @@ impl<W: LineWriter> SinkTask<W> {
     }
 
     fn accept(&mut self, record: &Record) {
-        match encode_record_tagged(record, &self.config.point_tags) {
-            Ok(Some(line)) => {
-                let dropped = self.buffer.push(line);
+        let point_tags = &self.config.point_tags;
+        match self
+            .buffer
+            .push_with(|out| encode_record_tagged_into(record, point_tags, out))
+        {
+            Ok(Some(dropped)) => {
                 if self.flush_at.is_none() {
                     self.flush_at = Some(Instant::now() + self.config.flush_interval());
                 }

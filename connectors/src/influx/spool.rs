@@ -124,6 +124,8 @@ pub struct DiskSpool {
     /// Records pushed but not yet written.
     pending: Vec<u8>,
     pending_lines: usize,
+    /// The line being encoded by `push_with` (its allocation is reused).
+    encoding: String,
     /// Unacknowledged lines, pending ones included.
     len: usize,
     batch: Option<Batch>,
@@ -272,6 +274,7 @@ impl DiskSpool {
             head_lines,
             pending: Vec::new(),
             pending_lines: 0,
+            encoding: String::new(),
             len,
             batch: None,
             unsynced_since: None,
@@ -318,6 +321,23 @@ impl DiskSpool {
     /// The line of a batch of one.
     pub fn single_batch_line(&self) -> Option<&str> {
         self.batch.as_ref().and_then(|b| b.single.as_deref())
+    }
+
+    /// Appends the line `encode` writes into an empty string (`Ok(false)`:
+    /// it has none): `Ok(None)` without a line, else as [`DiskSpool::push`].
+    pub fn push_with<E>(
+        &mut self,
+        encode: impl FnOnce(&mut String) -> Result<bool, E>,
+    ) -> Result<Option<usize>, E> {
+        let mut line = std::mem::take(&mut self.encoding);
+        line.clear();
+        let pushed = match encode(&mut line) {
+            Ok(true) => Ok(Some(self.push(&line))),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.encoding = line;
+        pushed
     }
 
     /// Appends a line (written on the next commit). Returns how many lines
@@ -881,6 +901,32 @@ mod tests {
             1,
             "only the new, empty segment"
         );
+    }
+
+    #[test]
+    fn lines_encoded_in_place_and_records_without_a_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = open(dir.path(), 1 << 20);
+        let long = "x".repeat(300);
+        let pushed: Result<_, ()> = spool.push_with(|out| {
+            out.push_str(&long);
+            Ok(true)
+        });
+        assert_eq!(pushed, Ok(Some(0)));
+        let none: Result<_, ()> = spool.push_with(|out| {
+            out.push_str("half");
+            Ok(false)
+        });
+        assert_eq!(none, Ok(None));
+        assert_eq!(spool.push_with(|_| Err("unencodable")), Err("unencodable"));
+        let short: Result<_, ()> = spool.push_with(|out| {
+            out.push_str("b 2");
+            Ok(true)
+        });
+        assert_eq!(short, Ok(Some(0)));
+        assert_eq!(spool.len(), 2);
+        spool.commit();
+        assert_eq!(drain(&mut spool), [long.as_str(), "b 2"]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::batch::BatchBody;
 use super::config::{InfluxApi, InfluxSinkConfig};
 use crate::error::ConnectorError;
 
@@ -56,7 +57,7 @@ impl std::fmt::Display for WriteError {
 /// The seam between the sink (its outage buffer, batching and the action
 /// for each answer) and the server; tests plug their own writers in here.
 pub trait LineWriter: Send + Sync + 'static {
-    fn write(&self, body: String) -> impl Future<Output = Result<(), WriteError>> + Send;
+    fn write(&self, body: BatchBody) -> impl Future<Output = Result<(), WriteError>> + Send;
 }
 
 /// How requests authenticate.
@@ -176,7 +177,7 @@ impl InfluxWriter {
 }
 
 impl LineWriter for InfluxWriter {
-    async fn write(&self, body: String) -> Result<(), WriteError> {
+    async fn write(&self, body: BatchBody) -> Result<(), WriteError> {
         let mut request = self
             .http
             .post(self.write_url.clone())
@@ -186,10 +187,10 @@ impl LineWriter for InfluxWriter {
                 Ok(compressed) => request.header("Content-Encoding", "gzip").body(compressed),
                 // Compressing into memory cannot fail short of allocation;
                 // sending plain is still correct.
-                Err(_) => request.body(body),
+                Err(_) => request.body(body.into_bytes()),
             }
         } else {
-            request.body(body)
+            request.body(body.into_bytes())
         };
         request = match &self.auth {
             Auth::None => request,
