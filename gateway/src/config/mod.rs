@@ -122,7 +122,38 @@ impl std::error::Error for ConfigErrors {}
 impl GatewayConfig {
     /// Reads and validates `file`. Model manifests are read and their hashes
     /// checked (no model is loaded into libtorch, no socket is opened).
+    ///
+    /// The file is parsed on a thread of its own and the configuration
+    /// returned is a copy made on the calling thread. The reason is memory:
+    /// the parse trees (toml's and toml_edit's, ~6 KB a tag at their peak)
+    /// are freed once read, but the values kept were allocated among them,
+    /// and every page a kept value shares with freed tree stays resident
+    /// for the gateway's life: 8 MB at 10,000 tags. Parsed on another
+    /// thread, trees and values are in that thread's malloc arena, which is
+    /// all free once the parsed copy is dropped, and the copy kept is packed
+    /// together (BENCHMARKS.md §27).
     pub fn load(file: &Path) -> Result<Self, ConfigErrors> {
+        let parsed = std::thread::scope(|scope| {
+            let parse = std::thread::Builder::new()
+                .name("config-parse".into())
+                .spawn_scoped(scope, || Self::load_here(file));
+            match parse {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had: parse here, only the memory differs.
+                Err(_) => Self::load_here(file),
+            }
+        });
+        let parsed = parsed?;
+        // The copy kept is allocated here; the parsed one goes back to the
+        // parse thread's arena.
+        let kept = parsed.clone();
+        drop(parsed);
+        Ok(kept)
+    }
+
+    fn load_here(file: &Path) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigErrors {
             file: file.to_path_buf(),
             problems: vec![LocatedProblem {
