@@ -14,7 +14,10 @@ with SIGKILL, so that what heaptrack reports as leaked is the heap that was
 live at that moment; it is printed by owner: libtorch, async-opcua's core
 namespace (ns=0, loaded at start), then by the innermost frame of ours or
 async-opcua's. Given two --tags values it also prints the difference per
-extra tag. heaptrack is Debian's `heaptrack` package.
+extra tag; and, for each run, the live heap at its highest after half of
+--seconds (start-up left out), by owner: what a tick's buffers add.
+heaptrack is Debian's `heaptrack` package (and `zstd` to read its
+recording).
 
 With --malloc-info it also asks glibc, through gdb attached to the running
 gateway, what each malloc arena holds: its size, how much of it is free
@@ -53,6 +56,16 @@ def readable(symbol):
     return symbol.removeprefix("_")[:110]
 
 
+def owner(frames):
+    """Who owns an allocation, from its stack, innermost frame first."""
+    stack = ";".join(frames)
+    if any(m in stack for m in ("c10::", "torch::", "at::", "dnnl")):
+        return "libtorch"
+    if "CoreNodeManager" in stack or "import_node_set" in stack:
+        return "async-opcua: the core namespace (ns=0)"
+    return next((readable(f) for f in frames if "ironbridge" in f or "opcua" in f), "other")
+
+
 def live_heap_by_owner(recording, tmp):
     """Bytes live at the end of a heaptrack recording, by owner."""
     stacks = os.path.join(tmp, "stacks.txt")
@@ -64,15 +77,58 @@ def live_heap_by_owner(recording, tmp):
     with open(stacks) as f:
         for line in f:
             stack, _, n = line.rstrip().rpartition(" ")
-            if any(m in stack for m in ("c10::", "torch::", "at::", "dnnl")):
-                owner = "libtorch"
-            elif "CoreNodeManager" in stack or "import_node_set" in stack:
-                owner = "async-opcua: the core namespace (ns=0)"
-            else:
-                owner = next((readable(frame) for frame in reversed(stack.split(";"))
-                              if "ironbridge" in frame or "opcua" in frame), "other")
-            owners[owner] += int(n)
+            owners[owner(list(reversed(stack.split(";"))))] += int(n)
     return owners
+
+
+def steady_peak_by_owner(recording, after_s):
+    """The live heap at its highest after `after_s` seconds (start-up's
+    parse trees left out), by owner, and its total: from heaptrack's
+    recording itself, which heaptrack_print only reports at the process's
+    highest, that is during start-up. Needs the `zstd` command."""
+    text = subprocess.run(["zstd", "-dc", recording], check=True,
+                          capture_output=True, text=True).stdout.split("\n")
+    strings, ips, traces, allocs = [""], [None], [(0, 0)], []
+    for ln in text:
+        kind, _, rest = ln.partition(" ")
+        if kind == "s":
+            strings.append(rest.partition(" ")[2])
+        elif kind == "i":
+            ips.append([int(x, 16) for x in rest.split()])
+        elif kind == "t":
+            traces.append(tuple(int(x, 16) for x in rest.split()))
+        elif kind == "a":
+            allocs.append(tuple(int(x, 16) for x in rest.split()))
+
+    def replay(stop_ms=None):
+        live, total, best = collections.Counter(), 0, (0, 0)
+        for ln in text:
+            kind, _, rest = ln.partition(" ")
+            if kind in "+-" and rest:
+                size, trace = allocs[int(rest, 16)]
+                sign = 1 if kind == "+" else -1
+                live[trace] += sign * size
+                total += sign * size
+            elif kind == "c":
+                ms = int(rest, 16)
+                if stop_ms is not None and ms >= stop_ms:
+                    break
+                if ms >= after_s * 1000 and total > best[1]:
+                    best = (ms, total)
+        return live, total, best
+
+    _, _, (peak_ms, _) = replay()
+    live, total, _ = replay(peak_ms)
+    owners = collections.Counter()
+    for trace, n in live.items():
+        frames = []
+        while trace:
+            ip_index, trace = traces[trace]
+            ip = ips[ip_index]
+            # ip, module, then function, file, line of each (inlined) frame
+            frames += [strings[ip[j]] or "?" for j in range(2, len(ip), 3)]
+        owners[owner(frames)] += n
+    return owners, total
 
 
 def malloc_info(pid, tmp):
@@ -149,7 +205,14 @@ def run(args, tags, tmp):
             return split, None
         os.kill(pid, 9)
         gateway.wait(120)
-        return split, live_heap_by_owner(recording + ".zst", tmp)
+        live = live_heap_by_owner(recording + ".zst", tmp)
+        peak, total = steady_peak_by_owner(recording + ".zst", args.seconds / 2)
+        print(f"\n{args.machines} machines x {tags} tags: the live heap at its highest after "
+              f"{args.seconds / 2:.0f} s, {total / 1e6:.1f} MB, the largest owners:")
+        print("| owner | MB |\n|---|---:|")
+        for who, n in peak.most_common(12):
+            print(f"| `{who}` | {n / 1e6:.2f} |")
+        return split, live
     finally:
         stop_processes(procs, timeout=30)
 
@@ -168,8 +231,8 @@ def main():
                     help="print what each glibc malloc arena holds and keeps free (needs gdb)")
     args = ap.parse_args()
     tags = args.tags or [br.F32]
-    if args.heaptrack and not shutil.which("heaptrack"):
-        raise SystemExit("heaptrack is missing (Debian: apt-get install heaptrack)")
+    if args.heaptrack and not (shutil.which("heaptrack") and shutil.which("zstd")):
+        raise SystemExit("heaptrack or zstd is missing (Debian: apt-get install heaptrack zstd)")
     results = []
     for t in tags:
         tmp = tempfile.mkdtemp(prefix="ironbridge-memory-")
