@@ -41,14 +41,6 @@ impl BatchBody {
         self.0
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// How many lines it carries.
     pub fn line_count(&self) -> usize {
         if self.0.is_empty() {
@@ -72,11 +64,5 @@ impl BatchBody {
 impl From<String> for BatchBody {
     fn from(body: String) -> Self {
         Self(Bytes::from(body))
-    }
-}
-
-impl From<&str> for BatchBody {
-    fn from(body: &str) -> Self {
-        Self(Bytes::copy_from_slice(body.as_bytes()))
     }
 }
