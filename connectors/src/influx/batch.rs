@@ -26,9 +26,10 @@ pub struct BatchSettled {
     pub dropped_overflow: usize,
 }
 
-/// The body of one write: line protocol, lines joined by `\n`. A batch from
-/// the memory buffer shares its bytes with the buffer (a retry sends the
-/// same bytes again), so no body is copied.
+/// The body of one write: line protocol, lines joined by `\n`. A batch
+/// within one chunk of the memory buffer shares its bytes with the buffer
+/// (no body is copied); one across chunks, as after a failed write with
+/// new lines behind it, is a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchBody(Bytes);
 
