@@ -233,6 +233,8 @@ def main():
     tags = args.tags or [br.F32]
     if args.heaptrack and not (shutil.which("heaptrack") and shutil.which("zstd")):
         raise SystemExit("heaptrack or zstd is missing (Debian: apt-get install heaptrack zstd)")
+    if args.malloc_info and not shutil.which("gdb"):
+        raise SystemExit("gdb is missing (Debian: apt-get install gdb)")
     results = []
     for t in tags:
         tmp = tempfile.mkdtemp(prefix="ironbridge-memory-")
