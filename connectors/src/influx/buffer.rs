@@ -151,6 +151,13 @@ pub struct Closed {
 /// normal running, so that a batch is one slice of one chunk.
 const CHUNK_BYTES: usize = 8 << 20;
 
+/// The largest chunk kept for reuse. A chunk that grew beyond this held a
+/// backlog (a slow or unreachable store) rather than a flush's lines, and
+/// its memory goes back to the system instead of staying resident for the
+/// gateway's life. A flush of 10,000 lines (1,000 tags a machine at 100 ms
+/// polls) is ~1 MiB.
+const SPARE_MAX_BYTES: usize = 2 << 20;
+
 /// Lines waiting to be written, oldest first, at most `capacity` of them.
 ///
 /// The lines are kept as text in chunks, each line followed by `\n`: a line
@@ -175,6 +182,12 @@ pub struct LineBuffer {
     sealed: VecDeque<LineChunk<Bytes>>,
     /// The newest lines, after the sealed ones; new lines go here.
     open: LineChunk<String>,
+    /// A delivered chunk's text and offsets, emptied, for the next open
+    /// chunk: a flush's lines are written into memory already in use
+    /// instead of a string grown afresh by doubling, which left the
+    /// allocator's arenas fragmented in proportion to the tags
+    /// (BENCHMARKS.md §28).
+    spare: Option<LineChunk<String>>,
     /// Lines in all chunks.
     len: usize,
     capacity: usize,
@@ -215,6 +228,7 @@ impl LineBuffer {
         Self {
             sealed: VecDeque::new(),
             open: LineChunk::default(),
+            spare: None,
             len: 0,
             capacity: capacity.max(1),
             batch_lines: 0,
@@ -301,12 +315,41 @@ impl LineBuffer {
     /// Moves the open chunk's lines to the sealed ones, where they can be
     /// shared with a write.
     fn seal_open(&mut self) {
-        let open = std::mem::take(&mut self.open);
-        if open.len() > 0 {
-            self.sealed.push_back(LineChunk {
-                text: Bytes::from(open.text.into_bytes()),
-                ends: open.ends,
-                gone: open.gone,
+        if self.open.len() == 0 {
+            return;
+        }
+        let fresh = self.spare.take().unwrap_or_default();
+        let open = std::mem::replace(&mut self.open, fresh);
+        self.sealed.push_back(LineChunk {
+            text: Bytes::from(open.text.into_bytes()),
+            ends: open.ends,
+            gone: open.gone,
+        });
+    }
+
+    /// Keeps an emptied sealed chunk's allocations as the spare, when no
+    /// write shares its text any more and it is no larger than
+    /// [`SPARE_MAX_BYTES`].
+    fn keep_spare(&mut self, chunk: LineChunk<Bytes>) {
+        if self.spare.is_some() || chunk.text.len() > SPARE_MAX_BYTES {
+            return;
+        }
+        let Ok(text) = chunk.text.try_into_mut() else {
+            return;
+        };
+        let mut text = Vec::from(text);
+        if text.capacity() > SPARE_MAX_BYTES {
+            return;
+        }
+        text.clear();
+        let mut ends = chunk.ends;
+        ends.clear();
+        // Empty, so valid UTF-8: this cannot fail.
+        if let Ok(text) = String::from_utf8(text) {
+            self.spare = Some(LineChunk {
+                text,
+                ends,
+                gone: 0,
             });
         }
     }
@@ -322,7 +365,9 @@ impl LineBuffer {
             chunk.gone += here;
             n -= here;
             if chunk.len() == 0 {
-                self.sealed.pop_front();
+                if let Some(emptied) = self.sealed.pop_front() {
+                    self.keep_spare(emptied);
+                }
             }
         }
         self.open.gone += n;
@@ -397,6 +442,7 @@ impl LineBuffer {
         let n = self.len;
         self.sealed.clear();
         self.open = LineChunk::default();
+        self.spare = None;
         self.len = 0;
         self.batch_lines = 0;
         self.batch_evicted = 0;
@@ -587,5 +633,52 @@ mod tests {
         buffer.finish_batch(BatchOutcome::Delivered);
         assert!(buffer.is_empty());
         assert!(buffer.sealed.is_empty(), "emptied chunks are freed");
+    }
+
+    #[test]
+    fn a_delivered_chunk_takes_the_next_lines_in_its_own_memory() {
+        let mut buffer = filled(10, &["a 1", "b 2"]);
+        let body = buffer.start_batch(10).unwrap();
+        let first = body.as_bytes().as_ptr();
+        drop(body);
+        buffer.push("c 3");
+        buffer.finish_batch(BatchOutcome::Delivered);
+        let body = buffer.start_batch(10).unwrap();
+        assert_eq!(body.to_text(), "c 3");
+        let second = body.as_bytes().as_ptr();
+        drop(body);
+        buffer.finish_batch(BatchOutcome::Delivered);
+        // The third batch's lines are written where the first batch's were.
+        buffer.push("d 4");
+        let body = buffer.start_batch(10).unwrap();
+        assert_eq!(body.to_text(), "d 4");
+        assert_eq!(body.as_bytes().as_ptr(), first);
+        assert_ne!(second, first);
+    }
+
+    #[test]
+    fn a_chunk_that_held_a_backlog_is_given_back() {
+        let line = "x".repeat(1 << 10);
+        let mut buffer = LineBuffer::new(usize::MAX);
+        for _ in 0..(SPARE_MAX_BYTES >> 10) + 1 {
+            buffer.push(&line);
+        }
+        drop(buffer.start_batch(usize::MAX));
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert!(buffer.is_empty());
+        assert!(buffer.spare.is_none());
+    }
+
+    #[test]
+    fn a_chunk_still_shared_with_a_write_is_not_reused() {
+        let mut buffer = filled(10, &["a 1", "b 2"]);
+        let held = buffer.start_batch(10).unwrap();
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert!(buffer.spare.is_none());
+        buffer.push("c 3");
+        let body = buffer.start_batch(10).unwrap();
+        assert_eq!(body.to_text(), "c 3");
+        // The held body still reads its own lines.
+        assert_eq!(held.to_text(), "a 1\nb 2");
     }
 }
