@@ -1,5 +1,6 @@
-//! Feature assembly: the latest value of every tag of a machine, kept in a
-//! [`MachineState`], turned into one model input row by a [`FeatureMap`].
+//! Feature assembly: the latest value of each tag a machine's models read,
+//! kept in a [`MachineState`], turned into one model input row by a
+//! [`FeatureMap`].
 //!
 //! Polled machines deliver every tag in every scan; OPC UA subscriptions
 //! deliver only what changed (partial scans). So inputs are read from the
@@ -23,51 +24,63 @@ struct Latest {
     acquired_at: SystemTime,
 }
 
-/// The latest reading of every tag of one machine (the last-value cache
-/// before feature assembly).
-#[derive(Debug, Default)]
+/// The latest reading of each tag kept for a machine (the last-value cache
+/// before feature assembly). Only the tags its models read are kept (their
+/// inputs and label tags): a machine of 1,000 tags feeding an 8-input model
+/// keeps 8, not 1,000 (BENCHMARKS.md §28).
+#[derive(Debug)]
 pub struct MachineState {
-    /// tag → its slot in `latest`.
+    /// tag → its slot in `latest`: the kept tags, fixed at creation.
     slots: HashMap<Arc<str>, usize>,
-    latest: Vec<Latest>,
+    /// `None` until the tag's first reading.
+    latest: Vec<Option<Latest>>,
     /// The slots of the machine's scans, by tag order (no lookup by name
     /// while the order stays).
     layout: ScanLayout,
 }
 
 impl MachineState {
-    /// Takes every reading of `scan` as its tag's latest. A Bad reading
-    /// replaces the value too: an old value is never passed off as current.
+    /// A state that keeps these tags (repeats are kept once) and ignores
+    /// every other reading.
+    pub fn keeping(tags: impl IntoIterator<Item = Arc<str>>) -> Self {
+        let mut slots = HashMap::new();
+        for tag in tags {
+            let next = slots.len();
+            slots.entry(tag).or_insert(next);
+        }
+        Self {
+            latest: vec![None; slots.len()],
+            slots,
+            layout: ScanLayout::default(),
+        }
+    }
+
+    /// Takes every reading of `scan` of a kept tag as its latest. A Bad
+    /// reading replaces the value too: an old value is never passed off as
+    /// current.
     pub fn apply(&mut self, scan: &Scan) {
         let Self {
             slots,
             latest,
             layout,
         } = self;
-        let placed = layout.slots(scan, |tag| {
-            Some(*slots.entry(tag.clone()).or_insert_with(|| {
-                latest.push(Latest {
-                    value: None,
-                    quality: Quality::Bad,
-                    acquired_at: scan.acquired_at,
-                });
-                latest.len() - 1
-            }))
-        });
+        let placed = layout.slots(scan, |tag| slots.get(tag).copied());
         for (r, slot) in scan.readings.iter().zip(placed) {
-            // Every name resolves to a slot (new names get one).
             if let Some(entry) = slot.and_then(|i| latest.get_mut(i)) {
-                *entry = Latest {
+                *entry = Some(Latest {
                     value: r.value.clone(),
                     quality: r.quality,
                     acquired_at: scan.acquired_at,
-                };
+                });
             }
         }
     }
 
     fn get(&self, tag: &str) -> Option<&Latest> {
-        self.slots.get(tag).and_then(|&i| self.latest.get(i))
+        self.slots
+            .get(tag)
+            .and_then(|&i| self.latest.get(i))
+            .and_then(Option::as_ref)
     }
 }
 
@@ -97,6 +110,11 @@ impl FeatureMap {
             tags: tags.into_iter().map(Arc::from).collect(),
             max_age,
         }
+    }
+
+    /// The tags of the model's inputs, in input order.
+    pub fn tags(&self) -> &[Arc<str>] {
+        &self.tags
     }
 
     /// Whether `scan` carries at least one of the model's inputs (a scan of
@@ -166,7 +184,7 @@ mod tests {
 
     #[test]
     fn inputs_follow_the_manifest_order_and_mark_what_must_not_be_fed() {
-        let mut state = MachineState::default();
+        let mut state = MachineState::keeping(["a", "b", "c", "d", "e", "t"].map(Arc::from));
         let s = scan(
             100,
             vec![
@@ -189,8 +207,8 @@ mod tests {
 
     #[test]
     fn partial_scans_keep_the_last_value_of_absent_tags() {
-        let mut state = MachineState::default();
         let features = map(&["speed", "temp"], None);
+        let mut state = MachineState::keeping(features.tags().iter().cloned());
         state.apply(&scan(
             10,
             vec![
@@ -221,7 +239,7 @@ mod tests {
 
     #[test]
     fn inputs_older_than_the_maximum_age_are_missing() {
-        let mut state = MachineState::default();
+        let mut state = MachineState::keeping(["speed", "temp"].map(Arc::from));
         state.apply(&scan(
             10,
             vec![reading("temp", Some(TagValue::Float(40.0)), Quality::Good)],
@@ -244,5 +262,23 @@ mod tests {
             lenient.assemble(&state, at_20)[1],
             InputValue::Value(_)
         ));
+    }
+
+    #[test]
+    fn only_the_tags_asked_for_are_kept() {
+        let mut state = MachineState::keeping(["speed", "label", "speed"].map(Arc::from));
+        state.apply(&scan(
+            10,
+            vec![
+                reading("speed", Some(TagValue::Float(900.0)), Quality::Good),
+                reading("other", Some(TagValue::Float(1.0)), Quality::Good),
+            ],
+        ));
+        assert_eq!(state.latest.len(), 2, "a tag asked twice is kept once");
+        assert_eq!(state.good_value("speed"), Some(900.0));
+        assert_eq!(state.good_value("other"), None, "not asked for, not kept");
+        // Asked for, never seen yet: Missing, not BadQuality.
+        let row = map(&["label"], None).assemble(&state, UNIX_EPOCH);
+        assert!(matches!(row[0], InputValue::Missing));
     }
 }

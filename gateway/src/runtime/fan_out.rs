@@ -106,7 +106,7 @@ impl FanOut {
         let entry = machines
             .entry(scan.machine.clone())
             .or_insert_with(|| MachineEntry {
-                state: MachineState::default(),
+                state: MachineState::keeping(self.tags_read(model_indexes)),
                 predicted_at: vec![None; model_indexes.len()],
                 in_burst: false,
             });
@@ -125,6 +125,16 @@ impl FanOut {
                 rows[i].push(row);
             }
         }
+    }
+
+    /// The tags the models at `model_indexes` read: their inputs and
+    /// label tags (what a machine's state keeps).
+    fn tags_read<'a>(&'a self, model_indexes: &'a [usize]) -> impl Iterator<Item = Arc<str>> + 'a {
+        model_indexes.iter().flat_map(|&i| {
+            let model = &self.models[i];
+            let label = model.config.label_tag.as_deref().map(Arc::from);
+            model.features.tags().iter().cloned().chain(label)
+        })
     }
 
     /// The model's inputs from this machine's values now, or `None` when
