@@ -63,9 +63,64 @@ pub(crate) struct TagTable {
 pub(crate) struct MachineTags {
     name: String,
     /// Browse names; tag `i` is slot `i`.
-    tags: Vec<Box<str>>,
-    by_tag: HashMap<Box<str>, usize>,
+    tags: TagNames,
     slots: Mutex<Vec<TagSlot>>,
+}
+
+/// A machine's tag names in slot order, kept once: one string with the end
+/// of each name, and the slots sorted by name for lookups. About 16 bytes a
+/// tag besides the names, where a box a name and a hash map of copies took
+/// ~100 (BENCHMARKS.md §28).
+struct TagNames {
+    text: String,
+    /// Where each name ends in `text`.
+    ends: Vec<usize>,
+    /// Every slot, in the order of its name.
+    by_name: Vec<usize>,
+}
+
+impl TagNames {
+    fn new(names: &[String]) -> Self {
+        let mut text = String::with_capacity(names.iter().map(String::len).sum());
+        let mut ends = Vec::with_capacity(names.len());
+        for name in names {
+            text.push_str(name);
+            ends.push(text.len());
+        }
+        let mut tags = TagNames {
+            text,
+            ends,
+            by_name: (0..names.len()).collect(),
+        };
+        let mut by_name = std::mem::take(&mut tags.by_name);
+        by_name.sort_unstable_by(|&a, &b| tags.name(a).cmp(tags.name(b)));
+        tags.by_name = by_name;
+        tags
+    }
+
+    /// Name `i` ("" past the end, which no caller asks for).
+    fn name(&self, i: usize) -> &str {
+        let Some(&end) = self.ends.get(i) else {
+            return "";
+        };
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1],
+        };
+        self.text.get(start..end).unwrap_or("")
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        let k = self
+            .by_name
+            .binary_search_by(|&i| self.name(i).cmp(name))
+            .ok()?;
+        self.by_name.get(k).copied()
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
 }
 
 struct TagSlot {
@@ -120,20 +175,14 @@ impl TagTable {
             by_machine: HashMap::new(),
         };
         for (name, tags) in machines {
-            let tags: Vec<Box<str>> = tags.iter().map(|t| t.as_str().into()).collect();
-            let by_tag = tags
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.clone(), i))
-                .collect();
             let slots = tags.iter().map(|_| TagSlot::default()).collect();
+            let tags = TagNames::new(tags);
             table
                 .by_machine
                 .insert(name.to_string(), table.machines.len());
             table.machines.push(MachineTags {
                 name: name.to_string(),
                 tags,
-                by_tag,
                 slots: Mutex::new(slots),
             });
         }
@@ -187,11 +236,14 @@ impl TagTable {
     /// Tag `i` as an async-opcua variable, for the library's own read and
     /// write checks. Built as the address space would hold it.
     fn variable(&self, machine: &MachineTags, i: usize, slot: &TagSlot) -> Option<NodeType> {
-        let name = machine.tags.get(i)?;
+        if i >= machine.len() {
+            return None;
+        }
+        let name = machine.tag_name(i);
         let builder = VariableBuilder::new(
             &self.tag_id(machine, i),
-            QualifiedName::new(self.ns, &**name),
-            &**name,
+            QualifiedName::new(self.ns, name),
+            name,
         )
         .data_type(slot.data_type)
         .access_level(AccessLevel::CURRENT_READ)
@@ -217,12 +269,12 @@ impl TagTable {
 impl MachineTags {
     /// Tag `i`'s name ("" past the end, which no caller asks for).
     fn tag_name(&self, i: usize) -> &str {
-        self.tags.get(i).map_or("", |t| t)
+        self.tags.name(i)
     }
 
     /// The slot of `tag`.
     pub(crate) fn index_of(&self, tag: &str) -> Option<usize> {
-        self.by_tag.get(tag).copied()
+        self.tags.index_of(tag)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -676,6 +728,25 @@ mod tests {
             TagNode::Folder(m) => (m.name.clone(), None),
             TagNode::Tag(m, i) => (m.name.clone(), Some(i)),
         })
+    }
+
+    #[test]
+    fn tag_names_are_found_by_slot_and_by_name() {
+        let names: Vec<String> = ["zeta", "alpha", "Druck_µbar", "alpha2", "b", "a"]
+            .map(String::from)
+            .to_vec();
+        let tags = TagNames::new(&names);
+        assert_eq!(tags.len(), names.len());
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(tags.name(i), name);
+            assert_eq!(tags.index_of(name), Some(i), "{name}");
+        }
+        for absent in ["", "alph", "alpha3", "zz", "Druck"] {
+            assert_eq!(tags.index_of(absent), None, "{absent}");
+        }
+        assert_eq!(tags.name(names.len()), "");
+        let none = TagNames::new(&[]);
+        assert_eq!((none.len(), none.index_of("a")), (0, None));
     }
 
     #[test]
