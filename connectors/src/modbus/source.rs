@@ -17,8 +17,8 @@ use crate::backoff::Backoff;
 use crate::error::ConnectorError;
 use crate::modbus::bus::{BusMember, Line};
 use crate::modbus::config::{
-    rtu_over_tcp_problems, ModbusMachineConfig, ModbusRtuMachineConfig, ModbusUnitConfig,
-    RegisterKind,
+    rtu_over_tcp_problems, ByteOrder, DataType, ModbusMachineConfig, ModbusRtuMachineConfig,
+    ModbusTagConfig, ModbusUnitConfig, RegisterKind,
 };
 use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
 use crate::modbus::link::{Block, ModbusLink, Span, TcpLink};
@@ -39,12 +39,38 @@ const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
 /// dead unit costs the others at most one request timeout per retry).
 #[derive(Debug)]
 pub struct ModbusSource {
+    /// The unit's settings; its `tags` are not kept (they live on as
+    /// `tag_names`, `decodings` and the plan).
     unit: ModbusUnitConfig,
     link: ModbusLink,
     machine: Arc<str>,
     tag_names: Vec<Arc<str>>,
+    /// How each tag's registers become its value, by tag index.
+    decodings: Vec<TagDecoding>,
     plan: ReadPlan,
     stats: SourceStats,
+}
+
+/// What a poll needs of a tag's configuration: 24 bytes a tag, where the
+/// whole configuration (names and units included) kept ~100 (BENCHMARKS.md
+/// §28).
+#[derive(Debug, Clone, Copy)]
+struct TagDecoding {
+    data_type: DataType,
+    byte_order: ByteOrder,
+    scale: f64,
+    offset: f64,
+}
+
+impl TagDecoding {
+    fn of(tag: &ModbusTagConfig) -> Self {
+        Self {
+            data_type: tag.data_type,
+            byte_order: tag.byte_order,
+            scale: tag.scale,
+            offset: tag.offset,
+        }
+    }
 }
 
 /// The name this source had when Modbus meant Modbus TCP only.
@@ -121,18 +147,16 @@ impl ModbusSource {
     }
 
     fn with_link(
-        unit: ModbusUnitConfig,
+        mut unit: ModbusUnitConfig,
         link: ModbusLink,
         stats: SourceStats,
     ) -> Result<Self, ConnectorError> {
         let plan = ReadPlan::build(&unit.tags, unit.max_registers_per_read)?;
+        let tags = std::mem::take(&mut unit.tags);
         Ok(Self {
             machine: Arc::from(unit.name.as_str()),
-            tag_names: unit
-                .tags
-                .iter()
-                .map(|t| Arc::from(t.name.as_str()))
-                .collect(),
+            tag_names: tags.iter().map(|t| Arc::from(t.name.as_str())).collect(),
+            decodings: tags.iter().map(TagDecoding::of).collect(),
             plan,
             stats,
             link,
@@ -352,7 +376,13 @@ impl ModbusSource {
 
     fn decode_block(&self, read: &BlockRead, block: &Block, readings: &mut [TagReading]) {
         for planned in &read.tags {
-            let tag = &self.unit.tags[planned.tag_index];
+            // The plan was made from the same tags: every index is there.
+            let (Some(tag), Some(name)) = (
+                self.decodings.get(planned.tag_index),
+                self.tag_names.get(planned.tag_index),
+            ) else {
+                continue;
+            };
             let start = usize::from(planned.offset);
             let end = start + usize::from(planned.width);
             let raw = match block {
@@ -370,12 +400,12 @@ impl ModbusSource {
                 }
                 // Only a device that answers short (or a planning bug) gets here.
                 Some(Err(failure)) => {
-                    warn!(machine = %self.machine, tag = %tag.name, ?failure, "cannot decode tag");
+                    warn!(machine = %self.machine, tag = %name, ?failure, "cannot decode tag");
                 }
                 None => {
                     warn!(
                         machine = %self.machine,
-                        tag = %tag.name,
+                        tag = %name,
                         register = read.kind.as_str(),
                         start = read.start,
                         asked = read.count,
