@@ -554,17 +554,55 @@ fn send_to_sink(sink: &Option<mpsc::Sender<Record>>, record: Record, stats: &Fan
     }
 }
 
-/// Gives the heap start-up freed back to the system. glibc keeps freed
-/// memory for reuse, so the configuration's parse trees (about 4 KB per
-/// tag: ~40 MB for 10,000 tags) and the address space's build leftovers
-/// would stay resident for the gateway's life (BENCHMARKS.md §12).
+/// Gives the heap start-up freed back to the system, and fixes glibc's
+/// thresholds for the gateway's life. glibc keeps freed memory for reuse,
+/// so the configuration's parse trees (about 4 KB per tag: ~40 MB for
+/// 10,000 tags) and the address space's build leftovers would stay resident
+/// for the gateway's life (BENCHMARKS.md §12).
+///
+/// The thresholds: freeing the parse's largest blocks raised glibc's
+/// dynamic mmap and trim thresholds to tens of MB, so that afterwards every
+/// block below that (libtorch's gemm buffers, a slow store's backlog of
+/// lines) was carved from an arena and stayed resident after use. Fixed at
+/// [`MMAP_THRESHOLD`] and [`TRIM_THRESHOLD`], that is ~0.3 KB a tag less at
+/// 1,000 tags a machine, at no CPU cost measured at 1 ms polls (BENCHMARKS.md
+/// §28: the sink reuses its chunk of lines, so it is not mapped afresh). A
+/// user who sets either threshold (GLIBC_TUNABLES, MALLOC_*_THRESHOLD_)
+/// keeps them.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_freed_heap() {
-    // SAFETY: malloc_trim only hands free pages back to the kernel, under
-    // glibc's own arena locks; it touches no memory in use.
+    let user_set = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| tunables_set_thresholds(&t))
+        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some();
+    // SAFETY: mallopt only changes glibc's parameters, under its own lock;
+    // malloc_trim only hands free pages back to the kernel, under glibc's
+    // own arena locks; neither touches memory in use.
     unsafe {
+        if !user_set {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
         libc::malloc_trim(0);
     }
+}
+
+/// Blocks this large and larger are mapped on their own (and unmapped when
+/// freed). glibc's default start is 128 KiB; 1 MiB keeps the sink's chunk of
+/// lines at 1 ms polls in an arena.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// An arena gives back a free top this large.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: i32 = 2 << 20;
+
+/// Whether a GLIBC_TUNABLES value sets glibc's mmap or trim threshold.
+#[cfg(any(test, all(target_os = "linux", target_env = "gnu")))]
+fn tunables_set_thresholds(tunables: &str) -> bool {
+    tunables.split(':').any(|setting| {
+        let name = setting.split('=').next().unwrap_or("");
+        name == "glibc.malloc.mmap_threshold" || name == "glibc.malloc.trim_threshold"
+    })
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -572,7 +610,20 @@ fn release_freed_heap() {}
 
 #[cfg(test)]
 mod tests {
-    use super::InferenceRefusals;
+    use super::{tunables_set_thresholds, InferenceRefusals};
+
+    #[test]
+    fn thresholds_a_user_tuned_are_left_alone() {
+        assert!(tunables_set_thresholds(
+            "glibc.malloc.mmap_threshold=131072"
+        ));
+        assert!(tunables_set_thresholds(
+            "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"
+        ));
+        assert!(!tunables_set_thresholds("glibc.malloc.arena_max=2"));
+        assert!(!tunables_set_thresholds(""));
+        assert!(!tunables_set_thresholds("glibc.malloc.mmap_threshold_x=1"));
+    }
     use ironbridge_models::SubmitError;
 
     #[test]
