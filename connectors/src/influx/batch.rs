@@ -26,10 +26,9 @@ pub struct BatchSettled {
     pub dropped_overflow: usize,
 }
 
-/// The body of one write: line protocol, lines joined by `\n`. A batch
-/// within one chunk of the memory buffer shares its bytes with the buffer
-/// (no body is copied); one across chunks, as after a failed write with
-/// new lines behind it, is a copy.
+/// The body of one write: line protocol, lines joined by `\n`. A batch of
+/// the memory buffer shares its bytes with the buffer (no body is copied:
+/// a batch never spans the buffer's chunks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchBody(Bytes);
 

@@ -148,22 +148,48 @@ pub struct Closed {
 /// A chunk takes no new lines once its text reaches this size. It bounds
 /// what lines already evicted can hold on to during an outage (their chunk
 /// is freed when its last line goes), and stays far above a flush's lines in
-/// normal running, so that a batch is one slice of one chunk.
+/// normal running.
 const CHUNK_BYTES: usize = 8 << 20;
 
-/// The largest chunk kept for reuse. A chunk that grew beyond this held a
-/// backlog (a slow or unreachable store) rather than a flush's lines, and
-/// its memory goes back to the system instead of staying resident for the
-/// gateway's life. A flush of 10,000 lines (1,000 tags a machine at 100 ms
-/// polls) is ~1 MiB.
-const SPARE_MAX_BYTES: usize = 2 << 20;
+/// A spare chunk's text and offsets, emptied for new lines, or `None` while
+/// a write still shares its text. `fits` is the chunk just sealed: a spare
+/// far larger than that (it held a backlog: a slow or unreachable store)
+/// is cut to twice its size, so that the memory a backlog took goes back
+/// once the load is down, while a steady load keeps its chunks' memory.
+fn emptied_for_reuse(
+    chunk: LineChunk<Bytes>,
+    fits: &LineChunk<String>,
+) -> Option<LineChunk<String>> {
+    let mut text = Vec::from(chunk.text.try_into_mut().ok()?);
+    let mut ends = chunk.ends;
+    text.clear();
+    ends.clear();
+    let bytes = fits.text.len().max(MIN_SPARE_BYTES);
+    if text.capacity() > 4 * bytes {
+        text.shrink_to(2 * bytes);
+    }
+    let lines = fits.ends.len().max(MIN_SPARE_BYTES / 64);
+    if ends.capacity() > 4 * lines {
+        ends.shrink_to(2 * lines);
+    }
+    Some(LineChunk {
+        // Empty, so valid UTF-8: this cannot fail.
+        text: String::from_utf8(text).ok()?,
+        ends,
+        gone: 0,
+    })
+}
+
+/// Below this a spare chunk is never cut (a few pages are not worth a
+/// reallocation).
+const MIN_SPARE_BYTES: usize = 64 << 10;
 
 /// Lines waiting to be written, oldest first, at most `capacity` of them.
 ///
 /// The lines are kept as text in chunks, each line followed by `\n`: a line
 /// costs its bytes and one offset, not an allocation of its own, and a batch
-/// within one chunk is written as a slice of it (shared with the write,
-/// not copied). A batch that spans chunks is copied into a body of its own.
+/// is written as a slice of one chunk (shared with the write, not copied;
+/// a batch ends where its chunk ends).
 ///
 /// The head of the buffer is the current batch: [`LineBuffer::start_batch`]
 /// marks the first lines as being written and returns their body;
@@ -182,12 +208,14 @@ pub struct LineBuffer {
     sealed: VecDeque<LineChunk<Bytes>>,
     /// The newest lines, after the sealed ones; new lines go here.
     open: LineChunk<String>,
-    /// A delivered chunk's text and offsets, emptied, for the next open
+    /// A chunk all of whose lines are gone, kept to become the next open
     /// chunk: a flush's lines are written into memory already in use
-    /// instead of a string grown afresh by doubling, which left the
-    /// allocator's arenas fragmented in proportion to the tags
-    /// (BENCHMARKS.md §28).
-    spare: Option<LineChunk<String>>,
+    /// instead of a string grown afresh by doubling (fresh pages faulted
+    /// in, and arenas fragmented in proportion to the tags: BENCHMARKS.md
+    /// §28). Reused at the next seal, by when the write that shared its
+    /// text has let go of it (the HTTP client may still hold the body
+    /// when the answer arrives).
+    spare: Option<LineChunk<Bytes>>,
     /// Lines in all chunks.
     len: usize,
     capacity: usize,
@@ -318,8 +346,9 @@ impl LineBuffer {
         if self.open.len() == 0 {
             return;
         }
-        let fresh = self.spare.take().unwrap_or_default();
-        let open = std::mem::replace(&mut self.open, fresh);
+        let spare = self.spare.take();
+        let fresh = spare.and_then(|spare| emptied_for_reuse(spare, &self.open));
+        let open = std::mem::replace(&mut self.open, fresh.unwrap_or_default());
         self.sealed.push_back(LineChunk {
             text: Bytes::from(open.text.into_bytes()),
             ends: open.ends,
@@ -327,30 +356,11 @@ impl LineBuffer {
         });
     }
 
-    /// Keeps an emptied sealed chunk's allocations as the spare, when no
-    /// write shares its text any more and it is no larger than
-    /// [`SPARE_MAX_BYTES`].
+    /// Keeps a chunk whose lines are all gone as the spare, if there is
+    /// none.
     fn keep_spare(&mut self, chunk: LineChunk<Bytes>) {
-        if self.spare.is_some() || chunk.text.len() > SPARE_MAX_BYTES {
-            return;
-        }
-        let Ok(text) = chunk.text.try_into_mut() else {
-            return;
-        };
-        let mut text = Vec::from(text);
-        if text.capacity() > SPARE_MAX_BYTES {
-            return;
-        }
-        text.clear();
-        let mut ends = chunk.ends;
-        ends.clear();
-        // Empty, so valid UTF-8: this cannot fail.
-        if let Ok(text) = String::from_utf8(text) {
-            self.spare = Some(LineChunk {
-                text,
-                ends,
-                gone: 0,
-            });
+        if self.spare.is_none() {
+            self.spare = Some(chunk);
         }
     }
 
@@ -382,36 +392,26 @@ impl LineBuffer {
     /// Marks up to `max_lines` head lines as the batch being written and
     /// returns their body (lines joined by `\n`), or `None` if the buffer is
     /// empty or a batch is already being written.
+    ///
+    /// A batch ends where its chunk ends: it is always a slice of one chunk,
+    /// never a copy (a shorter batch, and the next one starts the next
+    /// chunk). So a retry sends the same bytes, and under load, where
+    /// batches used to straddle chunks, no body is copied and no fresh
+    /// memory faulted in for it (BENCHMARKS.md §28).
     pub fn start_batch(&mut self, max_lines: usize) -> Option<BatchBody> {
         if self.is_batch_in_flight() || self.len == 0 {
             return None;
         }
-        let lines = self.len.min(max_lines.max(1));
-        self.batch_lines = lines;
         if self.sealed.is_empty() {
             self.seal_open();
         }
-        if let Some(front) = self.sealed.front().filter(|c| c.len() >= lines) {
-            return Some(BatchBody::from_line_bytes(
-                front.text.slice_ref(front.lines(lines)),
-            ));
-        }
-        // Across chunks (after a failed write, or past a chunk's end).
-        let mut pieces = Vec::new();
-        let mut left = lines;
-        for chunk in &self.sealed {
-            let here = left.min(chunk.len());
-            if here > 0 {
-                pieces.push(chunk.lines(here));
-                left -= here;
-            }
-        }
-        let here = left.min(self.open.len());
-        if here > 0 {
-            pieces.push(self.open.lines(here));
-        }
-        let body = pieces.join(&b'\n');
-        Some(BatchBody::from_line_bytes(Bytes::from(body)))
+        // Emptied chunks are removed at once, so the front one has lines.
+        let front = self.sealed.front().filter(|c| c.len() > 0)?;
+        let lines = front.len().min(max_lines.max(1));
+        self.batch_lines = lines;
+        Some(BatchBody::from_line_bytes(
+            front.text.slice_ref(front.lines(lines)),
+        ))
     }
 
     /// Ends the batch being written (a no-op without one).
@@ -495,7 +495,10 @@ mod tests {
             BatchSettled::default()
         );
         assert_eq!(buffer.len(), 3);
-        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("a\nb\nc"));
+        // The retry is the same batch; the new line follows in the next.
+        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("a\nb"));
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert_eq!(text(buffer.start_batch(5)).as_deref(), Some("c"));
     }
 
     #[test]
@@ -520,7 +523,9 @@ mod tests {
                 dropped_overflow: 0
             }
         );
-        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("c\nd"));
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("c"));
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("d"));
 
         // Failed: the evicted line is lost; the rest of the batch stays.
         let mut buffer = filled(3, &["a", "b", "c"]);
@@ -533,7 +538,9 @@ mod tests {
                 dropped_overflow: 1
             }
         );
-        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("b\nc\nd"));
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("b\nc"));
+        buffer.finish_batch(BatchOutcome::Delivered);
+        assert_eq!(text(buffer.start_batch(10)).as_deref(), Some("d"));
     }
 
     #[test]
@@ -623,14 +630,19 @@ mod tests {
         }
         assert_eq!(dropped, 2, "the two oldest made room");
         assert!(buffer.sealed.len() >= 2, "{} chunks", buffer.sealed.len());
-        // The first chunk lost two lines to the capacity; a batch of a whole
-        // chunk's worth spans into the next one.
+        // The first chunk lost two lines to the capacity: a batch asking
+        // for a whole chunk's worth ends where that chunk ends, and every
+        // line comes once, in order.
         let body = buffer.start_batch(per_chunk).unwrap();
-        assert_eq!(body.to_text(), lines[2..2 + per_chunk].join("\n"));
+        assert_eq!(body.to_text(), lines[2..per_chunk].join("\n"));
         buffer.finish_batch(BatchOutcome::Delivered);
-        let body = buffer.start_batch(lines.len()).unwrap();
-        assert_eq!(body.to_text(), lines[2 + per_chunk..].join("\n"));
-        buffer.finish_batch(BatchOutcome::Delivered);
+        let mut delivered = vec![body.to_text()];
+        while let Some(body) = buffer.start_batch(lines.len()) {
+            delivered.push(body.to_text());
+            buffer.finish_batch(BatchOutcome::Delivered);
+        }
+        assert_eq!(delivered.join("\n"), lines[2..].join("\n"));
+        assert!(delivered.len() >= 3, "one batch a chunk");
         assert!(buffer.is_empty());
         assert!(buffer.sealed.is_empty(), "emptied chunks are freed");
     }
@@ -640,9 +652,10 @@ mod tests {
         let mut buffer = filled(10, &["a 1", "b 2"]);
         let body = buffer.start_batch(10).unwrap();
         let first = body.as_bytes().as_ptr();
-        drop(body);
         buffer.push("c 3");
         buffer.finish_batch(BatchOutcome::Delivered);
+        // The write lets go of its body only after the answer.
+        drop(body);
         let body = buffer.start_batch(10).unwrap();
         assert_eq!(body.to_text(), "c 3");
         let second = body.as_bytes().as_ptr();
@@ -657,16 +670,31 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_that_held_a_backlog_is_given_back() {
+    fn a_chunk_that_held_a_backlog_is_cut_once_the_load_is_down() {
         let line = "x".repeat(1 << 10);
         let mut buffer = LineBuffer::new(usize::MAX);
-        for _ in 0..(SPARE_MAX_BYTES >> 10) + 1 {
+        // A backlog of 4 MiB, delivered.
+        for _ in 0..4 << 10 {
             buffer.push(&line);
         }
         drop(buffer.start_batch(usize::MAX));
         buffer.finish_batch(BatchOutcome::Delivered);
         assert!(buffer.is_empty());
-        assert!(buffer.spare.is_none());
+        // As large again: its memory is kept.
+        for _ in 0..4 << 10 {
+            buffer.push(&line);
+        }
+        drop(buffer.start_batch(usize::MAX));
+        assert!(buffer.open.text.capacity() >= 4 << 20);
+        buffer.finish_batch(BatchOutcome::Delivered);
+        // A few lines now: the backlog's chunk is cut to a little.
+        for _ in 0..3 {
+            buffer.push(&line);
+        }
+        drop(buffer.start_batch(usize::MAX));
+        let capacity = buffer.open.text.capacity();
+        assert!(capacity <= 2 * MIN_SPARE_BYTES, "{capacity}");
+        assert!(buffer.open.ends.capacity() <= 4 * (MIN_SPARE_BYTES / 64));
     }
 
     #[test]
@@ -674,10 +702,10 @@ mod tests {
         let mut buffer = filled(10, &["a 1", "b 2"]);
         let held = buffer.start_batch(10).unwrap();
         buffer.finish_batch(BatchOutcome::Delivered);
-        assert!(buffer.spare.is_none());
         buffer.push("c 3");
         let body = buffer.start_batch(10).unwrap();
         assert_eq!(body.to_text(), "c 3");
+        assert_ne!(body.as_bytes().as_ptr(), held.as_bytes().as_ptr());
         // The held body still reads its own lines.
         assert_eq!(held.to_text(), "a 1\nb 2");
     }
