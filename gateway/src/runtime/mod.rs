@@ -587,8 +587,8 @@ fn release_freed_heap() {
 }
 
 /// Blocks this large and larger are mapped on their own (and unmapped when
-/// freed). glibc's default start is 128 KiB; 1 MiB keeps the sink's chunk of
-/// lines at 1 ms polls in an arena.
+/// freed). glibc's default start is 128 KiB, which keeps the same memory
+/// here; 1 MiB maps fewer blocks afresh (BENCHMARKS.md §28).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: i32 = 1 << 20;
 
