@@ -402,11 +402,15 @@ impl LineBuffer {
         if self.is_batch_in_flight() || self.len == 0 {
             return None;
         }
+        // Emptied chunks are removed as their last line goes; should one be
+        // left, it must not hold up the lines behind it.
+        while self.sealed.front().is_some_and(|c| c.len() == 0) {
+            self.sealed.pop_front();
+        }
         if self.sealed.is_empty() {
             self.seal_open();
         }
-        // Emptied chunks are removed at once, so the front one has lines.
-        let front = self.sealed.front().filter(|c| c.len() > 0)?;
+        let front = self.sealed.front()?;
         let lines = front.len().min(max_lines.max(1));
         self.batch_lines = lines;
         Some(BatchBody::from_line_bytes(
