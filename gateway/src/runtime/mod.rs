@@ -564,7 +564,7 @@ fn send_to_sink(sink: &Option<mpsc::Sender<Record>>, record: Record, stats: &Fan
 /// dynamic mmap and trim thresholds to tens of MB, so that afterwards every
 /// block below that (libtorch's gemm buffers, a slow store's backlog of
 /// lines) was carved from an arena and stayed resident after use. Fixed at
-/// [`MMAP_THRESHOLD`] and [`TRIM_THRESHOLD`], that is ~0.3 KB a tag less at
+/// [`MMAP_THRESHOLD`] and [`TRIM_THRESHOLD`], that is ~0.2 KB a tag less at
 /// 1,000 tags a machine, at no CPU cost measured at 1 ms polls (BENCHMARKS.md
 /// §28: the sink reuses its chunk of lines, so it is not mapped afresh). A
 /// user who sets either threshold (GLIBC_TUNABLES, MALLOC_*_THRESHOLD_)
@@ -611,6 +611,7 @@ fn release_freed_heap() {}
 #[cfg(test)]
 mod tests {
     use super::{tunables_set_thresholds, InferenceRefusals};
+    use ironbridge_models::SubmitError;
 
     #[test]
     fn thresholds_a_user_tuned_are_left_alone() {
@@ -624,7 +625,6 @@ mod tests {
         assert!(!tunables_set_thresholds(""));
         assert!(!tunables_set_thresholds("glibc.malloc.mmap_threshold_x=1"));
     }
-    use ironbridge_models::SubmitError;
 
     #[test]
     fn refusals_are_counted_by_reason() {
