@@ -52,7 +52,7 @@ pub struct ModbusSource {
 }
 
 /// What a poll needs of a tag's configuration: 24 bytes a tag, where the
-/// whole configuration (names and units included) kept ~100 (BENCHMARKS.md
+/// whole configuration (names and units included) kept ~75 (BENCHMARKS.md
 /// §28).
 #[derive(Debug, Clone, Copy)]
 struct TagDecoding {

@@ -70,7 +70,7 @@ pub(crate) struct MachineTags {
 /// A machine's tag names in slot order, kept once: one string with the end
 /// of each name, and the slots sorted by name for lookups. About 16 bytes a
 /// tag besides the names, where a box a name and a hash map of copies took
-/// ~100 (BENCHMARKS.md §28).
+/// ~75 (BENCHMARKS.md §28).
 struct TagNames {
     text: String,
     /// Where each name ends in `text`.
