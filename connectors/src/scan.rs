@@ -28,7 +28,10 @@ pub enum SourceStatus {
 /// A typed value after decoding, scaling and offset.
 ///
 /// A tag with a non-identity scale or offset always becomes `Float`; otherwise
-/// integers keep their signedness so that 64-bit counters stay exact. `Text`
+/// integers keep their signedness so that 64-bit counters stay exact, and an
+/// f32 (a Modbus f32 register, an OPC UA Float) stays `Float32`, so that the
+/// store gets its own shortest text (`12.345`, not the widened
+/// `12.345000267028809`); everything else sees it widened ([`TagValue::as_f64`]). `Text`
 /// comes from OPC UA string variables (a program name, an alarm text): it is
 /// stored and served, never fed to a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +40,7 @@ pub enum TagValue {
     Int(i64),
     UInt(u64),
     Float(f64),
+    Float32(f32),
     Text(Arc<str>),
 }
 
@@ -49,6 +53,7 @@ impl TagValue {
             TagValue::Int(i) => Some(i as f64),
             TagValue::UInt(u) => Some(u as f64),
             TagValue::Float(f) => Some(f),
+            TagValue::Float32(f) => Some(f64::from(f)),
             TagValue::Text(_) => None,
         }
     }

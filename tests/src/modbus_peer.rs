@@ -58,6 +58,10 @@ impl ExpectedValue {
             (ExpectedValue::Int(e), TagValue::Int(v)) => e == *v,
             (ExpectedValue::Uint(e), TagValue::UInt(v)) => e == *v,
             (ExpectedValue::Float { bits, .. }, TagValue::Float(v)) => bits == v.to_bits(),
+            // An f32 register: the peer states it widened.
+            (ExpectedValue::Float { bits, .. }, TagValue::Float32(v)) => {
+                bits == f64::from(*v).to_bits()
+            }
             _ => false,
         }
     }

@@ -338,6 +338,10 @@ impl PeerValue {
             (PeerValue::Int(e), TagValue::Int(v)) => e == v,
             (PeerValue::Uint(e), TagValue::UInt(v)) => e == v,
             (PeerValue::Float { bits, .. }, TagValue::Float(v)) => *bits == v.to_bits(),
+            // A Float variable: the peer states it widened.
+            (PeerValue::Float { bits, .. }, TagValue::Float32(v)) => {
+                *bits == f64::from(*v).to_bits()
+            }
             (PeerValue::String(e), TagValue::Text(v)) => e.as_str() == &**v,
             _ => false,
         }

@@ -658,6 +658,9 @@ mod asyncua {
                 ValueRule::Constant(c) => c.matches(value),
                 rule => match value {
                     TagValue::Float(x) => rule.tick_of(&PeerValue::float(*x)).is_some(),
+                    TagValue::Float32(x) => {
+                        rule.tick_of(&PeerValue::float(f64::from(*x))).is_some()
+                    }
                     TagValue::UInt(u) => rule.tick_of(&PeerValue::Uint(*u)).is_some(),
                     _ => false,
                 },

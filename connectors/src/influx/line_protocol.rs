@@ -8,11 +8,13 @@
 //! Values:
 //! - floats in Rust's shortest round-trip form (`1.5`, `1e300`); an integral
 //!   float is written without a point (`1`), which InfluxDB reads as a float;
-//!   an f32 register is widened to f64 first (`1.0010000467300415` for the
-//!   f32 `1.001`): its f32 shortest form (`1.001`), read as f64 by the store
-//!   and narrowed back, is not always the same f32 (0x15AE43FD, written
-//!   `7.038531e-26`, comes back as its neighbour), and a stored input must
-//!   recompute its prediction exactly;
+//!   an f32 value ([`TagValue::Float32`]: a Modbus f32 register, an OPC UA
+//!   Float) in its own f32 shortest form (`1.001`, not the widened
+//!   `1.0010000467300415`): the store reads it as an f64 which, narrowed
+//!   back, is the same f32, so a stored input recomputes its prediction
+//!   exactly. That holds for every finite f32 but one pair, ±0x15AE43FD
+//!   (`7.038531e-26` comes back as its neighbour), written widened
+//!   (checked exhaustively by `examples/f32_text_narrows_back.rs`);
 //! - signed and unsigned integers up to `i64::MAX` with the `i` suffix;
 //!   unsigned integers above `i64::MAX` as floats (InfluxDB 1.x has no
 //!   unsigned type, and the `u` suffix is not understood everywhere), which
@@ -393,6 +395,7 @@ fn check_identifier(what: &str, text: &str) -> Result<(), ConnectorError> {
 fn is_writable(value: &TagValue) -> bool {
     match value {
         TagValue::Float(f) => f.is_finite(),
+        TagValue::Float32(f) => f.is_finite(),
         // InfluxDB refuses string fields over 64 KiB (the whole batch).
         TagValue::Text(t) => t.len() <= MAX_STRING_FIELD_BYTES,
         _ => true,
@@ -482,6 +485,7 @@ fn write_value(value: &TagValue, out: &mut String) {
             Err(_) => write_float(u as f64, out),
         },
         TagValue::Float(f) => write_float(f, out),
+        TagValue::Float32(f) => write_f32(f, out),
         TagValue::Text(ref text) => {
             // Inside a string field both servers read `\\` and `\"`.
             out.push('"');
@@ -509,6 +513,25 @@ fn write_int(i: i64, out: &mut String) {
 /// §11); only its `.0` on integral values is dropped. Callers pass finite
 /// values only ([`is_writable`]).
 fn write_float(f: f64, out: &mut String) {
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(f);
+    out.push_str(text.strip_suffix(".0").unwrap_or(text));
+}
+
+/// The one positive finite f32 whose shortest text, read as f64 and
+/// narrowed, is its neighbour (its negative is the other): `7.038531e-26`.
+/// `examples/f32_text_narrows_back.rs` checks every f32 for this.
+const F32_TEXT_NARROWS_TO_NEIGHBOUR: u32 = 0x15AE_43FD;
+
+/// An f32 in its own shortest form (`12.345` where the widened f64 takes
+/// `12.345000267028809`): the value as the device meant it, and about half
+/// the bytes a value, in memory until the flush, on the wire and in the
+/// store's parse. Written widened for the one f32 whose short text would
+/// not narrow back to it (see the module docs). Finite values only.
+fn write_f32(f: f32, out: &mut String) {
+    if f.to_bits() & 0x7FFF_FFFF == F32_TEXT_NARROWS_TO_NEIGHBOUR {
+        return write_float(f64::from(f), out);
+    }
     let mut buffer = ryu::Buffer::new();
     let text = buffer.format_finite(f);
     out.push_str(text.strip_suffix(".0").unwrap_or(text));
@@ -885,6 +908,60 @@ mod tests {
         assert_eq!(float_text(1e300), "1e300");
         assert_eq!(float_text(1.5e-7), "1.5e-7");
         assert_eq!(float_text(0.25), "0.25");
+    }
+
+    fn f32_text(f: f32) -> String {
+        let mut out = String::new();
+        write_value(&TagValue::Float32(f), &mut out);
+        out
+    }
+
+    /// What the store does with an f32's text: reads an f64, which the
+    /// model's input narrows back to f32.
+    fn narrowed_back(text: &str) -> f32 {
+        text.parse::<f64>().unwrap() as f32
+    }
+
+    #[test]
+    fn f32_values_are_written_short_and_narrow_back_exactly() {
+        assert_eq!(f32_text(12.345), "12.345");
+        assert_eq!(f32_text(523.417), "523.417");
+        assert_eq!(f32_text(1.0), "1");
+        assert_eq!(f32_text(-0.0), "-0");
+        assert_eq!(f32_text(1.5e-7), "1.5e-7");
+        assert_eq!(f32_text(f32::MAX), "3.4028235e38");
+        // The one whose short text would come back as its neighbour is
+        // written widened, both signs.
+        let odd = f32::from_bits(F32_TEXT_NARROWS_TO_NEIGHBOUR);
+        let mut ryu = ryu::Buffer::new();
+        assert_ne!(narrowed_back(ryu.format_finite(odd)), odd);
+        for f in [odd, -odd] {
+            assert_eq!(f32_text(f), float_text(f64::from(f)));
+            assert_eq!(narrowed_back(&f32_text(f)).to_bits(), f.to_bits());
+        }
+        // A stride through every exponent (subnormals included), both
+        // signs, and random bit patterns; the whole range is checked by
+        // `examples/f32_text_narrows_back.rs`.
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(32);
+        let stride = (0..0x7F80_0000u32).step_by(4099);
+        let random = (0..200_000).map(|_| rng.random::<u32>());
+        let mut checked = 0;
+        for bits in stride.chain(random) {
+            for f in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                if f.is_finite() {
+                    let text = f32_text(f);
+                    assert_eq!(
+                        narrowed_back(&text).to_bits(),
+                        f.to_bits(),
+                        "{f:e} as {text}"
+                    );
+                    assert!(text.len() <= float_text(f64::from(f)).len(), "{text}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1_000_000, "{checked}");
     }
 
     /// `fmt`'s shortest forms, as floats were written before `ryu`: the

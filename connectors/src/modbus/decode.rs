@@ -50,7 +50,7 @@ pub fn decode_registers(
         DataType::I16 => TagValue::Int(i64::from(raw as u16 as i16)),
         DataType::I32 => TagValue::Int(i64::from(raw as u32 as i32)),
         DataType::I64 => TagValue::Int(raw as i64),
-        DataType::F32 => TagValue::Float(f64::from(f32::from_bits(raw as u32))),
+        DataType::F32 => TagValue::Float32(f32::from_bits(raw as u32)),
         DataType::F64 => TagValue::Float(f64::from_bits(raw)),
         DataType::Bool => return Err(DecodeFailure::NotARegisterType),
     })
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn literal_words_for_32_bit_orders() {
         // 123.456f32 = 0x42F6E979: A=42 B=F6 C=E9 D=79.
-        let f = TagValue::Float(f64::from(123.456f32));
+        let f = TagValue::Float32(123.456);
         assert_eq!(
             decode_registers(&[0x42F6, 0xE979], F32, Abcd),
             Ok(f.clone())
@@ -253,12 +253,12 @@ mod tests {
             TagValue::Int(-9_876_543_210_123),
         );
         check_all_orders(&i64::MIN.to_be_bytes(), I64, TagValue::Int(i64::MIN));
-        check_all_orders(&(-0.15625f32).to_be_bytes(), F32, TagValue::Float(-0.15625));
         check_all_orders(
-            &1e-40f32.to_be_bytes(),
+            &(-0.15625f32).to_be_bytes(),
             F32,
-            TagValue::Float(f64::from(1e-40f32)),
+            TagValue::Float32(-0.15625),
         );
+        check_all_orders(&1e-40f32.to_be_bytes(), F32, TagValue::Float32(1e-40));
         check_all_orders(
             &std::f64::consts::PI.to_be_bytes(),
             F64,
@@ -296,6 +296,7 @@ mod tests {
             TagValue::Int(i64::MIN),
             TagValue::Bool(true),
             TagValue::Float(2.5),
+            TagValue::Float32(0.1),
         ] {
             assert_eq!(apply_scaling(v.clone(), 1.0, 0.0), v);
         }
@@ -324,6 +325,11 @@ mod tests {
         assert_eq!(
             apply_scaling(TagValue::Bool(true), 5.0, 0.0),
             TagValue::Float(5.0)
+        );
+        // A scaled f32 is computed in f64 from the f32 widened.
+        assert_eq!(
+            apply_scaling(TagValue::Float32(0.1), 10.0, 0.0),
+            TagValue::Float(f64::from(0.1f32) * 10.0)
         );
     }
 }

@@ -30,7 +30,7 @@ pub fn tag_value(variant: &Variant) -> Result<TagValue, Unreadable> {
         Variant::UInt16(v) => TagValue::UInt(u64::from(*v)),
         Variant::UInt32(v) => TagValue::UInt(u64::from(*v)),
         Variant::UInt64(v) => TagValue::UInt(*v),
-        Variant::Float(v) => TagValue::Float(f64::from(*v)),
+        Variant::Float(v) => TagValue::Float32(*v),
         Variant::Double(v) => TagValue::Float(*v),
         Variant::String(s) => TagValue::Text(Arc::from(s.as_ref())),
         Variant::LocalizedText(t) => TagValue::Text(Arc::from(t.text.as_ref())),
@@ -142,7 +142,7 @@ mod tests {
             (Variant::Int64(i64::MIN), TagValue::Int(i64::MIN)),
             (Variant::UInt64(u64::MAX), TagValue::UInt(u64::MAX)),
             (Variant::Byte(200), TagValue::UInt(200)),
-            (Variant::Float(1.5), TagValue::Float(1.5)),
+            (Variant::Float(1.5), TagValue::Float32(1.5)),
             (Variant::Double(-2.25), TagValue::Float(-2.25)),
             (
                 Variant::String(UAString::from("P-17")),

@@ -946,6 +946,8 @@ fn variant_of(value: &TagValue) -> Variant {
         TagValue::Int(i) => Variant::from(*i),
         TagValue::UInt(u) => Variant::from(*u),
         TagValue::Float(f) => Variant::from(*f),
+        // Served as Double, as every float tag always was.
+        TagValue::Float32(f) => Variant::from(f64::from(*f)),
         TagValue::Text(t) => Variant::from(t.to_string()),
     }
 }
@@ -955,7 +957,7 @@ fn data_type_of(value: &TagValue) -> DataTypeId {
         TagValue::Bool(_) => DataTypeId::Boolean,
         TagValue::Int(_) => DataTypeId::Int64,
         TagValue::UInt(_) => DataTypeId::UInt64,
-        TagValue::Float(_) => DataTypeId::Double,
+        TagValue::Float(_) | TagValue::Float32(_) => DataTypeId::Double,
         TagValue::Text(_) => DataTypeId::String,
     }
 }
