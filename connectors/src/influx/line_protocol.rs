@@ -513,6 +513,11 @@ fn write_int(i: i64, out: &mut String) {
 /// §11); only its `.0` on integral values is dropped. Callers pass finite
 /// values only ([`is_writable`]).
 fn write_float(f: f64, out: &mut String) {
+    write_shortest(f, out);
+}
+
+/// ryu's shortest text of an f64 or f32, without its `.0` on integral values.
+fn write_shortest<F: ryu::Float>(f: F, out: &mut String) {
     let mut buffer = ryu::Buffer::new();
     let text = buffer.format_finite(f);
     out.push_str(text.strip_suffix(".0").unwrap_or(text));
@@ -532,9 +537,7 @@ fn write_f32(f: f32, out: &mut String) {
     if f.to_bits() & 0x7FFF_FFFF == F32_TEXT_NARROWS_TO_NEIGHBOUR {
         return write_float(f64::from(f), out);
     }
-    let mut buffer = ryu::Buffer::new();
-    let text = buffer.format_finite(f);
-    out.push_str(text.strip_suffix(".0").unwrap_or(text));
+    write_shortest(f, out);
 }
 
 #[cfg(test)]
