@@ -248,6 +248,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         k0 = c.counters()
         t0 = time.time()
         cpu0, dev0, vm0 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        box0 = box_cpu_seconds()
         threads0 = thread_counters(c.proc.pid)
         if perf_data:
             # Software clock sampling: virtual machines often have no
@@ -260,6 +261,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         time.sleep(args.seconds)
         t1 = time.time()
         cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        box1 = box_cpu_seconds()
         threads1 = thread_counters(c.proc.pid)
         k1 = c.counters()
         mem = memory_kib(c.proc.pid)
@@ -304,6 +306,10 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "device_cpu_cores": round((dev1 - dev0) / window, 3),
         "store_cpu_cores": round((vm1 - vm0) / window, 3),
         "load_1min": round(load, 2),
+        # The whole box in the window: every process's CPU (the three above
+        # and the rest), and what the hypervisor took for other guests.
+        "box_busy_cores": round((box1[0] - box0[0]) / window, 3),
+        "box_steal_cores": round((box1[1] - box0[1]) / window, 3),
         # Per thread name: voluntary (it waited: a wake-up each) and
         # involuntary (preempted) context switches per second.
         "context_switches_per_s": switch_rates(threads0, threads1, window),
@@ -392,6 +398,17 @@ def smaps_split(pid):
     return kinds
 
 
+def box_cpu_seconds():
+    """The whole box's CPU seconds so far, busy (user, nice, system, irq,
+    softirq; guest time is in user) and stolen (taken by the hypervisor for
+    other guests), from /proc/stat's first line. A window with steal, or a
+    box busy beyond the contestants, is not comparable with one without."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / e2e.TICKS, steal / e2e.TICKS
+
+
 def torch_split_kib(pid):
     """Resident KiB in libtorch's own mappings and in the rest (the
     program, its heap and stacks)."""
@@ -403,8 +420,8 @@ def torch_split_kib(pid):
 def table(results):
     head = ("| gateway | poll | values/s | scans/s (wanted) | predictions/s made | refused "
             "| CPU cores | CPU µs/value | RSS MiB (without torch's libraries) | device cores "
-            "| store cores |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| store cores | box busy (stolen) cores |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(
             f"| {r['gateway'].split('-disk')[0]}{'/' + r['buffer'] if r['buffer'] else ''} | {r['poll_ms']} ms "
@@ -412,7 +429,8 @@ def table(results):
             f"| {r['predictions_made_per_s']:,} | {r['predictions_refused']:,} "
             f"| {r['cpu_cores']} | {r['cpu_us_per_value']} "
             f"| {r['peak_rss_mib']} ({r['rss_without_torch_libs_mib']}) "
-            f"| {r['device_cpu_cores']} | {r['store_cpu_cores']} |")
+            f"| {r['device_cpu_cores']} | {r['store_cpu_cores']} "
+            f"| {r['box_busy_cores']} ({r['box_steal_cores']}) |")
     return "\n".join(lines)
 
 
@@ -499,16 +517,21 @@ def main():
         print(table(results))
         for poll_ms in sorted({r["poll_ms"] for r in results}, reverse=True):
             for ours in [k for k in kinds if k.startswith("ironbridge")]:
-                mine = [r["cpu_us_per_value"] for r in results
-                        if r["poll_ms"] == poll_ms and r["gateway"] == ours]
+                mine = [r for r in results if r["poll_ms"] == poll_ms and r["gateway"] == ours]
                 refs = [k for k in kinds if k.startswith("python")]
                 if ours == "ironbridge" and "ironbridge-baseline" in kinds:
                     refs.append("ironbridge-baseline")
                 for ref in refs:
-                    theirs = [r["cpu_us_per_value"] for r in results
-                              if r["poll_ms"] == poll_ms and r["gateway"] == ref]
-                    pairs = " / ".join(f"{a / b:.2f}" for a, b in zip(mine, theirs))
-                    print(f"poll {poll_ms} ms: {ours} / {ref} CPU per value, per round: {pairs}")
+                    theirs = [r for r in results if r["poll_ms"] == poll_ms and r["gateway"] == ref]
+                    pairs = " / ".join(f"{a['cpu_us_per_value'] / b['cpu_us_per_value']:.2f}"
+                                       for a, b in zip(mine, theirs))
+                    # A round whose two windows lost different shares of
+                    # the box to other guests compares the box, not the
+                    # gateways.
+                    steal = " / ".join(f"{a['box_steal_cores']}, {b['box_steal_cores']}"
+                                       for a, b in zip(mine, theirs))
+                    print(f"poll {poll_ms} ms: {ours} / {ref} CPU per value, per round: {pairs} "
+                          f"(cores stolen from the box: {steal})")
         if args.perf:
             print(f"\ntop symbols by self time ({args.perf}):")
             report = subprocess.run(

@@ -25,7 +25,7 @@ gateway, what each malloc arena holds: its size, how much of it is free
 blocks mapped on their own.
 
 Usage: scripts/memory_split.py [--machines 10] [--tags 62 --tags 1000]
-       [--seconds 20] [--heaptrack] [--malloc-info] [--binary PATH]
+       [--seconds 20] [--heaptrack [--keep DIR]] [--malloc-info] [--binary PATH]
 Needs the release binaries (scripts/bench-reference.sh builds them) and
 `source scripts/env.sh`.
 """
@@ -227,6 +227,9 @@ def main():
                     help="the gateway binary to measure (default: the release build)")
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the gateway under heaptrack and print its live heap by owner")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="copy heaptrack's recordings here (gateway-<tags>.zst) for heaptrack_gui "
+                         "or heaptrack_print, instead of deleting them")
     ap.add_argument("--malloc-info", action="store_true",
                     help="print what each glibc malloc arena holds and keeps free (needs gdb)")
     args = ap.parse_args()
@@ -253,6 +256,10 @@ def main():
             print("| owner | MB |\n|---|---:|")
             for owner, n in heap.most_common(15):
                 print(f"| `{owner}` | {n / 1e6:.2f} |")
+        recording = os.path.join(tmp, "gateway.zst")
+        if args.keep and os.path.exists(recording):
+            os.makedirs(args.keep, exist_ok=True)
+            shutil.copy(recording, os.path.join(args.keep, f"gateway-{t}.zst"))
         shutil.rmtree(tmp, ignore_errors=True)
     if len(results) >= 2:
         (t0, s0, h0), (t1, s1, h1) = results[0], results[-1]
