@@ -214,6 +214,9 @@ class Contestant:
                     "skipped": t.get("ironbridge_inference_rows_skipped_total", 0),
                     "failed": t.get("ironbridge_inference_failed_total", 0),
                     "points_dropped": t.get("ironbridge_sink_points_dropped_total", 0),
+                    # Poll ticks passed over: a machine's poll (with what
+                    # runs beside it) took longer than its interval.
+                    "polls_skipped": t.get("ironbridge_source_polls_skipped_total", 0),
                     # Model forwards (queued batches and inline runs alike).
                     "forwards": t.get("ironbridge_inference_batches_total", 0)}
         # The reference never refuses: it runs the model on every tick's scans.
@@ -297,6 +300,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "inference_failed": int(d["failed"]),
         "points_dropped": int(d["points_dropped"]),
         "read_errors": int(d.get("read_errors", 0)),
+        "polls_skipped": int(d["polls_skipped"]) if "polls_skipped" in d else None,
         "cpu_cores": round((cpu1 - cpu0) / window, 3),
         "cpu_us_per_value": round((cpu1 - cpu0) / max(values, 1) * 1e6, 2),
         "rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
