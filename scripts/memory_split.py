@@ -234,6 +234,8 @@ def main():
                     help="print what each glibc malloc arena holds and keeps free (needs gdb)")
     args = ap.parse_args()
     tags = args.tags or [br.F32]
+    if args.keep and not args.heaptrack:
+        ap.error("--keep keeps heaptrack's recordings: it needs --heaptrack")
     if args.heaptrack and not (shutil.which("heaptrack") and shutil.which("zstd")):
         raise SystemExit("heaptrack or zstd is missing (Debian: apt-get install heaptrack zstd)")
     if args.malloc_info and not shutil.which("gdb"):
