@@ -23,6 +23,7 @@ import json
 import os
 import struct
 import sys
+from fractions import Fraction
 
 from pymodbus.datastore import (
     ModbusDeviceContext,
@@ -65,6 +66,15 @@ def expected_for(type_name, fmt, value, scale=1.0, offset=0.0):
     # (123.456 becomes the nearest f32).
     stored = struct.unpack(">" + fmt, struct.pack(">" + fmt, value))[0]
     if scale != 1.0 or offset != 0.0:
+        if isinstance(stored, int):
+            # The gateway's contract (README, Modbus tags): an integer at a
+            # scale and offset written with up to 9 decimals is the f64
+            # nearest to the exact result, the decimals read as written
+            # (-40 at offset 273.15 is 233.15, not -40 + 273.15 =
+            # 233.14999999999998). Worked out here in exact fractions, which
+            # Python rounds to float once.
+            exact = Fraction(stored) * Fraction(repr(scale)) + Fraction(repr(offset))
+            return float_expected(float(exact))
         return float_expected(stored * scale + offset)
     if type_name.startswith("f"):
         return float_expected(stored)
@@ -85,8 +95,9 @@ def build():
     discretes = [False] * BITS_SIZE
     tags = []
 
-    def put(table, register, name, type_name, order, address, scale=1.0, offset=0.0):
-        fmt, value = VALUES[type_name]
+    def put(table, register, name, type_name, order, address, scale=1.0, offset=0.0, value=None):
+        fmt, typical = VALUES[type_name]
+        value = typical if value is None else value
         words = words_for(fmt, value, order)
         table[address : address + len(words)] = words
         tag = {
@@ -115,6 +126,9 @@ def build():
         address = put(inputs, "input", f"in_{type_name}_{order.lower()}", type_name, order, address)
     put(inputs, "input", "in_i16_scaled", "i16", "ABCD", 120, scale=0.1, offset=-5.0)
     put(inputs, "input", "in_u32_scaled", "u32", "CDAB", 130, scale=0.001)
+    # Where `raw * scale + offset` in floating point misses the decimal.
+    put(inputs, "input", "in_i16_kelvin", "i16", "ABCD", 140, offset=273.15, value=-40)
+    put(inputs, "input", "in_u16_tenths", "u16", "ABCD", 142, scale=0.1, value=3)
 
     # Bits: a pattern with a gap, in both bit tables.
     for register, table, start in [("coil", coils, 0), ("discrete_input", discretes, 10)]:

@@ -61,12 +61,111 @@ pub fn decode_bit(bit: bool) -> TagValue {
     TagValue::Bool(bit)
 }
 
-/// Applies `raw * scale + offset`. The identity (1.0, 0.0) keeps integers and
-/// booleans as they are, so 64-bit counters stay exact; anything else gives a
-/// float.
-pub fn apply_scaling(value: TagValue, scale: f64, offset: f64) -> TagValue {
+/// How a tag's `scale` and `offset` are applied, decided once from the two
+/// (see [`apply_scaling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingForm {
+    /// `scale = 1`, `offset = 0`: the value as decoded, integers kept.
+    Identity,
+    /// Both are decimals with at most this many digits after the point
+    /// (`0.1`, `0.001`, `273.15`): an integer value is scaled in integers
+    /// and divided by 10^n once.
+    Decimal(u8),
+    /// Anything else (`1/3` written out, a scale beyond nine decimals):
+    /// `raw * scale + offset` in floating point.
+    Binary,
+}
+
+/// The most decimals [`ScalingForm::Decimal`] handles. 10^9 keeps the
+/// scaled integers of 32-bit registers well inside f64's exact integers.
+const MAX_DECIMALS: u8 = 9;
+
+/// 10^n for n up to [`MAX_DECIMALS`], each exact in an f64.
+const POWERS_OF_TEN: [f64; MAX_DECIMALS as usize + 1] =
+    [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// 2^53: integers up to this are exact in an f64.
+const EXACT_INTEGERS: u64 = 1 << 53;
+
+/// The whole number nearest to `x`, for `x` within 2^53 of zero (ties away
+/// from zero; the callers' `x` lie within a rounding error of a whole
+/// number). The conversions are single instructions where `f64::round` is
+/// a libm call on x86-64's baseline.
+fn nearest_whole(x: f64) -> f64 {
+    let half = if x < 0.0 { -0.5 } else { 0.5 };
+    ((x + half) as i64) as f64
+}
+
+/// How `scale` and `offset` are applied (see [`apply_scaling`]).
+pub fn scaling_form(scale: f64, offset: f64) -> ScalingForm {
     if scale == 1.0 && offset == 0.0 {
-        return value;
+        return ScalingForm::Identity;
+    }
+    (0..=MAX_DECIMALS)
+        .find(|&n| decimal_parts(scale, offset, n).is_some())
+        .map_or(ScalingForm::Binary, ScalingForm::Decimal)
+}
+
+/// `scale` and `offset` as integers over 10^n, if both are the f64s
+/// nearest to such decimals (as `0.1` in a configuration file is to 1/10).
+fn decimal_parts(scale: f64, offset: f64, n: u8) -> Option<(i64, i64)> {
+    let power = *POWERS_OF_TEN.get(usize::from(n))?;
+    let whole = |x: f64| {
+        let m = (x * power).round();
+        // Dividing back is correctly rounded, so this holds exactly when
+        // `x` is the f64 nearest to m / 10^n.
+        (m.abs() < EXACT_INTEGERS as f64 && m / power == x).then_some(m as i64)
+    };
+    Some((whole(scale)?, whole(offset)?))
+}
+
+/// Applies `raw * scale + offset`, as [`apply_scaling_in`] with the form
+/// worked out here; a poller works it out once per tag.
+pub fn apply_scaling(value: TagValue, scale: f64, offset: f64) -> TagValue {
+    apply_scaling_in(value, scale, offset, scaling_form(scale, offset))
+}
+
+/// Applies `raw * scale + offset` in `form` (which must be
+/// `scaling_form(scale, offset)`).
+///
+/// The identity keeps integers and booleans as they are, so 64-bit counters
+/// stay exact; anything else gives a float. With a decimal scale and offset
+/// an integer value gives the f64 nearest to the exact result, the decimal
+/// a person would write: register 1234 at scale 0.1 is `123.4`, not
+/// `1234 * 0.1` = `123.40000000000001`; -40 at offset 273.15 is `233.15`,
+/// not `233.14999999999998`. Fewer digits to store, and the value an HMI
+/// shows is the one on the device's data sheet. Floats, and integers whose
+/// scaled form leaves f64's exact integers (|raw × scale × 10^n| ≥ 2^53),
+/// are computed in floating point as `raw * scale + offset`.
+pub fn apply_scaling_in(value: TagValue, scale: f64, offset: f64, form: ScalingForm) -> TagValue {
+    let decimals = match form {
+        ScalingForm::Identity => return value,
+        ScalingForm::Decimal(n) => Some(n),
+        ScalingForm::Binary => None,
+    };
+    // An integer exact in an f64 (beyond 2^53 the floating-point formula
+    // below is as good as any).
+    let integer = match value {
+        TagValue::Int(i) if i.unsigned_abs() <= EXACT_INTEGERS => Some(i as f64),
+        TagValue::UInt(u) if u <= EXACT_INTEGERS => Some(u as f64),
+        TagValue::Bool(b) => Some(f64::from(u8::from(b))),
+        _ => None,
+    };
+    if let (Some(raw), Some(&power)) = (
+        integer,
+        decimals.and_then(|n| POWERS_OF_TEN.get(usize::from(n))),
+    ) {
+        // The form says both are whole at this power (`decimal_parts`).
+        // All in f64, without libm or 128-bit helpers: a few nanoseconds.
+        let (m, o) = (nearest_whole(scale * power), nearest_whole(offset * power));
+        let product = raw * m;
+        let sum = product + o;
+        // Integers below 2^53 are exact, so the product and the sum are
+        // the exact integers, and the one division rounds once.
+        let limit = EXACT_INTEGERS as f64;
+        if product.abs() < limit && sum.abs() < limit {
+            return TagValue::Float(sum / power);
+        }
     }
     match value.as_f64() {
         Some(raw) => TagValue::Float(raw * scale + offset),
@@ -308,11 +407,16 @@ mod tests {
     fn scale_or_offset_gives_a_float() {
         assert_eq!(
             apply_scaling(TagValue::UInt(1234), 0.1, 0.0),
-            TagValue::Float(1234.0 * 0.1)
+            TagValue::Float(123.4)
         );
         assert_eq!(
             apply_scaling(TagValue::Int(-40), 1.0, 273.15),
-            TagValue::Float(-40.0 + 273.15)
+            TagValue::Float(233.15)
+        );
+        // In floating point the offset would cancel to -5.7e-14.
+        assert_eq!(
+            apply_scaling(TagValue::Int(-27315), 0.01, 273.15),
+            TagValue::Float(0.0)
         );
         assert_eq!(
             apply_scaling(TagValue::Int(-10), 2.0, 1.0),
@@ -330,6 +434,112 @@ mod tests {
         assert_eq!(
             apply_scaling(TagValue::Float32(0.1), 10.0, 0.0),
             TagValue::Float(f64::from(0.1f32) * 10.0)
+        );
+    }
+
+    #[test]
+    fn decimal_scales_are_told_apart_from_binary_ones() {
+        use ScalingForm::*;
+        assert_eq!(scaling_form(1.0, 0.0), Identity);
+        assert_eq!(scaling_form(2.0, 1.0), Decimal(0));
+        assert_eq!(scaling_form(0.1, -5.0), Decimal(1));
+        assert_eq!(scaling_form(1.0, 273.15), Decimal(2));
+        assert_eq!(scaling_form(0.001, 0.5), Decimal(3));
+        assert_eq!(scaling_form(1e-9, 0.0), Decimal(9));
+        assert_eq!(scaling_form(1e-10, 0.0), Binary);
+        assert_eq!(scaling_form(1.0 / 3.0, 0.0), Binary);
+        assert_eq!(scaling_form(0.1, 1.0 / 3.0), Binary);
+        assert_eq!(scaling_form(1e300, 0.0), Binary);
+    }
+
+    /// The f64 nearest to `numerator / 10^decimals`, worked out in decimal
+    /// text (Rust's parser rounds correctly) rather than by the code under
+    /// test.
+    fn nearest(numerator: i128, decimals: usize) -> f64 {
+        let digits = format!(
+            "{:0>width$}",
+            numerator.unsigned_abs(),
+            width = decimals + 1
+        );
+        let (whole, fraction) = digits.split_at(digits.len() - decimals);
+        let sign = if numerator < 0 { "-" } else { "" };
+        format!("{sign}{whole}.{fraction}0")
+            .parse()
+            .unwrap_or(f64::NAN)
+    }
+
+    #[test]
+    fn integers_at_a_decimal_scale_give_the_nearest_f64_to_the_exact_result() {
+        // (scale, offset, the two as integers over 10^decimals)
+        let cases = [
+            (0.1, 0.0, 1, 0, 1),
+            (0.1, -5.0, 1, -50, 1),
+            (0.01, 0.0, 1, 0, 2),
+            (0.001, 0.0, 1, 0, 3),
+            (1.0, 273.15, 100, 27315, 2),
+            (0.2, 0.0, 2, 0, 1),
+            (0.05, -0.3, 5, -30, 2),
+            (2.5, 0.125, 2500, 125, 3),
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut raws: Vec<i64> = vec![0, 1, -1, 3, 1234, -40, 65_535, -32_768, 4_294_967_295];
+        for _ in 0..2_000 {
+            // xorshift: i16, u16 and i32 register values alike.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            raws.push((state as i64) >> (32 + (state % 3) * 8));
+        }
+        let mut shorter = 0;
+        for (scale, offset, m, o, decimals) in cases {
+            assert_eq!(
+                scaling_form(scale, offset),
+                ScalingForm::Decimal(decimals as u8)
+            );
+            for &raw in &raws {
+                let exact = i128::from(raw) * m + o;
+                let want = nearest(exact, decimals);
+                let got = apply_scaling(TagValue::Int(raw), scale, offset);
+                assert_eq!(
+                    got,
+                    TagValue::Float(want),
+                    "{raw} * {scale} + {offset}: want {want}"
+                );
+                if raw as f64 * scale + offset != want {
+                    shorter += 1;
+                }
+            }
+        }
+        // The floating-point formula misses the nearest f64 often enough to
+        // matter (otherwise this test would show nothing).
+        assert!(
+            shorter > 100,
+            "only {shorter} values differ from raw * scale + offset"
+        );
+    }
+
+    #[test]
+    fn what_leaves_exact_integers_or_is_not_an_integer_is_scaled_in_floating_point() {
+        // u64 beyond 2^53 / 10: the scaled integer would not be exact.
+        let big = u64::MAX;
+        assert_eq!(
+            apply_scaling(TagValue::UInt(big), 0.1, 0.0),
+            TagValue::Float(big as f64 * 0.1)
+        );
+        // A float register keeps the floating-point formula.
+        assert_eq!(
+            apply_scaling(TagValue::Float(1.5), 0.1, 0.0),
+            TagValue::Float(1.5 * 0.1)
+        );
+        // A binary scale too.
+        assert_eq!(
+            apply_scaling(TagValue::Int(7), 1.0 / 3.0, 0.0),
+            TagValue::Float(7.0 * (1.0 / 3.0))
+        );
+        // A coil at scale 0.1 is an integer 0 or 1.
+        assert_eq!(
+            apply_scaling(TagValue::Bool(true), 0.1, 0.0),
+            TagValue::Float(0.1)
         );
     }
 }

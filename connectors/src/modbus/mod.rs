@@ -22,6 +22,9 @@ pub use config::{
     ModbusRtuMachineConfig, ModbusTagConfig, ModbusUnitConfig, Parity, RegisterKind,
     SerialLineSettings,
 };
-pub use decode::{apply_scaling, decode_bit, decode_registers, DecodeFailure};
+pub use decode::{
+    apply_scaling, apply_scaling_in, decode_bit, decode_registers, scaling_form, DecodeFailure,
+    ScalingForm,
+};
 pub use plan::{BlockRead, PlannedTag, ReadPlan};
 pub use source::{ModbusSource, ModbusTcpSource};

@@ -20,7 +20,9 @@ use crate::modbus::config::{
     rtu_over_tcp_problems, ByteOrder, DataType, ModbusMachineConfig, ModbusRtuMachineConfig,
     ModbusTagConfig, ModbusUnitConfig, RegisterKind,
 };
-use crate::modbus::decode::{apply_scaling, decode_bit, decode_registers};
+use crate::modbus::decode::{
+    apply_scaling_in, decode_bit, decode_registers, scaling_form, ScalingForm,
+};
 use crate::modbus::link::{Block, ModbusLink, Span, TcpLink};
 use crate::modbus::plan::{BlockRead, ReadPlan};
 use crate::poll_clock::PollClock;
@@ -58,15 +60,21 @@ pub struct ModbusSource {
 struct TagDecoding {
     data_type: DataType,
     byte_order: ByteOrder,
+    /// How `scale` and `offset` apply, worked out once.
+    scaling: ScalingForm,
     scale: f64,
     offset: f64,
 }
+
+// The per-tag figure above, kept.
+const _: () = assert!(std::mem::size_of::<TagDecoding>() == 24);
 
 impl TagDecoding {
     fn of(tag: &ModbusTagConfig) -> Self {
         Self {
             data_type: tag.data_type,
             byte_order: tag.byte_order,
+            scaling: scaling_form(tag.scale, tag.offset),
             scale: tag.scale,
             offset: tag.offset,
         }
@@ -394,7 +402,8 @@ impl ModbusSource {
             match raw {
                 Some(Ok(raw)) => {
                     if let Some(reading) = readings.get_mut(planned.tag_index) {
-                        reading.value = Some(apply_scaling(raw, tag.scale, tag.offset));
+                        reading.value =
+                            Some(apply_scaling_in(raw, tag.scale, tag.offset, tag.scaling));
                         reading.quality = Quality::Good;
                     }
                 }
