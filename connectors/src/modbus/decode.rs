@@ -67,9 +67,9 @@ pub fn decode_bit(bit: bool) -> TagValue {
 pub enum ScalingForm {
     /// `scale = 1`, `offset = 0`: the value as decoded, integers kept.
     Identity,
-    /// Both are decimals with at most this many digits after the point
-    /// (`0.1`, `0.001`, `273.15`): an integer value is scaled in integers
-    /// and divided by 10^n once.
+    /// Both are decimals with this many digits after the point, the fewest
+    /// that write both (`0.1` and `273.15`: 2): an integer value is scaled
+    /// in whole numbers and divided by 10^n once.
     Decimal(u8),
     /// Anything else (`1/3` written out, a scale beyond nine decimals):
     /// `raw * scale + offset` in floating point.
@@ -131,8 +131,8 @@ pub fn apply_scaling(value: TagValue, scale: f64, offset: f64) -> TagValue {
 /// The identity keeps integers and booleans as they are, so 64-bit counters
 /// stay exact; anything else gives a float. With a decimal scale and offset
 /// an integer value gives the f64 nearest to the exact result, the decimal
-/// a person would write: register 1234 at scale 0.1 is `123.4`, not
-/// `1234 * 0.1` = `123.40000000000001`; -40 at offset 273.15 is `233.15`,
+/// a person would write: register 3 at scale 0.1 is `0.3`, not
+/// `3 * 0.1` = `0.30000000000000004`; -40 at offset 273.15 is `233.15`,
 /// not `233.14999999999998`. Fewer digits to store, and the value an HMI
 /// shows is the one on the device's data sheet. Floats, and integers whose
 /// scaled form leaves f64's exact integers (|raw × scale × 10^n| ≥ 2^53),
@@ -405,9 +405,10 @@ mod tests {
 
     #[test]
     fn scale_or_offset_gives_a_float() {
+        // In floating point 3 * 0.1 is 0.30000000000000004.
         assert_eq!(
-            apply_scaling(TagValue::UInt(1234), 0.1, 0.0),
-            TagValue::Float(123.4)
+            apply_scaling(TagValue::UInt(3), 0.1, 0.0),
+            TagValue::Float(0.3)
         );
         assert_eq!(
             apply_scaling(TagValue::Int(-40), 1.0, 273.15),
