@@ -20,12 +20,32 @@ use tokio_util::sync::CancellationToken;
 pub struct CounterDevice {
     addr: SocketAddr,
     served: Arc<AtomicU32>,
+    /// See [`CounterService::alive`].
+    alive: Arc<AtomicU32>,
     cancel: CancellationToken,
 }
 
-#[derive(Clone)]
 struct CounterService {
     served: Arc<AtomicU32>,
+    /// Services alive: the server's template and one per open connection
+    /// (tokio-modbus drops a connection's service when it ends).
+    alive: Arc<AtomicU32>,
+}
+
+impl Clone for CounterService {
+    fn clone(&self) -> Self {
+        self.alive.fetch_add(1, Ordering::SeqCst);
+        Self {
+            served: self.served.clone(),
+            alive: self.alive.clone(),
+        }
+    }
+}
+
+impl Drop for CounterService {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Service for CounterService {
@@ -55,9 +75,11 @@ impl CounterDevice {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU32::new(0));
+        let alive = Arc::new(AtomicU32::new(1));
         let cancel = CancellationToken::new();
         let service = CounterService {
             served: served.clone(),
+            alive: alive.clone(),
         };
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -76,8 +98,18 @@ impl CounterDevice {
         Ok(Self {
             addr,
             served,
+            alive,
             cancel,
         })
+    }
+
+    /// Connections open now. A connection ends after the device has
+    /// answered every request that reached it before the peer went away
+    /// (TCP delivers them before the end), so once a killed client's
+    /// connection is gone, [`Self::served`] counts every scan it asked for.
+    pub fn connections(&self) -> u32 {
+        // The server keeps one service as the template for new connections.
+        self.alive.load(Ordering::SeqCst).saturating_sub(1)
     }
 
     pub fn addr(&self) -> SocketAddr {

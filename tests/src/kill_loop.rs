@@ -34,6 +34,8 @@ pub async fn stored_seqs(vm: &VictoriaMetrics, machine: &str) -> Result<(BTreeSe
 #[derive(Debug)]
 pub struct KillLoopReport {
     pub kills: usize,
+    /// The last scan the device had answered at each kill.
+    pub kill_points: Vec<u64>,
     /// Scans the device answered (each carries its own number).
     pub scans_served: u64,
     pub scans_stored: u64,
@@ -81,6 +83,15 @@ pub async fn kill_loop(kills: usize, life: Duration, window: u64) -> Result<Kill
             bail!("the gateway exited on its own:\n{}", gateway.log());
         }
         gateway.kill();
+        // A request the gateway sent just before it died may still wait
+        // in the device's socket, to be answered (and numbered) after the
+        // kill: the kill point is read once the device has seen the
+        // connection end, or that scan would count as lost elsewhere.
+        wait_for(
+            "the device to see the killed gateway's connection end",
+            || device.connections() == 0,
+        )
+        .await?;
         kill_points.push(u64::from(device.served()));
     }
 
@@ -112,6 +123,7 @@ pub async fn kill_loop(kills: usize, life: Duration, window: u64) -> Result<Kill
 
     let mut report = KillLoopReport {
         kills,
+        kill_points: kill_points.clone(),
         scans_served: served,
         scans_stored: seqs.len() as u64,
         lost_in_fsync_window: 0,
