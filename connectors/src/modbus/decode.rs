@@ -491,7 +491,7 @@ mod tests {
             state ^= state << 17;
             raws.push((state as i64) >> (32 + (state % 3) * 8));
         }
-        let mut shorter = 0;
+        let mut missed = 0;
         for (scale, offset, m, o, decimals) in cases {
             assert_eq!(
                 scaling_form(scale, offset),
@@ -507,15 +507,15 @@ mod tests {
                     "{raw} * {scale} + {offset}: want {want}"
                 );
                 if raw as f64 * scale + offset != want {
-                    shorter += 1;
+                    missed += 1;
                 }
             }
         }
         // The floating-point formula misses the nearest f64 often enough to
         // matter (otherwise this test would show nothing).
         assert!(
-            shorter > 100,
-            "only {shorter} values differ from raw * scale + offset"
+            missed > 100,
+            "only {missed} values differ from raw * scale + offset"
         );
     }
 
