@@ -20,7 +20,11 @@ over a window after a warm-up:
     over all reasons) and skipped (out of range), from its counters,
   - the devices' and victoria-metrics' CPU (they share the cores),
   - the gateway's context switches per second per thread name (JSON only:
-    each voluntary one is a thread that waited and was woken).
+    each voluntary one is a thread that waited and was woken),
+  - the part of its CPU spent in the kernel (system time: the Modbus and
+    HTTP traffic, wake-ups) and, for IronBridge, in the model's forwards
+    (ironbridge_inference_latency_seconds_sum): two costs no change to the
+    gateway's own code removes, printed per window after the table.
 JSON lines on stdout, then a table.
 
 Usage: scripts/bench_reference.py --rounds 2 --poll-ms 100,1 --seconds 20
@@ -218,7 +222,10 @@ class Contestant:
                     # runs beside it) took longer than its interval.
                     "polls_skipped": t.get("ironbridge_source_polls_skipped_total", 0),
                     # Model forwards (queued batches and inline runs alike).
-                    "forwards": t.get("ironbridge_inference_batches_total", 0)}
+                    "forwards": t.get("ironbridge_inference_batches_total", 0),
+                    # Their seconds (wall time of each forward on one
+                    # intra-op thread: its CPU unless it was preempted).
+                    "forward_seconds": t.get("ironbridge_inference_latency_seconds_sum", 0)}
         # The reference never refuses: it runs the model on every tick's scans.
         with open(self.stats_file) as f:
             before = json.load(f)["dumps"]
@@ -251,6 +258,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         k0 = c.counters()
         t0 = time.time()
         cpu0, dev0, vm0 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        sys0 = system_seconds(c.proc.pid)
         box0 = box_cpu_seconds()
         threads0 = thread_counters(c.proc.pid)
         if perf_data:
@@ -264,6 +272,7 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         time.sleep(args.seconds)
         t1 = time.time()
         cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
+        sys1 = system_seconds(c.proc.pid)
         box1 = box_cpu_seconds()
         threads1 = thread_counters(c.proc.pid)
         k1 = c.counters()
@@ -303,6 +312,10 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "polls_skipped": int(d["polls_skipped"]) if "polls_skipped" in d else None,
         "cpu_cores": round((cpu1 - cpu0) / window, 3),
         "cpu_us_per_value": round((cpu1 - cpu0) / max(values, 1) * 1e6, 2),
+        # Of that CPU: the kernel's part (system time), and the forwards'.
+        "kernel_us_per_value": round((sys1 - sys0) / max(values, 1) * 1e6, 2),
+        "forward_us_per_value": (round(d["forward_seconds"] / max(values, 1) * 1e6, 2)
+                                 if "forward_seconds" in d else None),
         "rss_mib": round(mem.get("VmRSS", 0) / 1024, 1),
         "peak_rss_mib": round(mem.get("VmHWM", 0) / 1024, 1),
         "rss_torch_libs_mib": round(split["torch_libs"] / 1024, 1),
@@ -320,6 +333,13 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         # Per thread name: ms of CPU a second, and the time slices it came in.
         "thread_cpu_ms_per_s": thread_cpu(threads0, threads1, window),
     }
+
+
+def system_seconds(pid):
+    """The process's CPU seconds in the kernel (stime, all threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / e2e.TICKS
 
 
 def thread_counters(pid):
@@ -536,6 +556,16 @@ def main():
                                        for a, b in zip(mine, theirs))
                     print(f"poll {poll_ms} ms: {ours} / {ref} CPU per value, per round: {pairs} "
                           f"(cores stolen from the box: {steal})")
+        # What stays whatever the gateway's own code does: the kernel's side
+        # of its traffic and wake-ups, and libtorch's forwards.
+        for r in results:
+            if r["forward_us_per_value"] is None:
+                continue
+            floor = r["kernel_us_per_value"] + r["forward_us_per_value"]
+            print(f"{r['gateway']} {r['poll_ms']} ms: {r['cpu_us_per_value']} µs a value, of "
+                  f"which kernel {r['kernel_us_per_value']} + forwards "
+                  f"{r['forward_us_per_value']} = {floor:.2f}; the rest "
+                  f"{r['cpu_us_per_value'] - floor:.2f}")
         if args.perf:
             print(f"\ntop symbols by self time ({args.perf}):")
             report = subprocess.run(
