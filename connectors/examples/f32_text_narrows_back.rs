@@ -17,9 +17,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The one positive finite f32 whose shortest text narrows back to its
-/// neighbour (its negative is the other).
-const NARROWS_TO_NEIGHBOUR: u32 = 0x15AE_43FD;
+// The one positive finite f32 whose shortest text narrows back to its
+// neighbour (its negative is the other): the sink's own constant, so that
+// this check and the sink cannot disagree.
+use ironbridge_connectors::influx::line_protocol::F32_TEXT_NARROWS_TO_NEIGHBOUR as NARROWS_TO_NEIGHBOUR;
 
 fn main() {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);

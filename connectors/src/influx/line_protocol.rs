@@ -526,7 +526,7 @@ fn write_shortest<F: ryu::Float>(f: F, out: &mut String) {
 /// The one positive finite f32 whose shortest text, read as f64 and
 /// narrowed, is its neighbour (its negative is the other): `7.038531e-26`.
 /// `examples/f32_text_narrows_back.rs` checks every f32 for this.
-const F32_TEXT_NARROWS_TO_NEIGHBOUR: u32 = 0x15AE_43FD;
+pub const F32_TEXT_NARROWS_TO_NEIGHBOUR: u32 = 0x15AE_43FD;
 
 /// An f32 in its own shortest form (`12.345` where the widened f64 takes
 /// `12.345000267028809`): the value as the device meant it, and about half
