@@ -23,8 +23,9 @@ over a window after a warm-up:
     each voluntary one is a thread that waited and was woken),
   - the part of its CPU spent in the kernel (system time: the Modbus and
     HTTP traffic, wake-ups) and, for IronBridge, in the model's forwards
-    (ironbridge_inference_latency_seconds_sum): two costs no change to the
-    gateway's own code removes, printed per window after the table.
+    (ironbridge_inference_latency_seconds_sum), printed per window after
+    the table: the rest is the gateway's own code. (Its choices move the
+    other two as well: how many forwards a tick, how many wake-ups.)
 JSON lines on stdout, then a table.
 
 Usage: scripts/bench_reference.py --rounds 2 --poll-ms 100,1 --seconds 20
@@ -556,8 +557,8 @@ def main():
                                        for a, b in zip(mine, theirs))
                     print(f"poll {poll_ms} ms: {ours} / {ref} CPU per value, per round: {pairs} "
                           f"(cores stolen from the box: {steal})")
-        # What stays whatever the gateway's own code does: the kernel's side
-        # of its traffic and wake-ups, and libtorch's forwards.
+        # The kernel's side of its traffic and wake-ups, libtorch's forwards,
+        # and what is left: the gateway's own code.
         for r in results:
             if r["forward_us_per_value"] is None:
                 continue
