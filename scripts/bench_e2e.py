@@ -121,9 +121,16 @@ def stop_processes(procs, timeout=20):
 
 
 def cpu_seconds(pid):
+    return cpu_and_system_seconds(pid)[0]
+
+
+def cpu_and_system_seconds(pid):
+    """The process's CPU seconds (user and system, all threads), and the
+    system part alone, from one read of /proc/PID/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    user, system = int(fields[11]), int(fields[12])
+    return (user + system) / TICKS, system / TICKS
 
 
 def memory_kib(pid):

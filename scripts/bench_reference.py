@@ -47,8 +47,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402
-from bench_e2e import (ROOT, count_samples, cpu_seconds, free_port, memory_kib,  # noqa: E402
-                       stop_processes)
+from bench_e2e import (ROOT, count_samples, cpu_and_system_seconds, cpu_seconds,  # noqa: E402
+                       free_port, memory_kib, stop_processes)
 
 # The issue's workload: f32 values per machine, one 124-register read.
 F32 = 62
@@ -258,8 +258,8 @@ def measure(kind, env, poll_ms, args, perf_data=None):
             raise SystemExit(f"{kind} exited during warm-up; see {c.tmp}")
         k0 = c.counters()
         t0 = time.time()
-        cpu0, dev0, vm0 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
-        sys0 = system_seconds(c.proc.pid)
+        cpu0, sys0 = cpu_and_system_seconds(c.proc.pid)
+        dev0, vm0 = (cpu_seconds(p) for p in (env["device_pid"], env["vm_pid"]))
         box0 = box_cpu_seconds()
         threads0 = thread_counters(c.proc.pid)
         if perf_data:
@@ -272,8 +272,8 @@ def measure(kind, env, poll_ms, args, perf_data=None):
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(args.seconds)
         t1 = time.time()
-        cpu1, dev1, vm1 = (cpu_seconds(p) for p in (c.proc.pid, env["device_pid"], env["vm_pid"]))
-        sys1 = system_seconds(c.proc.pid)
+        cpu1, sys1 = cpu_and_system_seconds(c.proc.pid)
+        dev1, vm1 = (cpu_seconds(p) for p in (env["device_pid"], env["vm_pid"]))
         box1 = box_cpu_seconds()
         threads1 = thread_counters(c.proc.pid)
         k1 = c.counters()
@@ -334,13 +334,6 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         # Per thread name: ms of CPU a second, and the time slices it came in.
         "thread_cpu_ms_per_s": thread_cpu(threads0, threads1, window),
     }
-
-
-def system_seconds(pid):
-    """The process's CPU seconds in the kernel (stime, all threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[12]) / e2e.TICKS
 
 
 def thread_counters(pid):

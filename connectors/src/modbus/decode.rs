@@ -102,21 +102,25 @@ pub fn scaling_form(scale: f64, offset: f64) -> ScalingForm {
         return ScalingForm::Identity;
     }
     (0..=MAX_DECIMALS)
-        .find(|&n| decimal_parts(scale, offset, n).is_some())
+        .find(|&n| both_decimal_at(scale, offset, n))
         .map_or(ScalingForm::Binary, ScalingForm::Decimal)
 }
 
-/// `scale` and `offset` as integers over 10^n, if both are the f64s
-/// nearest to such decimals (as `0.1` in a configuration file is to 1/10).
-fn decimal_parts(scale: f64, offset: f64, n: u8) -> Option<(i64, i64)> {
-    let power = *POWERS_OF_TEN.get(usize::from(n))?;
+/// Whether `scale` and `offset` are both the f64s nearest to integers over
+/// 10^n (as `0.1` in a configuration file is to 1/10). The integers
+/// themselves are worked out again per value (`apply_scaling_in`): keeping
+/// them would grow every tag's decoding.
+fn both_decimal_at(scale: f64, offset: f64, n: u8) -> bool {
+    let Some(&power) = POWERS_OF_TEN.get(usize::from(n)) else {
+        return false;
+    };
     let whole = |x: f64| {
         let m = (x * power).round();
         // Dividing back is correctly rounded, so this holds exactly when
         // `x` is the f64 nearest to m / 10^n.
-        (m.abs() < EXACT_INTEGERS as f64 && m / power == x).then_some(m as i64)
+        m.abs() < EXACT_INTEGERS as f64 && m / power == x
     };
-    Some((whole(scale)?, whole(offset)?))
+    whole(scale) && whole(offset)
 }
 
 /// Applies `raw * scale + offset`, as [`apply_scaling_in`] with the form
@@ -155,7 +159,7 @@ pub fn apply_scaling_in(value: TagValue, scale: f64, offset: f64, form: ScalingF
         integer,
         decimals.and_then(|n| POWERS_OF_TEN.get(usize::from(n))),
     ) {
-        // The form says both are whole at this power (`decimal_parts`).
+        // The form says both are whole at this power (`both_decimal_at`).
         // All in f64, without libm or 128-bit helpers: a few nanoseconds.
         let (m, o) = (nearest_whole(scale * power), nearest_whole(offset * power));
         let product = raw * m;
