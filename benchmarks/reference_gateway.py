@@ -26,6 +26,9 @@ reconnect with backoff, spool to disk, serve health or metrics. With
 server (anonymous, no security: a data engineer's first version); without
 it, it has no OPC UA server.
 
+With --read-only it only reads and decodes (tick style): no model, no
+points, no store; what the reads alone cost (scripts/bench_stages.py).
+
 A tick that runs late starts the next at once, without catching up (as
 IronBridge's polls slip). The counters go to --stats (JSON) once it is
 connected and about to poll, on SIGUSR1, and at the end (SIGTERM/SIGINT).
@@ -65,6 +68,8 @@ def parse_args():
     ap.add_argument("--flush-ms", type=int, default=1000)
     ap.add_argument("--style", choices=["tick", "per-machine"], default="tick")
     ap.add_argument("--opcua-port", type=int, help="also serve the values over OPC UA")
+    ap.add_argument("--read-only", action="store_true",
+                    help="read and decode each tick's scans, nothing more (tick style)")
     ap.add_argument("--stats", help="file the counters are written to on SIGUSR1 and at exit")
     return ap.parse_args()
 
@@ -209,7 +214,16 @@ async def main():
                 next_tick = time.monotonic()
                 await asyncio.sleep(0)  # let the other tasks and signals run
 
-    if args.style == "tick":
+    if args.read_only:
+        async def tick():
+            results = await asyncio.gather(*(scan(c) for c in clients))
+            for result in results:
+                if result is None:
+                    stats["read_errors"] += 1
+                else:
+                    stats["scans"] += 1
+        await every_poll(tick)
+    elif args.style == "tick":
         async def tick():
             results = await asyncio.gather(*(scan(c) for c in clients))
             await handle(list(zip(names, results)))

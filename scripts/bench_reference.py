@@ -79,13 +79,14 @@ def metric_totals(url):
 
 def gateway_config(tmp, vm, devices, names, poll_ms, buffer, ua_port, http_port, models,
                    f32_count, flush_ms=1000, extra="", model_settings=(), influx_settings=(),
-                   opcua_settings=()):
+                   opcua_settings=(), with_model=True, with_store=True):
     """Writes tmp/ironbridge.toml: the workload's machines (tags v00..,
     one block read) feeding the benchmark's model (none without machines),
     OPC UA on its loopback endpoint, [http], [influx] at `vm`; `extra` is
     TOML appended as is (more tables, more [[machines]]);
     `model_settings`, `influx_settings` and `opcua_settings` are
-    `key = value` lines added to the model's table, [influx] and [opcua]."""
+    `key = value` lines added to the model's table, [influx] and [opcua].
+    `with_model` / `with_store` false leave out [[models]] / [influx]."""
     tags = "".join(f"""
   [[machines.tags]]
   name = "v{k:02d}"
@@ -101,7 +102,9 @@ insecure_loopback_endpoint = true
 """ + "".join(f"{kv}\n" for kv in opcua_settings) + f"""
 [http]
 address = "127.0.0.1:{http_port}"
-
+"""]
+    if with_store:
+        parts.append(f"""
 [influx]
 url = "{vm}"
 bucket = "bench"
@@ -109,7 +112,7 @@ flush_interval_ms = {flush_ms}
 buffer = "{buffer}"
 {f'spool_dir = "{tmp}/spool"' if buffer == "disk" else ""}
 dead_letter_path = "{tmp}/dead-letter.lp"
-""" + "".join(f"{kv}\n" for kv in influx_settings)]
+""" + "".join(f"{kv}\n" for kv in influx_settings))
     for name, device in zip(names, devices):
         parts.append(f"""
 [[machines]]
@@ -118,7 +121,7 @@ protocol = "modbus-tcp"
 address = "{device}"
 poll_interval_ms = {poll_ms}
 {tags}""")
-    if names:
+    if names and with_model:
         parts.append(f"""
 [[models]]
 name = "{MODEL}"
