@@ -20,8 +20,9 @@
 //! Rows submitted together ([`InferenceHandle::submit_many`], at most
 //! `max_batch`) are a batch already: they run on the caller's thread as one
 //! forward under the same conditions, except that they need not be lone and
-//! the bound applies to the whole forward, estimated from the last one (in
-//! proportion to the rows when there are more). Their answers are there at
+//! the bound applies to the whole forward, estimated from the last timed
+//! forward of as many rows or more (in proportion to the rows from a
+//! smaller one when none was). Their answers are there at
 //! once, with no channel.
 //!
 //! A batch in one flat buffer ([`InferenceHandle::submit_batch`]) is one
@@ -554,8 +555,7 @@ impl From<TorchModel> for Backend {
             version: model.version().clone(),
             manifest: model.manifest().clone(),
             model: Mutex::new(model),
-            last_forward_ns: AtomicU64::new(0),
-            last_forward_rows: AtomicU64::new(1),
+            forward_times: ForwardTimes::default(),
             last_request_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         }))
@@ -578,15 +578,69 @@ struct InlineTorch {
     version: ModelVersion,
     manifest: ModelManifest,
     model: Mutex<TorchModel>,
-    /// The last forward's duration in ns; 0 until the worker ran one
+    /// How long its forwards took, by rows: empty until the worker ran one
     /// (TorchScript's first runs profile the graph and are slow).
-    last_forward_ns: AtomicU64,
-    /// The rows of that forward (read apart from it: a torn pair only
-    /// skews one estimate).
-    last_forward_rows: AtomicU64,
+    forward_times: ForwardTimes,
     /// When the newest request came, in ns since `epoch` (0: none yet).
     last_request_ns: AtomicU64,
     epoch: Instant,
+}
+
+/// Row-count buckets of [`ForwardTimes`]: 1, 2-3, 4-7, ... 64-127, 128 and more.
+const ROW_BUCKETS: usize = 8;
+
+/// The last forward's time in each bucket of row counts, to estimate the
+/// next forward's. One "last forward" for all sizes misjudged bursts of
+/// varying size: at 100 ms polls a cold 3-row forward of ~200 µs scaled
+/// to 10 rows passed [`INLINE_FORWARD_MAX`], so the burst was handed to
+/// the worker thread, though a 10-row forward took ~250 µs (BENCHMARKS.md
+/// §33). Each time and its rows are read apart: a torn pair only skews
+/// one estimate.
+#[derive(Default)]
+struct ForwardTimes {
+    /// ns of the bucket's last forward; 0: none yet.
+    ns: [AtomicU64; ROW_BUCKETS],
+    rows: [AtomicU64; ROW_BUCKETS],
+}
+
+impl ForwardTimes {
+    fn bucket(n_rows: u64) -> usize {
+        // 1 -> 0, 2-3 -> 1, 4-7 -> 2, ...
+        let log2 = n_rows.max(1).ilog2() as usize;
+        log2.min(ROW_BUCKETS - 1)
+    }
+
+    fn note(&self, took: Duration, n_rows: usize) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let rows = u64::try_from(n_rows).unwrap_or(u64::MAX).max(1);
+        let b = Self::bucket(rows);
+        self.rows[b].store(rows, Ordering::Relaxed);
+        self.ns[b].store(ns, Ordering::Relaxed);
+    }
+
+    /// What a forward of `n_rows` may take (an upper bound: a forward's
+    /// fixed cost does not grow with its rows): a timed forward of as many
+    /// rows or more, the nearest in size, took no less; from a smaller one
+    /// only, proportionally longer. 0: no forward timed yet.
+    fn estimate_ns(&self, n_rows: usize) -> u64 {
+        let n = u64::try_from(n_rows).unwrap_or(u64::MAX).max(1);
+        let timed = |b: usize| {
+            let ns = self.ns[b].load(Ordering::Relaxed);
+            (ns != 0).then(|| (ns, self.rows[b].load(Ordering::Relaxed).max(1)))
+        };
+        let own = Self::bucket(n);
+        // The nearest bucket of larger forwards first, then the smaller ones.
+        let larger = (own..ROW_BUCKETS)
+            .filter_map(timed)
+            .find(|&(_, rows)| rows >= n);
+        if let Some((ns, _)) = larger {
+            return ns;
+        }
+        match (0..=own).rev().filter_map(timed).next() {
+            Some((ns, rows)) => ns.saturating_mul(n) / rows,
+            None => 0,
+        }
+    }
 }
 
 impl InlineTorch {
@@ -599,25 +653,11 @@ impl InlineTorch {
     }
 
     fn note_forward(&self, took: Duration, n_rows: usize) {
-        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.last_forward_ns.store(ns, Ordering::Relaxed);
-        let rows = u64::try_from(n_rows).unwrap_or(u64::MAX).max(1);
-        self.last_forward_rows.store(rows, Ordering::Relaxed);
+        self.forward_times.note(took, n_rows);
     }
 
-    /// What a forward of `n_rows` may take, from the last one: no longer for
-    /// as many rows or fewer, proportionally longer for more (an upper
-    /// bound: a forward's fixed cost does not grow with its rows). 0: no
-    /// forward timed yet.
     fn forward_estimate_ns(&self, n_rows: usize) -> u64 {
-        let last = self.last_forward_ns.load(Ordering::Relaxed);
-        let last_rows = self.last_forward_rows.load(Ordering::Relaxed).max(1);
-        let n = u64::try_from(n_rows).unwrap_or(u64::MAX);
-        if n <= last_rows {
-            last
-        } else {
-            last.saturating_mul(n) / last_rows
-        }
+        self.forward_times.estimate_ns(n_rows)
     }
 
     /// Runs `n_rows` rows (`rows`, row after row) on the calling thread as
@@ -1866,11 +1906,34 @@ mod tests {
         assert_eq!(torch.forward_estimate_ns(4), 400_000);
         // Six rows would pass INLINE_FORWARD_MAX: they queue.
         assert!(torch.forward_estimate_ns(6) > INLINE_FORWARD_MAX.as_nanos() as u64);
-        // After a forward of 64 rows in 40 µs, fewer rows take no longer.
+        // After a forward of 64 rows in 40 µs, fewer rows take no longer
+        // (one row: as its own last forward, the nearest in size).
         torch.note_forward(Duration::from_micros(40), 64);
-        assert_eq!(torch.forward_estimate_ns(1), 40_000);
+        assert_eq!(torch.forward_estimate_ns(1), 100_000);
+        assert_eq!(torch.forward_estimate_ns(4), 40_000);
         assert_eq!(torch.forward_estimate_ns(64), 40_000);
         assert_eq!(torch.forward_estimate_ns(128), 80_000);
+    }
+
+    #[test]
+    fn a_burst_is_estimated_from_the_nearest_timed_forward_of_its_size_or_more() {
+        let Backend::Torch(torch) = Backend::from(tiny_model()) else {
+            unreachable!("a TorchModel makes a Torch backend")
+        };
+        // Cold forwards at slow polls: 10 rows in 250 µs, then 3 in 220.
+        torch.note_forward(Duration::from_micros(250), 10);
+        torch.note_forward(Duration::from_micros(220), 3);
+        // The next 10 rows are judged by the 10-row forward, not by the
+        // 3-row one scaled (733 µs): they run inline.
+        assert_eq!(torch.forward_estimate_ns(10), 250_000);
+        assert!(torch.forward_estimate_ns(10) <= INLINE_FORWARD_MAX.as_nanos() as u64);
+        assert_eq!(torch.forward_estimate_ns(9), 250_000);
+        assert_eq!(torch.forward_estimate_ns(3), 220_000);
+        // Two rows: the 3-row forward is the nearest of as many or more.
+        assert_eq!(torch.forward_estimate_ns(2), 220_000);
+        // More than any timed forward: scaled from the nearest smaller one.
+        assert_eq!(torch.forward_estimate_ns(16), 400_000);
+        assert_eq!(torch.forward_estimate_ns(12), 300_000);
     }
 
     #[tokio::test]
