@@ -14,6 +14,8 @@ gateways that do less and less, alternating in rounds, one at a time:
   python                     benchmarks/reference_gateway.py (tick style)
   python-read                the same script with --read-only: its reads
                              and decoding only
+  ironbridge-baseline        the full gateway from --baseline BINARY (another
+                             build, for a before/after; not by default)
 
 For each window it prints the process's CPU (all threads, from
 /proc/PID/task/*/schedstat: nanoseconds, not clock ticks) per second and
@@ -44,7 +46,7 @@ import bench_reference as ref  # noqa: E402
 from bench_e2e import ROOT, free_port, stop_processes  # noqa: E402
 
 STAGES = ("ironbridge", "ironbridge-no-model", "ironbridge-no-model-no-store",
-          "tokio-modbus-read", "python", "python-read")
+          "tokio-modbus-read", "python", "python-read", "ironbridge-baseline")
 
 
 def cpu_ns(pid):
@@ -63,7 +65,9 @@ def start(stage, env, args, tmp):
                                     with_model="no-model" not in stage,
                                     with_store="no-store" not in stage)
         log = f"{tmp}/gateway.log"
-        proc = subprocess.Popen([f"{ROOT}/target/release/ironbridge", "run", "--config", config],
+        binary = (args.baseline if stage == "ironbridge-baseline"
+                  else f"{ROOT}/target/release/ironbridge")
+        proc = subprocess.Popen([binary, "run", "--config", config],
                                 stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                                 env={**os.environ, "RUST_LOG": "warn"})
         ref.wait_port(ua, proc=proc, log=log)
@@ -159,12 +163,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--warmup", type=float, default=5)
-    ap.add_argument("--stages", default=",".join(STAGES),
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help="the gateway binary the stage ironbridge-baseline runs")
+    ap.add_argument("--stages", default=",".join(STAGES[:-1]),
                     help=f"comma-separated, run in this order each round: {', '.join(STAGES)}")
     args = ap.parse_args()
     stages = args.stages.split(",")
     if not set(stages) <= set(STAGES):
         ap.error(f"--stages: choose from {', '.join(STAGES)}")
+    if "ironbridge-baseline" in stages and not args.baseline:
+        ap.error("the stage ironbridge-baseline needs --baseline BINARY")
     tmp = tempfile.mkdtemp(prefix="ironbridge-bench-stages-")
     procs, results = [], []
     try:
