@@ -153,6 +153,64 @@ def start_register_banks(machines, f32_count):
     return device, ready.split()[2:]
 
 
+def start_workload(tmp, machines, f32_count, procs):
+    """What every contestant works against: victoria-metrics (the store),
+    the devices and the benchmark's model in `tmp`. The processes are
+    appended to `procs` as they start; returns the workload's `env`."""
+    vm_port = free_port()
+    vm_proc = subprocess.Popen(
+        ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{vm_port}",
+         f"-storageDataPath={tmp}/vm", "-retentionPeriod=100y"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(vm_proc)
+    wait_port(vm_port)
+    device, devices = start_register_banks(machines, f32_count)
+    procs.append(device)
+    models = os.path.join(tmp, "models")
+    subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
+                    "--out", models], check=True, stdout=subprocess.DEVNULL)
+    return {"tmp": tmp, "vm": f"http://127.0.0.1:{vm_port}", "vm_pid": vm_proc.pid,
+            "device_pid": device.pid, "devices": devices, "models": models,
+            "names": [f"machine-{i:03d}" for i in range(machines)]}
+
+
+def start_reference(env, poll_ms, f32_count, stats_file, log, extra=()):
+    """The reference Python gateway against `env`'s workload, once it is
+    connected and about to poll (its first stats file says so); `extra`
+    are more of its arguments."""
+    cmd = [f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/reference_gateway.py",
+           "--devices", ",".join(env["devices"]), "--names", ",".join(env["names"]),
+           "--poll-ms", str(poll_ms), "--f32", str(f32_count),
+           "--model", f"{env['models']}/{MODEL}/1.0.0",
+           "--influx-url", env["vm"], "--bucket", "bench", "--stats", stats_file, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    # Before its first stats file, SIGUSR1 would kill it. It connects to
+    # its machines one after the other.
+    deadline = time.time() + 60 + 0.2 * len(env["devices"])
+    while not os.path.exists(stats_file):
+        if proc.poll() is not None or time.time() > deadline:
+            stop_processes([proc])
+            raise SystemExit(f"the reference gateway did not start; see {log}")
+        time.sleep(0.05)
+    return proc
+
+
+def reference_stats(proc, stats_file):
+    """The reference's counters now: it writes them on SIGUSR1."""
+    with open(stats_file) as f:
+        before = json.load(f)["dumps"]
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.time() + 10
+    while True:
+        with open(stats_file) as f:
+            s = json.load(f)
+        if s["dumps"] != before:
+            return s
+        if time.time() > deadline:
+            raise SystemExit("the reference gateway did not answer SIGUSR1")
+        time.sleep(0.01)
+
+
 class Contestant:
     """One gateway process, started for one window."""
 
@@ -191,27 +249,17 @@ class Contestant:
             wait_port(int(self.http.rsplit(":", 1)[1]), proc=self.proc, log=log)
         else:
             self.stats_file = os.path.join(self.tmp, "stats.json")
-            cmd = [f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/reference_gateway.py",
-                   "--devices", ",".join(env["devices"]), "--names", ",".join(env["names"]),
-                   "--poll-ms", str(self.poll_ms), "--f32", str(self.args.tags),
-                   "--model", f"{env['models']}/{MODEL}/1.0.0",
-                   "--influx-url", env["vm"], "--bucket", "bench", "--stats", self.stats_file]
+            extra = []
             if self.kind == "python-per-machine":
-                cmd += ["--style", "per-machine"]
+                extra += ["--style", "per-machine"]
             if self.kind == "python-opcua":
                 ua_port = free_port()
-                cmd += ["--opcua-port", str(ua_port)]
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                         stderr=open(f"{self.tmp}/reference.log", "w"))
+                extra += ["--opcua-port", str(ua_port)]
+            log = f"{self.tmp}/reference.log"
+            self.proc = start_reference(env, self.poll_ms, self.args.tags, self.stats_file,
+                                        log, extra)
             if self.kind == "python-opcua":
-                wait_port(ua_port, proc=self.proc, log=f"{self.tmp}/reference.log")
-            # Its first stats file says it is connected; before, SIGUSR1 would kill it.
-            # It connects to its machines one after the other.
-            deadline = time.time() + 60 + 0.2 * len(env["devices"])
-            while not os.path.exists(self.stats_file):
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"{self.kind} did not start; see {self.tmp}/reference.log")
-                time.sleep(0.05)
+                wait_port(ua_port, proc=self.proc, log=log)
 
     def counters(self):
         """predictions made, refused, skipped (cumulative)."""
@@ -231,18 +279,7 @@ class Contestant:
                     # intra-op thread: its CPU unless it was preempted).
                     "forward_seconds": t.get("ironbridge_inference_latency_seconds_sum", 0)}
         # The reference never refuses: it runs the model on every tick's scans.
-        with open(self.stats_file) as f:
-            before = json.load(f)["dumps"]
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.time() + 10
-        while True:
-            with open(self.stats_file) as f:
-                s = json.load(f)
-            if s["dumps"] != before:
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"{self.kind} did not answer SIGUSR1")
-            time.sleep(0.01)
+        s = reference_stats(self.proc, self.stats_file)
         return {"predictions": s["predictions"], "refused": 0, "skipped": 0,
                 "failed": 0, "points_dropped": 0, "read_errors": s["read_errors"]}
 
@@ -508,22 +545,7 @@ def main():
     procs = []
     results = []
     try:
-        vm_port = free_port()
-        vm = f"http://127.0.0.1:{vm_port}"
-        vm_proc = subprocess.Popen(
-            ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{vm_port}",
-             f"-storageDataPath={tmp}/vm", "-retentionPeriod=100y"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(vm_proc)
-        wait_port(vm_port)
-        device, devices = start_register_banks(args.machines, args.tags)
-        procs.append(device)
-        models = os.path.join(tmp, "models")
-        subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
-                        "--out", models], check=True, stdout=subprocess.DEVNULL)
-        env = {"tmp": tmp, "vm": vm, "vm_pid": vm_proc.pid, "device_pid": device.pid,
-               "devices": devices, "models": models,
-               "names": [f"machine-{i:03d}" for i in range(args.machines)]}
+        env = start_workload(tmp, args.machines, args.tags, procs)
         for poll_ms in [int(p) for p in args.poll_ms.split(",")]:
             for _ in range(args.rounds):
                 for kind in kinds:

@@ -9,7 +9,7 @@ gateways that do less and less, alternating in rounds, one at a time:
                              its OPC UA server only
   tokio-modbus-read          connectors/examples/bare_modbus_poll.rs: one
                              tokio worker, tokio-modbus clients reading and
-                             decoding the same blocks on one time grid,
+                             decoding the same blocks every poll,
                              nothing else: the floor under a Rust gateway
   python                     benchmarks/reference_gateway.py (tick style)
   python-read                the same script with --read-only: its reads
@@ -34,7 +34,6 @@ Usage: scripts/bench-stages.sh --rounds 3 --seconds 20 [--poll-ms 1]
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -77,22 +76,9 @@ def start(stage, env, args, tmp):
         proc = subprocess.Popen([f"{ROOT}/target/release/examples/bare_modbus_poll",
                                  str(poll_ms), str(args.tags), *devices])
         return proc, None
-    stats = os.path.join(tmp, "stats.json")
-    cmd = [f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/reference_gateway.py",
-           "--devices", ",".join(devices), "--names", ",".join(names),
-           "--poll-ms", str(poll_ms), "--f32", str(args.tags),
-           "--model", f"{env['models']}/{ref.MODEL}/1.0.0",
-           "--influx-url", env["vm"], "--bucket", "bench", "--stats", stats]
-    if stage == "python-read":
-        cmd.append("--read-only")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                            stderr=open(f"{tmp}/reference.log", "w"))
-    deadline = time.time() + 60
-    while not os.path.exists(stats):
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"{stage} did not start; see {tmp}/reference.log")
-        time.sleep(0.05)
-    return proc, None
+    return ref.start_reference(env, poll_ms, args.tags, os.path.join(tmp, "stats.json"),
+                               f"{tmp}/reference.log",
+                               ["--read-only"] if stage == "python-read" else []), None
 
 
 def gateway_counters(metrics):
@@ -104,21 +90,6 @@ def gateway_counters(metrics):
             t.get("ironbridge_inference_latency_seconds_sum", 0))
 
 
-def python_scans(proc, stats):
-    """The reference's scans so far: it writes its counters on SIGUSR1."""
-    with open(stats) as f:
-        before = json.load(f)["dumps"]
-    proc.send_signal(signal.SIGUSR1)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        with open(stats) as f:
-            s = json.load(f)
-        if s["dumps"] != before:
-            return s["scans"]
-        time.sleep(0.01)
-    raise SystemExit("the reference gateway did not answer SIGUSR1")
-
-
 def measure(stage, env, args):
     tmp = tempfile.mkdtemp(prefix=f"stage-{stage}-", dir=env["tmp"])
     proc, metrics = start(stage, env, args, tmp)
@@ -128,12 +99,12 @@ def measure(stage, env, args):
         if proc.poll() is not None:
             raise SystemExit(f"{stage} exited during warm-up; see {tmp}")
         k0 = gateway_counters(metrics) if metrics else None
-        p0 = python_scans(proc, stats) if stats else None
+        p0 = ref.reference_stats(proc, stats)["scans"] if stats else None
         n0, t0 = cpu_ns(proc.pid), time.time()
         time.sleep(args.seconds)
         n1, t1 = cpu_ns(proc.pid), time.time()
         k1 = gateway_counters(metrics) if metrics else None
-        p1 = python_scans(proc, stats) if stats else None
+        p1 = ref.reference_stats(proc, stats)["scans"] if stats else None
     finally:
         stop_processes([proc], timeout=30)
     window = t1 - t0
@@ -176,20 +147,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="ironbridge-bench-stages-")
     procs, results = [], []
     try:
-        vm_port = free_port()
-        vm = f"http://127.0.0.1:{vm_port}"
-        procs.append(subprocess.Popen(
-            ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{vm_port}",
-             f"-storageDataPath={tmp}/vm"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ref.wait_port(vm_port)
-        device, devices = ref.start_register_banks(args.machines, args.tags)
-        procs.append(device)
-        models = os.path.join(tmp, "models")
-        subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
-                        "--out", models], check=True, stdout=subprocess.DEVNULL)
-        env = {"tmp": tmp, "vm": vm, "devices": devices, "models": models,
-               "names": [f"machine-{i:03d}" for i in range(args.machines)]}
+        env = ref.start_workload(tmp, args.machines, args.tags, procs)
         for _ in range(args.rounds):
             for stage in stages:
                 r = measure(stage, env, args)

@@ -168,19 +168,8 @@ def print_malloc_info(arenas, mmap):
 def run(args, tags, tmp):
     procs = []
     try:
-        vm_port = free_port()
-        vm = f"http://127.0.0.1:{vm_port}"
-        procs.append(subprocess.Popen(
-            ["victoria-metrics", f"-httpListenAddr=127.0.0.1:{vm_port}",
-             f"-storageDataPath={tmp}/vm"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        br.wait_port(vm_port)
-        device, devices = br.start_register_banks(args.machines, tags)
-        procs.append(device)
-        models = os.path.join(tmp, "models")
-        subprocess.run([f"{ROOT}/.venv/bin/python", f"{ROOT}/benchmarks/make_model.py",
-                        "--out", models], check=True, stdout=subprocess.DEVNULL)
-        names = [f"machine-{i:03d}" for i in range(args.machines)]
+        env = br.start_workload(tmp, args.machines, tags, procs)
+        vm, devices, names, models = env["vm"], env["devices"], env["names"], env["models"]
         ua, http = free_port(), free_port()
         config = br.gateway_config(tmp, vm, devices, names, 100, "memory", ua, http, models, tags)
         recording = os.path.join(tmp, "gateway")

@@ -618,10 +618,11 @@ impl ForwardTimes {
         self.ns[b].store(ns, Ordering::Relaxed);
     }
 
-    /// What a forward of `n_rows` may take (an upper bound: a forward's
-    /// fixed cost does not grow with its rows): a timed forward of as many
-    /// rows or more, the nearest in size, took no less; from a smaller one
-    /// only, proportionally longer. 0: no forward timed yet.
+    /// What a forward of `n_rows` may take: as long as the nearest timed
+    /// forward of as many rows or more (fewer rows take no longer), or,
+    /// when only smaller ones were timed, the nearest of them scaled by the
+    /// rows (an upper bound: a forward's fixed cost does not grow with its
+    /// rows). 0: no forward timed yet.
     fn estimate_ns(&self, n_rows: usize) -> u64 {
         let n = u64::try_from(n_rows).unwrap_or(u64::MAX).max(1);
         let timed = |b: usize| {
