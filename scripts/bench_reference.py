@@ -196,7 +196,8 @@ def start_reference(env, poll_ms, f32_count, stats_file, log, extra=()):
 
 
 def reference_stats(proc, stats_file):
-    """The reference's counters now: it writes them on SIGUSR1."""
+    """The counters of the reference (or of bench_stages.py's bare reads)
+    now: it writes them on SIGUSR1, with `dumps` counting its writes."""
     with open(stats_file) as f:
         before = json.load(f)["dumps"]
     proc.send_signal(signal.SIGUSR1)
@@ -207,7 +208,7 @@ def reference_stats(proc, stats_file):
         if s["dumps"] != before:
             return s
         if time.time() > deadline:
-            raise SystemExit("the reference gateway did not answer SIGUSR1")
+            raise SystemExit(f"{proc.args[0]} did not answer SIGUSR1")
         time.sleep(0.01)
 
 

@@ -23,8 +23,8 @@ per value asked (machines x tags / poll interval). That compares the
 stages only where each takes every poll asked, as at 100 ms (values
 stored are bench_reference.py's business: there every value asked is
 stored, BENCHMARKS.md §32). Saturated, compare per value taken: the
-gateway's and the reference's scans are counted (its /metrics, its
-SIGUSR1 stats); the bare reads' are not. For the gateway also the polls
+gateway's scans are counted from its /metrics, the reference's and the
+bare reads' from what they write on SIGUSR1. For the gateway also the polls
 it passed over and (with the model) its forwards a second and their time
 per value asked.
 
@@ -73,8 +73,16 @@ def start(stage, env, args, tmp):
         ref.wait_port(http, proc=proc, log=log)
         return proc, f"http://127.0.0.1:{http}"
     if stage == "tokio-modbus-read":
+        stats = os.path.join(tmp, "stats.json")
         proc = subprocess.Popen([f"{ROOT}/target/release/examples/bare_modbus_poll",
-                                 str(poll_ms), str(args.tags), *devices])
+                                 str(poll_ms), str(args.tags), stats, *devices])
+        # Its first stats file says it listens for SIGUSR1.
+        deadline = time.time() + 10
+        while not os.path.exists(stats):
+            if proc.poll() is not None or time.time() > deadline:
+                stop_processes([proc])
+                raise SystemExit("bare_modbus_poll did not start")
+            time.sleep(0.05)
         return proc, None
     return ref.start_reference(env, poll_ms, args.tags, os.path.join(tmp, "stats.json"),
                                f"{tmp}/reference.log",
@@ -93,7 +101,9 @@ def gateway_counters(metrics):
 def measure(stage, env, args):
     tmp = tempfile.mkdtemp(prefix=f"stage-{stage}-", dir=env["tmp"])
     proc, metrics = start(stage, env, args, tmp)
-    stats = os.path.join(tmp, "stats.json") if stage.startswith("python") else None
+    # The reference and the bare reads write their scans on SIGUSR1.
+    stats = (os.path.join(tmp, "stats.json")
+             if stage.startswith("python") or stage == "tokio-modbus-read" else None)
     try:
         time.sleep(args.warmup)
         if proc.poll() is not None:
@@ -113,7 +123,7 @@ def measure(stage, env, args):
          "tags_per_machine": args.tags, "window_s": round(window, 1),
          "cpu_ms_per_s": round((n1 - n0) / 1e6 / window, 3),
          "cpu_us_per_value_asked": round((n1 - n0) / 1e3 / window / asked, 3)}
-    # Scans taken, where the stage counts them (the bare reads do not).
+    # Scans taken.
     scans = (k1[0] - k0[0] if k0 else p1 - p0 if stats else None)
     if scans is not None:
         r["scans_per_s"] = round(scans / window, 1)
