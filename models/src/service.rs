@@ -653,14 +653,6 @@ impl InlineTorch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn note_forward(&self, took: Duration, n_rows: usize) {
-        self.forward_times.note(took, n_rows);
-    }
-
-    fn forward_estimate_ns(&self, n_rows: usize) -> u64 {
-        self.forward_times.estimate_ns(n_rows)
-    }
-
     /// Runs `n_rows` rows (`rows`, row after row) on the calling thread as
     /// one forward if that is quicker than the queue (see the module docs);
     /// `None`: queue them. A single row must be lone; several rows handed
@@ -681,7 +673,7 @@ impl InlineTorch {
         let previous = self.last_request_ns.swap(now, Ordering::Relaxed);
         let lone = previous == 0 || now - previous >= LONE_ROW_GAP.as_nanos() as u64;
         // A burst must fit the bound as a whole, not just its first row.
-        let forward = self.forward_estimate_ns(n_rows);
+        let forward = self.forward_times.estimate_ns(n_rows);
         let known_fast = forward != 0 && forward <= INLINE_FORWARD_MAX.as_nanos() as u64;
         if !(queue_empty && known_fast && (lone || n_rows > 1)) {
             return None;
@@ -691,7 +683,7 @@ impl InlineTorch {
         let result = model.forward(rows, n_rows);
         let took = started.elapsed();
         drop(model);
-        self.note_forward(took, n_rows);
+        self.forward_times.note(took, n_rows);
         Some((result, took))
     }
 }
@@ -1492,7 +1484,7 @@ impl Worker {
         let (result, attempted) = match &mut self.backend {
             Backend::Torch(torch) => {
                 let result = torch.lock().forward(rows, n_rows);
-                torch.note_forward(started.elapsed(), n_rows);
+                torch.forward_times.note(started.elapsed(), n_rows);
                 (result, true)
             }
             Backend::Remote(remote) => match remote.forward(&self.clock, rows, n_rows) {
@@ -1897,44 +1889,40 @@ mod tests {
 
     #[test]
     fn a_bursts_forward_is_estimated_in_proportion_to_its_rows() {
-        let Backend::Torch(torch) = Backend::from(tiny_model()) else {
-            unreachable!("a TorchModel makes a Torch backend")
-        };
-        assert_eq!(torch.forward_estimate_ns(1), 0, "no forward timed yet");
-        torch.note_forward(Duration::from_micros(100), 1);
-        assert_eq!(torch.forward_estimate_ns(1), 100_000);
+        let times = ForwardTimes::default();
+        assert_eq!(times.estimate_ns(1), 0, "no forward timed yet");
+        times.note(Duration::from_micros(100), 1);
+        assert_eq!(times.estimate_ns(1), 100_000);
         // Four rows after a one-row forward of 100 µs: up to 400 µs.
-        assert_eq!(torch.forward_estimate_ns(4), 400_000);
+        assert_eq!(times.estimate_ns(4), 400_000);
         // Six rows would pass INLINE_FORWARD_MAX: they queue.
-        assert!(torch.forward_estimate_ns(6) > INLINE_FORWARD_MAX.as_nanos() as u64);
+        assert!(times.estimate_ns(6) > INLINE_FORWARD_MAX.as_nanos() as u64);
         // After a forward of 64 rows in 40 µs, fewer rows take no longer
         // (one row: as its own last forward, the nearest in size).
-        torch.note_forward(Duration::from_micros(40), 64);
-        assert_eq!(torch.forward_estimate_ns(1), 100_000);
-        assert_eq!(torch.forward_estimate_ns(4), 40_000);
-        assert_eq!(torch.forward_estimate_ns(64), 40_000);
-        assert_eq!(torch.forward_estimate_ns(128), 80_000);
+        times.note(Duration::from_micros(40), 64);
+        assert_eq!(times.estimate_ns(1), 100_000);
+        assert_eq!(times.estimate_ns(4), 40_000);
+        assert_eq!(times.estimate_ns(64), 40_000);
+        assert_eq!(times.estimate_ns(128), 80_000);
     }
 
     #[test]
     fn a_burst_is_estimated_from_the_nearest_timed_forward_of_its_size_or_more() {
-        let Backend::Torch(torch) = Backend::from(tiny_model()) else {
-            unreachable!("a TorchModel makes a Torch backend")
-        };
+        let times = ForwardTimes::default();
         // Cold forwards at slow polls: 10 rows in 250 µs, then 3 in 220.
-        torch.note_forward(Duration::from_micros(250), 10);
-        torch.note_forward(Duration::from_micros(220), 3);
+        times.note(Duration::from_micros(250), 10);
+        times.note(Duration::from_micros(220), 3);
         // The next 10 rows are judged by the 10-row forward, not by the
         // 3-row one scaled (733 µs): they run inline.
-        assert_eq!(torch.forward_estimate_ns(10), 250_000);
-        assert!(torch.forward_estimate_ns(10) <= INLINE_FORWARD_MAX.as_nanos() as u64);
-        assert_eq!(torch.forward_estimate_ns(9), 250_000);
-        assert_eq!(torch.forward_estimate_ns(3), 220_000);
+        assert_eq!(times.estimate_ns(10), 250_000);
+        assert!(times.estimate_ns(10) <= INLINE_FORWARD_MAX.as_nanos() as u64);
+        assert_eq!(times.estimate_ns(9), 250_000);
+        assert_eq!(times.estimate_ns(3), 220_000);
         // Two rows: the 3-row forward is the nearest of as many or more.
-        assert_eq!(torch.forward_estimate_ns(2), 220_000);
+        assert_eq!(times.estimate_ns(2), 220_000);
         // More than any timed forward: scaled from the nearest smaller one.
-        assert_eq!(torch.forward_estimate_ns(16), 400_000);
-        assert_eq!(torch.forward_estimate_ns(12), 300_000);
+        assert_eq!(times.estimate_ns(16), 400_000);
+        assert_eq!(times.estimate_ns(12), 300_000);
     }
 
     #[tokio::test]
