@@ -8,14 +8,16 @@
 //!
 //! A lone row of a fast in-process model skips the queue (unless a batching
 //! window `max_wait` is set): when the previous request came at least
-//! [`LONE_ROW_GAP`] before, nothing is queued, the inference thread is idle
-//! and the model's last forward took at most [`INLINE_FORWARD_MAX`], the
-//! caller runs the forward itself. Such a row would run alone on the
-//! inference thread anyway, and the two thread hand-offs (there and back)
-//! cost more than a small model's forward (BENCHMARKS.md §1). Rows closer
-//! together queue, so they can share a forward: on issue 10's workload,
-//! running every row inline at 10,000 rows/s cost more CPU per value than
-//! batching them (BENCHMARKS.md §12).
+//! [`LONE_ROW_GAP`] before, or the caller (every caller) has taken the
+//! answers to all earlier requests, and nothing is queued, the inference
+//! thread is idle and the model's last forward took at most
+//! [`INLINE_FORWARD_MAX`], the caller runs the forward itself. Such a row
+//! would run alone on the inference thread anyway, and the two thread
+//! hand-offs (there and back) cost more than a small model's forward
+//! (BENCHMARKS.md §1, §34). Rows submitted closer together while earlier
+//! answers are still held queue, so they can share a forward: on issue
+//! 10's workload, running every row inline at 10,000 rows/s cost more CPU
+//! per value than batching them (BENCHMARKS.md §12).
 //!
 //! Rows submitted together ([`InferenceHandle::submit_many`], at most
 //! `max_batch`) are a batch already: they run on the caller's thread as one
@@ -35,7 +37,7 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -655,13 +657,15 @@ impl InlineTorch {
 
     /// Runs `n_rows` rows (`rows`, row after row) on the calling thread as
     /// one forward if that is quicker than the queue (see the module docs);
-    /// `None`: queue them. A single row must be lone; several rows handed
+    /// `None`: queue them. A single row must be lone, or come when every
+    /// earlier answer has been taken (`answers_taken`); several rows handed
     /// over together are a batch already.
     fn run_inline(
         &self,
         rows: &[f32],
         n_rows: usize,
         queue_empty: bool,
+        answers_taken: bool,
         intra_op_threads: i32,
     ) -> Option<(Result<Vec<f32>, ModelError>, Duration)> {
         // One clock read: the request's time is also the forward's start.
@@ -675,7 +679,7 @@ impl InlineTorch {
         // A burst must fit the bound as a whole, not just its first row.
         let forward = self.forward_times.estimate_ns(n_rows);
         let known_fast = forward != 0 && forward <= INLINE_FORWARD_MAX.as_nanos() as u64;
-        if !(queue_empty && known_fast && (lone || n_rows > 1)) {
+        if !(queue_empty && known_fast && (lone || answers_taken || n_rows > 1)) {
             return None;
         }
         let model = self.model.try_lock().ok()?;
@@ -764,6 +768,7 @@ fn spawn_with_start_gate(
             .rate_limit_per_s
             .map(|per_s| RateLimiter::direct(Quota::per_second(per_s))),
         state: AtomicU8::new(ModelState::Loading.to_u8()),
+        answers_untaken: AtomicUsize::new(0),
     });
     // A batching window asks for batches over latency: no row skips it.
     let inline = match &backend {
@@ -826,6 +831,9 @@ struct Shared {
     stats: InferenceStats,
     limiter: Option<DefaultDirectRateLimiter>,
     state: AtomicU8,
+    /// Requests whose [`PendingPrediction`] is still held: their caller has
+    /// not taken the answer yet (see [`UntakenAnswer`]).
+    answers_untaken: AtomicUsize,
     /// Only for a version served by a remote engine.
     remote: Option<RemoteStatus>,
     /// The local version a remote one falls back to, if configured.
@@ -1075,7 +1083,16 @@ impl InferenceHandle {
         // Before the worker serves (its start gate), everything queues.
         let serving = self.shared.state() == ModelState::Serving;
         let queue_empty = serving && self.queue_depth() == 0;
-        let (result, took) = torch.run_inline(rows, n_rows, queue_empty, self.inline_threads)?;
+        // A caller that took every answer before asking again has nothing
+        // in flight for this row to join.
+        let answers_taken = self.shared.answers_untaken.load(Ordering::Relaxed) == 0;
+        let (result, took) = torch.run_inline(
+            rows,
+            n_rows,
+            queue_empty,
+            answers_taken,
+            self.inline_threads,
+        )?;
         let c = &*self.shared.stats.counters;
         c.latency.observe(took.as_secs_f64());
         c.batch_sizes.observe(n_rows as f64);
@@ -1097,7 +1114,7 @@ impl InferenceHandle {
     fn ready(&self, answer: Result<Answer, ModelError>) -> PendingPrediction {
         PendingPrediction {
             answer: AnswerSlot::Ready(Some(answer)),
-            shared: Arc::clone(&self.shared),
+            untaken: UntakenAnswer::new(&self.shared),
         }
     }
 
@@ -1112,7 +1129,7 @@ impl InferenceHandle {
         }) {
             Ok(()) => Ok(PendingPrediction {
                 answer: AnswerSlot::Waiting(answer),
-                shared: Arc::clone(&self.shared),
+                untaken: UntakenAnswer::new(&self.shared),
             }),
             Err(TrySendError::Full(_)) => {
                 c.rejected_queue_full.add(n_rows as u64);
@@ -1248,7 +1265,24 @@ impl Answer {
 /// row after row. Await it (or call [`Self::wait`]).
 pub struct PendingPrediction {
     answer: AnswerSlot,
-    shared: Arc<Shared>,
+    untaken: UntakenAnswer,
+}
+
+/// Counts its request's answer as not yet taken (`answers_untaken`) from
+/// the request until its [`PendingPrediction`] is dropped.
+struct UntakenAnswer(Arc<Shared>);
+
+impl UntakenAnswer {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.answers_untaken.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for UntakenAnswer {
+    fn drop(&mut self) {
+        self.0.answers_untaken.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A row run on the caller's thread has its answer at once: no channel.
@@ -1261,7 +1295,7 @@ enum AnswerSlot {
 impl fmt::Debug for PendingPrediction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingPrediction")
-            .field("model", &self.shared.version.name)
+            .field("model", &self.untaken.0.version.name)
             .finish_non_exhaustive()
     }
 }
@@ -1271,7 +1305,7 @@ impl PendingPrediction {
     /// whatever has been swapped in since; a remote version's fallback may
     /// answer for it, which [`Self::wait_versioned`] tells).
     pub fn version(&self) -> &ModelVersion {
-        &self.shared.version
+        &self.untaken.0.version
     }
 
     /// The output row (one value per model output, in manifest order; for
@@ -1293,12 +1327,12 @@ impl PendingPrediction {
             // The worker dropped the reply without answering: it died.
             None => {
                 return Err(ModelError::ServiceStopped {
-                    model: self.shared.version.name.clone(),
+                    model: self.untaken.0.version.name.clone(),
                 })
             }
         };
         let by = if answer.by_fallback {
-            self.shared.fallback_version.clone()
+            self.untaken.0.fallback_version.clone()
         } else {
             None
         };
@@ -1315,7 +1349,7 @@ impl PendingPrediction {
             Some(answer) => answer.map(|answer| answer.values),
             // The worker dropped the reply without answering: it died.
             None => Err(ModelError::ServiceStopped {
-                model: self.shared.version.name.clone(),
+                model: self.untaken.0.version.name.clone(),
             }),
         }
     }
@@ -1336,7 +1370,7 @@ impl Future for PendingPrediction {
             Some(answer) => answer.map(|a| a.values),
             // The worker dropped the reply without answering: it died.
             None => Err(ModelError::ServiceStopped {
-                model: self.shared.version.name.clone(),
+                model: self.untaken.0.version.name.clone(),
             }),
         })
     }
@@ -1841,6 +1875,34 @@ mod tests {
             // a row after the pause is lone again.
             assert!(inline < 9, "{after:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_row_after_every_answer_was_taken_runs_on_the_callers_thread() {
+        let handle = InferenceService::spawn(tiny_model(), InferenceOptions::default()).unwrap();
+        // Until a forward was timed short, nothing runs inline (see above).
+        let mut tries = 0;
+        while handle.stats().snapshot().inline_inferences == 0 {
+            tries += 1;
+            assert!(tries < 100, "no lone row ran on the caller's thread");
+            std::thread::sleep(LONE_ROW_GAP * 2);
+            handle.submit(vec![1.0, 0.0, 0.0]).unwrap().await.unwrap();
+        }
+        // Rows back to back, each submitted once the answer before it was
+        // taken: nothing is in flight for them to join, so they need not
+        // be lone to run on this thread.
+        let before = handle.stats().snapshot();
+        for i in 0..20 {
+            let x = i as f32;
+            let answer = handle.submit(vec![x, 0.0, 0.0]).unwrap().await.unwrap();
+            assert_eq!(answer, vec![x + 0.5, -x - 1.0]);
+        }
+        let after = handle.stats().snapshot();
+        assert_eq!(after.inferences - before.inferences, 20);
+        let inline = after.inline_inferences - before.inline_inferences;
+        // A forward timed over INLINE_FORWARD_MAX on a loaded machine sends
+        // the next row to the worker; most rows still run here.
+        assert!(inline >= 10, "{inline} of 20 rows ran inline: {after:?}");
     }
 
     #[tokio::test]
