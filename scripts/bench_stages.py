@@ -17,6 +17,10 @@ gateways that do less and less, alternating in rounds, one at a time:
   ironbridge-baseline        the full gateway from --baseline BINARY (another
                              build, for a before/after; not by default)
 
+--binary BINARY replaces the release build in the other ironbridge stages;
+either may be a script that prepares the box and then `exec`s the gateway
+(its process is the one measured).
+
 For each window it prints the process's CPU (all threads, from
 /proc/PID/task/*/schedstat: nanoseconds, not clock ticks) per second and
 per value asked (machines x tags / poll interval). That compares the
@@ -64,8 +68,7 @@ def start(stage, env, args, tmp):
                                     with_model="no-model" not in stage,
                                     with_store="no-store" not in stage)
         log = f"{tmp}/gateway.log"
-        binary = (args.baseline if stage == "ironbridge-baseline"
-                  else f"{ROOT}/target/release/ironbridge")
+        binary = args.baseline if stage == "ironbridge-baseline" else args.binary
         proc = subprocess.Popen([binary, "run", "--config", config],
                                 stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                                 env={**os.environ, "RUST_LOG": "warn"})
@@ -144,6 +147,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--binary", metavar="BINARY", default=f"{ROOT}/target/release/ironbridge",
+                    help="the gateway binary the stages ironbridge, ironbridge-no-model and "
+                         "ironbridge-no-model-no-store run (default: the release build)")
     ap.add_argument("--baseline", metavar="BINARY",
                     help="the gateway binary the stage ironbridge-baseline runs")
     ap.add_argument("--stages", default=",".join(STAGES[:-1]),
