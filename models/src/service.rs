@@ -8,10 +8,10 @@
 //!
 //! A lone row of a fast in-process model skips the queue (unless a batching
 //! window `max_wait` is set): when the previous request came at least
-//! [`LONE_ROW_GAP`] before, or the caller (every caller) has taken the
-//! answers to all earlier requests, and nothing is queued, the inference
-//! thread is idle and the model's last forward took at most
-//! [`INLINE_FORWARD_MAX`], the caller runs the forward itself. Such a row
+//! [`LONE_ROW_GAP`] before or every earlier request's answer has been
+//! taken (whoever made it), and nothing is queued, the inference thread is
+//! idle and the model's last forward took at most [`INLINE_FORWARD_MAX`],
+//! the caller runs the forward itself. Such a row
 //! would run alone on the inference thread anyway, and the two thread
 //! hand-offs (there and back) cost more than a small model's forward
 //! (BENCHMARKS.md §1, §34). Rows submitted closer together while earlier
