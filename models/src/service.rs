@@ -11,13 +11,13 @@
 //! [`LONE_ROW_GAP`] before or every earlier request's answer has been
 //! taken (whoever made it), and nothing is queued, the inference thread is
 //! idle and the model's last forward took at most [`INLINE_FORWARD_MAX`],
-//! the caller runs the forward itself. Such a row
-//! would run alone on the inference thread anyway, and the two thread
-//! hand-offs (there and back) cost more than a small model's forward
-//! (BENCHMARKS.md §1, §34). Rows submitted closer together while earlier
-//! answers are still held queue, so they can share a forward: on issue
-//! 10's workload, running every row inline at 10,000 rows/s cost more CPU
-//! per value than batching them (BENCHMARKS.md §12).
+//! the caller runs the forward itself. Such a row would run alone on the
+//! inference thread anyway, and the two thread hand-offs (there and back)
+//! cost more than a small model's forward (BENCHMARKS.md §1, §34). Rows
+//! submitted closer together while earlier answers are still held queue,
+//! so they can share a forward: on issue 10's workload, running every row
+//! inline at 10,000 rows/s cost more CPU per value than batching them
+//! (BENCHMARKS.md §12).
 //!
 //! Rows submitted together ([`InferenceHandle::submit_many`], at most
 //! `max_batch`) are a batch already: they run on the caller's thread as one
