@@ -184,15 +184,21 @@ def start_reference(env, poll_ms, f32_count, stats_file, log, extra=()):
            "--model", f"{env['models']}/{MODEL}/1.0.0",
            "--influx-url", env["vm"], "--bucket", "bench", "--stats", stats_file, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    # Before its first stats file, SIGUSR1 would kill it. It connects to
-    # its machines one after the other.
-    deadline = time.time() + 60 + 0.2 * len(env["devices"])
+    # It connects to its machines one after the other.
+    wait_for_stats(proc, stats_file, 60 + 0.2 * len(env["devices"]),
+                   f"the reference gateway did not start; see {log}")
+    return proc
+
+
+def wait_for_stats(proc, stats_file, seconds, failure):
+    """Until `proc` wrote its first stats file: before, SIGUSR1 would kill
+    it. Stops it and exits with `failure` if it dies or `seconds` pass."""
+    deadline = time.time() + seconds
     while not os.path.exists(stats_file):
         if proc.poll() is not None or time.time() > deadline:
             stop_processes([proc])
-            raise SystemExit(f"the reference gateway did not start; see {log}")
+            raise SystemExit(failure)
         time.sleep(0.05)
-    return proc
 
 
 def reference_stats(proc, stats_file):

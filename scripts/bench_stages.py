@@ -58,8 +58,9 @@ def cpu_ns(pid):
 
 
 def start(stage, env, args, tmp):
-    """The process of one stage, started and ready to poll, and its
-    /metrics address (the gateway's) or None."""
+    """The process of one stage, started and ready to poll; its /metrics
+    address (the gateway's) or None; the file it writes its scans to on
+    SIGUSR1 (the reference's and the bare reads') or None."""
     devices, names, poll_ms = env["devices"], env["names"], args.poll_ms
     if stage.startswith("ironbridge"):
         http, ua = free_port(), free_port()
@@ -74,22 +75,15 @@ def start(stage, env, args, tmp):
                                 env={**os.environ, "RUST_LOG": "warn"})
         ref.wait_port(ua, proc=proc, log=log)
         ref.wait_port(http, proc=proc, log=log)
-        return proc, f"http://127.0.0.1:{http}"
+        return proc, f"http://127.0.0.1:{http}", None
+    stats = os.path.join(tmp, "stats.json")
     if stage == "tokio-modbus-read":
-        stats = os.path.join(tmp, "stats.json")
         proc = subprocess.Popen([f"{ROOT}/target/release/examples/bare_modbus_poll",
                                  str(poll_ms), str(args.tags), stats, *devices])
-        # Its first stats file says it listens for SIGUSR1.
-        deadline = time.time() + 10
-        while not os.path.exists(stats):
-            if proc.poll() is not None or time.time() > deadline:
-                stop_processes([proc])
-                raise SystemExit("bare_modbus_poll did not start")
-            time.sleep(0.05)
-        return proc, None
-    return ref.start_reference(env, poll_ms, args.tags, os.path.join(tmp, "stats.json"),
-                               f"{tmp}/reference.log",
-                               ["--read-only"] if stage == "python-read" else []), None
+        ref.wait_for_stats(proc, stats, 10, "bare_modbus_poll did not start")
+        return proc, None, stats
+    return ref.start_reference(env, poll_ms, args.tags, stats, f"{tmp}/reference.log",
+                               ["--read-only"] if stage == "python-read" else []), None, stats
 
 
 def gateway_counters(metrics):
@@ -103,10 +97,7 @@ def gateway_counters(metrics):
 
 def measure(stage, env, args):
     tmp = tempfile.mkdtemp(prefix=f"stage-{stage}-", dir=env["tmp"])
-    proc, metrics = start(stage, env, args, tmp)
-    # The reference and the bare reads write their scans on SIGUSR1.
-    stats = (os.path.join(tmp, "stats.json")
-             if stage.startswith("python") or stage == "tokio-modbus-read" else None)
+    proc, metrics, stats = start(stage, env, args, tmp)
     try:
         time.sleep(args.warmup)
         if proc.poll() is not None:
