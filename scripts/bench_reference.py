@@ -8,7 +8,11 @@ read as one 124-register block per scan; an 8 -> 32 -> 1 TorchScript model
 (benchmarks/make_model.py, made into a temp folder) fed by every scan from
 each machine's first 8 values; a local victoria-metrics as the InfluxDB-API
 store. IronBridge also serves OPC UA (its [opcua] server is on, no client);
-the reference does only with `python-opcua` among --contestants.
+the reference does only with `python-opcua` among --contestants. The
+contestant `node-red` is Node-RED with its modbus and influxdb nodes
+(benchmarks/node-red/flow.py: the same reads and `process` points, no
+model, no OPC UA), as in the issue's first table; it is installed on first
+use (benchmarks/setup-node-red.sh).
 
 The contestants run one at a time, alternating (A, B, A, B ... for
 --rounds rounds), at each --poll-ms (1 = saturated). For each it measures,
@@ -49,6 +53,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_e2e as e2e  # noqa: E402
 from bench_e2e import (ROOT, count_samples, cpu_and_system_seconds, cpu_seconds,  # noqa: E402
                        free_port, memory_kib, stop_processes)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks", "node-red"))
+import flow as node_red_flow  # noqa: E402
+
+NODE_RED = os.path.join(ROOT, "benchmarks", "node-red", "node_modules", "node-red", "red.js")
 
 # The issue's workload: f32 values per machine, one 124-register read.
 F32 = 62
@@ -56,8 +64,10 @@ MODEL = "bench-mlp"
 # python: the reference's `tick` style; python-per-machine: its other style;
 # python-opcua: `tick` with its asyncua server.
 # ironbridge-disk: IronBridge with buffer = "disk" whatever --buffer says.
+# node-red: Node-RED's modbus and influxdb nodes, no model
+# (benchmarks/node-red/flow.py).
 CONTESTANTS = ("ironbridge", "ironbridge-disk", "ironbridge-baseline", "python",
-               "python-per-machine", "python-opcua")
+               "python-per-machine", "python-opcua", "node-red")
 
 
 def wait_port(port, timeout=60, proc=None, log=None):
@@ -254,6 +264,18 @@ class Contestant:
             log = f"{self.tmp}/gateway.log"
             wait_port(ua_port, proc=self.proc, log=log)
             wait_port(int(self.http.rsplit(":", 1)[1]), proc=self.proc, log=log)
+        elif self.kind == "node-red":
+            port = free_port()
+            settings = node_red_flow.write(
+                f"{self.tmp}/node-red", env["devices"], env["names"], self.poll_ms,
+                self.args.tags, env["vm"], "bench", port)
+            log = f"{self.tmp}/node-red.log"
+            self.proc = subprocess.Popen(
+                ["node", NODE_RED, "--settings", settings],
+                stdout=open(log, "w"), stderr=subprocess.STDOUT)
+            # The editor listens once the flow is started; its Modbus
+            # clients connect during the warm-up.
+            wait_port(port, proc=self.proc, log=log)
         else:
             self.stats_file = os.path.join(self.tmp, "stats.json")
             extra = []
@@ -269,7 +291,11 @@ class Contestant:
                 wait_port(ua_port, proc=self.proc, log=log)
 
     def counters(self):
-        """predictions made, refused, skipped (cumulative)."""
+        """predictions made, refused, skipped (cumulative); what a
+        contestant cannot tell is left out."""
+        if self.kind == "node-red":
+            # No model; its read errors and lost writes only go to its log.
+            return {"predictions": 0, "refused": 0, "skipped": 0, "failed": 0}
         if self.kind.startswith("ironbridge"):
             t = metric_totals(f"{self.http}/metrics")
             return {"predictions": t.get("ironbridge_predictions_total", 0),
@@ -355,8 +381,8 @@ def measure(kind, env, poll_ms, args, perf_data=None):
         "predictions_refused": int(d["refused"]),
         "predictions_skipped": int(d["skipped"]),
         "inference_failed": int(d["failed"]),
-        "points_dropped": int(d["points_dropped"]),
-        "read_errors": int(d.get("read_errors", 0)),
+        "points_dropped": int(d["points_dropped"]) if "points_dropped" in d else None,
+        "read_errors": int(d["read_errors"]) if "read_errors" in d else None,
         "polls_skipped": int(d["polls_skipped"]) if "polls_skipped" in d else None,
         "cpu_cores": round((cpu1 - cpu0) / window, 3),
         "cpu_us_per_value": round((cpu1 - cpu0) / max(values, 1) * 1e6, 2),
@@ -548,6 +574,10 @@ def main():
     if not 8 <= args.tags <= 4096:
         ap.error("--tags: 8 to 4096 (the model reads each machine's first 8)")
 
+    if "node-red" in kinds:
+        # Node-RED and its nodes, pinned; returns at once when installed.
+        subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "setup-node-red.sh")], check=True)
+
     tmp = tempfile.mkdtemp(prefix="ironbridge-bench-ref-")
     procs = []
     results = []
@@ -568,7 +598,7 @@ def main():
         for poll_ms in sorted({r["poll_ms"] for r in results}, reverse=True):
             for ours in [k for k in kinds if k.startswith("ironbridge")]:
                 mine = [r for r in results if r["poll_ms"] == poll_ms and r["gateway"] == ours]
-                refs = [k for k in kinds if k.startswith("python")]
+                refs = [k for k in kinds if k.startswith("python") or k == "node-red"]
                 if ours == "ironbridge" and "ironbridge-baseline" in kinds:
                     refs.append("ironbridge-baseline")
                 for ref in refs:
