@@ -14,8 +14,9 @@ with SIGKILL, so that what heaptrack reports as leaked is the heap that was
 live at that moment; it is printed by owner: libtorch, async-opcua's core
 namespace (ns=0, loaded at start), then by the innermost frame of ours or
 async-opcua's. Given two --tags values it also prints the difference per
-extra tag; and, for each run, the live heap at its highest after half of
---seconds (start-up left out), by owner: what a tick's buffers add.
+extra tag (given two --machines values instead, per extra machine); and,
+for each run, the live heap at its highest after half of --seconds
+(start-up left out), by owner: what a tick's buffers add.
 heaptrack is Debian's `heaptrack` package (and `zstd` to read its
 recording).
 
@@ -24,7 +25,7 @@ gateway, what each malloc arena holds: its size, how much of it is free
 (kept by the allocator, not in use) and in which chunk sizes, and the
 blocks mapped on their own.
 
-Usage: scripts/memory_split.py [--machines 10] [--tags 62 --tags 1000]
+Usage: scripts/memory_split.py [--machines 10 [--machines 210]] [--tags 62 [--tags 1000]]
        [--seconds 20] [--heaptrack [--keep DIR]] [--malloc-info] [--binary PATH]
 Needs the release binaries (scripts/bench-reference.sh builds them) and
 `source scripts/env.sh`.
@@ -165,10 +166,10 @@ def print_malloc_info(arenas, mmap):
     print(f"| mmapped blocks | {mmap[1] / 2**20:.1f} ({mmap[0]}) | | |")
 
 
-def run(args, tags, tmp):
+def run(args, machines, tags, tmp):
     procs = []
     try:
-        env = br.start_workload(tmp, args.machines, tags, procs)
+        env = br.start_workload(tmp, machines, tags, procs)
         vm, devices, names, models = env["vm"], env["devices"], env["names"], env["models"]
         ua, http = free_port(), free_port()
         config = br.gateway_config(tmp, vm, devices, names, 100, "memory", ua, http, models, tags)
@@ -196,7 +197,7 @@ def run(args, tags, tmp):
         gateway.wait(120)
         live = live_heap_by_owner(recording + ".zst", tmp)
         peak, total = steady_peak_by_owner(recording + ".zst", args.seconds / 2)
-        print(f"\n{args.machines} machines x {tags} tags: the live heap at its highest after "
+        print(f"\n{machines} machines x {tags} tags: the live heap at its highest after "
               f"{args.seconds / 2:.0f} s, {total / 1e6:.1f} MB, the largest owners:")
         print("| owner | MB |\n|---|---:|")
         for who, n in peak.most_common(12):
@@ -208,7 +209,8 @@ def run(args, tags, tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--machines", type=int, default=10)
+    ap.add_argument("--machines", type=int, action="append",
+                    help="machines; repeat for a difference per machine (default 10)")
     ap.add_argument("--tags", type=int, action="append",
                     help="f32 tags per machine; repeat for a difference per tag (default 62)")
     ap.add_argument("--seconds", type=float, default=20)
@@ -217,12 +219,15 @@ def main():
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the gateway under heaptrack and print its live heap by owner")
     ap.add_argument("--keep", metavar="DIR",
-                    help="copy heaptrack's recordings here (gateway-<tags>.zst) for heaptrack_gui "
+                    help="copy heaptrack's recordings here (gateway-<machines>x<tags>.zst) for heaptrack_gui "
                          "or heaptrack_print, instead of deleting them")
     ap.add_argument("--malloc-info", action="store_true",
                     help="print what each glibc malloc arena holds and keeps free (needs gdb)")
     args = ap.parse_args()
     tags = args.tags or [br.F32]
+    machines = args.machines or [10]
+    if len(tags) > 1 and len(machines) > 1:
+        ap.error("repeat --tags or --machines, not both")
     if args.keep and not args.heaptrack:
         ap.error("--keep keeps heaptrack's recordings: it needs --heaptrack")
     if args.heaptrack and not (shutil.which("heaptrack") and shutil.which("zstd")):
@@ -230,11 +235,11 @@ def main():
     if args.malloc_info and not shutil.which("gdb"):
         raise SystemExit("gdb is missing (Debian: apt-get install gdb)")
     results = []
-    for t in tags:
+    for m, t in [(m, t) for m in machines for t in tags]:
         tmp = tempfile.mkdtemp(prefix="ironbridge-memory-")
-        split, heap = run(args, t, tmp)
-        results.append((t, split, heap))
-        print(f"\n{args.machines} machines x {t} tags{' (under heaptrack)' if heap else ''}:")
+        split, heap = run(args, m, t, tmp)
+        results.append((m * t, split, heap))
+        print(f"\n{m} machines x {t} tags{' (under heaptrack)' if heap else ''}:")
         print("| resident | MiB |\n|---|---:|")
         for kind, kib in split.most_common():
             print(f"| {kind} | {kib / 1024:.1f} |")
@@ -250,19 +255,25 @@ def main():
         recording = os.path.join(tmp, "gateway.zst")
         if args.keep and os.path.exists(recording):
             os.makedirs(args.keep, exist_ok=True)
-            shutil.copy(recording, os.path.join(args.keep, f"gateway-{t}.zst"))
+            shutil.copy(recording, os.path.join(args.keep, f"gateway-{m}x{t}.zst"))
         shutil.rmtree(tmp, ignore_errors=True)
     if len(results) >= 2:
-        (t0, s0, h0), (t1, s1, h1) = results[0], results[-1]
-        extra = args.machines * (t1 - t0)
+        (n0, s0, h0), (n1, s1, h1) = results[0], results[-1]
+        # Per extra machine (with its tags), or per extra tag of a machine.
+        if len(machines) > 1:
+            extra = machines[-1] - machines[0]
+            what = f"machine ({machines[0]} -> {machines[-1]} machines of {tags[0]} tags)"
+        else:
+            extra = n1 - n0
+            what = f"tag ({tags[0]} -> {tags[-1]} tags a machine, {machines[0]} machines)"
         if extra:
-            print(f"\nper extra tag ({t0} -> {t1} tags a machine):")
+            print(f"\nper extra {what}:")
             if not (h0 and h1):
                 # Under heaptrack the resident set has heaptrack's own in it.
                 print(f"resident set: {(sum(s1.values()) - sum(s0.values())) * 1024 / extra:,.0f} bytes")
             if h0 and h1:
                 print(f"live heap: {(sum(h1.values()) - sum(h0.values())) / extra:,.0f} bytes, of which")
-                print("| owner | bytes per tag |\n|---|---:|")
+                print(f"| owner | bytes per {what.split()[0]} |\n|---|---:|")
                 delta = collections.Counter({k: h1[k] - h0[k] for k in set(h0) | set(h1)})
                 for owner, n in delta.most_common(12):
                     print(f"| `{owner}` | {n / extra:,.0f} |")
