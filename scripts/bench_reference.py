@@ -11,8 +11,9 @@ store. IronBridge also serves OPC UA (its [opcua] server is on, no client);
 the reference does only with `python-opcua` among --contestants. The
 contestant `node-red` is Node-RED with its modbus and influxdb nodes
 (benchmarks/node-red/flow.py: the same reads and `process` points, no
-model, no OPC UA), as in the issue's first table; it is installed on first
-use (benchmarks/setup-node-red.sh).
+model, no OPC UA, a write a scan), as in the issue's first table, and
+`node-red-batched` the same writing 100 scans at a time; they are
+installed on first use (benchmarks/setup-node-red.sh).
 
 The contestants run one at a time, alternating (A, B, A, B ... for
 --rounds rounds), at each --poll-ms (1 = saturated). For each it measures,
@@ -64,10 +65,12 @@ MODEL = "bench-mlp"
 # python: the reference's `tick` style; python-per-machine: its other style;
 # python-opcua: `tick` with its asyncua server.
 # ironbridge-disk: IronBridge with buffer = "disk" whatever --buffer says.
-# node-red: Node-RED's modbus and influxdb nodes, no model
-# (benchmarks/node-red/flow.py).
+# node-red: Node-RED's modbus and influxdb nodes, no model, a write a scan
+# (benchmarks/node-red/flow.py); node-red-batched: the same with a join node
+# before the store, a write per NODE_RED_BATCH scans (or a second's).
 CONTESTANTS = ("ironbridge", "ironbridge-disk", "ironbridge-baseline", "python",
-               "python-per-machine", "python-opcua", "node-red")
+               "python-per-machine", "python-opcua", "node-red", "node-red-batched")
+NODE_RED_BATCH = 100
 
 
 def wait_port(port, timeout=60, proc=None, log=None):
@@ -264,11 +267,12 @@ class Contestant:
             log = f"{self.tmp}/gateway.log"
             wait_port(ua_port, proc=self.proc, log=log)
             wait_port(int(self.http.rsplit(":", 1)[1]), proc=self.proc, log=log)
-        elif self.kind == "node-red":
+        elif self.kind.startswith("node-red"):
             port = free_port()
             settings = node_red_flow.write(
                 f"{self.tmp}/node-red", env["devices"], env["names"], self.poll_ms,
-                self.args.tags, env["vm"], "bench", port)
+                self.args.tags, env["vm"], "bench", port,
+                batch=NODE_RED_BATCH if self.kind == "node-red-batched" else None)
             log = f"{self.tmp}/node-red.log"
             self.proc = subprocess.Popen(
                 ["node", NODE_RED, "--settings", settings],
@@ -293,7 +297,7 @@ class Contestant:
     def counters(self):
         """predictions made, refused, skipped (cumulative); what a
         contestant cannot tell is left out."""
-        if self.kind == "node-red":
+        if self.kind.startswith("node-red"):
             # No model; its read errors and lost writes only go to its log.
             return {"predictions": 0, "refused": 0, "skipped": 0, "failed": 0}
         if self.kind.startswith("ironbridge"):
@@ -574,7 +578,7 @@ def main():
     if not 8 <= args.tags <= 4096:
         ap.error("--tags: 8 to 4096 (the model reads each machine's first 8)")
 
-    if "node-red" in kinds:
+    if any(k.startswith("node-red") for k in kinds):
         # Node-RED and its nodes, pinned; returns at once when installed.
         subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "setup-node-red.sh")], check=True)
 
@@ -598,7 +602,7 @@ def main():
         for poll_ms in sorted({r["poll_ms"] for r in results}, reverse=True):
             for ours in [k for k in kinds if k.startswith("ironbridge")]:
                 mine = [r for r in results if r["poll_ms"] == poll_ms and r["gateway"] == ours]
-                refs = [k for k in kinds if k.startswith("python") or k == "node-red"]
+                refs = [k for k in kinds if k.startswith(("python", "node-red"))]
                 if ours == "ironbridge" and "ironbridge-baseline" in kinds:
                     refs.append("ironbridge-baseline")
                 for ref in refs:

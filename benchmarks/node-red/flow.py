@@ -14,11 +14,15 @@ writes measurement `process`, precision ms, to the store. That node sends
 every message as its own write (it flushes its write API per message): the
 straightforward flow has no batching node before it.
 
+With --batch N the function node's points go through a `join` node
+instead (N messages, or what came in a second) to an `influxdb batch`
+node: one write per N scans, what an engineer who knows the store adds.
+
 What it does not do, beside the other contestants: no model, no
 predictions, no OPC UA server, no spool.
 
 Usage: flow.py --devices H:P,... --names A,... --poll-ms 100 --f32 62
-       --influx-url URL --bucket B --out DIR
+       --influx-url URL --bucket B --out DIR [--batch N]
 writes DIR/flows.json, DIR/flows_cred.json and DIR/settings.js; then
 `node benchmarks/node-red/node_modules/node-red/red.js --settings
 DIR/settings.js` runs it (benchmarks/setup-node-red.sh installs Node-RED).
@@ -44,9 +48,18 @@ msg.payload = [fields, { machine: msg.topic }];
 return msg;
 """
 
+# The same, as one point of an `influxdb batch` node's array.
+DECODE_POINT = DECODE.replace(
+    """fields.time = Date.now();
+msg.payload = [fields, { machine: msg.topic }];""",
+    """msg.payload = {
+    measurement: "process", fields: fields, tags: { machine: msg.topic }, timestamp: Date.now(),
+};""")
 
-def flow(devices, names, poll_ms, f32, influx_url, bucket):
-    """The flow's nodes (Node-RED's flows.json) and their credentials."""
+
+def flow(devices, names, poll_ms, f32, influx_url, bucket, batch=None):
+    """The flow's nodes (Node-RED's flows.json) and their credentials;
+    `batch`: scans a write (None: one, through `influxdb out`)."""
     tab = "bench-tab"
     nodes = [{"id": tab, "type": "tab", "label": "IronBridge benchmark", "disabled": False}]
     influx = "bench-influx"
@@ -56,16 +69,31 @@ def flow(devices, names, poll_ms, f32, influx_url, bucket):
         "tls": "", "influxdbVersion": "2.0", "url": influx_url, "timeout": "10",
         "rejectUnauthorized": False,
     })
-    decode, write = "bench-decode", "bench-write"
+    decode, join, write = "bench-decode", "bench-join", "bench-write"
     nodes.append({"id": decode, "type": "function", "z": tab, "name": "f32 fields",
-                  "func": DECODE, "outputs": 1, "timeout": 0, "noerr": 0,
-                  "initialize": "", "finalize": "", "libs": [], "x": 400, "y": 100,
-                  "wires": [[write]]})
-    nodes.append({"id": write, "type": "influxdb out", "z": tab, "influxdb": influx,
-                  "name": "process", "measurement": "process", "precision": "",
-                  "retentionPolicy": "", "database": "", "precisionV18FluxV20": "ms",
-                  "retentionPolicyV18Flux": "", "org": "", "bucket": bucket,
-                  "x": 600, "y": 100, "wires": []})
+                  "func": DECODE_POINT if batch else DECODE, "outputs": 1, "timeout": 0,
+                  "noerr": 0, "initialize": "", "finalize": "", "libs": [], "x": 400,
+                  "y": 100, "wires": [[join if batch else write]]})
+    if batch:
+        nodes.append({"id": join, "type": "join", "z": tab, "name": f"{batch} scans",
+                      "mode": "custom", "build": "array", "property": "payload",
+                      "propertyType": "msg", "key": "topic", "joiner": "\\n",
+                      "joinerType": "str", "useparts": False, "accumulate": False,
+                      "timeout": "1", "count": str(batch), "reduce": False,
+                      "reduceRight": False, "reduceExp": "", "reduceInit": "",
+                      "reduceInitType": "", "reduceFixup": "", "x": 500, "y": 100,
+                      "wires": [[write]]})
+        nodes.append({"id": write, "type": "influxdb batch", "z": tab, "influxdb": influx,
+                      "name": "process", "precision": "", "retentionPolicy": "",
+                      "database": "", "precisionV18FluxV20": "ms",
+                      "retentionPolicyV18Flux": "", "org": "", "bucket": bucket,
+                      "x": 650, "y": 100, "wires": []})
+    else:
+        nodes.append({"id": write, "type": "influxdb out", "z": tab, "influxdb": influx,
+                      "name": "process", "measurement": "process", "precision": "",
+                      "retentionPolicy": "", "database": "", "precisionV18FluxV20": "ms",
+                      "retentionPolicyV18Flux": "", "org": "", "bucket": bucket,
+                      "x": 600, "y": 100, "wires": []})
     for i, (device, name) in enumerate(zip(devices, names)):
         host, port = device.rsplit(":", 1)
         client = f"bench-client-{i}"
@@ -112,9 +140,9 @@ def settings(out, port):
 """
 
 
-def write(out, devices, names, poll_ms, f32, influx_url, bucket, port):
+def write(out, devices, names, poll_ms, f32, influx_url, bucket, port, batch=None):
     os.makedirs(out, exist_ok=True)
-    nodes, credentials = flow(devices, names, poll_ms, f32, influx_url, bucket)
+    nodes, credentials = flow(devices, names, poll_ms, f32, influx_url, bucket, batch)
     with open(os.path.join(out, "flows.json"), "w") as f:
         json.dump(nodes, f, indent=1)
     with open(os.path.join(out, "flows_cred.json"), "w") as f:
@@ -135,9 +163,10 @@ def main():
     ap.add_argument("--bucket", default="bench")
     ap.add_argument("--port", type=int, default=1880, help="the editor's port")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, help="scans a write, through join and influxdb batch")
     args = ap.parse_args()
     print(write(args.out, args.devices.split(","), args.names.split(","), args.poll_ms,
-                args.f32, args.influx_url, args.bucket, args.port))
+                args.f32, args.influx_url, args.bucket, args.port, args.batch))
 
 
 if __name__ == "__main__":
