@@ -38,6 +38,7 @@ Usage: scripts/bench-stages.sh --rounds 3 --seconds 20 [--poll-ms 1]
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -162,6 +163,7 @@ def main():
                 print(json.dumps(r), flush=True)
     finally:
         stop_processes(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
     print()
     for key in ("cpu_us_per_value_asked", "cpu_us_per_value_taken"):
         print(f"{args.machines} machines x {args.tags} f32, {args.poll_ms} ms polls: "
