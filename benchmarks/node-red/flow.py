@@ -34,7 +34,7 @@ import os
 # f32 a read: 124 registers, what one Modbus request carries comfortably.
 READ_F32 = 62
 
-DECODE = """\
+FIELDS = """\
 // The answer's registers as f32, high word first, from the answer's bytes.
 // The first tag's number from the read's register address.
 const buf = msg.responseBuffer.buffer;
@@ -43,18 +43,22 @@ const fields = {};
 for (let k = 0; k < buf.length / 4; k++) {
     fields["v" + String(first + k).padStart(2, "0")] = buf.readFloatBE(4 * k);
 }
+"""
+
+# For `influxdb out`: [fields, tags], the time as the field `time`.
+DECODE = FIELDS + """\
 fields.time = Date.now();
 msg.payload = [fields, { machine: msg.topic }];
 return msg;
 """
 
-# The same, as one point of an `influxdb batch` node's array.
-DECODE_POINT = DECODE.replace(
-    """fields.time = Date.now();
-msg.payload = [fields, { machine: msg.topic }];""",
-    """msg.payload = {
+# For `influxdb batch`: one point of the array the join node makes.
+DECODE_POINT = FIELDS + """\
+msg.payload = {
     measurement: "process", fields: fields, tags: { machine: msg.topic }, timestamp: Date.now(),
-};""")
+};
+return msg;
+"""
 
 
 def flow(devices, names, poll_ms, f32, influx_url, bucket, batch=None):
