@@ -10,7 +10,9 @@
 //! (round by round for 64 rows, call by call for lone rows), and their
 //! ratio or difference is the median over those pairs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ironbridge_models::{
@@ -32,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .skip(1)
         .find(|arg| !arg.starts_with("--"))
-        .map(|arg| resolve(Path::new(&arg)))
+        .map(|arg| common::resolve(Path::new(&arg)))
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/1.0.0"));
     let verified = VerifiedModel::from_version_dir(&dir)?;
     let manifest = verified.manifest();
@@ -434,18 +436,4 @@ async fn submit_batch_and_await(
         return Err(format!("{} outputs, not {n_outputs}", outputs.len()).into());
     }
     Ok(())
-}
-
-/// Relative paths are tried from the current directory (cargo runs benches
-/// in the package folder), then from the workspace root.
-fn resolve(path: &Path) -> PathBuf {
-    if path.is_absolute() || path.exists() {
-        return path.to_path_buf();
-    }
-    let from_workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
-    if from_workspace.exists() {
-        from_workspace
-    } else {
-        path.to_path_buf()
-    }
 }

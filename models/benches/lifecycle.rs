@@ -15,7 +15,9 @@
 //! (same bytes, so both compute the same; what is measured is the
 //! machinery). Output: one JSON object per measurement, then a summary.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let source = args
         .first()
-        .map(|a| resolve(Path::new(a)))
-        .unwrap_or_else(|| resolve(Path::new("models/examples/bearing-wear/1.0.0")));
+        .map(|a| common::resolve(Path::new(a)))
+        .unwrap_or_else(|| common::resolve(Path::new("models/examples/bearing-wear/1.0.0")));
     let rate: u64 = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(1000);
     let verified = VerifiedModel::from_version_dir(&source)?;
     let manifest = verified.manifest().clone();
@@ -335,14 +337,4 @@ fn copy_version(
         ),
     )?;
     Ok(())
-}
-
-fn resolve(path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        // cargo runs benches from the package folder; paths are the
-        // repository's.
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-    }
 }
