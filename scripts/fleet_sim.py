@@ -205,7 +205,9 @@ def main():
         mlflow = start("mlflow", [PYTHON, "-m", "mlflow", "server", "--backend-store-uri",
                        f"sqlite:///{work}/mlflow.db", "--artifacts-destination", f"{work}/artifacts",
                        "--host", "127.0.0.1", "--port", str(ml_port), "--workers", "1"],
-                       f"{work}/mlflow.log", group=True)
+                       f"{work}/mlflow.log", group=True,
+                       # its temporary files (db_init_lock-*) removed with the work folder
+                       env=dict(os.environ, TMPDIR=work))
         wait_http(f"{mlflow_url}/health", "mlflow server", 120, mlflow, f"{work}/mlflow.log")
         published = os.path.join(work, "published")
         copy_version(EXAMPLE_VERSION, os.path.join(published, "1.0.0"), "1.0.0", "1.0.0")

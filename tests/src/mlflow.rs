@@ -202,6 +202,10 @@ impl MlflowServer {
             .arg(self.dir.path().join("artifacts"))
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--workers", "1"])
+            // Its temporary files (MLflow's `db_init_lock-<hash>` for each
+            // new database, one per server) in its own folder, removed with
+            // it, instead of left in /tmp by every run.
+            .env("TMPDIR", self.dir.path())
             .stdin(Stdio::null())
             .stdout(self.log_file()?)
             .stderr(self.log_file()?)

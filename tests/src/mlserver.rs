@@ -5,14 +5,14 @@
 //!
 //! The version folder is turned into an MLflow pytorch model by
 //! `models/training/mlflow_model.py` (the same function the registry uses),
-//! once per test binary and version folder: the conversion imports torch and
-//! MLflow, which takes seconds.
+//! once per version folder while a server uses it: the conversion imports
+//! torch and MLflow, which takes seconds.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -26,17 +26,20 @@ use crate::process::{wait_until_answers, ChildGuard};
 const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
-/// The MLflow models made in this test binary, by version folder; the temp
-/// dirs live as long as the process.
-type Converted = tokio::sync::Mutex<HashMap<PathBuf, Arc<tempfile::TempDir>>>;
+/// The MLflow models made in this test binary, by version folder. Weak: a
+/// model's folder is removed when the last server using it is dropped (a
+/// static is never dropped, so a strong reference here left every folder
+/// in /tmp after each run); a server started while another still holds it
+/// shares it.
+type Converted = tokio::sync::Mutex<HashMap<PathBuf, Weak<tempfile::TempDir>>>;
 static CONVERTED: OnceLock<Converted> = OnceLock::new();
 
 /// An MLflow pytorch model made from `version_dir` (manifest.toml + model
-/// file), made once per test binary.
+/// file), made once for the servers that use it at the same time.
 pub async fn mlflow_model(version_dir: &Path) -> Result<Arc<tempfile::TempDir>> {
     let mut converted = CONVERTED.get_or_init(Default::default).lock().await;
-    if let Some(dir) = converted.get(version_dir) {
-        return Ok(Arc::clone(dir));
+    if let Some(dir) = converted.get(version_dir).and_then(Weak::upgrade) {
+        return Ok(dir);
     }
     let dir = Arc::new(tempfile::tempdir()?);
     let out = tokio::process::Command::new(venv_python()?)
@@ -52,7 +55,7 @@ pub async fn mlflow_model(version_dir: &Path) -> Result<Arc<tempfile::TempDir>> 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    converted.insert(version_dir.to_path_buf(), Arc::clone(&dir));
+    converted.insert(version_dir.to_path_buf(), Arc::downgrade(&dir));
     Ok(dir)
 }
 
@@ -194,6 +197,9 @@ impl MlServer {
             .arg(self.dir.path())
             .current_dir(self.dir.path())
             .env("PATH", path)
+            // Its temporary files (a registry model's artifacts fetched at
+            // load, among others) in its own folder, removed with it.
+            .env("TMPDIR", self.dir.path())
             .envs(self.tracking_uri.iter().map(|u| ("MLFLOW_TRACKING_URI", u)))
             .stdout(self.log_file()?)
             .stderr(self.log_file()?);
