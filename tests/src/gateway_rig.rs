@@ -16,6 +16,10 @@ use crate::paths::repo_root;
 use crate::ports::free_port;
 use crate::victoria::VictoriaMetrics;
 
+/// For the spindle to be up and its first scan in the gateway. Generous:
+/// both make an RSA key pair first, on a loaded box.
+const SPINDLE_START_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The example model the rig serves.
 pub const MODEL: &str = "bearing-wear";
 pub const MODEL_VERSION: &str = "1.0.0";
@@ -153,58 +157,85 @@ impl GatewayRig {
         spindle_options.trust_client_certs = true;
         let spindle = OpcUaMachine::new(spindle_options)?;
         let spindle_cancel = cancel.child_token();
-        {
+        let spindle_task = {
             let spindle = spindle.clone();
             let cancel = spindle_cancel.clone();
             tokio::spawn(async move {
                 if let Err(e) = spindle.serve(spindle_listener, cancel).await {
                     tracing::error!("simulated spindle stopped: {e}");
                 }
-            });
-        }
-        std::env::set_var(SPINDLE_PASSWORD_ENV, SPINDLE_PASSWORD);
-        // The example's admin user (a test that calls model methods adds
-        // its own users).
-        std::env::set_var("IRONBRIDGE_ADMIN_PASSWORD", "rig-admin-password");
-        let example = std::fs::read_to_string(repo_root().join("config/example.toml"))?;
-        let vm_url = vm.url();
-        let sim_addr = sim_addr.to_string();
-        let pki_dir = dir.path().join("pki");
-        let config_path = dir.path().join("gateway.toml");
-        // The OPC UA port is picked free and bound only later, by the
-        // gateway; in between another test's connection may take it as its
-        // ephemeral port. So a port found taken is picked again.
-        let mut attempts = 0;
-        let (gateway, opcua_port) = loop {
-            attempts += 1;
-            let opcua_port = free_port()?;
-            let text = rig_config(
-                &example,
-                &RigPlaces {
-                    vm_url: &vm_url,
-                    sim_addr: &sim_addr,
-                    spindle_endpoint: &spindle_endpoint,
-                    opcua_port,
-                    pki_dir: &pki_dir,
-                    options: &options,
-                },
-            )?;
-            std::fs::write(&config_path, text)?;
-            let config = GatewayConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let attempt_cancel = cancel.child_token();
-            match Gateway::start(config, attempt_cancel.clone()).await {
-                Ok(gateway) => break (gateway, opcua_port),
-                Err(GatewayError::Bind { addr, source })
-                    if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 5 =>
-                {
-                    // What the failed start spawned stops with its token.
-                    attempt_cancel.cancel();
-                    eprintln!("OPC UA port {addr} was taken meanwhile; picking another");
+            })
+        };
+        let started: Result<(Gateway, u16, PathBuf)> = async {
+            std::env::set_var(SPINDLE_PASSWORD_ENV, SPINDLE_PASSWORD);
+            // The example's admin user (a test that calls model methods adds
+            // its own users).
+            std::env::set_var("IRONBRIDGE_ADMIN_PASSWORD", "rig-admin-password");
+            let example = std::fs::read_to_string(repo_root().join("config/example.toml"))?;
+            let vm_url = vm.url();
+            let sim_addr = sim_addr.to_string();
+            let pki_dir = dir.path().join("pki");
+            let config_path = dir.path().join("gateway.toml");
+            // The OPC UA port is picked free and bound only later, by the
+            // gateway; in between another test's connection may take it as its
+            // ephemeral port. So a port found taken is picked again.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let opcua_port = free_port()?;
+                let text = rig_config(
+                    &example,
+                    &RigPlaces {
+                        vm_url: &vm_url,
+                        sim_addr: &sim_addr,
+                        spindle_endpoint: &spindle_endpoint,
+                        opcua_port,
+                        pki_dir: &pki_dir,
+                        options: &options,
+                    },
+                )?;
+                std::fs::write(&config_path, text)?;
+                let config =
+                    GatewayConfig::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let attempt_cancel = cancel.child_token();
+                match Gateway::start(config, attempt_cancel.clone()).await {
+                    Ok(gateway) => return Ok((gateway, opcua_port, config_path)),
+                    Err(GatewayError::Bind { addr, source })
+                        if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 5 =>
+                    {
+                        // What the failed start spawned stops with its token.
+                        attempt_cancel.cancel();
+                        eprintln!("OPC UA port {addr} was taken meanwhile; picking another");
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context("gateway start")),
                 }
-                Err(e) => return Err(anyhow::Error::new(e).context("gateway start")),
+            }
+        }
+        .await;
+        // The spindle makes its certificate in this folder when its task
+        // first runs. Run after the folder was removed (a test that ends, or
+        // a start that fails, before then), it would make the folder again
+        // and leave it in /tmp: so a failed start waits for its task to end,
+        // and a started rig for the spindle to be up.
+        let (gateway, opcua_port, config_path) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                cancel.cancel();
+                let _ = spindle_task.await;
+                return Err(e);
             }
         };
-        Ok(Self {
+        let mut spindle_status = spindle.status();
+        let spindle_up = tokio::time::timeout(
+            SPINDLE_START_DEADLINE,
+            spindle_status.wait_for(|status| status.up),
+        )
+        .await;
+        if !matches!(spindle_up, Ok(Ok(_))) {
+            cancel.cancel();
+            anyhow::bail!("the simulated spindle did not start within {SPINDLE_START_DEADLINE:?}");
+        }
+        let rig = Self {
             vm,
             simulator,
             spindle,
@@ -216,7 +247,21 @@ impl GatewayRig {
             cancel,
             simulator_cancel,
             _dir: dir,
-        })
+        };
+        // The gateway makes its OPC UA client's key pair in this folder when
+        // it first connects to the spindle, in a blocking task that outlives
+        // a rig dropped before then (and would make the folder again): the
+        // rig is ready once the spindle's first scan has arrived.
+        let deadline = tokio::time::Instant::now() + SPINDLE_START_DEADLINE;
+        while rig.gateway_source_scans(SPINDLE).unwrap_or(0) == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "the gateway had no scan from {SPINDLE} within {SPINDLE_START_DEADLINE:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(rig)
     }
 
     /// The gateway's own count of scans from `machine`.
