@@ -16,8 +16,8 @@ use crate::paths::repo_root;
 use crate::ports::free_port;
 use crate::victoria::VictoriaMetrics;
 
-/// For the spindle to be up and its first scan in the gateway. Generous:
-/// both make an RSA key pair first, on a loaded box.
+/// For the spindle's first scan to reach the gateway. Generous: both make
+/// an RSA key pair first, on a loaded box.
 const SPINDLE_START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The example model the rig serves.
@@ -213,10 +213,12 @@ impl GatewayRig {
         }
         .await;
         // The spindle makes its certificate in this folder when its task
-        // first runs. Run after the folder was removed (a test that ends, or
-        // a start that fails, before then), it would make the folder again
-        // and leave it in /tmp: so a failed start waits for its task to end,
-        // and a started rig for the spindle to be up.
+        // first runs, and the gateway its OPC UA client's key pair when it
+        // first connects to the spindle (in a blocking task). Either, run
+        // after the folder was removed (a test that ends, or a start that
+        // fails, before then), would make the folder again and leave it in
+        // /tmp. So a failed start waits for the spindle's task to end, and a
+        // started rig is returned once the spindle's first scan has arrived.
         let (gateway, opcua_port, config_path) = match started {
             Ok(started) => started,
             Err(e) => {
@@ -225,16 +227,6 @@ impl GatewayRig {
                 return Err(e);
             }
         };
-        let mut spindle_status = spindle.status();
-        let spindle_up = tokio::time::timeout(
-            SPINDLE_START_DEADLINE,
-            spindle_status.wait_for(|status| status.up),
-        )
-        .await;
-        if !matches!(spindle_up, Ok(Ok(_))) {
-            cancel.cancel();
-            anyhow::bail!("the simulated spindle did not start within {SPINDLE_START_DEADLINE:?}");
-        }
         let rig = Self {
             vm,
             simulator,
@@ -248,13 +240,11 @@ impl GatewayRig {
             simulator_cancel,
             _dir: dir,
         };
-        // The gateway makes its OPC UA client's key pair in this folder when
-        // it first connects to the spindle, in a blocking task that outlives
-        // a rig dropped before then (and would make the folder again): the
-        // rig is ready once the spindle's first scan has arrived.
         let deadline = tokio::time::Instant::now() + SPINDLE_START_DEADLINE;
         while rig.gateway_source_scans(SPINDLE).unwrap_or(0) == 0 {
             if tokio::time::Instant::now() >= deadline {
+                rig.cancel.cancel();
+                let _ = spindle_task.await;
                 anyhow::bail!(
                     "the gateway had no scan from {SPINDLE} within {SPINDLE_START_DEADLINE:?}"
                 );

@@ -26,9 +26,12 @@ pub struct InfluxDb1 {
     http_port: u16,
     /// The meta service's port (1.x binds one even when alone).
     rpc_port: u16,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
+    child: Option<ChildGuard>,
     /// Holds `influxdb.conf`, `meta/`, `data/`, `wal/` and `influxd.log`.
     dir: tempfile::TempDir,
-    child: Option<ChildGuard>,
     http: reqwest::Client,
 }
 

@@ -61,10 +61,13 @@ pub async fn mlflow_model(version_dir: &Path) -> Result<Arc<tempfile::TempDir>> 
 
 pub struct MlServer {
     http_port: u16,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
+    child: Option<ChildGuard>,
     /// Holds `model-settings.json`, `settings.json` and `mlserver.log`.
     dir: tempfile::TempDir,
     model: String,
-    child: Option<ChildGuard>,
     http: reqwest::Client,
     /// The converted model's folder, when the model is not a registry's.
     _mlflow: Option<Arc<tempfile::TempDir>>,

@@ -102,8 +102,11 @@ pub enum LineMode<'a> {
 pub struct LinePeer {
     pub layout: LineLayout,
     control_dir: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
     _child: ChildGuard,
+    _dir: tempfile::TempDir,
 }
 
 /// What a unit does, set while the peer runs.

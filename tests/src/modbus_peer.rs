@@ -71,8 +71,11 @@ impl ExpectedValue {
 pub struct ModbusPeer {
     port: u16,
     layout_path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
     child: Option<ChildGuard>,
+    _dir: tempfile::TempDir,
     pub layout: PeerLayout,
 }
 

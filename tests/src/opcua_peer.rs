@@ -351,11 +351,14 @@ impl PeerValue {
 /// A running asyncua server on a loopback port; killed when dropped.
 pub struct OpcUaPeer {
     port: u16,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
+    child: Option<ChildGuard>,
     dir: tempfile::TempDir,
     layout_path: PathBuf,
     cert_dir: PathBuf,
     options: OpcUaPeerOptions,
-    child: Option<ChildGuard>,
     pub layout: OpcUaLayout,
 }
 

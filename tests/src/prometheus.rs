@@ -17,9 +17,12 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Prometheus {
     port: u16,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
+    _child: ChildGuard,
     /// Holds `prometheus.yml`, `data/` and `prometheus.log`.
     dir: tempfile::TempDir,
-    _child: ChildGuard,
     http: reqwest::Client,
 }
 

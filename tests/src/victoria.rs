@@ -52,10 +52,13 @@ impl ExportedSeries {
 
 pub struct VictoriaMetrics {
     port: u16,
+    /// Declared before `dir`: fields drop in order, so the server is
+    /// stopped before its folder goes (a server still running wrote into
+    /// the removed folder and left it in /tmp).
+    child: Option<ChildGuard>,
     /// Holds `data/` (the storage) and `victoria-metrics.log`.
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
-    child: Option<ChildGuard>,
     http: reqwest::Client,
 }
 
