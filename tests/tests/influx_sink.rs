@@ -598,3 +598,76 @@ async fn too_large_batches_are_split_until_they_fit() -> Result<()> {
     assert!(stats.batches_split() >= 2);
     Ok(())
 }
+
+/// A backlog (here, 1,000 lines held back by an outage) goes in requests of
+/// up to `backlog_batch_max_lines`, by default four times
+/// `batch_max_lines`: with one request out at a time, fewer requests drain
+/// it sooner. Set to `batch_max_lines`, every request stays at that size.
+/// Both buffers: the memory one and the disk spool.
+#[tokio::test]
+async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let proxy = TcpProxy::start(vm.addr()).await?;
+    let spool = tempfile::tempdir()?;
+    const BACKLOG: u64 = 1000;
+    let rounds = [
+        ("memory-default", false, None),
+        ("memory-flat", false, Some(100)),
+        ("disk-default", true, None),
+        ("disk-flat", true, Some(100)),
+    ];
+    for (machine, on_disk, backlog_setting) in rounds {
+        let mut config = config(&proxy.url());
+        config.buffer_max_lines = 2 * BACKLOG as usize;
+        config.backlog_batch_max_lines = backlog_setting;
+        if on_disk {
+            config = config.with_spool(spool.path().join(machine));
+        }
+        let largest_allowed = config.backlog_batch_lines();
+        assert_eq!(config.batch_max_lines, 100);
+
+        proxy.set_mode(ProxyMode::Refuse);
+        let (sink, injector) = start_injected(config, Vec::new(), usize::MAX)?;
+        let scans = (0..BACKLOG).map(|i| {
+            scan(
+                machine,
+                T0_NS + i * 1_000_000_000,
+                vec![good("seq", TagValue::Int(i as i64))],
+            )
+        });
+        sink.send(scans).await?;
+        wait_for("the backlog buffered behind failed writes", || {
+            sink.stats.buffered_lines() == BACKLOG && sink.stats.write_failures() >= 1
+        })
+        .await?;
+
+        proxy.set_mode(ProxyMode::PassThrough);
+        wait_for("the backlog written", || {
+            sink.stats.lines_written() == BACKLOG
+        })
+        .await?;
+        let selector = format!(r#"process_seq{{machine="{machine}"}}"#);
+        let series = wait_for_export(&vm, &selector, BACKLOG as usize).await?;
+        let expected: Vec<(i64, f64)> = (0..BACKLOG).map(numbered_sample).collect();
+        assert_eq!(only_series(&series)?.samples(), expected, "{machine}");
+
+        let calls = injector.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        let largest = calls.iter().map(|c| c.1).max().unwrap_or(0);
+        let stats = sink.stop().await?;
+        let requests = stats.batches_written();
+        if backlog_setting.is_none() {
+            assert_eq!(largest_allowed, 400);
+            // The lines sit in at most two pieces (what the first failed
+            // write took, and the rest), each sent in requests of 400.
+            assert_eq!(largest, 400, "{machine}: {calls:?}");
+            assert!(requests <= 4, "{machine}: {requests} requests: {calls:?}");
+        } else {
+            assert_eq!(largest_allowed, 100);
+            assert!(largest <= 100, "{machine}: {calls:?}");
+            assert!(requests >= 10, "{machine}: {requests} requests: {calls:?}");
+        }
+        assert_eq!(stats.lines_dropped_overflow(), 0, "{machine}");
+    }
+    Ok(())
+}

@@ -94,6 +94,13 @@ pub struct InfluxSinkConfig {
     /// ...or once the oldest buffered line has waited this long.
     #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
+    /// The most lines in one request while more than `batch_max_lines`
+    /// wait (a backlog: after an outage, or a store slower than the
+    /// machines). Default: four times `batch_max_lines`; set it to
+    /// `batch_max_lines` to keep every request at that size. Read
+    /// through [`InfluxSinkConfig::backlog_batch_lines`].
+    #[serde(default)]
+    pub backlog_batch_max_lines: Option<usize>,
     /// `"disk"` (default: the spool) or `"memory"`.
     #[serde(default)]
     pub buffer: BufferKind,
@@ -166,6 +173,8 @@ fn default_backoff() -> BackoffConfig {
 fn default_batch_max_lines() -> usize {
     5000
 }
+/// `backlog_batch_max_lines` by default, in `batch_max_lines`.
+const BACKLOG_BATCH_FACTOR: usize = 4;
 fn default_flush_interval_ms() -> u64 {
     1000
 }
@@ -193,6 +202,7 @@ impl InfluxSinkConfig {
             password_env: None,
             batch_max_lines: default_batch_max_lines(),
             flush_interval_ms: default_flush_interval_ms(),
+            backlog_batch_max_lines: None,
             buffer: BufferKind::Memory,
             buffer_max_lines: default_buffer_max_lines(),
             spool_dir: None,
@@ -225,6 +235,14 @@ impl InfluxSinkConfig {
             spool_dir: Some(dir.into()),
             ..self
         }
+    }
+
+    /// The most lines in one request while a backlog waits: with one
+    /// request out at a time, a store on a busy box spends less per line
+    /// on fewer, larger requests (BENCHMARKS.md §32, §37).
+    pub fn backlog_batch_lines(&self) -> usize {
+        self.backlog_batch_max_lines
+            .unwrap_or(self.batch_max_lines.saturating_mul(BACKLOG_BATCH_FACTOR))
     }
 
     pub fn flush_interval(&self) -> Duration {
@@ -378,6 +396,17 @@ impl InfluxSinkConfig {
                 at("batch_max_lines"),
                 "must be greater than 0",
             ));
+        }
+        if let Some(backlog) = self.backlog_batch_max_lines {
+            if backlog < self.batch_max_lines {
+                problems.push(Problem::new(
+                    at("backlog_batch_max_lines"),
+                    format!(
+                        "must be at least batch_max_lines ({})",
+                        self.batch_max_lines
+                    ),
+                ));
+            }
         }
         if self.buffer_max_lines == 0 {
             problems.push(Problem::new(
@@ -629,6 +658,25 @@ mod tests {
         };
         let problems = config.validate("x");
         assert_eq!(paths(&problems), ["x.batch_max_lines", "x.backoff.max_ms"]);
+    }
+
+    #[test]
+    fn backlog_batch_defaults_to_four_batches_and_may_not_be_smaller_than_one() {
+        let mut config = InfluxSinkConfig::new("http://h:8086/", "b");
+        config.batch_max_lines = 300;
+        assert_eq!(config.backlog_batch_lines(), 1200);
+        config.backlog_batch_max_lines = Some(300);
+        assert!(config.validate("x").is_empty());
+        assert_eq!(config.backlog_batch_lines(), 300);
+        config.backlog_batch_max_lines = Some(299);
+        let problems = config.validate("x");
+        assert_eq!(paths(&problems), ["x.backlog_batch_max_lines"]);
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("at least batch_max_lines (300)"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -269,7 +269,8 @@ impl InfluxSinkStats {
 /// Lines accumulate in a bounded outage buffer, a disk spool or memory
 /// ([`OutageBuffer`]); a batch is written when
 /// `batch_max_lines` are buffered or the oldest has waited
-/// `flush_interval_ms`. Every answer has its action ([`WriteError`]): a
+/// `flush_interval_ms`, and holds up to `backlog_batch_max_lines` while
+/// more than `batch_max_lines` wait. Every answer has its action ([`WriteError`]): a
 /// batch that failed in a retryable way (or with 401/403, raised as an
 /// alarm) stays at the head of the buffer and is retried with capped
 /// exponential backoff and jitter, no sooner than a Retry-After, while new
@@ -523,9 +524,18 @@ impl<W: LineWriter> SinkTask<W> {
         }
     }
 
-    /// Lines in the next batch: fewer while a refused line is being isolated.
+    /// Lines in the next batch: fewer while a refused line is being
+    /// isolated, more while more than a batch waits. One request is out at
+    /// a time, so a backlog behind a busy store drains faster in fewer,
+    /// larger requests (BENCHMARKS.md §37).
     fn next_batch_lines(&self) -> usize {
-        self.split_limit.unwrap_or(self.config.batch_max_lines)
+        match self.split_limit {
+            Some(limit) => limit,
+            None if self.buffer.len() > self.config.batch_max_lines => {
+                self.config.backlog_batch_lines()
+            }
+            None => self.config.batch_max_lines,
+        }
     }
 
     fn start_write(&mut self) -> Option<WriteFuture> {
