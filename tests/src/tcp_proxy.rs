@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Result;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -23,6 +23,10 @@ pub enum ProxyMode {
     /// Accepts connections and never answers (a dead route, a firewall
     /// dropping packets): clients run into their timeouts.
     Blackhole,
+    /// Forwards bytes both ways, the client's at most this many a second
+    /// (a thin link to a remote server: a request takes longer the larger
+    /// it is).
+    Slow { client_bytes_per_sec: u64 },
 }
 
 /// Leaving [`ProxyMode::PassThrough`] also cuts the connections already
@@ -142,14 +146,51 @@ async fn serve(
                         bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
                     }
                 }
-                _ = wait_until_not_passing(&mut mode) => {}
+                _ = wait_until_not(&mut mode, current) => {}
+                _ = cuts.changed() => {}
+            }
+        }
+        ProxyMode::Slow {
+            client_bytes_per_sec,
+        } => {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            let upstream_slowly = async {
+                let mut chunk = [0u8; 1024];
+                let mut sent = 0u64;
+                loop {
+                    let n = match from_client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(
+                        n as f64 / client_bytes_per_sec.max(1) as f64,
+                    ))
+                    .await;
+                    if to_server.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n as u64;
+                }
+                let _ = to_server.shutdown().await;
+                sent
+            };
+            let downstream = tokio::io::copy(&mut from_server, &mut to_client);
+            tokio::select! {
+                (sent, _) = async { tokio::join!(upstream_slowly, downstream) } => {
+                    bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
+                }
+                _ = wait_until_not(&mut mode, current) => {}
                 _ = cuts.changed() => {}
             }
         }
     }
 }
 
-async fn wait_until_not_passing(mode: &mut watch::Receiver<ProxyMode>) {
+async fn wait_until_not(mode: &mut watch::Receiver<ProxyMode>, current: ProxyMode) {
     // An error means the proxy is gone: stop forwarding too.
-    let _ = mode.wait_for(|m| *m != ProxyMode::PassThrough).await;
+    let _ = mode.wait_for(|m| *m != current).await;
 }

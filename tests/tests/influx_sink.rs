@@ -602,8 +602,9 @@ async fn too_large_batches_are_split_until_they_fit() -> Result<()> {
 /// A backlog (here, 1,000 lines held back by an outage) goes in requests of
 /// up to `backlog_batch_max_lines`, by default four times
 /// `batch_max_lines`: with one request out at a time, fewer requests drain
-/// it sooner. Set to `batch_max_lines`, every request stays at that size.
-/// Both buffers: the memory one and the disk spool.
+/// it sooner. The first request after the outage is of `batch_max_lines`
+/// (no pace measured yet). Set to `batch_max_lines`, every request stays at
+/// that size. Both buffers: the memory one and the disk spool.
 #[tokio::test]
 async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Result<()> {
     init_logs();
@@ -659,9 +660,10 @@ async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Re
         if backlog_setting.is_none() {
             assert_eq!(largest_allowed, 400);
             // The lines sit in at most two pieces (what the first failed
-            // write took, and the rest), each sent in requests of 400.
+            // write took, and the rest): one request of 100, then requests
+            // of 400 but where a piece ends.
             assert_eq!(largest, 400, "{machine}: {calls:?}");
-            assert!(requests <= 4, "{machine}: {requests} requests: {calls:?}");
+            assert!(requests <= 5, "{machine}: {requests} requests: {calls:?}");
         } else {
             assert_eq!(largest_allowed, 100);
             assert!(largest <= 100, "{machine}: {calls:?}");
@@ -669,5 +671,47 @@ async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Re
         }
         assert_eq!(stats.lines_dropped_overflow(), 0, "{machine}");
     }
+    Ok(())
+}
+
+/// Over a thin link (a remote store: here, 10 kB/s to victoria-metrics) a
+/// backlog's requests stay at what the link carries in a quarter of
+/// `request_timeout_ms`: 400 lines would take longer than the timeout and
+/// be retried for ever; 100 take a quarter of it. Nothing times out.
+#[tokio::test]
+async fn a_backlog_over_a_thin_link_goes_in_requests_that_fit_the_timeout() -> Result<()> {
+    init_logs();
+    let vm = VictoriaMetrics::start().await?;
+    let proxy = TcpProxy::start(vm.addr()).await?;
+    proxy.set_mode(ProxyMode::Slow {
+        client_bytes_per_sec: 10_000,
+    });
+    let mut config = config(&proxy.url());
+    // ~55 bytes a line: 100 lines ~0.6 s, 400 ~2.3 s.
+    config.request_timeout_ms = 2_000;
+    let allowed = config.backlog_batch_lines();
+    assert_eq!((config.batch_max_lines, allowed), (100, 400));
+    let (sink, injector) = start_injected(config, Vec::new(), usize::MAX)?;
+    const LINES: u64 = 600;
+    let scans = (0..LINES).map(|i| {
+        scan(
+            "thin-link",
+            T0_NS + i * 1_000_000_000,
+            vec![good("seq", TagValue::Int(i as i64))],
+        )
+    });
+    sink.send(scans).await?;
+    wait_for("the backlog written", || {
+        sink.stats.lines_written() == LINES || sink.stats.write_failures() > 0
+    })
+    .await?;
+    let calls = injector.calls.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(sink.stats.write_failures(), 0, "{calls:?}");
+    assert!(calls.iter().all(|c| c.1 <= 100), "{calls:?}");
+    let series =
+        wait_for_export(&vm, r#"process_seq{machine="thin-link"}"#, LINES as usize).await?;
+    let expected: Vec<(i64, f64)> = (0..LINES).map(numbered_sample).collect();
+    assert_eq!(only_series(&series)?.samples(), expected);
+    sink.stop().await?;
     Ok(())
 }

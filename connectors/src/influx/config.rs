@@ -96,9 +96,11 @@ pub struct InfluxSinkConfig {
     pub flush_interval_ms: u64,
     /// The most lines in one request while more than `batch_max_lines`
     /// wait (a backlog: after an outage, or a store slower than the
-    /// machines). Default: four times `batch_max_lines`; set it to
-    /// `batch_max_lines` to keep every request at that size. Read
-    /// through [`InfluxSinkConfig::backlog_batch_lines`].
+    /// machines); the sink also keeps such a request within what the last
+    /// one's pace carries in a quarter of `request_timeout_ms`. Default:
+    /// four times `batch_max_lines`; set it to `batch_max_lines` to keep
+    /// every request at that size. Read through
+    /// [`InfluxSinkConfig::backlog_batch_lines`].
     #[serde(default)]
     pub backlog_batch_max_lines: Option<usize>,
     /// `"disk"` (default: the spool) or `"memory"`.

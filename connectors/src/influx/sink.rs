@@ -29,6 +29,11 @@ const MAX_RECORDS_PER_COMMIT: usize = 4096;
 /// batches to a reachable server, short enough not to hold up a restart.
 pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
+/// A backlog's larger request is sized to take at most this share of
+/// `request_timeout_ms` at the last write's pace: room for a store that
+/// slows down as the request grows.
+const BACKLOG_SHARE_OF_TIMEOUT: f64 = 0.25;
+
 /// Warnings about lost lines repeat at most this often (with running totals),
 /// so a long outage does not flood the log.
 const LOSS_WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -270,7 +275,8 @@ impl InfluxSinkStats {
 /// ([`OutageBuffer`]); a batch is written when
 /// `batch_max_lines` are buffered or the oldest has waited
 /// `flush_interval_ms`, and holds up to `backlog_batch_max_lines` while
-/// more than `batch_max_lines` wait. Every answer has its action ([`WriteError`]): a
+/// more than `batch_max_lines` wait (within what the last write's pace
+/// carries in a quarter of `request_timeout_ms`). Every answer has its action ([`WriteError`]): a
 /// batch that failed in a retryable way (or with 401/403, raised as an
 /// alarm) stays at the head of the buffer and is retried with capped
 /// exponential backoff and jitter, no sooner than a Retry-After, while new
@@ -378,6 +384,8 @@ impl InfluxSink {
             unencodable_warned_at: None,
             spool_error_warned_at: None,
             split_limit: None,
+            write_started: None,
+            write_pace: None,
             dead_letter_bytes: None,
             auth_alarm: false,
         };
@@ -406,6 +414,12 @@ struct SinkTask<W> {
     spool_error_warned_at: Option<Instant>,
     /// While isolating a refused line: the size of the next batches.
     split_limit: Option<usize>,
+    /// When the batch being written was sent.
+    write_started: Option<Instant>,
+    /// Lines a second the last write carried, from its send to its 2xx;
+    /// `None` until one succeeds and again after a failure. Bounds the
+    /// larger requests of a backlog.
+    write_pace: Option<f64>,
     /// Size of the dead-letter file, read on first use.
     dead_letter_bytes: Option<u64>,
     /// A 401/403 alarm is raised (logged once until a write succeeds).
@@ -531,11 +545,25 @@ impl<W: LineWriter> SinkTask<W> {
     fn next_batch_lines(&self) -> usize {
         match self.split_limit {
             Some(limit) => limit,
-            None if self.buffer.len() > self.config.batch_max_lines => {
-                self.config.backlog_batch_lines()
-            }
+            None if self.buffer.len() > self.config.batch_max_lines => self.backlog_batch_lines(),
             None => self.config.batch_max_lines,
         }
+    }
+
+    /// A backlog's batch: up to `backlog_batch_max_lines`, but only as many
+    /// lines as the last write's pace carries in a quarter of
+    /// `request_timeout_ms`, and `batch_max_lines` until a write has
+    /// succeeded since the last failure. A thin link to a remote store is
+    /// not given a request it cannot carry in time (which would time out,
+    /// and be retried, for ever).
+    fn backlog_batch_lines(&self) -> usize {
+        let batch = self.config.batch_max_lines;
+        let Some(pace) = self.write_pace else {
+            return batch;
+        };
+        let in_time = pace * self.config.request_timeout().as_secs_f64() * BACKLOG_SHARE_OF_TIMEOUT;
+        // `as` saturates: an unmeasurably fast write gives usize::MAX.
+        (in_time as usize).clamp(batch, self.config.backlog_batch_lines().max(batch))
     }
 
     fn start_write(&mut self) -> Option<WriteFuture> {
@@ -553,6 +581,7 @@ impl<W: LineWriter> SinkTask<W> {
         let body = body?;
         self.retry_at = None;
         self.flush_at = None;
+        self.write_started = Some(Instant::now());
         let writer = Arc::clone(&self.writer);
         Some(Box::pin(async move { writer.write(body).await }))
     }
@@ -573,6 +602,11 @@ impl<W: LineWriter> SinkTask<W> {
         counters
             .unauthorized
             .set_bool(matches!(result, Err(WriteError::Unauthorized(_))));
+        let took = self.write_started.take().map(|started| started.elapsed());
+        self.write_pace = match (&result, took) {
+            (Ok(()), Some(took)) => Some(batch_len as f64 / took.as_secs_f64()),
+            _ => None,
+        };
         let retryable = match result {
             Ok(()) => {
                 let settled = self.buffer.finish_batch(BatchOutcome::Delivered);
