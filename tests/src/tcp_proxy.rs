@@ -29,9 +29,9 @@ pub enum ProxyMode {
     Slow { client_bytes_per_sec: u64 },
 }
 
-/// Leaving [`ProxyMode::PassThrough`] also cuts the connections already
-/// forwarded, so a client's pooled keep-alive connection cannot slip past a
-/// fault.
+/// Changing the mode also cuts the connections already forwarded (in
+/// [`ProxyMode::PassThrough`] or [`ProxyMode::Slow`]), so a client's pooled
+/// keep-alive connection cannot slip past a fault.
 pub struct TcpProxy {
     addr: SocketAddr,
     mode: watch::Sender<ProxyMode>,

@@ -240,8 +240,8 @@ impl InfluxSinkConfig {
     }
 
     /// The most lines in one request while a backlog waits: with one
-    /// request out at a time, a store on a busy box spends less per line
-    /// on fewer, larger requests (BENCHMARKS.md §32, §37).
+    /// request out at a time, a store kept waiting for each next request
+    /// takes in more in fewer, larger ones (BENCHMARKS.md §32, §37).
     pub fn backlog_batch_lines(&self) -> usize {
         self.backlog_batch_max_lines
             .unwrap_or(self.batch_max_lines.saturating_mul(BACKLOG_BATCH_FACTOR))

@@ -272,11 +272,11 @@ impl InfluxSinkStats {
 /// Writes scans and predictions to InfluxDB in batches.
 ///
 /// Lines accumulate in a bounded outage buffer, a disk spool or memory
-/// ([`OutageBuffer`]); a batch is written when
-/// `batch_max_lines` are buffered or the oldest has waited
-/// `flush_interval_ms`, and holds up to `backlog_batch_max_lines` while
-/// more than `batch_max_lines` wait (within what the last write's pace
-/// carries in a quarter of `request_timeout_ms`). Every answer has its action ([`WriteError`]): a
+/// ([`OutageBuffer`]); a batch is written when `batch_max_lines` are
+/// buffered or the oldest has waited `flush_interval_ms`, and holds up to
+/// `backlog_batch_max_lines` while more than `batch_max_lines` wait
+/// (within what the last write's pace carries in a quarter of
+/// `request_timeout_ms`). Every answer has its action ([`WriteError`]): a
 /// batch that failed in a retryable way (or with 401/403, raised as an
 /// alarm) stays at the head of the buffer and is retried with capped
 /// exponential backoff and jitter, no sooner than a Retry-After, while new
