@@ -34,8 +34,13 @@ fn scan(machine: &str, acquired_at_ns: u64, readings: Vec<TagReading>) -> Record
 
 /// Scan number `i` of machine `m`: one reading `seq = i`, one second apart.
 fn numbered_scan(i: u64) -> Record {
+    numbered_scan_of("m", i)
+}
+
+/// The same for `machine`.
+fn numbered_scan_of(machine: &str, i: u64) -> Record {
     scan(
-        "m",
+        machine,
         T0_NS + i * 1_000_000_000,
         vec![good("seq", TagValue::Int(i as i64))],
     )
@@ -630,14 +635,8 @@ async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Re
 
         proxy.set_mode(ProxyMode::Refuse);
         let (sink, injector) = start_injected(config, Vec::new(), usize::MAX)?;
-        let scans = (0..BACKLOG).map(|i| {
-            scan(
-                machine,
-                T0_NS + i * 1_000_000_000,
-                vec![good("seq", TagValue::Int(i as i64))],
-            )
-        });
-        sink.send(scans).await?;
+        sink.send((0..BACKLOG).map(|i| numbered_scan_of(machine, i)))
+            .await?;
         wait_for("the backlog buffered behind failed writes", || {
             sink.stats.buffered_lines() == BACKLOG && sink.stats.write_failures() >= 1
         })
@@ -676,8 +675,9 @@ async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Re
 
 /// Over a thin link (a remote store: here, 10 kB/s to victoria-metrics) a
 /// backlog's requests stay at what the link carries in a quarter of
-/// `request_timeout_ms`: 400 lines would take longer than the timeout and
-/// be retried for ever; 100 take a quarter of it. Nothing times out.
+/// `request_timeout_ms`, and never below `batch_max_lines`: 400 lines would
+/// take longer than the timeout and be retried for ever; 100 (the floor)
+/// take under a third of it. Nothing times out.
 #[tokio::test]
 async fn a_backlog_over_a_thin_link_goes_in_requests_that_fit_the_timeout() -> Result<()> {
     init_logs();
@@ -693,14 +693,8 @@ async fn a_backlog_over_a_thin_link_goes_in_requests_that_fit_the_timeout() -> R
     assert_eq!((config.batch_max_lines, allowed), (100, 400));
     let (sink, injector) = start_injected(config, Vec::new(), usize::MAX)?;
     const LINES: u64 = 600;
-    let scans = (0..LINES).map(|i| {
-        scan(
-            "thin-link",
-            T0_NS + i * 1_000_000_000,
-            vec![good("seq", TagValue::Int(i as i64))],
-        )
-    });
-    sink.send(scans).await?;
+    sink.send((0..LINES).map(|i| numbered_scan_of("thin-link", i)))
+        .await?;
     wait_for("the backlog written", || {
         sink.stats.lines_written() == LINES || sink.stats.write_failures() > 0
     })
