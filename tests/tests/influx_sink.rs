@@ -607,8 +607,8 @@ async fn too_large_batches_are_split_until_they_fit() -> Result<()> {
 /// A backlog (here, 1,000 lines held back by an outage) goes in requests of
 /// up to `backlog_batch_max_lines`, by default four times
 /// `batch_max_lines`: with one request out at a time, fewer requests drain
-/// it sooner. The first request after the outage is of `batch_max_lines`
-/// (no pace measured yet). Set to `batch_max_lines`, every request stays at
+/// it sooner. The first request after the outage is of at most
+/// `batch_max_lines` (no pace measured yet). Set to `batch_max_lines`, every request stays at
 /// that size. Both buffers: the memory one and the disk spool.
 #[tokio::test]
 async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Result<()> {
@@ -659,8 +659,8 @@ async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Re
         if backlog_setting.is_none() {
             assert_eq!(largest_allowed, 400);
             // The lines sit in at most two pieces (what the first failed
-            // write took, and the rest): one request of 100, then requests
-            // of 400 but where a piece ends.
+            // write took, and the rest): one request of at most 100, then
+            // requests of 400 but where a piece ends.
             assert_eq!(largest, 400, "{machine}: {calls:?}");
             assert!(requests <= 5, "{machine}: {requests} requests: {calls:?}");
         } else {
