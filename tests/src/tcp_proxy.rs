@@ -27,10 +27,14 @@ pub enum ProxyMode {
     /// (a thin link to a remote server: a request takes longer the larger
     /// it is).
     Slow { client_bytes_per_sec: u64 },
+    /// Forwards bytes both ways, each way this many milliseconds late (a
+    /// server on another site: every request waits a round trip of twice
+    /// this for its answer, whatever its size).
+    Delay { one_way_ms: u64 },
 }
 
 /// Changing the mode also cuts the connections already forwarded (in
-/// [`ProxyMode::PassThrough`] or [`ProxyMode::Slow`]), so a client's pooled
+/// [`ProxyMode::PassThrough`], [`ProxyMode::Slow`] or [`ProxyMode::Delay`]), so a client's pooled
 /// keep-alive connection cannot slip past a fault.
 pub struct TcpProxy {
     addr: SocketAddr,
@@ -187,7 +191,67 @@ async fn serve(
                 _ = cuts.changed() => {}
             }
         }
+        ProxyMode::Delay { one_way_ms } => {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let delay = std::time::Duration::from_millis(one_way_ms);
+            let (from_client, to_client) = client.into_split();
+            let (from_server, to_server) = server.into_split();
+            tokio::select! {
+                (sent, _) = async {
+                    tokio::join!(
+                        forward_late(from_client, to_server, delay),
+                        forward_late(from_server, to_client, delay),
+                    )
+                } => {
+                    bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
+                }
+                _ = wait_until_not(&mut mode, current) => {}
+                _ = cuts.changed() => {}
+            }
+        }
     }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read, and
+/// returns the bytes copied. Reading goes on while earlier chunks wait,
+/// as on a long link: the delay is latency, not a lower bandwidth.
+async fn forward_late(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) -> u64 {
+    let (chunks, mut due) =
+        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let at = tokio::time::Instant::now() + delay;
+                    if chunks.send((at, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Dropping `chunks` ends the writer once it has written the rest.
+    };
+    let write = async move {
+        let mut sent = 0u64;
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                return sent;
+            }
+            sent += chunk.len() as u64;
+        }
+        let _ = to.shutdown().await;
+        sent
+    };
+    tokio::join!(read, write).1
 }
 
 async fn wait_until_not(mode: &mut watch::Receiver<ProxyMode>, current: ProxyMode) {
