@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 const EXIT_INVALID_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before any thread starts: it sets an environment variable.
+    ironbridge_models::turn_off_onednn_jit_profiling();
     let cli = Cli::parse();
     // A one-shot command reports through its own output and exit status;
     // the OPC UA library's connection chatter would bury it.

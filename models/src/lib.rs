@@ -51,4 +51,4 @@ pub use service::{
     PendingPrediction, RemoteEngineStatus, SkipReason, SubmitError, INLINE_FORWARD_MAX,
     LONE_ROW_GAP,
 };
-pub use torch_backend::{DeviceChoice, TorchModel};
+pub use torch_backend::{turn_off_onednn_jit_profiling, DeviceChoice, TorchModel};

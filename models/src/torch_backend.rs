@@ -28,6 +28,27 @@ pub(crate) fn use_intra_op_threads(threads: i32) {
     });
 }
 
+/// Keeps oneDNN (inside libtorch) from writing `/tmp/perf-<pid>.map`.
+///
+/// oneDNN announces every kernel it generates to a profiler. On aarch64
+/// its default is Linux perf's map file, written for each process that
+/// runs a forward and never removed: a gateway on an ARM edge box would
+/// leave one in `/tmp` at every start and every `ironbridge model verify`.
+/// (On x86-64 the default is VTune's interface, a no-op without VTune.)
+/// Unless the user chose a setting (`ONEDNN_JIT_PROFILE`, or the older
+/// `DNNL_JIT_PROFILE`), this sets `ONEDNN_JIT_PROFILE=0`, which oneDNN
+/// reads when it generates its first kernel.
+///
+/// It changes the process's environment, which is sound only while no
+/// other thread runs: call it first thing in `main`.
+pub fn turn_off_onednn_jit_profiling() {
+    if std::env::var_os("ONEDNN_JIT_PROFILE").is_none()
+        && std::env::var_os("DNNL_JIT_PROFILE").is_none()
+    {
+        std::env::set_var("ONEDNN_JIT_PROFILE", "0");
+    }
+}
+
 /// Where the model runs. CUDA is used only when configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {

@@ -4,7 +4,7 @@
 //! real libtorch inference on the emulated CPU.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 use ironbridge_tests::paths::repo_root;
@@ -29,9 +29,17 @@ fn aarch64_binary(bin: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `bin` under qemu-aarch64 with the aarch64 libtorch; (exit ok,
-/// stdout + stderr).
-fn run_aarch64(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String)> {
+/// What one run under qemu-aarch64 gave.
+struct Aarch64Run {
+    ok: bool,
+    /// stdout + stderr.
+    text: String,
+    /// The process's id (qemu-user runs the binary in its own process).
+    pid: u32,
+}
+
+/// Runs `bin` under qemu-aarch64 with the aarch64 libtorch.
+fn run_aarch64(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Aarch64Run> {
     let path = aarch64_binary(bin)?;
     // The ELF header says what the binary is built for: e_machine 183 is
     // AArch64.
@@ -43,7 +51,7 @@ fn run_aarch64(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, 
         path.display()
     );
     let root = repo_root();
-    let output = Command::new("qemu-aarch64")
+    let child = Command::new("qemu-aarch64")
         .arg(&path)
         .args(args)
         .current_dir(&root)
@@ -51,25 +59,33 @@ fn run_aarch64(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, 
         .env("QEMU_LD_PREFIX", "/usr/aarch64-linux-gnu")
         .env("LD_LIBRARY_PATH", root.join(".aarch64/runtime"))
         .envs(env.iter().copied())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("qemu-aarch64 (scripts/build-aarch64.sh installs it)")?;
+    let pid = child.id();
+    let output = child.wait_with_output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    Ok((output.status.success(), text))
+    Ok(Aarch64Run {
+        ok: output.status.success(),
+        text,
+        pid,
+    })
 }
 
 #[test]
 fn the_aarch64_gateway_reports_its_version_and_validates_the_example() -> Result<()> {
-    let (ok, out) = run_aarch64("ironbridge", &["--version"], &[])?;
+    let Aarch64Run { ok, text: out, .. } = run_aarch64("ironbridge", &["--version"], &[])?;
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!("ironbridge {} (commit", env!("CARGO_PKG_VERSION"))),
         "{out}"
     );
-    let (ok, out) = run_aarch64(
+    let Aarch64Run { ok, text: out, .. } = run_aarch64(
         "ironbridge",
         &["validate", "--config", "config/example.toml"],
         &[
@@ -79,14 +95,14 @@ fn the_aarch64_gateway_reports_its_version_and_validates_the_example() -> Result
     )?;
     assert!(ok, "{out}");
     assert!(out.contains("valid (2 machine(s), 2 model(s))"), "{out}");
-    let (ok, out) = run_aarch64("ironbridge-sim", &["--help"], &[])?;
+    let Aarch64Run { ok, text: out, .. } = run_aarch64("ironbridge-sim", &["--help"], &[])?;
     assert!(ok && out.contains("Usage: ironbridge-sim"), "{out}");
     Ok(())
 }
 
 #[test]
 fn the_aarch64_gateway_runs_the_example_model_on_libtorch() -> Result<()> {
-    let (ok, out) = run_aarch64(
+    let Aarch64Run { ok, text: out, pid } = run_aarch64(
         "ironbridge",
         &["model", "verify", "models/examples/bearing-wear/1.0.0"],
         &[],
@@ -101,5 +117,12 @@ fn the_aarch64_gateway_runs_the_example_model_on_libtorch() -> Result<()> {
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
+    // On aarch64 libtorch's oneDNN writes a perf map of its kernels by
+    // default; the gateway turns that off, so that an edge box's /tmp does
+    // not gain a file at every start.
+    let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let left = perf_map.exists();
+    let _ = std::fs::remove_file(&perf_map);
+    assert!(!left, "{} was left behind", perf_map.display());
     Ok(())
 }
