@@ -594,6 +594,9 @@ async fn the_readme_loop_record_train_verify_shadow_gate_promote() -> Result<()>
         .arg(&recording)
         .arg("--out")
         .arg(&staging)
+        // torch's compiled-kernel cache, in the test's folder instead of
+        // /tmp/torchinductor_<user>, which would outlive the test.
+        .env("TORCHINDUCTOR_CACHE_DIR", dir.path().join("torchinductor"))
         .output()
         .await?;
     anyhow::ensure!(
