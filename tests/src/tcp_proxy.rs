@@ -34,8 +34,9 @@ pub enum ProxyMode {
 }
 
 /// Changing the mode also cuts the connections already forwarded (in
-/// [`ProxyMode::PassThrough`], [`ProxyMode::Slow`] or [`ProxyMode::Delay`]), so a client's pooled
-/// keep-alive connection cannot slip past a fault.
+/// [`ProxyMode::PassThrough`], [`ProxyMode::Slow`] or
+/// [`ProxyMode::Delay`]), so a client's pooled keep-alive connection cannot
+/// slip past a fault.
 pub struct TcpProxy {
     addr: SocketAddr,
     mode: watch::Sender<ProxyMode>,
