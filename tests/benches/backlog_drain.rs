@@ -57,7 +57,8 @@ async fn drain(
     config.backoff.initial_ms = 10;
     config.backoff.max_ms = 10;
     let sink = RunningSink::start(config)?;
-    // Each run's lines at their own times: the store keeps every run's.
+    // The same lines (series and times) in every run: the store answers
+    // a write of points it already holds as it answers any other.
     sink.send(
         pump_scans::scans(lines)
             .into_iter()
