@@ -141,13 +141,15 @@ async fn serve(
                 }
             }
         }
-        ProxyMode::PassThrough => {
-            let Ok(mut server) = TcpStream::connect(upstream).await else {
+        ProxyMode::PassThrough | ProxyMode::Slow { .. } | ProxyMode::Delay { .. } => {
+            let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
+            // Until the bytes stop, the mode changes or the connections are
+            // cut; only a connection that ended by itself is counted.
             tokio::select! {
-                copied = tokio::io::copy_bidirectional(&mut client, &mut server) => {
-                    if let Ok((sent, _)) = copied {
+                sent = forward(client, server, current) => {
+                    if let Some(sent) = sent {
                         bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
                     }
                 }
@@ -155,12 +157,16 @@ async fn serve(
                 _ = cuts.changed() => {}
             }
         }
+    }
+}
+
+/// Forwards both ways as `mode` says (a forwarding mode) until both sides
+/// have closed; returns the bytes the client sent, `None` after an error.
+async fn forward(mut client: TcpStream, mut server: TcpStream, mode: ProxyMode) -> Option<u64> {
+    match mode {
         ProxyMode::Slow {
             client_bytes_per_sec,
         } => {
-            let Ok(server) = TcpStream::connect(upstream).await else {
-                return;
-            };
             let (mut from_client, mut to_client) = client.into_split();
             let (mut from_server, mut to_server) = server.into_split();
             let upstream_slowly = async {
@@ -184,34 +190,24 @@ async fn serve(
                 sent
             };
             let downstream = tokio::io::copy(&mut from_server, &mut to_client);
-            tokio::select! {
-                (sent, _) = async { tokio::join!(upstream_slowly, downstream) } => {
-                    bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
-                }
-                _ = wait_until_not(&mut mode, current) => {}
-                _ = cuts.changed() => {}
-            }
+            Some(tokio::join!(upstream_slowly, downstream).0)
         }
         ProxyMode::Delay { one_way_ms } => {
-            let Ok(server) = TcpStream::connect(upstream).await else {
-                return;
-            };
             let delay = std::time::Duration::from_millis(one_way_ms);
             let (from_client, to_client) = client.into_split();
             let (from_server, to_server) = server.into_split();
-            tokio::select! {
-                (sent, _) = async {
-                    tokio::join!(
-                        forward_late(from_client, to_server, delay),
-                        forward_late(from_server, to_client, delay),
-                    )
-                } => {
-                    bytes_to_upstream.fetch_add(sent, Ordering::Relaxed);
-                }
-                _ = wait_until_not(&mut mode, current) => {}
-                _ = cuts.changed() => {}
-            }
+            let (sent, _) = tokio::join!(
+                forward_late(from_client, to_server, delay),
+                forward_late(from_server, to_client, delay),
+            );
+            Some(sent)
         }
+        ProxyMode::PassThrough => tokio::io::copy_bidirectional(&mut client, &mut server)
+            .await
+            .ok()
+            .map(|(sent, _)| sent),
+        // Not forwarding modes (`serve` handles them without a server).
+        ProxyMode::Refuse | ProxyMode::Blackhole => None,
     }
 }
 

@@ -608,8 +608,9 @@ async fn too_large_batches_are_split_until_they_fit() -> Result<()> {
 /// up to `backlog_batch_max_lines`, by default four times
 /// `batch_max_lines`: with one request out at a time, fewer requests drain
 /// it sooner. The first request after the outage is of at most
-/// `batch_max_lines` (no pace measured yet). Set to `batch_max_lines`, every request stays at
-/// that size. Both buffers: the memory one and the disk spool.
+/// `batch_max_lines` (no pace measured yet). Set to `batch_max_lines`,
+/// every request stays at that size. Both buffers: the memory one and the
+/// disk spool.
 #[tokio::test]
 async fn a_backlog_goes_in_larger_requests_up_to_backlog_batch_max_lines() -> Result<()> {
     init_logs();
